@@ -1,1 +1,67 @@
-fn main() {}
+//! The `seli` command-line tool: flag parsing and dispatch. The work lives in the library
+//! crates (`seli-core` for the math, `seli-io` for files and reports).
+
+mod bench;
+mod geometry;
+mod profile_args;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+/// SELI geometry of classifiers under class imbalance (Thrampoulidis et al., NeurIPS 2022).
+///
+/// Computes the exact SELI target for any label distribution and compares it with the
+/// simplex ETF of neural collapse.
+#[derive(Debug, Parser)]
+#[command(name = "seli", version, propagate_version = true)]
+struct Cli {
+    /// More diagnostics on stderr (-v info, -vv debug). The SELI_LOG environment variable,
+    /// in tracing's filter syntax, overrides this.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Exact SELI geometry of a class-count profile: singular values of the SEL matrix,
+    /// classifier and class-mean Grams, norms and cosines by group, distance to the ETF.
+    Geometry(geometry::GeometryArgs),
+    /// Time the hot paths (numbers for the README; needs a quiet machine).
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
+
+fn init_tracing(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = EnvFilter::try_from_env("SELI_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.verbose);
+    let result = match &cli.command {
+        Command::Geometry(a) => geometry::run(a),
+        Command::Bench(b) => bench::run(b),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

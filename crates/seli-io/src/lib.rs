@@ -1,1 +1,16 @@
-pub fn x() {}
+//! # seli-io
+//!
+//! File formats for seli: label files (text and `.npy`), the JSON records the tool writes
+//! (each documented next to its type), plain-text summaries, and atomic output.
+#![warn(missing_docs)]
+
+pub mod atomic;
+pub mod error;
+pub mod labels;
+pub mod record;
+pub mod report;
+
+pub use atomic::{write_atomic, write_json_atomic};
+pub use error::{Error, Result};
+pub use labels::{profile_from_label_file, read_labels};
+pub use record::GeometryRecord;

@@ -1,0 +1,55 @@
+//! `seli geometry`: the exact SELI geometry of a profile, as a table and as JSON.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use seli_core::Geometry;
+use seli_io::GeometryRecord;
+
+use crate::profile_args::ProfileArgs;
+
+/// Flags of `seli geometry`.
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:
+  seli geometry                                   default STEP 10,10,0.5,500
+  seli geometry --step 10,100,0.5 --json out.json
+  seli geometry --long-tail 10,5000,100
+  seli geometry --counts 5000,5000,500,500 --d 16 --seed 3 --json seli.json
+  seli geometry --labels train_labels.npy --classes 10")]
+pub struct GeometryArgs {
+    #[command(flatten)]
+    pub profile: ProfileArgs,
+
+    /// Write everything (spectrum, per-class and group statistics, all k x k matrices, the
+    /// realization) as JSON to PATH (schema seli.geometry.v1, see docs/formats.md).
+    #[arg(long, value_name = "PATH")]
+    pub json: Option<PathBuf>,
+
+    /// Also build concrete classifiers W and class means M in R^D (D >= k-1) from a seeded
+    /// random orthonormal frame, and check W^T M = P.
+    #[arg(long, value_name = "D")]
+    pub d: Option<usize>,
+
+    /// Seed of the random frame used with --d.
+    #[arg(long, default_value_t = 0, requires = "d")]
+    pub seed: u64,
+}
+
+/// Runs `seli geometry`.
+pub fn run(args: &GeometryArgs) -> Result<()> {
+    let (profile, source) = args.profile.resolve()?;
+    let start = std::time::Instant::now();
+    let geometry = Geometry::new(&profile)?;
+    let stats = geometry.stats();
+    let realization =
+        args.d.map(|d| geometry.realize(d, args.seed)).transpose().context("invalid --d")?;
+    tracing::info!(k = profile.k(), n = profile.n(), elapsed = ?start.elapsed(), "geometry computed");
+    let record = GeometryRecord::new(&geometry, &stats, realization.as_ref(), source.as_deref());
+    print!("{}", seli_io::report::geometry_summary(&record));
+    if let Some(path) = &args.json {
+        seli_io::write_json_atomic(path, "geometry record", &record)?;
+        println!("\nwrote {}", path.display());
+    }
+    Ok(())
+}
