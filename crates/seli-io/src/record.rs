@@ -74,6 +74,11 @@ use serde::Serialize;
 pub const GEOMETRY_SCHEMA: &str = "seli.geometry.v1";
 
 /// A k×k or d×k matrix as an array of rows.
+///
+/// ```
+/// let m = faer::Mat::from_fn(2, 3, |i, j| (10 * i + j) as f64);
+/// assert_eq!(seli_io::record::rows(m.as_ref()), vec![vec![0.0, 1.0, 2.0], vec![10.0, 11.0, 12.0]]);
+/// ```
 pub fn rows(m: MatRef<'_, f64>) -> Vec<Vec<f64>> {
     (0..m.nrows()).map(|i| (0..m.ncols()).map(|j| m[(i, j)]).collect()).collect()
 }
@@ -278,6 +283,15 @@ impl ProfileRecord {
 
 impl GeometryRecord {
     /// The record of a geometry, its statistics and an optional realization.
+    ///
+    /// ```
+    /// use seli_core::{Geometry, Profile};
+    /// let g = Geometry::new(&Profile::step(4, 10.0, 0.5, 1).unwrap()).unwrap();
+    /// let rec = seli_io::GeometryRecord::new(&g, &g.stats(), None, None);
+    /// let json = serde_json::to_value(&rec).unwrap();
+    /// assert_eq!(json["schema"], "seli.geometry.v1");
+    /// assert_eq!(json["profile"]["counts"], serde_json::json!([10, 10, 1, 1]));
+    /// ```
     pub fn new(
         g: &Geometry,
         stats: &ClassStats,
