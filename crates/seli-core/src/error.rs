@@ -14,6 +14,31 @@ pub enum Error {
         /// The number of classes given.
         k: usize,
     },
+    /// More classes than a computation supports.
+    #[error("k = {k} classes is more than {what} supports (at most {max})")]
+    TooManyClasses {
+        /// The number of classes given.
+        k: usize,
+        /// The limit.
+        max: usize,
+        /// What imposes it.
+        what: &'static str,
+    },
+    /// A realization too large to hold in memory.
+    #[error(
+        "a realization in d = {d} dimensions with k = {k} classes has {entries} entries, \
+             more than the {max} allowed"
+    )]
+    RealizationTooLarge {
+        /// Requested dimension.
+        d: usize,
+        /// Number of classes.
+        k: usize,
+        /// d * k.
+        entries: u128,
+        /// Limit on d * k.
+        max: u128,
+    },
     /// A class with no samples.
     #[error("class {class} is empty (0 samples){context}")]
     EmptyClass {

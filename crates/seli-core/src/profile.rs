@@ -85,9 +85,15 @@ fn near_integer(x: f64) -> Option<u64> {
     ((x - r).abs() <= tol && r >= 0.0 && r < u64::MAX as f64).then_some(r as u64)
 }
 
+/// Largest number of classes a profile may have (its count vector is allocated up front).
+pub const MAX_PROFILE_CLASSES: usize = 1_000_000;
+
 fn check_k(k: usize) -> Result<()> {
     if k < 2 {
         return Err(Error::TooFewClasses { k });
+    }
+    if k > MAX_PROFILE_CLASSES {
+        return Err(Error::TooManyClasses { k, max: MAX_PROFILE_CLASSES, what: "a profile" });
     }
     Ok(())
 }
@@ -207,24 +213,36 @@ impl Profile {
     where
         I: IntoIterator<Item = i64>,
     {
-        let mut counts: Vec<u64> = vec![0; num_classes.unwrap_or(0)];
-        let mut seen = false;
-        for (index, label) in labels.into_iter().enumerate() {
-            seen = true;
+        let labels: Vec<i64> = labels.into_iter().collect();
+        if labels.is_empty() {
+            return Err(Error::NoLabels);
+        }
+        let mut max = 0;
+        for (index, &label) in labels.iter().enumerate() {
             if label < 0 {
                 return Err(Error::NegativeLabel { index, label });
             }
-            let c = usize::try_from(label).map_err(|_| Error::NegativeLabel { index, label })?;
-            if c >= counts.len() {
-                match num_classes {
-                    Some(k) => return Err(Error::LabelOutOfRange { index, label, k }),
-                    None => counts.resize(c + 1, 0),
-                }
+            if let Some(k) = num_classes.filter(|&k| label as u64 >= k as u64) {
+                return Err(Error::LabelOutOfRange { index, label, k });
             }
-            counts[c] += 1;
+            max = max.max(label as u64);
         }
-        if !seen {
-            return Err(Error::NoLabels);
+        let k = match num_classes {
+            Some(k) => k as u64,
+            None => max + 1,
+        };
+        // With more classes than labels some class is empty: find it without allocating k.
+        if k > labels.len() as u64 {
+            let seen: std::collections::BTreeSet<u64> = labels.iter().map(|&l| l as u64).collect();
+            let class = (0..).find(|c| !seen.contains(c)).expect("fewer labels than classes");
+            return Err(Error::EmptyClass {
+                class: class as usize,
+                context: format!(" (k = {k} classes but only {} labels)", labels.len()),
+            });
+        }
+        let mut counts = vec![0u64; k as usize];
+        for &l in &labels {
+            counts[l as usize] += 1;
         }
         let groups = two_level_groups(&counts);
         Self::build(counts, groups, ProfileKind::Labels)
@@ -398,6 +416,17 @@ mod tests {
         assert!(e.to_string().contains("class 2 is empty"), "{e}");
         assert_eq!(Profile::from_labels([], None).unwrap_err(), Error::NoLabels);
         assert!(Profile::from_labels([0, 0], None).unwrap_err().to_string().contains("k = 1"));
+        // Huge labels or class counts are caught without allocating k counters.
+        let e = Profile::from_labels([0, 1, 1_000_000_000_000], None).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("class 2 is empty (0 samples) (k = 1000000000001 classes but only 3"),
+            "{e}"
+        );
+        let e = Profile::from_labels([1, 0], Some(usize::MAX)).unwrap_err();
+        assert!(e.to_string().contains("class 2 is empty"), "{e}");
+        let e = Profile::step(1 << 40, 2.0, 0.5, 1).unwrap_err();
+        assert!(e.to_string().contains("at most 1000000"), "{e}");
     }
 
     #[test]

@@ -21,6 +21,13 @@ use crate::metrics::{ClassStats, centering_projector, normalized_distance};
 use crate::profile::Profile;
 use crate::random::{random_orthonormal, rng_from_seed};
 
+/// Largest k for which [`Geometry::new`] forms its k×k matrices (a few of them, 800 MB each
+/// at this size, and an O(k³) eigendecomposition of minutes).
+pub const MAX_GEOMETRY_CLASSES: usize = 10_000;
+
+/// Largest `d·k` of a [`Realization`] (two d×k matrices of f64, 800 MB each at this size).
+pub const MAX_REALIZATION_ENTRIES: u128 = 100_000_000;
+
 /// The exact SELI geometry of a class-count profile (scale α = 1).
 ///
 /// Guarantees: `singular_values` has k−1 entries, positive and non-increasing; column `i` of
@@ -68,9 +75,17 @@ impl Geometry {
     /// The SELI geometry of `profile`.
     ///
     /// # Errors
-    /// [`Error::Decomposition`] if the eigensolver fails to converge.
+    /// [`Error::TooManyClasses`] above [`MAX_GEOMETRY_CLASSES`]; [`Error::Decomposition`] if
+    /// the eigensolver fails to converge.
     pub fn new(profile: &Profile) -> Result<Self> {
         let k = profile.k();
+        if k > MAX_GEOMETRY_CLASSES {
+            return Err(Error::TooManyClasses {
+                k,
+                max: MAX_GEOMETRY_CLASSES,
+                what: "the k x k geometry",
+            });
+        }
         let n: Vec<f64> = profile.counts().iter().map(|&c| c as f64).collect();
         let total: f64 = n.iter().sum();
         let kf = k as f64;
@@ -182,11 +197,16 @@ impl Geometry {
     /// `WᵀW = G_W`, `MᵀM = G_M` and `WᵀM = P`; the last is measured into `wtm_residual`.
     ///
     /// # Errors
-    /// [`Error::DimensionTooSmall`] if `d < k−1`.
+    /// [`Error::DimensionTooSmall`] if `d < k−1`; [`Error::RealizationTooLarge`] if `d·k`
+    /// exceeds [`MAX_REALIZATION_ENTRIES`].
     pub fn realize(&self, d: usize, seed: u64) -> Result<Realization> {
         let k = self.k();
         if d < k - 1 {
             return Err(Error::DimensionTooSmall { d, k });
+        }
+        let entries = d as u128 * k as u128;
+        if entries > MAX_REALIZATION_ENTRIES {
+            return Err(Error::RealizationTooLarge { d, k, entries, max: MAX_REALIZATION_ENTRIES });
         }
         let R = random_orthonormal(d, k - 1, &mut rng_from_seed(seed));
         let scaled = |f: fn(f64) -> f64| {

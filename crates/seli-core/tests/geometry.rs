@@ -262,6 +262,11 @@ fn realization_has_the_grams_and_the_sel_logits() {
     assert!((&g.realize(8, 1).unwrap().W - &g.realize(8, 2).unwrap().W).norm_max() > 1e-3);
     let e = g.realize(4, 0).unwrap_err();
     assert_eq!(e.to_string(), "embedding dimension d = 4 is below k-1 = 5 (k = 6 classes)");
+    let e = g.realize(1 << 40, 0).unwrap_err();
+    assert!(e.to_string().contains("d = 1099511627776"), "{e}");
+    let big = Profile::from_counts(vec![1; 20_000]).unwrap();
+    let e = Geometry::new(&big).unwrap_err();
+    assert!(e.to_string().contains("k = 20000 classes is more than the k x k geometry"), "{e}");
 }
 
 #[test]
