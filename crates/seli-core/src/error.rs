@@ -4,8 +4,8 @@
 
 use thiserror::Error;
 
-/// Errors from building profiles and computing geometry.
-#[derive(Debug, Clone, PartialEq, Error)]
+/// Errors from building profiles, computing geometry and running solvers.
+#[derive(Debug, Clone, Error)]
 #[non_exhaustive]
 pub enum Error {
     /// Fewer than two classes.
@@ -149,6 +149,29 @@ pub enum Error {
         /// Its norm.
         norm: f64,
     },
+    /// A solver parameter outside its range.
+    #[error("{name} = {value}: {rule}")]
+    InvalidParameter {
+        /// The parameter, as named on the command line where it has a flag.
+        name: &'static str,
+        /// Its value, as text.
+        value: String,
+        /// The rule it breaks.
+        rule: &'static str,
+    },
+    /// The iterates left the finite numbers.
+    #[error("diverged at iteration {iter}: {quantity} = {value} (try a smaller learning rate)")]
+    Diverged {
+        /// The iteration at which a non-finite value appeared.
+        iter: u64,
+        /// What became non-finite.
+        quantity: &'static str,
+        /// Its value.
+        value: f64,
+    },
+    /// An observer (file writer, checkpointer) failed; the message is its error chain.
+    #[error("{0}")]
+    Observer(String),
     /// A decomposition from the linear-algebra backend failed to converge.
     #[error("{what} did not converge")]
     Decomposition {

@@ -12,9 +12,13 @@ pub mod error;
 pub mod metrics;
 pub mod profile;
 pub mod random;
+pub mod scalar;
 pub mod sel;
+pub mod solve;
+pub mod track;
 
 pub use error::{Error, Result};
 pub use metrics::ClassStats;
 pub use profile::{Group, Profile, ProfileKind};
+pub use scalar::Scalar;
 pub use sel::{Geometry, Realization};

@@ -1,0 +1,734 @@
+//! Full-batch gradient descent on the unconstrained-features model (SPEC section 2).
+//!
+//! Variables: classifiers `W` (d×k), embeddings `H` (d×n), optional bias `b` (k). Logits
+//! `Z = WᵀH + b1ᵀ`, cross-entropy `ℓ(z, y) = log Σ_c exp(z_c) − z_y`, objective
+//!
+//! ```text
+//! F(W, H, b) = s · Σ_i ℓ(Wᵀh_i + b, y_i) + (λ_W/2)‖W‖_F² + (λ_H/2)‖H‖_F²
+//! ```
+//!
+//! with `s = 1` (summed loss) or `s = 1/n` (mean loss). The gradients, derived by hand:
+//! with `G = s·(softmax(Z) − Y)` (k×n, softmax by column),
+//!
+//! ```text
+//! ∇_W F = H Gᵀ + λ_W W,    ∇_H F = W G + λ_H H,    ∇_b F = G 1.
+//! ```
+//!
+//! One iteration is one parallel pass over column chunks of `H`: each chunk applies the
+//! previous step to its columns, computes its logits, softmax, loss, accuracy and margin,
+//! its part of `∇_W` (reduced afterwards in a fixed order) and its columns of `∇_H`. The
+//! chunk size is a constant, so results do not depend on the number of threads. No
+//! allocation happens per iteration.
+#![allow(non_snake_case)]
+
+use faer::linalg::matmul::matmul;
+use faer::prelude::{Reborrow, ReborrowMut};
+use faer::{Accum, Mat, MatMut, MatRef, Par};
+use rayon::prelude::*;
+
+use super::{IterState, Solver, Termination};
+use crate::error::{Error, Result};
+use crate::profile::Profile;
+use crate::random::{gaussian_matrix, rng_from_seed};
+use crate::scalar::{Scalar, sum_sq};
+
+/// Columns of `H` per work item. Fixed, so that reductions happen in the same order on any
+/// number of threads (and a resumed run repeats an uninterrupted one bit for bit).
+pub const CHUNK: usize = 128;
+
+/// Whether the loss is summed or averaged over samples. Every λ threshold differs by a
+/// factor n between the two (SPEC section 2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reduction {
+    /// `Σ_i ℓ_i`.
+    Sum,
+    /// `(1/n) Σ_i ℓ_i`.
+    Mean,
+}
+
+impl Reduction {
+    /// `"sum"` or `"mean"`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Reduction::Sum => "sum",
+            Reduction::Mean => "mean",
+        }
+    }
+}
+
+/// How the step size `η_t` is chosen from the base learning rate `lr`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StepRule {
+    /// `η_t = lr`.
+    Constant,
+    /// `η_t = lr · factor^m` where `m` is the number of milestones `<= t`.
+    StepDecay {
+        /// Multiplier at each milestone, in (0, 1].
+        factor: f64,
+        /// Iterations at which the step is multiplied, strictly increasing.
+        milestones: Vec<u64>,
+    },
+    /// `η_t = lr / ‖∇F(θ_t)‖_F` (normalized gradient descent).
+    NormalizedGrad,
+    /// `η_t = lr / F(θ_t)`: on separable data the loss decays like the gradient norm, and
+    /// this speeds up directional convergence.
+    NormalizedLoss,
+}
+
+impl StepRule {
+    /// Compact text form, the one `--schedule` parses: `constant`, `step:0.1@1000,2000`,
+    /// `norm-grad`, `norm-loss`.
+    pub fn spec(&self) -> String {
+        match self {
+            StepRule::Constant => "constant".into(),
+            StepRule::StepDecay { factor, milestones } => {
+                let m: Vec<String> = milestones.iter().map(|m| m.to_string()).collect();
+                format!("step:{factor}@{}", m.join(","))
+            }
+            StepRule::NormalizedGrad => "norm-grad".into(),
+            StepRule::NormalizedLoss => "norm-loss".into(),
+        }
+    }
+
+    /// Parses [`StepRule::spec`]'s format.
+    ///
+    /// # Errors
+    /// Unknown names, a malformed factor or milestone list (the bad part is named).
+    pub fn parse(s: &str) -> Result<Self> {
+        let bad = |rule: &'static str| Error::InvalidParameter {
+            name: "schedule",
+            value: s.into(),
+            rule,
+        };
+        match s.trim() {
+            "constant" => Ok(StepRule::Constant),
+            "norm-grad" => Ok(StepRule::NormalizedGrad),
+            "norm-loss" => Ok(StepRule::NormalizedLoss),
+            t => {
+                let rest = t.strip_prefix("step:").ok_or(bad(
+                    "expected constant, norm-grad, norm-loss or step:FACTOR@ITER1,ITER2,...",
+                ))?;
+                let (f, ms) =
+                    rest.split_once('@').ok_or(bad("step decay needs step:FACTOR@ITER1,..."))?;
+                let factor: f64 = f.trim().parse().map_err(|_| bad("FACTOR is not a number"))?;
+                let milestones = ms
+                    .split(',')
+                    .map(|m| m.trim().parse::<u64>())
+                    .collect::<std::result::Result<Vec<_>, _>>()
+                    .map_err(|_| bad("milestones must be whole iteration numbers"))?;
+                let rule = StepRule::StepDecay { factor, milestones };
+                rule.check()?;
+                Ok(rule)
+            }
+        }
+    }
+
+    fn check(&self) -> Result<()> {
+        if let StepRule::StepDecay { factor, milestones } = self {
+            if !(factor.is_finite() && *factor > 0.0 && *factor <= 1.0) {
+                return Err(Error::InvalidParameter {
+                    name: "schedule decay factor",
+                    value: factor.to_string(),
+                    rule: "must be a number in (0, 1]",
+                });
+            }
+            if milestones.is_empty() || milestones.windows(2).any(|w| w[0] >= w[1]) {
+                return Err(Error::InvalidParameter {
+                    name: "schedule milestones",
+                    value: format!("{milestones:?}"),
+                    rule: "must be a non-empty, strictly increasing list",
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The step size at iteration `t` given the objective and gradient norm there.
+    pub fn step(&self, lr: f64, t: u64, objective: f64, grad_norm: f64) -> f64 {
+        match self {
+            StepRule::Constant => lr,
+            StepRule::StepDecay { factor, milestones } => {
+                let m = milestones.iter().filter(|&&m| m <= t).count();
+                lr * factor.powi(m as i32)
+            }
+            StepRule::NormalizedGrad => lr / grad_norm,
+            StepRule::NormalizedLoss => lr / objective,
+        }
+    }
+}
+
+/// Parameters of a UFM gradient-descent run. Defaults: d = 64, lr = 0.5, constant steps, no
+/// ridge, no bias, summed loss, init scale 0.1, seed 0, no gradient tolerance.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UfmConfig {
+    /// Embedding dimension (>= k − 1, so that SELI is reachable).
+    pub d: usize,
+    /// Base learning rate (> 0).
+    pub lr: f64,
+    /// Step-size rule.
+    pub step_rule: StepRule,
+    /// Ridge on `W` (>= 0).
+    pub lambda_w: f64,
+    /// Ridge on `H` (>= 0).
+    pub lambda_h: f64,
+    /// Train a bias `b` (the paper's model has none).
+    pub bias: bool,
+    /// Summed or mean loss.
+    pub reduction: Reduction,
+    /// Standard deviation of the Gaussian initialization of `W` and `H` (> 0).
+    pub init_scale: f64,
+    /// Seed of the initialization.
+    pub seed: u64,
+    /// Stop once `‖∇F‖_F <= grad_tol` (None: never).
+    pub grad_tol: Option<f64>,
+}
+
+impl Default for UfmConfig {
+    fn default() -> Self {
+        UfmConfig {
+            d: 64,
+            lr: 0.5,
+            step_rule: StepRule::Constant,
+            lambda_w: 0.0,
+            lambda_h: 0.0,
+            bias: false,
+            reduction: Reduction::Sum,
+            init_scale: 0.1,
+            seed: 0,
+            grad_tol: None,
+        }
+    }
+}
+
+fn check_positive(name: &'static str, v: f64) -> Result<()> {
+    if !(v.is_finite() && v > 0.0) {
+        return Err(Error::InvalidParameter {
+            name,
+            value: v.to_string(),
+            rule: "must be a finite number > 0",
+        });
+    }
+    Ok(())
+}
+
+fn check_non_negative(name: &'static str, v: f64) -> Result<()> {
+    if !(v.is_finite() && v >= 0.0) {
+        return Err(Error::InvalidParameter {
+            name,
+            value: v.to_string(),
+            rule: "must be a finite number >= 0",
+        });
+    }
+    Ok(())
+}
+
+impl UfmConfig {
+    /// Checks every parameter for a problem with `k` classes.
+    ///
+    /// # Errors
+    /// `d < k − 1` ([`Error::DimensionTooSmall`]: SELI needs `d >= k − 1`); `lr`,
+    /// `init_scale` or `grad_tol` not finite and positive; a negative or non-finite λ; a bad
+    /// step-decay schedule.
+    pub fn check(&self, k: usize) -> Result<()> {
+        if self.d < k - 1 || self.d == 0 {
+            return Err(Error::DimensionTooSmall { d: self.d, k });
+        }
+        check_positive("lr", self.lr)?;
+        check_positive("init_scale", self.init_scale)?;
+        check_non_negative("lambda_w", self.lambda_w)?;
+        check_non_negative("lambda_h", self.lambda_h)?;
+        if let Some(t) = self.grad_tol {
+            check_positive("grad_tol", t)?;
+        }
+        self.step_rule.check()
+    }
+}
+
+/// The UFM variables.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Params<T> {
+    /// Classifiers, d×k.
+    pub W: Mat<T>,
+    /// Embeddings, d×n (column i is sample i; samples sorted by class).
+    pub H: Mat<T>,
+    /// Bias (k entries), when trained.
+    pub b: Option<Vec<T>>,
+}
+
+impl<T: Scalar> Params<T> {
+    /// Gaussian initialization with standard deviation `scale`: `W` first (column by column),
+    /// then `H`, from the seeded generator; `b = 0`.
+    pub fn init(d: usize, k: usize, n: usize, scale: f64, seed: u64, bias: bool) -> Self {
+        let mut rng = rng_from_seed(seed);
+        let W = gaussian_matrix(d, k, scale, &mut rng);
+        let H = gaussian_matrix(d, n, scale, &mut rng);
+        Params {
+            W: Mat::from_fn(d, k, |i, j| T::from_f64(W[(i, j)])),
+            H: Mat::from_fn(d, n, |i, j| T::from_f64(H[(i, j)])),
+            b: bias.then(|| vec![T::from_f64(0.0); k]),
+        }
+    }
+}
+
+/// The objective and first-order quantities at one point.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Eval {
+    /// `F`, with ridge terms.
+    pub objective: f64,
+    /// The data term `s·Σ ℓ_i`.
+    pub loss: f64,
+    /// Samples whose true logit is strictly the largest.
+    pub correct: u64,
+    /// `min_i (z_{y_i} − max_{c≠y_i} z_c)`.
+    pub min_margin: f64,
+    /// `‖∇F‖_F` over all variables.
+    pub grad_norm: f64,
+    /// `‖H‖_F²`.
+    pub h_norm_sq: f64,
+}
+
+/// The state of a UFM run: the iterate, its evaluation, and the step that comes next.
+#[derive(Debug, Clone)]
+pub struct UfmState<T> {
+    /// Current variables `θ_t`.
+    pub params: Params<T>,
+    /// Iterations done.
+    pub iter: u64,
+    /// Evaluation at `θ_t`.
+    pub eval: Eval,
+    /// Step size `η_t` that the next iteration applies.
+    pub step: f64,
+}
+
+impl<T> IterState for UfmState<T> {
+    fn iter(&self) -> u64 {
+        self.iter
+    }
+}
+
+/// Per-chunk partial results, reduced in chunk order.
+struct ChunkAcc<T> {
+    grad_w: Mat<T>,
+    amax: Vec<u32>,
+    grad_b: Vec<f64>,
+    loss: f64,
+    correct: u64,
+    min_margin: f64,
+    h_norm_sq: f64,
+    grad_h_norm_sq: f64,
+}
+
+/// Gradient descent on the UFM: the [`Solver`] for [`UfmState`].
+pub struct UfmSolver<T: Scalar> {
+    config: UfmConfig,
+    labels: Vec<u32>,
+    k: usize,
+    scale: f64,
+    /// `s·(softmax − Y)` at the current point, k×n column-major with stride k, so that a
+    /// chunk's block is one contiguous slice (the exponentials run over it in one pass).
+    g_buf: Vec<T>,
+    /// `∇_H F` at the current point, d×n.
+    grad_h: Mat<T>,
+    /// `∇_W F`, d×k.
+    grad_w: Mat<T>,
+    /// `∇_b F` (empty without a bias).
+    grad_b: Vec<T>,
+    acc: Vec<ChunkAcc<T>>,
+    pool: rayon::ThreadPool,
+}
+
+fn col<T>(m: MatRef<'_, T>, j: usize) -> &[T] {
+    m.try_as_col_major().expect("faer matrices are column-major").col(j).as_slice()
+}
+
+fn col_mut<'a, T>(m: &'a mut MatMut<'_, T>, j: usize) -> &'a mut [T] {
+    m.rb_mut()
+        .try_as_col_major_mut()
+        .expect("faer matrices are column-major")
+        .col_mut(j)
+        .as_slice_mut()
+}
+
+fn sum_sq_mat<T: Scalar>(m: MatRef<'_, T>) -> f64 {
+    (0..m.ncols()).map(|j| sum_sq(col(m, j))).sum()
+}
+
+/// `sqrt(Σ x²)` over matrices and a vector, computed as `m·sqrt(Σ (x/m)²)` with `m` the
+/// largest magnitude, so that it does not underflow for tiny gradients.
+fn scaled_norm<T: Scalar>(mats: &[MatRef<'_, T>], v: &[T]) -> f64 {
+    let all = || {
+        mats.iter()
+            .flat_map(|m| (0..m.ncols()).flat_map(move |j| col(*m, j).iter()))
+            .chain(v.iter())
+            .map(|x| x.to_f64().abs())
+    };
+    let m = all().fold(0.0, f64::max);
+    if m == 0.0 {
+        return 0.0;
+    }
+    m * all().map(|x| (x / m) * (x / m)).sum::<f64>().sqrt()
+}
+
+/// Softmax cross-entropy on a k×cols block of logits `g` (column-major, stride k), in place:
+/// on return `g = s·(softmax − Y)`, and `a` holds the block's loss, correct count, minimum
+/// margin and bias-gradient sums.
+fn softmax_block<T: Scalar>(
+    g: &mut [T],
+    k: usize,
+    labels: &[u32],
+    b: Option<&[T]>,
+    s: f64,
+    a: &mut ChunkAcc<T>,
+) {
+    let s_t = T::from_f64(s);
+    let zero = T::from_f64(0.0);
+    a.loss = 0.0;
+    a.correct = 0;
+    a.min_margin = f64::INFINITY;
+    a.grad_b.iter_mut().for_each(|v| *v = 0.0);
+    // Pass 1, per column: bias, maximum, margin, the `max − z_y` part of the loss; shift.
+    for (j, z) in g.chunks_exact_mut(k).enumerate() {
+        let y = labels[j] as usize;
+        if let Some(b) = b {
+            for (zc, &bc) in z.iter_mut().zip(b) {
+                *zc += bc;
+            }
+        }
+        let mut amax = 0;
+        let mut other = T::from_f64(f64::NEG_INFINITY);
+        for (c, &zc) in z.iter().enumerate() {
+            if zc > z[amax] {
+                amax = c;
+            }
+            if c != y && zc > other {
+                other = zc;
+            }
+        }
+        let max = z[amax];
+        let margin = (z[y] - other).to_f64();
+        a.correct += u64::from(margin > 0.0);
+        a.min_margin = a.min_margin.min(margin);
+        a.loss += (max - z[y]).to_f64();
+        a.amax[j] = amax as u32;
+        for zc in z.iter_mut() {
+            *zc -= max;
+        }
+    }
+    // Pass 2: all exponentials of the block at once (vectorized).
+    T::exp_nonpos_in_place(g);
+    // Pass 3, per column: log Σ exp(z_c) − max = log1p(Σ_{c≠argmax} e^{z_c − max}), accurate
+    // even when the loss is far below machine epsilon; then normalize and subtract Y.
+    for (j, z) in g.chunks_exact_mut(k).enumerate() {
+        let y = labels[j] as usize;
+        let amax = a.amax[j] as usize;
+        let mut rest = zero;
+        for (c, &e) in z.iter().enumerate() {
+            if c != amax {
+                rest += e;
+            }
+        }
+        a.loss += rest.ln_1p_f64();
+        let inv = s_t / (rest + T::from_f64(1.0));
+        for zc in z.iter_mut() {
+            *zc *= inv;
+        }
+        // g_y = s(p_y − 1). When y is the argmax, p_y = 1/(1 + rest) and p_y − 1 must be
+        // formed as −rest/(1 + rest): subtracting from 1 would round to 0 once the loss is
+        // below machine epsilon, and the gradient would no longer sum to zero over classes.
+        if y == amax {
+            z[y] = -(rest * inv);
+        } else {
+            z[y] -= s_t;
+        }
+        if b.is_some() {
+            for (gb, &gc) in a.grad_b.iter_mut().zip(z.iter()) {
+                *gb += gc.to_f64();
+            }
+        }
+    }
+    a.loss *= s;
+}
+
+impl<T: Scalar> UfmSolver<T> {
+    /// A solver for `profile`'s labels (samples sorted by class), running on `threads`
+    /// threads (0: all cores).
+    ///
+    /// # Errors
+    /// An invalid configuration (see [`UfmConfig::check`]); a thread pool that cannot start.
+    pub fn new(config: UfmConfig, profile: &Profile, threads: usize) -> Result<Self> {
+        let k = profile.k();
+        config.check(k)?;
+        let labels: Vec<u32> = profile
+            .counts()
+            .iter()
+            .enumerate()
+            .flat_map(|(c, &m)| std::iter::repeat_n(c as u32, m as usize))
+            .collect();
+        let n = labels.len();
+        let d = config.d;
+        let scale = match config.reduction {
+            Reduction::Sum => 1.0,
+            Reduction::Mean => 1.0 / n as f64,
+        };
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .map_err(|e| Error::Observer(format!("cannot start {threads} worker threads: {e}")))?;
+        let chunks = n.div_ceil(CHUNK);
+        let bias_len = if config.bias { k } else { 0 };
+        let acc = (0..chunks)
+            .map(|_| ChunkAcc {
+                grad_w: Mat::zeros(d, k),
+                amax: vec![0; CHUNK],
+                grad_b: vec![0.0; k],
+                loss: 0.0,
+                correct: 0,
+                min_margin: f64::INFINITY,
+                h_norm_sq: 0.0,
+                grad_h_norm_sq: 0.0,
+            })
+            .collect();
+        Ok(UfmSolver {
+            config,
+            labels,
+            k,
+            scale,
+            g_buf: vec![T::from_f64(0.0); k * n],
+            grad_h: Mat::zeros(d, n),
+            grad_w: Mat::zeros(d, k),
+            grad_b: vec![T::from_f64(0.0); bias_len],
+            acc,
+            pool,
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &UfmConfig {
+        &self.config
+    }
+
+    /// Labels of the samples, in column order of `H`.
+    pub fn labels(&self) -> &[u32] {
+        &self.labels
+    }
+
+    /// The initial state: Gaussian init from the configured seed.
+    pub fn init_state(&mut self) -> Result<UfmState<T>> {
+        let c = &self.config;
+        let params = Params::init(c.d, self.k, self.labels.len(), c.init_scale, c.seed, c.bias);
+        self.state_at(params, 0)
+    }
+
+    /// The state at given variables after `iter` iterations (a resumed run).
+    ///
+    /// # Errors
+    /// Shapes that do not match the configuration; a non-finite evaluation.
+    pub fn state_at(&mut self, params: Params<T>, iter: u64) -> Result<UfmState<T>> {
+        let (d, k, n) = (self.config.d, self.k, self.labels.len());
+        let shape_err =
+            |what: &'static str, r: usize, c: usize, er: usize, ec: usize| Error::ShapeMismatch {
+                left: what,
+                lr: r,
+                lc: c,
+                right: "the configured shape",
+                rr: er,
+                rc: ec,
+            };
+        if params.W.nrows() != d || params.W.ncols() != k {
+            return Err(shape_err("W", params.W.nrows(), params.W.ncols(), d, k));
+        }
+        if params.H.nrows() != d || params.H.ncols() != n {
+            return Err(shape_err("H", params.H.nrows(), params.H.ncols(), d, n));
+        }
+        match (&params.b, self.config.bias) {
+            (Some(b), true) if b.len() == k => {}
+            (None, false) => {}
+            (b, _) => {
+                return Err(shape_err(
+                    "b",
+                    b.as_ref().map_or(0, |b| b.len()),
+                    1,
+                    if self.config.bias { k } else { 0 },
+                    1,
+                ));
+            }
+        }
+        let mut params = params;
+        let eval = self.pass(&mut params, None);
+        check_finite(iter, &eval)?;
+        let step = self.next_step(&eval, iter);
+        Ok(UfmState { params, iter, eval, step })
+    }
+
+    /// Evaluates the objective and gradients at `params`, after first applying a step of size
+    /// `eta` along the stored gradients to `H` (the caller updates `W` and `b`).
+    fn pass(&mut self, params: &mut Params<T>, eta: Option<f64>) -> Eval {
+        let k = self.k;
+        let scale = self.scale;
+        let lambda_h = self.config.lambda_h;
+        let W = params.W.as_ref();
+        let b = params.b.as_deref();
+        let eta_t = eta.map(T::from_f64);
+        let lam_t = T::from_f64(lambda_h);
+        let one = T::from_f64(1.0);
+        let H = params.H.as_mut();
+        let grad_h = self.grad_h.as_mut();
+        let labels = &self.labels;
+        let g_buf = &mut self.g_buf;
+        let acc = &mut self.acc;
+        self.pool.install(|| {
+            H.par_col_chunks_mut(CHUNK)
+                .zip(g_buf.par_chunks_mut(k * CHUNK))
+                .zip(grad_h.par_col_chunks_mut(CHUNK))
+                .zip(labels.par_chunks(CHUNK))
+                .zip(acc.par_iter_mut())
+                .for_each(|((((mut Hc, g), mut gHc), yc), a)| {
+                    let cols = Hc.ncols();
+                    // 1. The pending step on this chunk's embeddings.
+                    if let Some(eta) = eta_t {
+                        for j in 0..cols {
+                            let gh = col(gHc.rb(), j);
+                            for (h, &d) in col_mut(&mut Hc, j).iter_mut().zip(gh) {
+                                *h -= eta * d;
+                            }
+                        }
+                    }
+                    // 2. Logits Z = WᵀH (+ b) into the chunk's block of G, then softmax in place.
+                    let mut Gc = MatMut::from_column_major_slice_mut(g, k, cols);
+                    matmul(Gc.rb_mut(), Accum::Replace, W.transpose(), Hc.rb(), one, Par::Seq);
+                    softmax_block(g, k, yc, b, scale, a);
+                    let Gc = MatRef::from_column_major_slice(g, k, cols);
+                    // 3. This chunk's part of ∇_W = H Gᵀ.
+                    matmul(
+                        a.grad_w.as_mut(),
+                        Accum::Replace,
+                        Hc.rb(),
+                        Gc.transpose(),
+                        one,
+                        Par::Seq,
+                    );
+                    // 4. Its columns of ∇_H = W G + λ_H H, and their squared norm.
+                    matmul(gHc.rb_mut(), Accum::Replace, W, Gc, one, Par::Seq);
+                    a.h_norm_sq = 0.0;
+                    a.grad_h_norm_sq = 0.0;
+                    for j in 0..cols {
+                        let h = col(Hc.rb(), j);
+                        let gh = col_mut(&mut gHc, j);
+                        if lambda_h != 0.0 {
+                            for (d, &hv) in gh.iter_mut().zip(h) {
+                                *d += lam_t * hv;
+                            }
+                            a.h_norm_sq += sum_sq(h);
+                        }
+                        a.grad_h_norm_sq += sum_sq(gh);
+                    }
+                });
+        });
+        // Reduce in chunk order.
+        let mut e = Eval { min_margin: f64::INFINITY, ..Eval::default() };
+        if lambda_h == 0.0 {
+            e.h_norm_sq = sum_sq_mat(params.H.as_ref());
+        }
+        let mut grad_h_sq = 0.0;
+        let mut grad_b = vec![0.0; k];
+        self.grad_w.fill(T::from_f64(0.0));
+        for a in &self.acc {
+            e.loss += a.loss;
+            e.correct += a.correct;
+            e.min_margin = e.min_margin.min(a.min_margin);
+            e.h_norm_sq += a.h_norm_sq;
+            grad_h_sq += a.grad_h_norm_sq;
+            self.grad_w += &a.grad_w;
+            for (g, v) in grad_b.iter_mut().zip(&a.grad_b) {
+                *g += v;
+            }
+        }
+        let lambda_w = self.config.lambda_w;
+        if lambda_w != 0.0 {
+            self.grad_w += params.W.as_ref() * faer::Scale(T::from_f64(lambda_w));
+        }
+        let w_sq = sum_sq_mat(params.W.as_ref());
+        for (g, v) in self.grad_b.iter_mut().zip(&grad_b) {
+            *g = T::from_f64(*v);
+        }
+        let b_sq: f64 = if params.b.is_some() { grad_b.iter().map(|v| v * v).sum() } else { 0.0 };
+        e.objective = e.loss + 0.5 * lambda_w * w_sq + 0.5 * lambda_h * e.h_norm_sq;
+        let grad_sq = sum_sq_mat(self.grad_w.as_ref()) + grad_h_sq + b_sq;
+        e.grad_norm = if grad_sq < 1e-250 {
+            // Squares of gradients this small lose digits to underflow: take the norm with
+            // the entries scaled by their maximum (cheap, and only near the end of a run).
+            scaled_norm(&[self.grad_w.as_ref(), self.grad_h.as_ref()], &self.grad_b)
+        } else {
+            grad_sq.sqrt()
+        };
+        e
+    }
+
+    /// The step from a point with evaluation `e` after `iter` iterations; 0 at an exact
+    /// fixed point (a gradient that vanished in floating point), where the run terminates.
+    fn next_step(&self, e: &Eval, iter: u64) -> f64 {
+        if e.grad_norm == 0.0 {
+            return 0.0;
+        }
+        self.config.step_rule.step(self.config.lr, iter, e.objective, e.grad_norm)
+    }
+
+    /// The gradients at the state's point, as computed by the last evaluation:
+    /// `(∇_W F, ∇_H F, ∇_b F)`.
+    pub fn gradients(&self) -> (MatRef<'_, T>, MatRef<'_, T>, &[T]) {
+        (self.grad_w.as_ref(), self.grad_h.as_ref(), &self.grad_b)
+    }
+}
+
+fn check_finite(iter: u64, e: &Eval) -> Result<()> {
+    for (quantity, value) in [("objective", e.objective), ("gradient norm", e.grad_norm)] {
+        if !value.is_finite() {
+            return Err(Error::Diverged { iter, quantity, value });
+        }
+    }
+    Ok(())
+}
+
+impl<T: Scalar> Solver for UfmSolver<T> {
+    type State = UfmState<T>;
+
+    fn next_iter(&mut self, state: &mut UfmState<T>) -> Result<()> {
+        let eta = state.step;
+        let eta_t = T::from_f64(eta);
+        state.params.W -= self.grad_w.as_ref() * faer::Scale(eta_t);
+        if let Some(b) = state.params.b.as_mut() {
+            for (bc, &g) in b.iter_mut().zip(&self.grad_b) {
+                *bc -= eta_t * g;
+            }
+        }
+        let eval = self.pass(&mut state.params, Some(eta));
+        state.iter += 1;
+        state.eval = eval;
+        check_finite(state.iter, &eval)?;
+        state.step = self.next_step(&eval, state.iter);
+        if !(state.step.is_finite() && state.step >= 0.0) {
+            return Err(Error::Diverged {
+                iter: state.iter,
+                quantity: "step size",
+                value: state.step,
+            });
+        }
+        Ok(())
+    }
+
+    fn terminate(&self, state: &UfmState<T>) -> Option<Termination> {
+        if state.eval.grad_norm == 0.0 {
+            return Some(Termination::Converged(format!(
+                "the gradient is exactly zero in {} (the loss underflowed): a fixed point of GD",
+                T::NAME
+            )));
+        }
+        let tol = self.config.grad_tol?;
+        (state.eval.grad_norm <= tol).then(|| {
+            Termination::Converged(format!(
+                "gradient norm {:.3e} <= {tol:.1e}",
+                state.eval.grad_norm
+            ))
+        })
+    }
+}

@@ -1,0 +1,268 @@
+//! Gradient descent on the unconstrained-features model: gradients against finite
+//! differences, convergence toward SELI, ridge stationarity, determinism and resume.
+#![allow(non_snake_case)]
+
+use faer::Mat;
+use seli_core::solve::ufm::{Params, Reduction, StepRule, UfmConfig, UfmSolver, UfmState};
+use seli_core::solve::{Executor, Schedule, Termination};
+use seli_core::track::{Tracker, UfmMetrics};
+use seli_core::{Geometry, Profile};
+
+fn config(d: usize) -> UfmConfig {
+    UfmConfig { d, ..UfmConfig::default() }
+}
+
+/// Objective at `params` (a fresh evaluation).
+fn objective(solver: &mut UfmSolver<f64>, params: &Params<f64>) -> f64 {
+    solver.state_at(params.clone(), 0).unwrap().eval.objective
+}
+
+/// Central finite differences of the objective against the hand-derived gradients, for every
+/// entry of W, H and b. Tolerance: the O(h²) truncation plus rounding of a few objective ulps
+/// divided by h.
+fn check_gradients(cfg: UfmConfig, counts: Vec<u64>) {
+    let profile = Profile::from_counts(counts).unwrap();
+    let mut solver = UfmSolver::<f64>::new(cfg.clone(), &profile, 1).unwrap();
+    let mut state = solver.init_state().unwrap();
+    // Move away from the tiny initialization so that the softmax is not uniform.
+    state.params.W = &state.params.W * faer::Scale(10.0);
+    state.params.H = &state.params.H * faer::Scale(10.0);
+    if let Some(b) = state.params.b.as_mut() {
+        for (c, v) in b.iter_mut().enumerate() {
+            *v = 0.3 * c as f64 - 0.2;
+        }
+    }
+    let p0 = state.params.clone();
+    let base = solver.state_at(p0.clone(), 0).unwrap();
+    let (gW, gH, gb) = {
+        let (a, b, c) = solver.gradients();
+        (a.to_owned(), b.to_owned(), c.to_vec())
+    };
+    let h = 1e-5;
+    let tol = |g: f64| 1e-6 * (1.0 + g.abs()) + 1e-9 * base.eval.objective.abs() / h;
+    let mut worst: f64 = 0.0;
+    let mut fd = |perturb: &dyn Fn(&mut Params<f64>, f64), analytic: f64| {
+        let mut plus = p0.clone();
+        perturb(&mut plus, h);
+        let mut minus = p0.clone();
+        perturb(&mut minus, -h);
+        let num = (objective(&mut solver, &plus) - objective(&mut solver, &minus)) / (2.0 * h);
+        let err = (num - analytic).abs();
+        assert!(err < tol(analytic), "{cfg:?}: finite difference {num} vs analytic {analytic}");
+        worst = worst.max(err);
+    };
+    for i in 0..gW.nrows() {
+        for j in 0..gW.ncols() {
+            fd(&|p, e| p.W[(i, j)] += e, gW[(i, j)]);
+        }
+    }
+    for i in 0..gH.nrows() {
+        for j in 0..gH.ncols() {
+            fd(&|p, e| p.H[(i, j)] += e, gH[(i, j)]);
+        }
+    }
+    for c in 0..gb.len() {
+        fd(&|p, e| p.b.as_mut().unwrap()[c] += e, gb[c]);
+    }
+    // The gradient norm reported is the norm of these gradients.
+    let norm =
+        (gW.squared_norm_l2() + gH.squared_norm_l2() + gb.iter().map(|g| g * g).sum::<f64>())
+            .sqrt();
+    assert!((norm - base.eval.grad_norm).abs() < 1e-12 * norm);
+}
+
+#[test]
+fn gradients_match_finite_differences() {
+    let counts = vec![4, 2, 1];
+    check_gradients(config(3), counts.clone());
+    check_gradients(UfmConfig { bias: true, ..config(3) }, counts.clone());
+    check_gradients(UfmConfig { lambda_w: 0.3, lambda_h: 0.05, ..config(4) }, counts.clone());
+    check_gradients(
+        UfmConfig {
+            lambda_w: 0.2,
+            lambda_h: 0.1,
+            bias: true,
+            reduction: Reduction::Mean,
+            ..config(2)
+        },
+        counts,
+    );
+    // More samples than one chunk, so that the chunked reduction is exercised.
+    check_gradients(UfmConfig { lambda_h: 0.01, bias: true, ..config(2) }, vec![150, 30, 20]);
+}
+
+fn run(
+    cfg: UfmConfig,
+    profile: &Profile,
+    iters: u64,
+    threads: usize,
+) -> (UfmState<f64>, Termination) {
+    let mut solver = UfmSolver::<f64>::new(cfg, profile, threads).unwrap();
+    let mut state = solver.init_state().unwrap();
+    let why = Executor::new(solver, iters).run(&mut state).unwrap();
+    (state, why)
+}
+
+fn metrics(state: &UfmState<f64>, profile: &Profile) -> UfmMetrics {
+    let geometry = Geometry::new(profile).unwrap();
+    let solver = UfmSolver::<f64>::new(config(state.params.W.nrows()), profile, 1).unwrap();
+    UfmMetrics::compute(state, solver.labels(), &geometry).unwrap()
+}
+
+#[test]
+fn imbalanced_gd_heads_to_seli_not_the_etf() {
+    // STEP k = 4, R = 10, rho = 1/2: SELI and the ETF differ by dist 0.387 in G_W (SPEC §9
+    // profile; see seli geometry). Normalized GD, 3000 iterations.
+    let profile = Profile::step(4, 10.0, 0.5, 2).unwrap();
+    let cfg =
+        UfmConfig { d: 8, lr: 0.2, step_rule: StepRule::NormalizedGrad, ..UfmConfig::default() };
+    let (state, _) = run(cfg, &profile, 3000, 2);
+    let m = metrics(&state, &profile);
+    let (seli, etf) = (m.get("dist_gw_seli").unwrap(), m.get("dist_gw_etf").unwrap());
+    assert_eq!(m.get("accuracy"), Some(1.0));
+    assert!(seli < 0.1 && etf > 0.3 && seli < etf / 4.0, "dist to SELI {seli}, to ETF {etf}");
+    assert!(m.get("dist_z").unwrap() < 0.15, "{m:?}");
+}
+
+#[test]
+fn balanced_gd_goes_to_the_etf() {
+    let profile = Profile::from_counts(vec![5, 5, 5]).unwrap();
+    let cfg =
+        UfmConfig { d: 4, lr: 0.2, step_rule: StepRule::NormalizedGrad, ..UfmConfig::default() };
+    let (state, _) = run(cfg.clone(), &profile, 200, 1);
+    let early = metrics(&state, &profile).get("dist_gw_etf").unwrap();
+    let (state, _) = run(cfg, &profile, 3000, 1);
+    let m = metrics(&state, &profile);
+    let (seli, etf) = (m.get("dist_gw_seli").unwrap(), m.get("dist_gw_etf").unwrap());
+    assert!((seli - etf).abs() < 1e-12, "targets coincide when balanced");
+    assert!(etf < 0.05 && etf < early, "dist {etf} (after 200: {early})");
+    assert!(m.get("nc1").unwrap() < 1e-3);
+}
+
+#[test]
+fn ridge_gd_converges_to_a_stationary_point() {
+    let profile = Profile::step(4, 5.0, 0.5, 1).unwrap();
+    let cfg = UfmConfig {
+        d: 6,
+        lr: 0.05,
+        lambda_w: 0.1,
+        lambda_h: 0.1,
+        init_scale: 0.5,
+        grad_tol: Some(1e-9),
+        ..UfmConfig::default()
+    };
+    let (state, why) = run(cfg.clone(), &profile, 200_000, 1);
+    assert_eq!(why.name(), "converged", "{why}");
+    assert!(state.eval.grad_norm <= 1e-9);
+    // Stationarity checked independently: a fresh evaluation's gradients vanish entrywise.
+    let mut solver = UfmSolver::<f64>::new(cfg, &profile, 1).unwrap();
+    let again = solver.state_at(state.params.clone(), state.iter).unwrap();
+    let (gW, gH, _) = solver.gradients();
+    assert!(gW.norm_max() < 1e-9 && gH.norm_max() < 1e-9);
+    // At a ridge stationary point ‖W‖² = ‖H‖² when λ_W = λ_H (balanced factorization).
+    let w = state.params.W.squared_norm_l2();
+    assert!((w - again.eval.h_norm_sq).abs() < 1e-7 * w, "{w} vs {}", again.eval.h_norm_sq);
+}
+
+#[test]
+fn results_do_not_depend_on_threads_and_resume_is_exact() {
+    let profile = Profile::step(6, 10.0, 0.5, 40).unwrap(); // n = 1320: several chunks
+    let cfg = UfmConfig { d: 8, lr: 0.05, bias: true, lambda_w: 1e-3, ..UfmConfig::default() };
+    let (one, _) = run(cfg.clone(), &profile, 60, 1);
+    let (two, _) = run(cfg.clone(), &profile, 60, 2);
+    assert_eq!(one.params, two.params);
+    // Stop at 25, rebuild everything from (params, iter), continue to 60.
+    let (half, _) = run(cfg.clone(), &profile, 25, 2);
+    let mut solver = UfmSolver::<f64>::new(cfg, &profile, 2).unwrap();
+    let mut resumed = solver.state_at(half.params.clone(), half.iter).unwrap();
+    Executor::new(solver, 60).run(&mut resumed).unwrap();
+    assert_eq!(resumed.iter, 60);
+    assert_eq!(resumed.params, one.params);
+    assert_eq!(resumed.eval, one.eval);
+}
+
+#[test]
+fn f32_tracks_f64() {
+    let profile = Profile::step(4, 10.0, 0.5, 3).unwrap();
+    let cfg = UfmConfig { d: 6, lr: 0.1, ..UfmConfig::default() };
+    let (s64, _) = run(cfg.clone(), &profile, 300, 1);
+    let mut solver = UfmSolver::<f32>::new(cfg, &profile, 1).unwrap();
+    let mut s32 = solver.init_state().unwrap();
+    Executor::new(solver, 300).run(&mut s32).unwrap();
+    let w32 = Mat::from_fn(6, 4, |i, j| s32.params.W[(i, j)] as f64);
+    let rel = (&w32 - &s64.params.W).norm_l2() / s64.params.W.norm_l2();
+    assert!(rel < 1e-4, "relative difference {rel}");
+}
+
+#[test]
+fn bad_configurations_are_rejected_by_name() {
+    let profile = Profile::step(10, 10.0, 0.5, 1).unwrap();
+    let err = |cfg: UfmConfig| UfmSolver::<f64>::new(cfg, &profile, 1).err().unwrap().to_string();
+    assert!(err(config(8)).contains("d = 8 is below k-1 = 9"));
+    assert!(
+        err(UfmConfig { lr: 0.0, ..config(9) }).contains("lr = 0: must be a finite number > 0")
+    );
+    assert!(err(UfmConfig { lr: f64::NAN, ..config(9) }).contains("lr = NaN"));
+    assert!(err(UfmConfig { lambda_w: -1.0, ..config(9) }).contains("lambda_w = -1"));
+    assert!(err(UfmConfig { init_scale: f64::INFINITY, ..config(9) }).contains("init_scale = inf"));
+    let bad = StepRule::StepDecay { factor: 0.1, milestones: vec![5, 5] };
+    assert!(err(UfmConfig { step_rule: bad, ..config(9) }).contains("strictly increasing"));
+    assert!(StepRule::parse("step:0.1@x").unwrap_err().to_string().contains("whole iteration"));
+    assert!(StepRule::parse("cosine").unwrap_err().to_string().contains("schedule = cosine"));
+    assert_eq!(StepRule::parse("step:0.1@10,20").unwrap().spec(), "step:0.1@10,20");
+}
+
+#[test]
+fn divergence_names_the_iteration() {
+    let profile = Profile::step(4, 10.0, 0.5, 3).unwrap();
+    let cfg = UfmConfig { d: 4, lr: 1e200, init_scale: 1.0, ..UfmConfig::default() };
+    let mut solver = UfmSolver::<f64>::new(cfg, &profile, 1).unwrap();
+    let mut state = solver.init_state().unwrap();
+    let e = Executor::new(solver, 100).run(&mut state).unwrap_err().to_string();
+    assert!(e.starts_with("diverged at iteration "), "{e}");
+}
+
+#[test]
+fn tracker_records_on_schedule_and_at_the_end() {
+    let profile = Profile::step(4, 10.0, 0.5, 3).unwrap();
+    let geometry = Geometry::new(&profile).unwrap();
+    let mut solver = UfmSolver::<f64>::new(config(4), &profile, 1).unwrap();
+    let labels = solver.labels().to_vec();
+    let mut state = solver.init_state().unwrap();
+    let mut rows = Vec::new();
+    let tracker = Tracker::new(&labels, &geometry, |m: &UfmMetrics| {
+        rows.push(m.get("iter").unwrap());
+        Ok(())
+    });
+    Executor::new(solver, 25).observe(tracker, Schedule::Every(10)).run(&mut state).unwrap();
+    assert_eq!(rows, vec![0.0, 10.0, 20.0, 25.0]);
+}
+
+#[test]
+fn gradient_stays_consistent_when_the_loss_is_below_epsilon() {
+    // Scale a separating iterate until the loss is ~1e-40: the true-class gradient must still
+    // balance the others (Σ_c g_c = 0 for every sample, so ∇_b sums to zero), rather than
+    // rounding to zero as 1/(1+rest) − 1 would.
+    let profile = Profile::step(4, 10.0, 0.5, 2).unwrap();
+    let cfg = UfmConfig {
+        d: 6,
+        lr: 0.2,
+        bias: true,
+        step_rule: StepRule::NormalizedGrad,
+        ..UfmConfig::default()
+    };
+    let (state, _) = run(cfg.clone(), &profile, 300, 1);
+    assert_eq!(state.eval.correct, profile.n());
+    let mut solver = UfmSolver::<f64>::new(cfg, &profile, 1).unwrap();
+    let mut p = state.params.clone();
+    let mut loss = state.eval.loss;
+    while loss > 1e-40 {
+        p.W = &p.W * faer::Scale(1.5);
+        loss = solver.state_at(p.clone(), 0).unwrap().eval.loss;
+    }
+    assert!(loss > 0.0, "still representable");
+    let (_, _, gb) = solver.gradients();
+    let scale: f64 = gb.iter().map(|g| g.abs()).sum();
+    assert!(scale > 0.0);
+    assert!(gb.iter().sum::<f64>().abs() < 1e-12 * scale, "{gb:?}");
+}
