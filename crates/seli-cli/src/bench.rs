@@ -10,13 +10,30 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use clap::{Args, Subcommand};
 use faer::Mat;
-use seli_core::{Geometry, Profile};
+use seli_core::solve::Solver;
+use seli_core::solve::ufm::{UfmConfig, UfmSolver};
+use seli_core::{Geometry, Profile, Scalar};
 
 /// Which benchmark to run.
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
     /// Class-level SELI geometry against the dense SVD of the explicit SEL matrix.
     Geometry(BenchGeometryArgs),
+    /// Full-batch UFM gradient descent: iterations per second and GFLOP/s.
+    Ufm(BenchUfmArgs),
+}
+
+/// Flags of `seli bench ufm`.
+#[derive(Debug, Args)]
+pub struct BenchUfmArgs {
+    /// Iterations timed for the reference size (k = 10, d = 64, n = 2750), in five stretches
+    /// whose median rate is reported; the n = 10^5 case runs a fifth of them.
+    #[arg(long, default_value_t = 1000)]
+    pub iters: u64,
+
+    /// Small sizes and few iterations: checks that the benchmark works, measures nothing.
+    #[arg(long)]
+    pub quick: bool,
 }
 
 /// Flags of `seli bench geometry`.
@@ -35,6 +52,7 @@ pub struct BenchGeometryArgs {
 pub fn run(cmd: &BenchCommand) -> Result<()> {
     match cmd {
         BenchCommand::Geometry(a) => bench_geometry(a),
+        BenchCommand::Ufm(a) => bench_ufm(a),
     }
 }
 
@@ -141,5 +159,68 @@ fn bench_geometry(a: &BenchGeometryArgs) -> Result<()> {
         "at n = 10^7 the dense route would hold a {:.1} GB matrix for k = 100; the class level holds k x k.",
         8.0 * 100.0 * 1e7 / 1e9
     );
+    Ok(())
+}
+
+/// Iterations per second of UFM gradient descent (the pass that `seli ufm` runs): the median
+/// of five timed stretches of `iters / 5` iterations, after a warm-up of a tenth.
+fn ufm_rate<T: Scalar>(profile: &Profile, d: usize, iters: u64, threads: usize) -> Result<f64> {
+    let cfg = UfmConfig { d, lr: 1e-4, ..UfmConfig::default() };
+    let mut solver = UfmSolver::<T>::new(cfg, profile, threads)?;
+    let mut state = solver.init_state()?;
+    for _ in 0..(iters / 10).max(1) {
+        solver.next_iter(&mut state)?;
+    }
+    let stretch = (iters / 5).max(1);
+    let mut rates = Vec::with_capacity(5);
+    for _ in 0..5 {
+        let t = Instant::now();
+        for _ in 0..stretch {
+            solver.next_iter(&mut state)?;
+        }
+        rates.push(stretch as f64 / t.elapsed().as_secs_f64());
+    }
+    rates.sort_by(f64::total_cmp);
+    Ok(rates[2])
+}
+
+fn bench_ufm(a: &BenchUfmArgs) -> Result<()> {
+    let iters = if a.quick { 5 } else { a.iters.max(1) };
+    let (k, d) = (10, 64);
+    // STEP 500/50 (the reference size of the issue) and n close to 10^5.
+    let cases =
+        [(Profile::step(k, 10.0, 0.5, 50)?, iters), (step_near(k, 100_000)?, (iters / 5).max(1))];
+    let cases = if a.quick { &cases[..1] } else { &cases[..] };
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!(
+        "seli bench ufm: full-batch GD on the UFM, k = {k}, d = {d}, summed CE, no ridge, no bias"
+    );
+    println!("one iteration = 3 products of k x d x n (logits, grad W, grad H) = 6 k d n flop");
+    println!();
+    println!("(median rate of five timed stretches after a warm-up; a busy machine lowers it)");
+    println!();
+    println!(
+        "{:>8}{:>6}{:>9}{:>8}{:>12}{:>10}",
+        "n", "type", "threads", "iters", "iter/s", "GFLOP/s"
+    );
+    for (p, iters) in cases {
+        let flop = 6.0 * (k * d) as f64 * p.n() as f64;
+        for threads in [1, cores].into_iter().collect::<std::collections::BTreeSet<_>>() {
+            for (name, rate) in [
+                ("f64", ufm_rate::<f64>(p, d, *iters, threads)?),
+                ("f32", ufm_rate::<f32>(p, d, *iters, threads)?),
+            ] {
+                println!(
+                    "{:>8}{:>6}{:>9}{:>8}{:>12.0}{:>10.1}",
+                    p.n(),
+                    name,
+                    threads,
+                    iters,
+                    rate,
+                    rate * flop / 1e9
+                );
+            }
+        }
+    }
     Ok(())
 }

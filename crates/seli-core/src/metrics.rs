@@ -323,7 +323,7 @@ pub fn nc1(
     let s_max = if s.nrows() > 0 { s[0] } else { 0.0 };
     let cutoff = f64::EPSILON * s_max * d.max(k) as f64;
     let keep: Vec<usize> = (0..s.nrows().min(k - 1)).filter(|&j| s[j] > cutoff).collect();
-    if keep.is_empty() || !(s_max > 0.0) {
+    if keep.is_empty() {
         return Ok(None);
     }
     let U = Mat::from_fn(d, keep.len(), |r, j| svd.U()[(r, keep[j])]);

@@ -37,14 +37,11 @@ pub trait Scalar:
     /// libm out of the hot loop; everything else is accurate to a few ulps. Vectorized, with
     /// the widest SIMD the processor offers chosen at run time; every path gives the same bits.
     fn exp_nonpos_in_place(xs: &mut [Self]);
-    /// `ln(1 + x)`, in f64.
-    fn ln_1p_f64(self) -> f64 {
-        self.to_f64().ln_1p()
-    }
 }
 
 /// Sum of squares of `xs`, accumulated in f64 with eight interleaved partial sums so that the
 /// loop vectorizes (the order is fixed, so results are reproducible).
+#[inline(always)]
 pub fn sum_sq<T: Scalar>(xs: &[T]) -> f64 {
     let mut acc = [0.0f64; 8];
     let mut chunks = xs.chunks_exact(8);

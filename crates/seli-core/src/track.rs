@@ -117,7 +117,7 @@ impl UfmMetrics {
             Some(e.min_margin),
             Some(e.grad_norm),
             Some(gw.as_ref().diagonal().column_vector().iter().sum()),
-            Some(e.h_norm_sq),
+            Some(H.squared_norm_l2()),
             dist(gw.as_ref(), target.gram_w()),
             dist(gw.as_ref(), P.as_ref()),
             dist(gm.as_ref(), target.gram_m()),

@@ -117,6 +117,8 @@ pub trait Observer<S> {
     }
 }
 
+type BoxedObserver<'a, S> = Box<dyn Observer<S> + 'a>;
+
 /// A raised flag asks the executor to stop after the current iteration.
 pub type InterruptFlag = Arc<AtomicBool>;
 
@@ -125,7 +127,7 @@ pub type InterruptFlag = Arc<AtomicBool>;
 pub struct Executor<'a, S: Solver> {
     solver: S,
     max_iters: u64,
-    observers: Vec<(Box<dyn Observer<S::State> + 'a>, Schedule)>,
+    observers: Vec<(BoxedObserver<'a, S::State>, Schedule)>,
     interrupt: Option<InterruptFlag>,
 }
 

@@ -24,7 +24,6 @@
 use faer::linalg::matmul::matmul;
 use faer::prelude::{Reborrow, ReborrowMut};
 use faer::{Accum, Mat, MatMut, MatRef, Par};
-use rayon::prelude::*;
 
 use super::{IterState, Solver, Termination};
 use crate::error::{Error, Result};
@@ -283,7 +282,7 @@ pub struct Eval {
     pub min_margin: f64,
     /// `‖∇F‖_F` over all variables.
     pub grad_norm: f64,
-    /// `‖H‖_F²`.
+    /// `‖H‖_F²` when `λ_H > 0` (the objective needs it); 0 otherwise, to save a pass.
     pub h_norm_sq: f64,
 }
 
@@ -334,7 +333,9 @@ pub struct UfmSolver<T: Scalar> {
     /// `∇_b F` (empty without a bias).
     grad_b: Vec<T>,
     acc: Vec<ChunkAcc<T>>,
+    /// Workers besides the calling thread (at least one, idle when `threads == 1`).
     pool: rayon::ThreadPool,
+    threads: usize,
 }
 
 fn col<T>(m: MatRef<'_, T>, j: usize) -> &[T] {
@@ -351,6 +352,120 @@ fn col_mut<'a, T>(m: &'a mut MatMut<'_, T>, j: usize) -> &'a mut [T] {
 
 fn sum_sq_mat<T: Scalar>(m: MatRef<'_, T>) -> f64 {
     (0..m.ncols()).map(|j| sum_sq(col(m, j))).sum()
+}
+
+/// One worker's contiguous run of chunks in a pass.
+struct Part<'a, T> {
+    h: MatMut<'a, T>,
+    g: &'a mut [T],
+    gh: MatMut<'a, T>,
+    y: &'a [u32],
+    acc: &'a mut [ChunkAcc<T>],
+}
+
+/// What every chunk of a pass shares.
+struct PassCtx<'a, T> {
+    W: MatRef<'a, T>,
+    b: Option<&'a [T]>,
+    /// The pending step on H, if any.
+    eta: Option<T>,
+    lambda_h: f64,
+    scale: f64,
+    k: usize,
+}
+
+/// One chunk of a pass, compiled for the widest SIMD the processor has (chosen at run time;
+/// the loops are plain IEEE arithmetic in a fixed order, so every path gives the same bits).
+fn process_chunk<T: Scalar>(
+    ctx: &PassCtx<'_, T>,
+    Hc: MatMut<'_, T>,
+    g: &mut [T],
+    gHc: MatMut<'_, T>,
+    yc: &[u32],
+    a: &mut ChunkAcc<T>,
+) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx512f")]
+        unsafe fn avx512<T: Scalar>(
+            ctx: &PassCtx<'_, T>,
+            Hc: MatMut<'_, T>,
+            g: &mut [T],
+            gHc: MatMut<'_, T>,
+            yc: &[u32],
+            a: &mut ChunkAcc<T>,
+        ) {
+            chunk_body(ctx, Hc, g, gHc, yc, a)
+        }
+        #[target_feature(enable = "avx2")]
+        unsafe fn avx2<T: Scalar>(
+            ctx: &PassCtx<'_, T>,
+            Hc: MatMut<'_, T>,
+            g: &mut [T],
+            gHc: MatMut<'_, T>,
+            yc: &[u32],
+            a: &mut ChunkAcc<T>,
+        ) {
+            chunk_body(ctx, Hc, g, gHc, yc, a)
+        }
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU supports AVX-512F, checked just above.
+            return unsafe { avx512(ctx, Hc, g, gHc, yc, a) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2, checked just above.
+            return unsafe { avx2(ctx, Hc, g, gHc, yc, a) };
+        }
+    }
+    chunk_body(ctx, Hc, g, gHc, yc, a)
+}
+
+/// The work of one chunk: pending step on H, logits, softmax, partial ∇_W, columns of ∇_H.
+#[inline(always)]
+fn chunk_body<T: Scalar>(
+    ctx: &PassCtx<'_, T>,
+    mut Hc: MatMut<'_, T>,
+    g: &mut [T],
+    mut gHc: MatMut<'_, T>,
+    yc: &[u32],
+    a: &mut ChunkAcc<T>,
+) {
+    let (k, cols) = (ctx.k, Hc.ncols());
+    let one = T::from_f64(1.0);
+    // 1. The pending step on this chunk's embeddings.
+    if let Some(eta) = ctx.eta {
+        for j in 0..cols {
+            let gh = col(gHc.rb(), j);
+            for (h, &d) in col_mut(&mut Hc, j).iter_mut().zip(gh) {
+                *h -= eta * d;
+            }
+        }
+    }
+    // 2. Logits Z = WᵀH (+ b) into the chunk's block of G, then softmax in place.
+    let mut Gc = MatMut::from_column_major_slice_mut(g, k, cols);
+    matmul(Gc.rb_mut(), Accum::Replace, ctx.W.transpose(), Hc.rb(), one, Par::Seq);
+    softmax_block(g, k, yc, ctx.b, ctx.scale, a);
+    let Gc = MatRef::from_column_major_slice(g, k, cols);
+    // 3. This chunk's part of ∇_W = H Gᵀ.
+    matmul(a.grad_w.as_mut(), Accum::Replace, Hc.rb(), Gc.transpose(), one, Par::Seq);
+    // 4. Its columns of ∇_H = W G + λ_H H, and the squared norms of H and ∇_H.
+    matmul(gHc.rb_mut(), Accum::Replace, ctx.W, Gc, one, Par::Seq);
+    let lam = T::from_f64(ctx.lambda_h);
+    a.h_norm_sq = 0.0;
+    a.grad_h_norm_sq = 0.0;
+    for j in 0..cols {
+        let h = col(Hc.rb(), j);
+        let gh = col_mut(&mut gHc, j);
+        if ctx.lambda_h != 0.0 {
+            for (d, &hv) in gh.iter_mut().zip(h) {
+                *d += lam * hv;
+            }
+        }
+        if ctx.lambda_h != 0.0 {
+            a.h_norm_sq += sum_sq(h);
+        }
+        a.grad_h_norm_sq += sum_sq(gh);
+    }
 }
 
 /// `sqrt(Σ x²)` over matrices and a vector, computed as `m·sqrt(Σ (x/m)²)` with `m` the
@@ -372,6 +487,7 @@ fn scaled_norm<T: Scalar>(mats: &[MatRef<'_, T>], v: &[T]) -> f64 {
 /// Softmax cross-entropy on a k×cols block of logits `g` (column-major, stride k), in place:
 /// on return `g = s·(softmax − Y)`, and `a` holds the block's loss, correct count, minimum
 /// margin and bias-gradient sums.
+#[inline(always)]
 fn softmax_block<T: Scalar>(
     g: &mut [T],
     k: usize,
@@ -394,17 +510,19 @@ fn softmax_block<T: Scalar>(
                 *zc += bc;
             }
         }
-        let mut amax = 0;
-        let mut other = T::from_f64(f64::NEG_INFINITY);
+        // Branch-free scans (selects, not jumps: logits near initialization are random and
+        // would defeat the branch predictor): the maximum, its first position, and the
+        // largest logit of another class.
+        let neg_inf = T::from_f64(f64::NEG_INFINITY);
+        let (mut max, mut other) = (neg_inf, neg_inf);
         for (c, &zc) in z.iter().enumerate() {
-            if zc > z[amax] {
-                amax = c;
-            }
-            if c != y && zc > other {
-                other = zc;
-            }
+            max = if zc > max { zc } else { max };
+            other = if (zc > other) & (c != y) { zc } else { other };
         }
-        let max = z[amax];
+        let mut amax = 0;
+        for (c, &zc) in z.iter().enumerate().rev() {
+            amax = if zc == max { c } else { amax };
+        }
         let margin = (z[y] - other).to_f64();
         a.correct += u64::from(margin > 0.0);
         a.min_margin = a.min_margin.min(margin);
@@ -418,6 +536,7 @@ fn softmax_block<T: Scalar>(
     T::exp_nonpos_in_place(g);
     // Pass 3, per column: log Σ exp(z_c) − max = log1p(Σ_{c≠argmax} e^{z_c − max}), accurate
     // even when the loss is far below machine epsilon; then normalize and subtract Y.
+    let mut product = 1.0f64;
     for (j, z) in g.chunks_exact_mut(k).enumerate() {
         let y = labels[j] as usize;
         let amax = a.amax[j] as usize;
@@ -427,7 +546,19 @@ fn softmax_block<T: Scalar>(
                 rest += e;
             }
         }
-        a.loss += rest.ln_1p_f64();
+        // ln(1 + rest): a short series when rest is small (error below rest⁶/6, relative
+        // 1e-21 at the 1e-4 cutoff); otherwise into a running product whose logarithm is
+        // taken once per chunk, keeping libm's log out of the per-sample loop.
+        let r = rest.to_f64();
+        if r < 1e-4 {
+            a.loss += r * (1.0 - r * (0.5 - r * (1.0 / 3.0 - r * (0.25 - r * 0.2))));
+        } else {
+            product *= 1.0 + r;
+            if product > 1e250 {
+                a.loss += product.ln();
+                product = 1.0;
+            }
+        }
         let inv = s_t / (rest + T::from_f64(1.0));
         for zc in z.iter_mut() {
             *zc *= inv;
@@ -446,7 +577,7 @@ fn softmax_block<T: Scalar>(
             }
         }
     }
-    a.loss *= s;
+    a.loss = (a.loss + product.ln()) * s;
 }
 
 impl<T: Scalar> UfmSolver<T> {
@@ -470,8 +601,13 @@ impl<T: Scalar> UfmSolver<T> {
             Reduction::Sum => 1.0,
             Reduction::Mean => 1.0 / n as f64,
         };
+        let threads = if threads == 0 {
+            std::thread::available_parallelism().map_or(1, |t| t.get())
+        } else {
+            threads
+        };
         let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
+            .num_threads(threads.saturating_sub(1).max(1))
             .build()
             .map_err(|e| Error::Observer(format!("cannot start {threads} worker threads: {e}")))?;
         let chunks = n.div_ceil(CHUNK);
@@ -499,6 +635,7 @@ impl<T: Scalar> UfmSolver<T> {
             grad_b: vec![T::from_f64(0.0); bias_len],
             acc,
             pool,
+            threads,
         })
     }
 
@@ -566,69 +703,63 @@ impl<T: Scalar> UfmSolver<T> {
         let k = self.k;
         let scale = self.scale;
         let lambda_h = self.config.lambda_h;
-        let W = params.W.as_ref();
-        let b = params.b.as_deref();
-        let eta_t = eta.map(T::from_f64);
-        let lam_t = T::from_f64(lambda_h);
-        let one = T::from_f64(1.0);
+        let ctx = PassCtx {
+            W: params.W.as_ref(),
+            b: params.b.as_deref(),
+            eta: eta.map(T::from_f64),
+            lambda_h,
+            scale,
+            k,
+        };
         let H = params.H.as_mut();
         let grad_h = self.grad_h.as_mut();
         let labels = &self.labels;
         let g_buf = &mut self.g_buf;
         let acc = &mut self.acc;
-        self.pool.install(|| {
-            H.par_col_chunks_mut(CHUNK)
-                .zip(g_buf.par_chunks_mut(k * CHUNK))
-                .zip(grad_h.par_col_chunks_mut(CHUNK))
-                .zip(labels.par_chunks(CHUNK))
-                .zip(acc.par_iter_mut())
-                .for_each(|((((mut Hc, g), mut gHc), yc), a)| {
-                    let cols = Hc.ncols();
-                    // 1. The pending step on this chunk's embeddings.
-                    if let Some(eta) = eta_t {
-                        for j in 0..cols {
-                            let gh = col(gHc.rb(), j);
-                            for (h, &d) in col_mut(&mut Hc, j).iter_mut().zip(gh) {
-                                *h -= eta * d;
-                            }
-                        }
-                    }
-                    // 2. Logits Z = WᵀH (+ b) into the chunk's block of G, then softmax in place.
-                    let mut Gc = MatMut::from_column_major_slice_mut(g, k, cols);
-                    matmul(Gc.rb_mut(), Accum::Replace, W.transpose(), Hc.rb(), one, Par::Seq);
-                    softmax_block(g, k, yc, b, scale, a);
-                    let Gc = MatRef::from_column_major_slice(g, k, cols);
-                    // 3. This chunk's part of ∇_W = H Gᵀ.
-                    matmul(
-                        a.grad_w.as_mut(),
-                        Accum::Replace,
-                        Hc.rb(),
-                        Gc.transpose(),
-                        one,
-                        Par::Seq,
-                    );
-                    // 4. Its columns of ∇_H = W G + λ_H H, and their squared norm.
-                    matmul(gHc.rb_mut(), Accum::Replace, W, Gc, one, Par::Seq);
-                    a.h_norm_sq = 0.0;
-                    a.grad_h_norm_sq = 0.0;
-                    for j in 0..cols {
-                        let h = col(Hc.rb(), j);
-                        let gh = col_mut(&mut gHc, j);
-                        if lambda_h != 0.0 {
-                            for (d, &hv) in gh.iter_mut().zip(h) {
-                                *d += lam_t * hv;
-                            }
-                            a.h_norm_sq += sum_sq(h);
-                        }
-                        a.grad_h_norm_sq += sum_sq(gh);
-                    }
-                });
-        });
+        // Static partition: worker w always gets the same contiguous run of chunks, so its
+        // slice of H, G and ∇_H stays in its core's cache from one iteration to the next.
+        let workers = self.threads.min(acc.len()).max(1);
+        let per = acc.len().div_ceil(workers);
+        let mut parts = Vec::with_capacity(workers);
+        let (mut H, mut g_rest, mut gH, mut y_rest, mut a_rest) =
+            (H, &mut g_buf[..], grad_h, &labels[..], &mut acc[..]);
+        for _ in 0..workers {
+            let chunks = per.min(a_rest.len());
+            let cols = (chunks * CHUNK).min(H.ncols());
+            let (h0, h1) = H.split_at_col_mut(cols);
+            let (g0, g1) = std::mem::take(&mut g_rest).split_at_mut(cols * k);
+            let (gh0, gh1) = gH.split_at_col_mut(cols);
+            let (y0, y1) = y_rest.split_at(cols);
+            let (a0, a1) = std::mem::take(&mut a_rest).split_at_mut(chunks);
+            parts.push(std::sync::Mutex::new(Part { h: h0, g: g0, gh: gh0, y: y0, acc: a0 }));
+            (H, g_rest, gH, y_rest, a_rest) = (h1, g1, gh1, y1, a1);
+        }
+        let run = |part: &std::sync::Mutex<_>| {
+            let mut guard = part.lock().expect("a worker panicked");
+            let Part { h, g, gh, y, acc: a } = &mut *guard;
+            let mut col0 = 0;
+            for (i, a) in a.iter_mut().enumerate() {
+                let cols = CHUNK.min(h.ncols() - col0);
+                let hc = h.rb_mut().subcols_mut(col0, cols);
+                let gc = &mut g[i * CHUNK * k..(i * CHUNK + cols) * k];
+                let ghc = gh.rb_mut().subcols_mut(col0, cols);
+                process_chunk(&ctx, hc, gc, ghc, &y[col0..col0 + cols], a);
+                col0 += cols;
+            }
+        };
+        // The calling thread takes part 0 itself; the pool's threads − 1 workers take the rest.
+        match parts.split_first() {
+            Some((first, [])) => run(first),
+            Some((first, rest)) => self.pool.in_place_scope(|scope| {
+                for part in rest {
+                    scope.spawn(|_| run(part));
+                }
+                run(first);
+            }),
+            None => {}
+        }
         // Reduce in chunk order.
         let mut e = Eval { min_margin: f64::INFINITY, ..Eval::default() };
-        if lambda_h == 0.0 {
-            e.h_norm_sq = sum_sq_mat(params.H.as_ref());
-        }
         let mut grad_h_sq = 0.0;
         let mut grad_b = vec![0.0; k];
         self.grad_w.fill(T::from_f64(0.0));
