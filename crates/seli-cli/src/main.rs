@@ -4,6 +4,8 @@
 mod bench;
 mod geometry;
 mod profile_args;
+mod reproduce;
+mod ufm;
 
 use std::process::ExitCode;
 
@@ -31,6 +33,11 @@ enum Command {
     /// Exact SELI geometry of a class-count profile: singular values of the SEL matrix,
     /// classifier and class-mean Grams, norms and cosines by group, distance to the ETF.
     Geometry(geometry::GeometryArgs),
+    /// The paper's UFM experiment in one command: SELI geometry and gradient descent for
+    /// STEP k = 10, rho = 1/2, R in {1, 10, 100}.
+    Reproduce(reproduce::ReproduceArgs),
+    /// Gradient descent on the unconstrained-features model, tracked against SELI and the ETF.
+    Ufm(Box<ufm::UfmArgs>),
     /// Time the hot paths (numbers for the README; needs a quiet machine).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -54,11 +61,13 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(cli.verbose);
     let result = match &cli.command {
-        Command::Geometry(a) => geometry::run(a),
-        Command::Bench(b) => bench::run(b),
+        Command::Geometry(a) => geometry::run(a).map(|()| ExitCode::SUCCESS),
+        Command::Ufm(a) => ufm::run(a),
+        Command::Reproduce(a) => reproduce::run(a),
+        Command::Bench(b) => bench::run(b).map(|()| ExitCode::SUCCESS),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE

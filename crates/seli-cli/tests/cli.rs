@@ -1,31 +1,9 @@
 //! The `seli` binary end to end: real processes, files in a temporary directory.
 
-use std::path::Path;
-use std::process::{Command, Output};
-
 use serde_json::Value;
 
-fn seli(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_seli")).args(args).output().expect("the seli binary runs")
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = seli(args);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "seli {args:?} failed: {stderr}");
-    String::from_utf8(out.stdout).unwrap()
-}
-
-/// Runs a command that must fail; returns its stderr.
-fn fails(args: &[&str]) -> String {
-    let out = seli(args);
-    assert!(!out.status.success(), "seli {args:?} should have failed");
-    String::from_utf8(out.stderr).unwrap()
-}
-
-fn json(path: &Path) -> Value {
-    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
-}
+mod common;
+use common::{fails, json, ok};
 
 fn f(v: &Value) -> f64 {
     v.as_f64().unwrap_or_else(|| panic!("{v} is not a number"))
@@ -185,4 +163,6 @@ fn bench_geometry_quick_runs() {
     let out = ok(&["bench", "geometry", "--quick"]);
     assert!(out.contains("class level (k x k eigen)"), "{out}");
     assert!(out.contains("dense (explicit k x n, thin SVD)"), "{out}");
+    let out = ok(&["bench", "ufm", "--quick"]);
+    assert!(out.contains("GFLOP/s") && out.contains("2750"), "{out}");
 }

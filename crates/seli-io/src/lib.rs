@@ -1,14 +1,18 @@
 //! # seli-io
 //!
-//! File formats for seli: label files (text and `.npy`), the JSON records the tool writes
-//! (each documented next to its type), plain-text summaries, and atomic output.
+//! File formats for seli: label files (text and `.npy`), the JSON records and CSV logs the
+//! tool writes (each documented next to its type), UFM checkpoints (safetensors), plain-text
+//! summaries, and atomic output.
 #![warn(missing_docs)]
 
 pub mod atomic;
+pub mod checkpoint;
+pub mod csvlog;
 pub mod error;
 pub mod labels;
 pub mod record;
 pub mod report;
+pub mod run;
 
 pub use atomic::{write_atomic, write_json_atomic};
 pub use error::{Error, Result};

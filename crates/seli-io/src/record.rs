@@ -68,7 +68,7 @@ use std::path::Path;
 use faer::MatRef;
 use seli_core::metrics::{GroupMeans, PairMeans};
 use seli_core::{ClassStats, Geometry, ProfileKind, Realization};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Schema tag of [`GeometryRecord`].
 pub const GEOMETRY_SCHEMA: &str = "seli.geometry.v1";
@@ -107,10 +107,10 @@ pub struct GeometryRecord {
 }
 
 /// The profile part of a record.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ProfileRecord {
     /// `step`, `long-tail`, `counts` or `labels`.
-    pub kind: &'static str,
+    pub kind: String,
     /// Number of classes.
     pub k: usize,
     /// Number of samples.
@@ -118,7 +118,7 @@ pub struct ProfileRecord {
     /// Class counts.
     pub counts: Vec<u64>,
     /// `majority`/`minority` per class, when defined.
-    pub groups: Option<Vec<&'static str>>,
+    pub groups: Option<Vec<String>>,
     /// Imbalance ratio R (step, long-tail).
     pub ratio: Option<f64>,
     /// Minority fraction (step).
@@ -267,17 +267,41 @@ impl ProfileRecord {
             _ => {}
         }
         ProfileRecord {
-            kind: p.kind().name(),
+            kind: p.kind().name().to_string(),
             k: p.k(),
             n: p.n(),
             counts: p.counts().to_vec(),
-            groups: p.groups().map(|g| g.iter().map(|x| x.name()).collect()),
+            groups: p.groups().map(|g| g.iter().map(|x| x.name().to_string()).collect()),
             ratio,
             rho,
             n_min,
             n_max,
             source: source.map(|s| s.display().to_string()),
         }
+    }
+}
+
+impl ProfileRecord {
+    /// Rebuilds the profile this record describes (STEP and long-tail from their parameters,
+    /// so that groups come back too; others from the counts) and checks the counts agree.
+    ///
+    /// # Errors
+    /// Parameters that no longer validate, or counts that differ from the parameters'.
+    pub fn to_profile(&self) -> std::result::Result<seli_core::Profile, seli_core::Error> {
+        use seli_core::Profile;
+        let p = match (self.kind.as_str(), self.ratio, self.rho, self.n_min, self.n_max) {
+            ("step", Some(r), Some(rho), Some(m), _) => Profile::step(self.k, r, rho, m)?,
+            ("long-tail", Some(r), _, _, Some(m)) => Profile::long_tail(self.k, m, r)?,
+            _ => Profile::from_counts(self.counts.clone())?,
+        };
+        if p.counts() != self.counts.as_slice() {
+            return Err(seli_core::Error::InvalidParameter {
+                name: "profile counts",
+                value: format!("{:?}", self.counts),
+                rule: "do not match the recorded profile parameters",
+            });
+        }
+        Ok(p)
     }
 }
 

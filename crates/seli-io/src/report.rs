@@ -10,7 +10,8 @@ const PER_CLASS_MAX: usize = 12;
 /// At most this many distinct singular values are listed.
 const SPECTRUM_MAX: usize = 8;
 
-fn num(x: f64) -> String {
+/// A number for tables: six decimals, or scientific notation when very large or small.
+pub fn num(x: f64) -> String {
     if x == 0.0 {
         "0".into()
     } else if x.abs() >= 1e5 || x.abs() < 1e-3 {
@@ -54,7 +55,7 @@ fn profile_line(rec: &GeometryRecord) -> String {
     let p = &rec.profile;
     // Parameters as the user typed them (10, 0.5), not in table precision.
     let plain = |x: Option<f64>| x.map_or_else(|| "-".to_string(), |v| v.to_string());
-    let params = match p.kind {
+    let params = match p.kind.as_str() {
         "step" => format!(
             "R = {}, rho = {}, n_min = {}",
             plain(p.ratio),

@@ -117,6 +117,19 @@ pub trait Observer<S> {
     }
 }
 
+/// A borrowed observer observes too, so that its owner can read it after the run.
+impl<S, O: Observer<S> + ?Sized> Observer<S> for &mut O {
+    fn observe_init(&mut self, state: &S) -> Result<()> {
+        (**self).observe_init(state)
+    }
+    fn observe_iter(&mut self, state: &S) -> Result<()> {
+        (**self).observe_iter(state)
+    }
+    fn observe_final(&mut self, state: &S, why: &Termination) -> Result<()> {
+        (**self).observe_final(state, why)
+    }
+}
+
 type BoxedObserver<'a, S> = Box<dyn Observer<S> + 'a>;
 
 /// A raised flag asks the executor to stop after the current iteration.

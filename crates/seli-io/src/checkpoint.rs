@@ -1,0 +1,231 @@
+//! UFM checkpoints: a safetensors file with the variables and the iteration count.
+//!
+//! Tensors (little-endian, the run's dtype `F32` or `F64`, row-major as safetensors defines):
+//! `W` of shape `[k, d]` (row c is the classifier `w_c`, as in a PyTorch `nn.Linear` weight),
+//! `H` of shape `[n, d]` (row i is the embedding `h_i`, samples sorted by class), and `b` of
+//! shape `[k]` when the run trains a bias. Metadata: `format` = `seli.ufm-checkpoint.v1`,
+//! `iter` (iterations completed), `dtype`, and `checksum`, the FNV-1a 64-bit hash of the tensor
+//! bytes in the order W, H, b, so that a damaged file is refused rather than resumed from.
+//! Written atomically; loadable from Python with `safetensors.torch.load_file`.
+#![allow(non_snake_case)]
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use faer::Mat;
+use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+use seli_core::Scalar;
+use seli_core::solve::ufm::Params;
+
+use crate::atomic::write_atomic;
+use crate::error::{Error, Result};
+
+/// Format tag stored in the metadata.
+pub const CHECKPOINT_FORMAT: &str = "seli.ufm-checkpoint.v1";
+
+fn fnv1a(parts: &[&[u8]]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in parts {
+        for &b in *part {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    h
+}
+
+fn dtype_of<T: Scalar>() -> Dtype {
+    if T::NAME == "f32" { Dtype::F32 } else { Dtype::F64 }
+}
+
+fn to_bytes<T: Scalar>(values: impl Iterator<Item = T>) -> Vec<u8> {
+    let mut out = Vec::new();
+    for v in values {
+        if T::NAME == "f32" {
+            out.extend_from_slice(&(v.to_f64() as f32).to_le_bytes());
+        } else {
+            out.extend_from_slice(&v.to_f64().to_le_bytes());
+        }
+    }
+    out
+}
+
+fn from_bytes<T: Scalar>(bytes: &[u8]) -> Vec<T> {
+    if T::NAME == "f32" {
+        bytes
+            .chunks_exact(4)
+            .map(|c| T::from_f64(f32::from_le_bytes(c.try_into().unwrap()) as f64))
+            .collect()
+    } else {
+        bytes
+            .chunks_exact(8)
+            .map(|c| T::from_f64(f64::from_le_bytes(c.try_into().unwrap())))
+            .collect()
+    }
+}
+
+/// Column-major d×m matrix as row-major `[m, d]` bytes.
+fn mat_bytes<T: Scalar>(m: &Mat<T>) -> Vec<u8> {
+    to_bytes((0..m.ncols()).flat_map(|j| (0..m.nrows()).map(move |i| m[(i, j)])))
+}
+
+/// Writes a checkpoint of `params` after `iter` iterations.
+///
+/// # Errors
+/// The file cannot be written.
+pub fn save_checkpoint<T: Scalar>(path: &Path, params: &Params<T>, iter: u64) -> Result<()> {
+    let (d, k, n) = (params.W.nrows(), params.W.ncols(), params.H.ncols());
+    let w = mat_bytes(&params.W);
+    let h = mat_bytes(&params.H);
+    let b = params.b.as_ref().map(|b| to_bytes(b.iter().copied()));
+    let mut parts: Vec<&[u8]> = vec![&w, &h];
+    if let Some(b) = &b {
+        parts.push(b);
+    }
+    let meta = HashMap::from([
+        ("format".to_string(), CHECKPOINT_FORMAT.to_string()),
+        ("iter".to_string(), iter.to_string()),
+        ("dtype".to_string(), T::NAME.to_string()),
+        ("checksum".to_string(), format!("{:016x}", fnv1a(&parts))),
+    ]);
+    let bad = |e: safetensors::SafeTensorError| {
+        Error::format(path, format!("cannot encode checkpoint: {e}"))
+    };
+    let mut tensors = vec![
+        ("W".to_string(), TensorView::new(dtype_of::<T>(), vec![k, d], &w).map_err(bad)?),
+        ("H".to_string(), TensorView::new(dtype_of::<T>(), vec![n, d], &h).map_err(bad)?),
+    ];
+    if let Some(b) = &b {
+        tensors.push(("b".to_string(), TensorView::new(dtype_of::<T>(), vec![k], b).map_err(bad)?));
+    }
+    let bytes = safetensors::tensor::serialize(tensors, Some(meta)).map_err(bad)?;
+    write_atomic(path, &bytes)
+}
+
+/// Reads a checkpoint for a run with dimensions `d`, `k`, `n` and the given bias setting.
+/// Returns the variables and the iteration count.
+///
+/// # Errors
+/// A missing, truncated or corrupt file; another format, dtype or shape than the run's; a
+/// checksum mismatch. Each message names the file.
+pub fn load_checkpoint<T: Scalar>(
+    path: &Path,
+    d: usize,
+    k: usize,
+    n: usize,
+    bias: bool,
+) -> Result<(Params<T>, u64)> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let st = SafeTensors::deserialize(&bytes).map_err(|e| {
+        Error::format(path, format!("not a readable checkpoint (truncated or corrupt?): {e}"))
+    })?;
+    let (_, header) = SafeTensors::read_metadata(&bytes)
+        .map_err(|e| Error::format(path, format!("unreadable checkpoint header: {e}")))?;
+    let meta = header.metadata().clone().unwrap_or_default();
+    let get = |key: &str| {
+        meta.get(key)
+            .cloned()
+            .ok_or_else(|| Error::format(path, format!("checkpoint metadata lacks '{key}'")))
+    };
+    if get("format")? != CHECKPOINT_FORMAT {
+        return Err(Error::format(
+            path,
+            format!("format '{}' is not {CHECKPOINT_FORMAT}", get("format")?),
+        ));
+    }
+    if get("dtype")? != T::NAME {
+        return Err(Error::format(
+            path,
+            format!("checkpoint holds {} but the run is {}", get("dtype")?, T::NAME),
+        ));
+    }
+    let iter: u64 = get("iter")?
+        .parse()
+        .map_err(|_| Error::format(path, "metadata 'iter' is not a whole number"))?;
+    let tensor = |name: &str, shape: Vec<usize>| -> Result<Vec<u8>> {
+        let t = st
+            .tensor(name)
+            .map_err(|_| Error::format(path, format!("checkpoint has no tensor '{name}'")))?;
+        if t.dtype() != dtype_of::<T>() || t.shape() != shape.as_slice() {
+            return Err(Error::format(
+                path,
+                format!(
+                    "tensor '{name}' is {:?} {:?}, expected {:?} {shape:?}",
+                    t.dtype(),
+                    t.shape(),
+                    dtype_of::<T>()
+                ),
+            ));
+        }
+        Ok(t.data().to_vec())
+    };
+    let w = tensor("W", vec![k, d])?;
+    let h = tensor("H", vec![n, d])?;
+    let b = if bias { Some(tensor("b", vec![k])?) } else { None };
+    let mut parts: Vec<&[u8]> = vec![&w, &h];
+    if let Some(b) = &b {
+        parts.push(b);
+    }
+    let sum = format!("{:016x}", fnv1a(&parts));
+    if get("checksum")? != sum {
+        return Err(Error::format(
+            path,
+            format!(
+                "checksum mismatch ({} on file, {sum} computed): the file is damaged",
+                get("checksum")?
+            ),
+        ));
+    }
+    let (wv, hv) = (from_bytes::<T>(&w), from_bytes::<T>(&h));
+    let params = Params {
+        W: Mat::from_fn(d, k, |i, j| wv[j * d + i]),
+        H: Mat::from_fn(d, n, |i, j| hv[j * d + i]),
+        b: b.map(|b| from_bytes::<T>(&b)),
+    };
+    Ok((params, iter))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params<T: Scalar>(bias: bool) -> Params<T> {
+        Params::init(3, 4, 7, 0.5, 11, bias)
+    }
+
+    #[test]
+    fn round_trip_is_exact_in_both_types() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("ckpt.safetensors");
+        let a = params::<f64>(true);
+        save_checkpoint(&p, &a, 42).unwrap();
+        let (b, it) = load_checkpoint::<f64>(&p, 3, 4, 7, true).unwrap();
+        assert_eq!((a, 42), (b, it));
+        let a = params::<f32>(false);
+        save_checkpoint(&p, &a, 7).unwrap();
+        assert_eq!(load_checkpoint::<f32>(&p, 3, 4, 7, false).unwrap(), (a, 7));
+    }
+
+    #[test]
+    fn damaged_or_mismatched_files_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("ckpt.safetensors");
+        save_checkpoint(&p, &params::<f64>(false), 5).unwrap();
+        let e = load_checkpoint::<f32>(&p, 3, 4, 7, false).unwrap_err().to_string();
+        assert!(e.contains("holds f64 but the run is f32"), "{e}");
+        let e = load_checkpoint::<f64>(&p, 3, 4, 8, false).unwrap_err().to_string();
+        assert!(e.contains("tensor 'H'") && e.contains("[8, 3]"), "{e}");
+        let e = load_checkpoint::<f64>(&p, 3, 4, 7, true).unwrap_err().to_string();
+        assert!(e.contains("no tensor 'b'"), "{e}");
+        let mut bytes = std::fs::read(&p).unwrap();
+        let last = bytes.len() - 3;
+        bytes[last] ^= 0x40;
+        std::fs::write(&p, &bytes).unwrap();
+        let e = load_checkpoint::<f64>(&p, 3, 4, 7, false).unwrap_err().to_string();
+        assert!(e.contains("checksum mismatch"), "{e}");
+        bytes.truncate(bytes.len() / 2);
+        std::fs::write(&p, &bytes).unwrap();
+        let e = load_checkpoint::<f64>(&p, 3, 4, 7, false).unwrap_err().to_string();
+        assert!(e.contains("ckpt.safetensors") && e.contains("truncated or corrupt"), "{e}");
+    }
+}
