@@ -60,6 +60,9 @@ fn init_tracing(verbose: u8) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(cli.verbose);
+    // faer's own operations run on one thread: seli parallelizes its hot loops itself, and
+    // faer's threading only adds overhead at class-level sizes (k x k).
+    faer::set_global_parallelism(faer::Par::Seq);
     let result = match &cli.command {
         Command::Geometry(a) => geometry::run(a).map(|()| ExitCode::SUCCESS),
         Command::Ufm(a) => ufm::run(a),
