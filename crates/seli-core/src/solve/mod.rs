@@ -3,6 +3,7 @@
 //! rule and interruption; [`Observer`]s (metrics recorders, file writers, progress bars,
 //! checkpointers) are fired on their own [`Schedule`], so the math never prints.
 
+pub mod ridge;
 pub mod ufm;
 
 use std::sync::Arc;
