@@ -5,6 +5,7 @@ mod bench;
 mod geometry;
 mod profile_args;
 mod reproduce;
+mod ridge;
 mod ufm;
 
 use std::process::ExitCode;
@@ -38,6 +39,11 @@ enum Command {
     Reproduce(reproduce::ReproduceArgs),
     /// Gradient descent on the unconstrained-features model, tracked against SELI and the ETF.
     Ufm(Box<ufm::UfmArgs>),
+    /// Exact optimum of the ridge-regularized UFM at class level, with a duality-gap
+    /// certificate and the thresholds lambda* (X = 0) and lambda_mc (minority collapse).
+    Ridge(ridge::RidgeArgs),
+    /// The ridge optimum's geometry along a log-spaced lambda grid from lambda* down.
+    RidgePath(ridge::RidgePathArgs),
     /// Time the hot paths (numbers for the README; needs a quiet machine).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -67,6 +73,8 @@ fn main() -> ExitCode {
         Command::Geometry(a) => geometry::run(a).map(|()| ExitCode::SUCCESS),
         Command::Ufm(a) => ufm::run(a),
         Command::Reproduce(a) => reproduce::run(a),
+        Command::Ridge(a) => ridge::run(a).map(|()| ExitCode::SUCCESS),
+        Command::RidgePath(a) => ridge::run_path(a).map(|()| ExitCode::SUCCESS),
         Command::Bench(b) => bench::run(b).map(|()| ExitCode::SUCCESS),
     };
     match result {

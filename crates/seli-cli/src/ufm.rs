@@ -31,6 +31,25 @@ pub enum LossReduction {
     Mean,
 }
 
+impl LossReduction {
+    /// `"sum"` or `"mean"`.
+    pub fn name(self) -> &'static str {
+        match self {
+            LossReduction::Sum => "sum",
+            LossReduction::Mean => "mean",
+        }
+    }
+}
+
+impl From<LossReduction> for seli_core::solve::ufm::Reduction {
+    fn from(r: LossReduction) -> Self {
+        match r {
+            LossReduction::Sum => seli_core::solve::ufm::Reduction::Sum,
+            LossReduction::Mean => seli_core::solve::ufm::Reduction::Mean,
+        }
+    }
+}
+
 /// Floating-point type of the iterates.
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum Dtype {

@@ -166,3 +166,42 @@ fn bench_geometry_quick_runs() {
     let out = ok(&["bench", "ufm", "--quick"]);
     assert!(out.contains("GFLOP/s") && out.contains("2750"), "{out}");
 }
+
+#[test]
+fn ridge_solves_with_a_certificate_and_thresholds() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("r.json");
+    let out =
+        ok(&["ridge", "--step", "4,10,0.5", "--lambda", "0.5", "--json", path.to_str().unwrap()]);
+    assert!(out.contains("lambda* = 3.162278"), "{out}");
+    let v = json(&path);
+    assert_eq!(v["schema"], "seli.ridge.v1");
+    let sol = &v["solution"];
+    assert_eq!(sol["termination"], "converged");
+    assert!(f(&sol["gap"]) <= 1e-10 * f(&sol["objective"]).max(1.0));
+    assert_eq!(sol["rank"], 3);
+    assert!((f(&v["thresholds"]["lambda_mc"]) - 1.0).abs() < 1e-15);
+    // Above lambda* = sqrt(10) the optimum is X = 0; unequal lambdas combine as sqrt(lw lh).
+    ok(&[
+        "ridge",
+        "--step",
+        "4,10,0.5",
+        "--lambda-w",
+        "4",
+        "--lambda-h",
+        "2.6",
+        "--json",
+        path.to_str().unwrap(),
+    ]);
+    assert_eq!(json(&path)["solution"]["rank"], 0);
+    let err = fails(&["ridge", "--step", "4,10,0.5", "--lambda", "-1"]);
+    assert!(err.contains("lambda_w = -1"), "{err}");
+    let csv = dir.path().join("path.csv");
+    let out =
+        ok(&["ridge-path", "--step", "4,10,0.5", "--points", "5", "--out", csv.to_str().unwrap()]);
+    assert!(out.contains("lambda_mc = 1.000000e0"), "{out}");
+    let text = std::fs::read_to_string(&csv).unwrap();
+    assert!(text.starts_with("lambda,dist_gw_seli,dist_gw_etf,"), "{text}");
+    assert_eq!(text.lines().count(), 6);
+    assert_eq!(json(&csv.with_extension("json"))["schema"], "seli.ridge-path.v1");
+}

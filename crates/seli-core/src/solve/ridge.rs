@@ -53,7 +53,7 @@ impl RidgeConfig {
                 return Err(Error::InvalidParameter {
                     name,
                     value: v.to_string(),
-                    rule: "must be a finite number > 0 (lambda = 0 is the max-margin problem: seli svm)",
+                    rule: "must be a finite number > 0 (lambda = 0 is the max-margin problem)",
                 });
             }
         }
