@@ -6,6 +6,7 @@ mod geometry;
 mod profile_args;
 mod reproduce;
 mod ridge;
+mod svm;
 mod ufm;
 
 use std::process::ExitCode;
@@ -44,6 +45,9 @@ enum Command {
     Ridge(ridge::RidgeArgs),
     /// The ridge optimum's geometry along a log-spaced lambda grid from lambda* down.
     RidgePath(ridge::RidgePathArgs),
+    /// Max-margin (nuclear-norm SVM) solution at class level with a dual certificate; the
+    /// paper's theorem says it is the SEL matrix.
+    Svm(svm::SvmArgs),
     /// Time the hot paths (numbers for the README; needs a quiet machine).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -75,6 +79,7 @@ fn main() -> ExitCode {
         Command::Reproduce(a) => reproduce::run(a),
         Command::Ridge(a) => ridge::run(a).map(|()| ExitCode::SUCCESS),
         Command::RidgePath(a) => ridge::run_path(a).map(|()| ExitCode::SUCCESS),
+        Command::Svm(a) => svm::run(a).map(|()| ExitCode::SUCCESS),
         Command::Bench(b) => bench::run(b).map(|()| ExitCode::SUCCESS),
     };
     match result {

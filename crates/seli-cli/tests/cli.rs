@@ -205,3 +205,20 @@ fn ridge_solves_with_a_certificate_and_thresholds() {
     assert_eq!(text.lines().count(), 6);
     assert_eq!(json(&csv.with_extension("json"))["schema"], "seli.ridge-path.v1");
 }
+
+#[test]
+fn svm_finds_the_sel_matrix_with_a_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("svm.json");
+    let out = ok(&["svm", "--counts", "7,3,1,12,5", "--json", path.to_str().unwrap()]);
+    assert!(out.contains("optimal to the tolerance"), "{out}");
+    let v = json(&path);
+    assert_eq!(v["schema"], "seli.svm.v1");
+    assert_eq!(v["certified"], true);
+    assert!(f(&v["dist_to_sel"]) < 1e-8);
+    assert!((f(&v["primal"]) - f(&v["sel_nuclear_norm"])).abs() < 1e-8);
+    // Class-level logits of the SEL matrix: column c is P e_c (diagonal 1 - 1/k).
+    assert!((f(&v["logits"][2][2]) - 0.8).abs() < 1e-8);
+    let err = fails(&["svm", "--counts", "3", "--tol", "1e-9"]);
+    assert!(err.contains("k = 1"), "{err}");
+}

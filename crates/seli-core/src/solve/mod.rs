@@ -4,12 +4,15 @@
 //! checkpointers) are fired on their own [`Schedule`], so the math never prints.
 
 pub mod ridge;
+pub mod svm;
 pub mod ufm;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::error::Result;
+use faer::{Mat, MatRef};
+
+use crate::error::{Error, Result};
 
 /// What every solver state exposes to the executor and observers.
 pub trait IterState {
@@ -129,6 +132,31 @@ impl<S, O: Observer<S> + ?Sized> Observer<S> for &mut O {
     fn observe_final(&mut self, state: &S, why: &Termination) -> Result<()> {
         (**self).observe_final(state, why)
     }
+}
+
+/// Singular-value soft-thresholding: `U max(Σ − τ, 0) Vᵀ` (the prox of `τ‖·‖_*`), and the
+/// nuclear norm of the result.
+#[allow(non_snake_case)]
+pub(crate) fn svt(A: MatRef<'_, f64>, tau: f64) -> Result<(Mat<f64>, f64)> {
+    let svd = A
+        .thin_svd()
+        .map_err(|_| Error::Decomposition { what: "SVD in singular-value thresholding" })?;
+    let s = svd.S().column_vector();
+    let shrunk: Vec<f64> = (0..s.nrows()).map(|i| (s[i] - tau).max(0.0)).collect();
+    let (U, V) = (svd.U(), svd.V());
+    let k = A.nrows();
+    let out = Mat::from_fn(k, A.ncols(), |i, j| {
+        (0..shrunk.len()).map(|r| U[(i, r)] * shrunk[r] * V[(j, r)]).sum()
+    });
+    Ok((out, shrunk.iter().sum()))
+}
+
+#[allow(non_snake_case)]
+pub(crate) fn nuclear(A: MatRef<'_, f64>) -> Result<f64> {
+    Ok(A.singular_values()
+        .map_err(|_| Error::Decomposition { what: "singular values" })?
+        .iter()
+        .sum())
 }
 
 type BoxedObserver<'a, S> = Box<dyn Observer<S> + 'a>;

@@ -30,6 +30,7 @@ use crate::metrics::{centering_projector, normalized_distance};
 use crate::profile::{Group, Profile};
 use crate::sel::Geometry;
 use crate::solve::ufm::Reduction;
+use crate::solve::{nuclear, svt};
 
 /// Parameters of a ridge solve. Defaults: sum reduction, relative gap tolerance 1e-10.
 #[derive(Debug, Clone, PartialEq)]
@@ -99,27 +100,6 @@ pub struct RidgeSolver {
     config: RidgeConfig,
     counts: Vec<f64>,
     s: f64,
-}
-
-/// Singular-value soft-thresholding: `U max(Σ − τ, 0) Vᵀ`.
-fn svt(A: MatRef<'_, f64>, tau: f64) -> Result<(Mat<f64>, f64)> {
-    let svd =
-        A.thin_svd().map_err(|_| Error::Decomposition { what: "SVD in the proximal step" })?;
-    let s = svd.S().column_vector();
-    let shrunk: Vec<f64> = (0..s.nrows()).map(|i| (s[i] - tau).max(0.0)).collect();
-    let (U, V) = (svd.U(), svd.V());
-    let k = A.nrows();
-    let out = Mat::from_fn(k, A.ncols(), |i, j| {
-        (0..shrunk.len()).map(|r| U[(i, r)] * shrunk[r] * V[(j, r)]).sum()
-    });
-    Ok((out, shrunk.iter().sum()))
-}
-
-fn nuclear(A: MatRef<'_, f64>) -> Result<f64> {
-    Ok(A.singular_values()
-        .map_err(|_| Error::Decomposition { what: "singular values" })?
-        .iter()
-        .sum())
 }
 
 impl RidgeSolver {
