@@ -116,6 +116,8 @@ pub struct RidgePoint {
     pub minority_spread: Option<f64>,
     /// Minority classifiers collapsed (spread below 1e-6).
     pub collapsed: Option<bool>,
+    /// Every pair of classes whose classifiers coincide (any counts).
+    pub collapsed_pairs: Vec<[usize; 2]>,
 }
 
 fn point(sol: &RidgeSolution, why: &str, g: &Geometry, p: &Profile) -> RidgePoint {
@@ -151,6 +153,7 @@ fn point(sol: &RidgeSolution, why: &str, g: &Geometry, p: &Profile) -> RidgePoin
         cos_w_maj_min: by.and_then(|b| b.cos_w.maj_min),
         minority_spread: spread,
         collapsed: spread.map(|s| s < 1e-6),
+        collapsed_pairs: sol.collapsed_pairs().into_iter().map(|(a, b)| [a, b]).collect(),
     }
 }
 
@@ -249,6 +252,11 @@ pub fn run(args: &RidgeArgs) -> Result<()> {
         opt(pt.cos_w_min_min),
         opt(pt.cos_w_maj_min)
     );
+    if !pt.collapsed_pairs.is_empty() {
+        let pairs: Vec<String> =
+            pt.collapsed_pairs.iter().map(|[a, b]| format!("{a}={b}")).collect();
+        println!("  coinciding classifiers: {}", pairs.join(", "));
+    }
     if let Some(c) = pt.collapsed {
         println!(
             "  minority classifiers {} (spread {})",

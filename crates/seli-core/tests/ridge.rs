@@ -108,3 +108,15 @@ fn gradient_descent_on_the_ridge_ufm_reaches_the_convex_optimum() {
     // Same objective too: ‖W‖² = ‖H‖² = ‖X‖_* at the optimum of the factored problem.
     assert!((state.eval.objective - convex.objective).abs() < 1e-7 * convex.objective);
 }
+
+#[test]
+fn collapse_is_detected_for_any_counts() {
+    // Three class sizes (no majority/minority groups): above √5 (SPEC's λ_mc = √n_min for the
+    // smallest classes) the three classes of 5 samples share one classifier; far below, none do.
+    let p = Profile::from_counts(vec![100, 60, 5, 5, 5]).unwrap();
+    assert!(p.groups().is_none());
+    let high = solve(&p, 1.2 * 5f64.sqrt(), Reduction::Sum);
+    let low = solve(&p, 0.8 * 5f64.sqrt(), Reduction::Sum);
+    assert_eq!(high.collapsed_pairs(), vec![(2, 3), (2, 4), (3, 4)], "rank {}", high.rank);
+    assert!(low.collapsed_pairs().is_empty(), "{:?}", low.collapsed_pairs());
+}

@@ -400,6 +400,28 @@ impl RidgeSolution {
         ])
     }
 
+    /// Pairs of classes `(c, c')`, `c < c'`, whose classifiers coincide: `‖w_c − w_c'‖` below
+    /// `1e-6` times the largest classifier norm. Collapse detection for any counts (for STEP
+    /// profiles, compare [`lambda_minority_collapse`]). Empty when X = 0.
+    pub fn collapsed_pairs(&self) -> Vec<(usize, usize)> {
+        if self.is_zero() {
+            return Vec::new();
+        }
+        let g = &self.gram_w;
+        let k = g.nrows();
+        let scale = (0..k).map(|c| g[(c, c)]).fold(0.0, f64::max).sqrt();
+        let mut out = Vec::new();
+        for i in 0..k {
+            for j in (i + 1)..k {
+                let d = (g[(i, i)] + g[(j, j)] - 2.0 * g[(i, j)]).max(0.0).sqrt();
+                if d < 1e-6 * scale {
+                    out.push((i, j));
+                }
+            }
+        }
+        out
+    }
+
     /// Largest distance between classifiers of two minority classes, relative to the
     /// largest classifier norm: 0 when the minority classifiers have collapsed. `None` when
     /// there are fewer than two minority classes or X = 0.
