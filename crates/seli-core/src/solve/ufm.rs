@@ -374,62 +374,45 @@ struct PassCtx<'a, T> {
     k: usize,
 }
 
+/// The arguments of one chunk's work.
+struct ChunkJob<'c, 'a, T> {
+    ctx: &'c PassCtx<'a, T>,
+    Hc: MatMut<'c, T>,
+    g: &'c mut [T],
+    gHc: MatMut<'c, T>,
+    yc: &'c [u32],
+    a: &'c mut ChunkAcc<T>,
+}
+
 /// One chunk of a pass, compiled for the widest SIMD the processor has (chosen at run time;
 /// the loops are plain IEEE arithmetic in a fixed order, so every path gives the same bits).
-fn process_chunk<T: Scalar>(
-    ctx: &PassCtx<'_, T>,
-    Hc: MatMut<'_, T>,
-    g: &mut [T],
-    gHc: MatMut<'_, T>,
-    yc: &[u32],
-    a: &mut ChunkAcc<T>,
-) {
+fn process_chunk<T: Scalar>(job: ChunkJob<'_, '_, T>) {
     #[cfg(target_arch = "x86_64")]
     {
         #[target_feature(enable = "avx512f")]
-        unsafe fn avx512<T: Scalar>(
-            ctx: &PassCtx<'_, T>,
-            Hc: MatMut<'_, T>,
-            g: &mut [T],
-            gHc: MatMut<'_, T>,
-            yc: &[u32],
-            a: &mut ChunkAcc<T>,
-        ) {
-            chunk_body(ctx, Hc, g, gHc, yc, a)
+        unsafe fn avx512<T: Scalar>(job: ChunkJob<'_, '_, T>) {
+            chunk_body(job)
         }
         #[target_feature(enable = "avx2")]
-        unsafe fn avx2<T: Scalar>(
-            ctx: &PassCtx<'_, T>,
-            Hc: MatMut<'_, T>,
-            g: &mut [T],
-            gHc: MatMut<'_, T>,
-            yc: &[u32],
-            a: &mut ChunkAcc<T>,
-        ) {
-            chunk_body(ctx, Hc, g, gHc, yc, a)
+        unsafe fn avx2<T: Scalar>(job: ChunkJob<'_, '_, T>) {
+            chunk_body(job)
         }
         if std::arch::is_x86_feature_detected!("avx512f") {
             // SAFETY: the CPU supports AVX-512F, checked just above.
-            return unsafe { avx512(ctx, Hc, g, gHc, yc, a) };
+            return unsafe { avx512(job) };
         }
         if std::arch::is_x86_feature_detected!("avx2") {
             // SAFETY: the CPU supports AVX2, checked just above.
-            return unsafe { avx2(ctx, Hc, g, gHc, yc, a) };
+            return unsafe { avx2(job) };
         }
     }
-    chunk_body(ctx, Hc, g, gHc, yc, a)
+    chunk_body(job)
 }
 
 /// The work of one chunk: pending step on H, logits, softmax, partial ∇_W, columns of ∇_H.
 #[inline(always)]
-fn chunk_body<T: Scalar>(
-    ctx: &PassCtx<'_, T>,
-    mut Hc: MatMut<'_, T>,
-    g: &mut [T],
-    mut gHc: MatMut<'_, T>,
-    yc: &[u32],
-    a: &mut ChunkAcc<T>,
-) {
+fn chunk_body<T: Scalar>(job: ChunkJob<'_, '_, T>) {
+    let ChunkJob { ctx, mut Hc, g, mut gHc, yc, a } = job;
     let (k, cols) = (ctx.k, Hc.ncols());
     let one = T::from_f64(1.0);
     // 1. The pending step on this chunk's embeddings.
@@ -743,7 +726,14 @@ impl<T: Scalar> UfmSolver<T> {
                 let hc = h.rb_mut().subcols_mut(col0, cols);
                 let gc = &mut g[i * CHUNK * k..(i * CHUNK + cols) * k];
                 let ghc = gh.rb_mut().subcols_mut(col0, cols);
-                process_chunk(&ctx, hc, gc, ghc, &y[col0..col0 + cols], a);
+                process_chunk(ChunkJob {
+                    ctx: &ctx,
+                    Hc: hc,
+                    g: gc,
+                    gHc: ghc,
+                    yc: &y[col0..col0 + cols],
+                    a,
+                });
                 col0 += cols;
             }
         };
