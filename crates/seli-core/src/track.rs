@@ -152,19 +152,12 @@ pub struct Tracker<'a, F> {
     sink: F,
     /// The most recent row.
     pub last: Option<UfmMetrics>,
-    skip_init: bool,
 }
 
 impl<'a, F: FnMut(&UfmMetrics) -> std::result::Result<(), String>> Tracker<'a, F> {
     /// A recorder for a run on `labels` against `target`'s SELI geometry.
     pub fn new(labels: &'a [u32], target: &'a Geometry, sink: F) -> Self {
-        Tracker { labels, target, sink, last: None, skip_init: false }
-    }
-
-    /// Do not record at the start of the run (a resumed run whose first row is on file).
-    pub fn skip_init(mut self, skip: bool) -> Self {
-        self.skip_init = skip;
-        self
+        Tracker { labels, target, sink, last: None }
     }
 
     fn record<T: Scalar>(&mut self, state: &UfmState<T>) -> Result<()> {
@@ -182,9 +175,6 @@ impl<T: Scalar, F: FnMut(&UfmMetrics) -> std::result::Result<(), String>> Observ
     for Tracker<'_, F>
 {
     fn observe_init(&mut self, state: &UfmState<T>) -> Result<()> {
-        if self.skip_init {
-            return Ok(());
-        }
         self.record(state)
     }
     fn observe_iter(&mut self, state: &UfmState<T>) -> Result<()> {
