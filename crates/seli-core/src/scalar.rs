@@ -34,8 +34,9 @@ pub trait Scalar:
     /// `x ← e^x` for every `x <= 0` of `xs` (the shifted logits of a softmax). Results within
     /// a factor 2 of the smallest normal number and below (x < −708 in f64, x < −87 in f32)
     /// are flushed to 0, which keeps the slow subnormal path of
-    /// libm out of the hot loop; everything else is accurate to a few ulps. Vectorized, with
-    /// the widest SIMD the processor offers chosen at run time; every path gives the same bits.
+    /// libm out of the hot loop; everything else is accurate to a few ulps. Branch-free and
+    /// always inlined, so it vectorizes with whatever SIMD its caller is compiled for (the UFM
+    /// pass chooses at run time); every path gives the same bits.
     fn exp_nonpos_in_place(xs: &mut [Self]);
 }
 
@@ -116,42 +117,6 @@ fn exp_nonpos_f32(x: f32) -> f32 {
     if x < LOW { 0.0 } else { p * scale }
 }
 
-macro_rules! dispatch_exp {
-    ($name:ident, $t:ty, $one:ident) => {
-        fn $name(xs: &mut [$t]) {
-            #[inline(always)]
-            fn body(xs: &mut [$t]) {
-                for x in xs.iter_mut() {
-                    *x = $one(*x);
-                }
-            }
-            #[cfg(target_arch = "x86_64")]
-            {
-                #[target_feature(enable = "avx512f")]
-                unsafe fn avx512(xs: &mut [$t]) {
-                    body(xs)
-                }
-                #[target_feature(enable = "avx2")]
-                unsafe fn avx2(xs: &mut [$t]) {
-                    body(xs)
-                }
-                if std::arch::is_x86_feature_detected!("avx512f") {
-                    // SAFETY: the CPU supports AVX-512F, checked just above.
-                    return unsafe { avx512(xs) };
-                }
-                if std::arch::is_x86_feature_detected!("avx2") {
-                    // SAFETY: the CPU supports AVX2, checked just above.
-                    return unsafe { avx2(xs) };
-                }
-            }
-            body(xs)
-        }
-    };
-}
-
-dispatch_exp!(exp_slice_f64, f64, exp_nonpos_f64);
-dispatch_exp!(exp_slice_f32, f32, exp_nonpos_f32);
-
 impl Scalar for f64 {
     const NAME: &'static str = "f64";
     fn from_f64(x: f64) -> Self {
@@ -160,8 +125,9 @@ impl Scalar for f64 {
     fn to_f64(self) -> f64 {
         self
     }
+    #[inline(always)]
     fn exp_nonpos_in_place(xs: &mut [Self]) {
-        exp_slice_f64(xs)
+        xs.iter_mut().for_each(|x| *x = exp_nonpos_f64(*x));
     }
 }
 
@@ -173,8 +139,9 @@ impl Scalar for f32 {
     fn to_f64(self) -> f64 {
         self as f64
     }
+    #[inline(always)]
     fn exp_nonpos_in_place(xs: &mut [Self]) {
-        exp_slice_f32(xs)
+        xs.iter_mut().for_each(|x| *x = exp_nonpos_f32(*x));
     }
 }
 
