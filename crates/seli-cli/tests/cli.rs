@@ -79,7 +79,7 @@ fn every_profile_flag_gives_the_same_counts() {
     std::fs::write(&txt, "1\n0\n1\n2\n1\n").unwrap();
     let mut npy = b"\x93NUMPY\x01\x00".to_vec();
     let mut header = "{'descr': '<i4', 'fortran_order': False, 'shape': (5,), }".to_string();
-    while (10 + header.len() + 1) % 64 != 0 {
+    while !(10 + header.len() + 1).is_multiple_of(64) {
         header.push(' ');
     }
     header.push('\n');

@@ -9,6 +9,7 @@
 #![warn(missing_docs)]
 
 pub mod error;
+pub mod features;
 pub mod metrics;
 pub mod profile;
 pub mod random;

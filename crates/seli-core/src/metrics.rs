@@ -315,6 +315,31 @@ pub fn nc1(
             (0..d).map(|r| (0..n).map(|i| H[(r, i)]).sum::<f64>() / n as f64).collect()
         }
     };
+    let Some((U, s)) = between_class_directions(M, &center)? else {
+        return Ok(None);
+    };
+    let proj_h = U.transpose() * H;
+    let proj_m = U.transpose() * M;
+    let mut total = 0.0;
+    for (j, s_j) in s.iter().enumerate() {
+        let mut acc = 0.0;
+        for (i, &y) in labels.iter().enumerate() {
+            let dev = proj_h[(j, i)] - proj_m[(j, y as usize)];
+            acc += dev * dev;
+        }
+        total += acc / (n as f64 * s_j * s_j);
+    }
+    Ok(Some(total))
+}
+
+/// The top k−1 left singular vectors `U` (d×r) and singular values of the centered class
+/// means `M − center 1ᵀ`, dropping negligible directions (below `ε·s_max·max(d, k)`): the
+/// support of `Σ_B^†` in NC1. `None` when the means coincide.
+pub(crate) fn between_class_directions(
+    M: MatRef<'_, f64>,
+    center: &[f64],
+) -> Result<Option<(Mat<f64>, Vec<f64>)>> {
+    let (d, k) = (M.nrows(), M.ncols());
     let Mc = Mat::from_fn(d, k, |r, c| M[(r, c)] - center[r]);
     let svd = Mc
         .thin_svd()
@@ -327,18 +352,7 @@ pub fn nc1(
         return Ok(None);
     }
     let U = Mat::from_fn(d, keep.len(), |r, j| svd.U()[(r, keep[j])]);
-    let proj_h = U.transpose() * H;
-    let proj_m = U.transpose() * M;
-    let mut total = 0.0;
-    for (jj, &j) in keep.iter().enumerate() {
-        let mut acc = 0.0;
-        for (i, &y) in labels.iter().enumerate() {
-            let dev = proj_h[(jj, i)] - proj_m[(jj, y as usize)];
-            acc += dev * dev;
-        }
-        total += acc / (n as f64 * s[j] * s[j]);
-    }
-    Ok(Some(total))
+    Ok(Some((U, keep.iter().map(|&j| s[j]).collect())))
 }
 
 /// Normalized distance between logits `Z` (k×n) and the SEL matrix `Ẑ = PY` of `labels`,

@@ -8,6 +8,7 @@
 pub mod atomic;
 pub mod checkpoint;
 pub mod csvlog;
+pub mod dataset;
 pub mod error;
 pub mod labels;
 pub mod record;

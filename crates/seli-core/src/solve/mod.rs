@@ -89,7 +89,7 @@ impl Schedule {
     /// Whether to fire at iteration `t` (start and end are handled by the executor).
     pub fn fires(&self, t: u64) -> bool {
         match *self {
-            Schedule::Every(n) => n > 0 && t % n == 0,
+            Schedule::Every(n) => n > 0 && t.is_multiple_of(n),
             Schedule::LogSpaced { per_decade } => {
                 if t == 0 {
                     return true;
