@@ -16,6 +16,15 @@ pub fn rng_from_seed(seed: u64) -> SeliRng {
     ChaCha8Rng::seed_from_u64(seed)
 }
 
+/// Shuffles `v` in place (Fisher–Yates), the same way for the same generator state on every
+/// platform.
+pub fn shuffle<T>(v: &mut [T], rng: &mut SeliRng) {
+    for i in (1..v.len()).rev() {
+        let j = rng.random_range(0..=i);
+        v.swap(i, j);
+    }
+}
+
 /// A `rows × cols` matrix of independent standard normal entries scaled by `scale`, filled
 /// column by column.
 pub fn gaussian_matrix(rows: usize, cols: usize, scale: f64, rng: &mut SeliRng) -> Mat<f64> {

@@ -4,7 +4,7 @@
 //! Targets come from the class-level [`Geometry`] of the run's profile.
 #![allow(non_snake_case)]
 
-use faer::Mat;
+use faer::{Mat, MatRef};
 
 use crate::error::{Error, Result};
 use crate::metrics::{
@@ -85,10 +85,6 @@ impl UfmMetrics {
         let W = Mat::from_fn(p.W.nrows(), k, |i, j| p.W[(i, j)].to_f64());
         let H = Mat::from_fn(p.H.nrows(), n, |i, j| p.H[(i, j)].to_f64());
         let M = class_means(H.as_ref(), labels, k)?;
-        let gw = gram(W.as_ref());
-        let gm = gram(M.as_ref());
-        let wtm = W.transpose() * &M;
-        let P = centering_projector(k);
         let mut Z = W.transpose() * &H;
         if let Some(b) = &p.b {
             for i in 0..n {
@@ -97,8 +93,69 @@ impl UfmMetrics {
                 }
             }
         }
-        let dist =
-            |a: faer::MatRef<'_, f64>, b: faer::MatRef<'_, f64>| normalized_distance(a, b).ok();
+        let class = ClassLevel::compute(W.as_ref(), M.as_ref(), target);
+        let e = &state.eval;
+        let mut values = vec![
+            Some(state.iter as f64),
+            Some(state.step),
+            Some(e.objective),
+            Some(e.loss),
+            Some(e.correct as f64 / n as f64),
+            Some(e.min_margin),
+            Some(e.grad_norm),
+            Some(W.squared_norm_l2()),
+            Some(H.squared_norm_l2()),
+        ];
+        values.extend(class.distances);
+        values.extend([
+            dist_to_sel(Z.as_ref(), labels).ok(),
+            nc1(H.as_ref(), labels, M.as_ref(), Centering::ClassMeans)?,
+            nc1(H.as_ref(), labels, M.as_ref(), Centering::Samples)?,
+        ]);
+        values.extend(class.groups);
+        debug_assert_eq!(values.len(), Self::COLUMNS.len());
+        Ok(UfmMetrics { values })
+    }
+}
+
+/// The class-level metrics of classifiers `W` and class means `M` (both d×k) against a
+/// geometry's SELI and ETF targets, shared by UFM runs and trained networks.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClassLevel {
+    /// `dist_gw_seli, dist_gw_etf, dist_gm_seli, dist_gm_etf, dist_wtm`, in that order.
+    pub distances: [Option<f64>; 5],
+    /// [`ClassLevel::GROUP_COLUMNS`], in that order (`None` without majority/minority groups).
+    pub groups: [Option<f64>; 12],
+}
+
+impl ClassLevel {
+    /// Names of [`ClassLevel::distances`].
+    pub const DISTANCE_COLUMNS: [&'static str; 5] =
+        ["dist_gw_seli", "dist_gw_etf", "dist_gm_seli", "dist_gm_etf", "dist_wtm"];
+    /// Names of [`ClassLevel::groups`].
+    pub const GROUP_COLUMNS: [&'static str; 12] = [
+        "w_norm_sq_maj",
+        "w_norm_sq_min",
+        "mu_norm_sq_maj",
+        "mu_norm_sq_min",
+        "norm_ratio_w",
+        "norm_ratio_mu",
+        "cos_w_maj_maj",
+        "cos_w_min_min",
+        "cos_w_maj_min",
+        "cos_mu_maj_maj",
+        "cos_mu_min_min",
+        "cos_mu_maj_min",
+    ];
+
+    /// Distances of `G_W = WᵀW`, `G_M = MᵀM` and `WᵀM` to their targets (undefined ones, of a
+    /// zero matrix, are `None`) and the majority/minority statistics.
+    pub fn compute(W: MatRef<'_, f64>, M: MatRef<'_, f64>, target: &Geometry) -> Self {
+        let gw = gram(W);
+        let gm = gram(M);
+        let wtm = W.transpose() * M;
+        let P = centering_projector(target.k());
+        let dist = |a: MatRef<'_, f64>, b: MatRef<'_, f64>| normalized_distance(a, b).ok();
         let stats = ClassStats::from_grams(
             gw.as_ref(),
             gm.as_ref(),
@@ -107,40 +164,29 @@ impl UfmMetrics {
         )
         .ok();
         let by = stats.as_ref().and_then(|s| s.by_group.as_ref());
-        let e = &state.eval;
-        let values = vec![
-            Some(state.iter as f64),
-            Some(state.step),
-            Some(e.objective),
-            Some(e.loss),
-            Some(e.correct as f64 / n as f64),
-            Some(e.min_margin),
-            Some(e.grad_norm),
-            Some(gw.as_ref().diagonal().column_vector().iter().sum()),
-            Some(H.squared_norm_l2()),
-            dist(gw.as_ref(), target.gram_w()),
-            dist(gw.as_ref(), P.as_ref()),
-            dist(gm.as_ref(), target.gram_m()),
-            dist(gm.as_ref(), P.as_ref()),
-            dist(wtm.as_ref(), P.as_ref()),
-            dist_to_sel(Z.as_ref(), labels).ok(),
-            nc1(H.as_ref(), labels, M.as_ref(), Centering::ClassMeans)?,
-            nc1(H.as_ref(), labels, M.as_ref(), Centering::Samples)?,
-            by.and_then(|b| b.w_norm_sq.majority),
-            by.and_then(|b| b.w_norm_sq.minority),
-            by.and_then(|b| b.m_norm_sq.majority),
-            by.and_then(|b| b.m_norm_sq.minority),
-            by.and_then(|b| b.norm_ratio_w),
-            by.and_then(|b| b.norm_ratio_m),
-            by.and_then(|b| b.cos_w.maj_maj),
-            by.and_then(|b| b.cos_w.min_min),
-            by.and_then(|b| b.cos_w.maj_min),
-            by.and_then(|b| b.cos_m.maj_maj),
-            by.and_then(|b| b.cos_m.min_min),
-            by.and_then(|b| b.cos_m.maj_min),
-        ];
-        debug_assert_eq!(values.len(), Self::COLUMNS.len());
-        Ok(UfmMetrics { values })
+        ClassLevel {
+            distances: [
+                dist(gw.as_ref(), target.gram_w()),
+                dist(gw.as_ref(), P.as_ref()),
+                dist(gm.as_ref(), target.gram_m()),
+                dist(gm.as_ref(), P.as_ref()),
+                dist(wtm.as_ref(), P.as_ref()),
+            ],
+            groups: [
+                by.and_then(|b| b.w_norm_sq.majority),
+                by.and_then(|b| b.w_norm_sq.minority),
+                by.and_then(|b| b.m_norm_sq.majority),
+                by.and_then(|b| b.m_norm_sq.minority),
+                by.and_then(|b| b.norm_ratio_w),
+                by.and_then(|b| b.norm_ratio_m),
+                by.and_then(|b| b.cos_w.maj_maj),
+                by.and_then(|b| b.cos_w.min_min),
+                by.and_then(|b| b.cos_w.maj_min),
+                by.and_then(|b| b.cos_m.maj_maj),
+                by.and_then(|b| b.cos_m.min_min),
+                by.and_then(|b| b.cos_m.maj_min),
+            ],
+        }
     }
 }
 

@@ -116,23 +116,8 @@ pub fn load_checkpoint<T: Scalar>(
     bias: bool,
 ) -> Result<(Params<T>, u64)> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let st = SafeTensors::deserialize(&bytes).map_err(|e| {
-        Error::format(path, format!("not a readable checkpoint (truncated or corrupt?): {e}"))
-    })?;
-    let (_, header) = SafeTensors::read_metadata(&bytes)
-        .map_err(|e| Error::format(path, format!("unreadable checkpoint header: {e}")))?;
-    let meta = header.metadata().clone().unwrap_or_default();
-    let get = |key: &str| {
-        meta.get(key)
-            .cloned()
-            .ok_or_else(|| Error::format(path, format!("checkpoint metadata lacks '{key}'")))
-    };
-    if get("format")? != CHECKPOINT_FORMAT {
-        return Err(Error::format(
-            path,
-            format!("format '{}' is not {CHECKPOINT_FORMAT}", get("format")?),
-        ));
-    }
+    let (st, meta) = open_checked(path, &bytes, CHECKPOINT_FORMAT)?;
+    let get = |key: &str| meta_get(path, &meta, key);
     if get("dtype")? != T::NAME {
         return Err(Error::format(
             path,
@@ -166,16 +151,7 @@ pub fn load_checkpoint<T: Scalar>(
     if let Some(b) = &b {
         parts.push(b);
     }
-    let sum = format!("{:016x}", fnv1a(&parts));
-    if get("checksum")? != sum {
-        return Err(Error::format(
-            path,
-            format!(
-                "checksum mismatch ({} on file, {sum} computed): the file is damaged",
-                get("checksum")?
-            ),
-        ));
-    }
+    verify_checksum(path, &meta, &parts)?;
     let (wv, hv) = (from_bytes::<T>(&w), from_bytes::<T>(&h));
     let params = Params {
         W: Mat::from_fn(d, k, |i, j| wv[j * d + i]),
@@ -183,6 +159,112 @@ pub fn load_checkpoint<T: Scalar>(
         b: b.map(|b| from_bytes::<T>(&b)),
     };
     Ok((params, iter))
+}
+
+fn meta_get(path: &Path, meta: &HashMap<String, String>, key: &str) -> Result<String> {
+    meta.get(key)
+        .cloned()
+        .ok_or_else(|| Error::format(path, format!("checkpoint metadata lacks '{key}'")))
+}
+
+/// Parses a safetensors checkpoint and checks its `format` tag.
+fn open_checked<'a>(
+    path: &Path,
+    bytes: &'a [u8],
+    format: &str,
+) -> Result<(SafeTensors<'a>, HashMap<String, String>)> {
+    let st = SafeTensors::deserialize(bytes).map_err(|e| {
+        Error::format(path, format!("not a readable checkpoint (truncated or corrupt?): {e}"))
+    })?;
+    let (_, header) = SafeTensors::read_metadata(bytes)
+        .map_err(|e| Error::format(path, format!("unreadable checkpoint header: {e}")))?;
+    let meta = header.metadata().clone().unwrap_or_default();
+    let found = meta_get(path, &meta, "format")?;
+    if found != format {
+        return Err(Error::format(path, format!("format '{found}' is not {format}")));
+    }
+    Ok((st, meta))
+}
+
+fn verify_checksum(path: &Path, meta: &HashMap<String, String>, parts: &[&[u8]]) -> Result<()> {
+    let sum = format!("{:016x}", fnv1a(parts));
+    let on_file = meta_get(path, meta, "checksum")?;
+    if on_file != sum {
+        return Err(Error::format(
+            path,
+            format!("checksum mismatch ({on_file} on file, {sum} computed): the file is damaged"),
+        ));
+    }
+    Ok(())
+}
+
+/// Writes named byte blobs (stored as `U8` tensors) and string metadata to a checksummed
+/// safetensors file, atomically. `format` tags the file; `checksum` (FNV-1a 64 over the
+/// blobs in the given order) is added to the metadata. Used by training checkpoints, whose
+/// model and optimizer states are opaque serialized records.
+///
+/// # Errors
+/// The file cannot be written; a metadata key named `format` or `checksum`.
+pub fn save_blobs(
+    path: &Path,
+    format: &str,
+    meta: &[(&str, String)],
+    blobs: &[(&str, &[u8])],
+) -> Result<()> {
+    let parts: Vec<&[u8]> = blobs.iter().map(|(_, b)| *b).collect();
+    let mut m: HashMap<String, String> =
+        meta.iter().map(|(k, v)| ((*k).to_string(), v.clone())).collect();
+    for reserved in ["format", "checksum", "order"] {
+        if m.contains_key(reserved) {
+            return Err(Error::format(path, format!("metadata key '{reserved}' is reserved")));
+        }
+    }
+    m.insert("format".into(), format.into());
+    m.insert("checksum".into(), format!("{:016x}", fnv1a(&parts)));
+    let order: Vec<&str> = blobs.iter().map(|(n, _)| *n).collect();
+    m.insert("order".into(), order.join(","));
+    let bad = |e: safetensors::SafeTensorError| {
+        Error::format(path, format!("cannot encode checkpoint: {e}"))
+    };
+    let tensors = blobs
+        .iter()
+        .map(|(n, b)| {
+            Ok(((*n).to_string(), TensorView::new(Dtype::U8, vec![b.len()], b).map_err(bad)?))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let bytes = safetensors::tensor::serialize(tensors, Some(m)).map_err(bad)?;
+    write_atomic(path, &bytes)
+}
+
+/// A named blob of a [`save_blobs`] file.
+pub type Blob = (String, Vec<u8>);
+
+/// Reads a file written by [`save_blobs`]: its metadata (without `format`, `checksum` and
+/// `order`) and blobs in their saved order.
+///
+/// # Errors
+/// A missing, truncated or corrupt file; another format; a checksum mismatch. Each message
+/// names the file.
+pub fn load_blobs(
+    path: &Path,
+    format: &str,
+) -> Result<(HashMap<String, String>, Vec<Blob>)> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let (st, mut meta) = open_checked(path, &bytes, format)?;
+    let order = meta_get(path, &meta, "order")?;
+    let mut blobs = Vec::new();
+    for name in order.split(',').filter(|n| !n.is_empty()) {
+        let t = st
+            .tensor(name)
+            .map_err(|_| Error::format(path, format!("checkpoint has no tensor '{name}'")))?;
+        blobs.push((name.to_string(), t.data().to_vec()));
+    }
+    let parts: Vec<&[u8]> = blobs.iter().map(|(_, b)| b.as_slice()).collect();
+    verify_checksum(path, &meta, &parts)?;
+    for k in ["format", "checksum", "order"] {
+        meta.remove(k);
+    }
+    Ok((meta, blobs))
 }
 
 #[cfg(test)]
@@ -227,5 +309,26 @@ mod tests {
         std::fs::write(&p, &bytes).unwrap();
         let e = load_checkpoint::<f64>(&p, 3, 4, 7, false).unwrap_err().to_string();
         assert!(e.contains("ckpt.safetensors") && e.contains("truncated or corrupt"), "{e}");
+    }
+
+    #[test]
+    fn blobs_round_trip_and_damage_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("b.safetensors");
+        let (a, b) = (vec![1u8, 2, 3], vec![9u8; 40]);
+        save_blobs(&p, "test.v1", &[("epoch", "4".into())], &[("model", &a), ("optim", &b)])
+            .unwrap();
+        let (meta, blobs) = load_blobs(&p, "test.v1").unwrap();
+        assert_eq!(meta.get("epoch").map(String::as_str), Some("4"));
+        assert_eq!(blobs, vec![("model".to_string(), a), ("optim".to_string(), b)]);
+        let e = load_blobs(&p, "other.v1").unwrap_err().to_string();
+        assert!(e.contains("format 'test.v1' is not other.v1"), "{e}");
+        let mut bytes = std::fs::read(&p).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        std::fs::write(&p, &bytes).unwrap();
+        assert!(load_blobs(&p, "test.v1").unwrap_err().to_string().contains("checksum mismatch"));
+        std::fs::write(&p, &bytes[..bytes.len() / 2]).unwrap();
+        assert!(load_blobs(&p, "test.v1").unwrap_err().to_string().contains("truncated"));
     }
 }

@@ -14,7 +14,10 @@ fn data_dir() -> Option<PathBuf> {
     if dir.join("mnist").is_dir() && dir.join("fashion-mnist").is_dir() {
         Some(dir)
     } else if std::env::var_os("CI").is_some() {
-        panic!("CI must fetch the datasets first (scripts/fetch-data.sh): none in {}", dir.display())
+        panic!(
+            "CI must fetch the datasets first (scripts/fetch-data.sh): none in {}",
+            dir.display()
+        )
     } else {
         eprintln!("skipping: no fetched datasets in {}", dir.display());
         None

@@ -1,0 +1,23 @@
+//! # seli-train
+//!
+//! Deep networks on imbalanced real data, measured against SELI every few epochs (SPEC
+//! sections 7 and 8): imbalanced subsets of MNIST, Fashion-MNIST and CIFAR-10 ([`data`]), an
+//! MLP and a CIFAR-style ResNet-18 ([`model`]) built on burn's pure-Rust `flex` CPU backend,
+//! SGD with momentum, weight decay and step decays, checkpoints and exact resume ([`run`]),
+//! and the geometry of the penultimate features and last layer ([`eval`]).
+//!
+//! This crate holds the deep-learning framework so that `seli-core` (the math) and `seli-io`
+//! (the formats) stay free of it.
+#![warn(missing_docs)]
+
+pub mod config;
+pub mod data;
+pub mod error;
+pub mod eval;
+pub mod model;
+pub mod run;
+
+pub use config::{TRAIN_CONFIG_FORMAT, TrainConfig, default_milestones};
+pub use error::{Error, Result};
+pub use model::ModelConfig;
+pub use run::{Progress, Quiet, RunData, TrainSummary, train};

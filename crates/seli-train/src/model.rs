@@ -1,0 +1,266 @@
+//! The networks: an MLP and a CIFAR-style ResNet-18, each split into a feature extractor
+//! (everything up to the penultimate layer) and a linear classifier, bias-free by default.
+
+use burn::module::Module;
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::pool::{AdaptiveAvgPool2d, AdaptiveAvgPool2dConfig};
+use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig, PaddingConfig2d};
+use burn::tensor::activation::relu;
+use burn::tensor::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// Which network, and its size (recorded in `config.json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelConfig {
+    /// `mlp` or `resnet18`.
+    pub kind: String,
+    /// MLP: number of hidden layers (the last one's output are the features). Unused by
+    /// ResNet-18.
+    pub depth: usize,
+    /// MLP: hidden width (= feature dimension d). ResNet-18: channels of the first stage (64 in
+    /// the standard network; the features have 8 × width dimensions).
+    pub width: usize,
+    /// MLP: batch normalization after each hidden linear layer (ResNet-18 always has it).
+    pub batch_norm: bool,
+    /// A bias in the last (classifier) layer.
+    pub last_bias: bool,
+}
+
+impl ModelConfig {
+    /// Checks the kind and the sizes.
+    ///
+    /// # Errors
+    /// An unknown kind, zero depth or width.
+    pub fn validate(&self) -> Result<()> {
+        match self.kind.as_str() {
+            "mlp" | "resnet18" => {}
+            other => {
+                return Err(Error::Config(format!(
+                    "unknown model {other:?}: expected mlp or resnet18"
+                )));
+            }
+        }
+        if self.width == 0 {
+            return Err(Error::Config("model width must be at least 1".into()));
+        }
+        if self.kind == "mlp" && self.depth == 0 {
+            return Err(Error::Config("MLP depth must be at least 1 hidden layer".into()));
+        }
+        Ok(())
+    }
+
+    /// Feature dimension d of the penultimate layer.
+    pub fn feature_dim(&self) -> usize {
+        if self.kind == "mlp" { self.width } else { 8 * self.width }
+    }
+}
+
+/// A hidden layer of the MLP: linear, optional batch norm, ReLU.
+#[derive(Module, Debug)]
+pub struct Hidden {
+    linear: Linear,
+    norm: Option<BatchNorm>,
+}
+
+/// Multi-layer perceptron on flattened images.
+#[derive(Module, Debug)]
+pub struct Mlp {
+    hidden: Vec<Hidden>,
+}
+
+impl Mlp {
+    fn new(input: usize, cfg: &ModelConfig, device: &Device) -> Self {
+        let hidden = (0..cfg.depth)
+            .map(|i| {
+                let d_in = if i == 0 { input } else { cfg.width };
+                Hidden {
+                    linear: LinearConfig::new(d_in, cfg.width)
+                        .with_bias(!cfg.batch_norm)
+                        .init(device),
+                    norm: cfg.batch_norm.then(|| BatchNormConfig::new(cfg.width).init(device)),
+                }
+            })
+            .collect();
+        Mlp { hidden }
+    }
+
+    fn forward(&self, x: Tensor<4>) -> Tensor<2> {
+        let mut h: Tensor<2> = x.flatten(1, 3);
+        for layer in &self.hidden {
+            h = layer.linear.forward(h);
+            if let Some(n) = &layer.norm {
+                h = n.forward(h);
+            }
+            h = relu(h);
+        }
+        h
+    }
+}
+
+fn conv3x3(c_in: usize, c_out: usize, stride: usize, device: &Device) -> Conv2d {
+    Conv2dConfig::new([c_in, c_out], [3, 3])
+        .with_stride([stride, stride])
+        .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+        .with_bias(false)
+        .init(device)
+}
+
+/// The ResNet basic block: two 3×3 convolutions with batch norm, and a shortcut (a strided
+/// 1×1 convolution with batch norm when the shape changes).
+#[derive(Module, Debug)]
+pub struct BasicBlock {
+    conv1: Conv2d,
+    bn1: BatchNorm,
+    conv2: Conv2d,
+    bn2: BatchNorm,
+    shortcut: Option<Shortcut>,
+}
+
+/// The projection shortcut of a block that changes shape.
+#[derive(Module, Debug)]
+pub struct Shortcut {
+    conv: Conv2d,
+    bn: BatchNorm,
+}
+
+impl BasicBlock {
+    fn new(c_in: usize, c_out: usize, stride: usize, device: &Device) -> Self {
+        let shortcut = (stride != 1 || c_in != c_out).then(|| Shortcut {
+            conv: Conv2dConfig::new([c_in, c_out], [1, 1])
+                .with_stride([stride, stride])
+                .with_bias(false)
+                .init(device),
+            bn: BatchNormConfig::new(c_out).init(device),
+        });
+        BasicBlock {
+            conv1: conv3x3(c_in, c_out, stride, device),
+            bn1: BatchNormConfig::new(c_out).init(device),
+            conv2: conv3x3(c_out, c_out, 1, device),
+            bn2: BatchNormConfig::new(c_out).init(device),
+            shortcut,
+        }
+    }
+
+    fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let out = relu(self.bn1.forward(self.conv1.forward(x.clone())));
+        let out = self.bn2.forward(self.conv2.forward(out));
+        let skip = match &self.shortcut {
+            Some(s) => s.bn.forward(s.conv.forward(x)),
+            None => x,
+        };
+        relu(out + skip)
+    }
+}
+
+/// ResNet-18 for small images (CIFAR style): a 3×3 stem without max-pooling, four stages of
+/// two basic blocks (widths w, 2w, 4w, 8w; strides 1, 2, 2, 2), global average pooling.
+#[derive(Module, Debug)]
+pub struct ResNet18 {
+    stem: Conv2d,
+    stem_bn: BatchNorm,
+    blocks: Vec<BasicBlock>,
+    pool: AdaptiveAvgPool2d,
+}
+
+impl ResNet18 {
+    fn new(channels: usize, width: usize, device: &Device) -> Self {
+        let mut blocks = Vec::new();
+        let mut c_in = width;
+        for (stage, stride) in [1usize, 2, 2, 2].into_iter().enumerate() {
+            let c_out = width << stage;
+            blocks.push(BasicBlock::new(c_in, c_out, stride, device));
+            blocks.push(BasicBlock::new(c_out, c_out, 1, device));
+            c_in = c_out;
+        }
+        ResNet18 {
+            stem: conv3x3(channels, width, 1, device),
+            stem_bn: BatchNormConfig::new(width).init(device),
+            blocks,
+            pool: AdaptiveAvgPool2dConfig::new([1, 1]).init(),
+        }
+    }
+
+    fn forward(&self, x: Tensor<4>) -> Tensor<2> {
+        let mut h = relu(self.stem_bn.forward(self.stem.forward(x)));
+        for b in &self.blocks {
+            h = b.forward(h);
+        }
+        self.pool.forward(h).flatten(1, 3)
+    }
+}
+
+/// Feature extractor of either kind.
+// One value per network, never in a collection: the size difference costs nothing, and
+// burn's Module derive does not see through a Box.
+#[allow(clippy::large_enum_variant)]
+#[derive(Module, Debug)]
+pub enum Backbone {
+    /// See [`Mlp`].
+    Mlp(Mlp),
+    /// See [`ResNet18`].
+    ResNet18(ResNet18),
+}
+
+/// A classifier network: backbone (features) and a linear last layer.
+#[derive(Module, Debug)]
+pub struct Net {
+    backbone: Backbone,
+    classifier: Linear,
+}
+
+impl Net {
+    /// A freshly initialized network for `channels × height × width` images and `classes`
+    /// classes (parameters drawn from the device's generator: seed it first).
+    ///
+    /// # Errors
+    /// An invalid configuration.
+    pub fn new(
+        cfg: &ModelConfig,
+        image: [usize; 3],
+        classes: usize,
+        device: &Device,
+    ) -> Result<Self> {
+        cfg.validate()?;
+        let backbone = match cfg.kind.as_str() {
+            "mlp" => Backbone::Mlp(Mlp::new(image.iter().product(), cfg, device)),
+            _ => Backbone::ResNet18(ResNet18::new(image[0], cfg.width, device)),
+        };
+        let classifier =
+            LinearConfig::new(cfg.feature_dim(), classes).with_bias(cfg.last_bias).init(device);
+        Ok(Net { backbone, classifier })
+    }
+
+    /// Penultimate features, `[batch, d]`.
+    pub fn features(&self, x: Tensor<4>) -> Tensor<2> {
+        match &self.backbone {
+            Backbone::Mlp(m) => m.forward(x),
+            Backbone::ResNet18(r) => r.forward(x),
+        }
+    }
+
+    /// Logits of features, `[batch, k]`.
+    pub fn classify(&self, h: Tensor<2>) -> Tensor<2> {
+        self.classifier.forward(h)
+    }
+
+    /// Logits, `[batch, k]`.
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
+        self.classify(self.features(x))
+    }
+
+    /// The classifier as `(W, b)`: `W` row-major `[d, k]` (column c is `w_c`, burn's `Linear`
+    /// layout), `b` when the last layer has a bias.
+    pub fn classifier_weights(&self) -> (Vec<f32>, [usize; 2], Option<Vec<f32>>) {
+        let w = self.classifier.weight.val();
+        let dims = w.dims();
+        let values = w.into_data().try_into_vec::<f32>().expect("f32 weights");
+        let b = self
+            .classifier
+            .bias
+            .as_ref()
+            .map(|b| b.val().into_data().try_into_vec::<f32>().expect("f32 bias"));
+        (values, dims, b)
+    }
+}
