@@ -3,7 +3,8 @@
 //! `seli bench geometry` times the whole class-level computation (profile to geometry,
 //! statistics and ETF distances) at n = 10^7 for k = 10, 100, 1000, and, for contrast, the
 //! dense route a naive implementation would take: build the explicit k×n SEL matrix and take
-//! its thin SVD, at sizes where it fits in memory.
+//! its thin SVD, at sizes where it fits in memory. `seli bench train` times SGD steps of the
+//! deep networks on random data.
 
 use std::time::{Duration, Instant};
 
@@ -21,6 +22,25 @@ pub enum BenchCommand {
     Geometry(BenchGeometryArgs),
     /// Full-batch UFM gradient descent: iterations per second and GFLOP/s.
     Ufm(BenchUfmArgs),
+    /// Deep-net training throughput (samples/s) on random data: the MLPs and ResNet-18.
+    Train(BenchTrainArgs),
+}
+
+/// Flags of `seli bench train`.
+#[derive(Debug, Args)]
+pub struct BenchTrainArgs {
+    /// Timed SGD steps per stretch for the MLPs (batch 128; median of 5 stretches).
+    #[arg(long, default_value_t = 40)]
+    pub mlp_steps: usize,
+
+    /// Timed SGD steps for ResNet-18 on 3x32x32 images (batch 128; 0 skips it: each step takes
+    /// seconds on a CPU).
+    #[arg(long, default_value_t = 3)]
+    pub resnet_steps: usize,
+
+    /// Tiny sizes and one step each: checks that the benchmark works, measures nothing.
+    #[arg(long)]
+    pub quick: bool,
 }
 
 /// Flags of `seli bench ufm`.
@@ -53,6 +73,7 @@ pub fn run(cmd: &BenchCommand) -> Result<()> {
     match cmd {
         BenchCommand::Geometry(a) => bench_geometry(a),
         BenchCommand::Ufm(a) => bench_ufm(a),
+        BenchCommand::Train(a) => bench_train(a),
     }
 }
 
@@ -221,6 +242,45 @@ fn bench_ufm(a: &BenchUfmArgs) -> Result<()> {
                 );
             }
         }
+    }
+    Ok(())
+}
+
+fn bench_train(a: &BenchTrainArgs) -> Result<()> {
+    use seli_train::ModelConfig;
+    use seli_train::bench::training_throughput;
+    let mlp = |depth: usize, width: usize, batch_norm: bool| ModelConfig {
+        kind: "mlp".into(),
+        depth,
+        width,
+        batch_norm,
+        last_bias: false,
+    };
+    let (batch, width, resnet_width) = if a.quick { (8, 16, 2) } else { (128, 512, 64) };
+    let (steps, rounds) = if a.quick { (1, 1) } else { (a.mlp_steps, 5) };
+    println!(
+        "training throughput, f32, batch {batch}, SGD with momentum, {} threads",
+        rayon::current_num_threads()
+    );
+    println!("{:<44} {:>12}", "model", "samples/s");
+    for (name, cfg) in [
+        (format!("MLP 784-{width}-{width}-10 (no batch norm)"), mlp(2, width, false)),
+        (format!("MLP 784-{width}x3-10 + batch norm (seli train)"), mlp(3, width, true)),
+    ] {
+        let r = training_throughput(&cfg, [1, 28, 28], 10, batch, 3.min(steps), steps, rounds)?;
+        println!("{name:<44} {r:>12.0}");
+    }
+    if a.resnet_steps > 0 {
+        let cfg = ModelConfig {
+            kind: "resnet18".into(),
+            depth: 0,
+            width: resnet_width,
+            batch_norm: true,
+            last_bias: false,
+        };
+        let steps = if a.quick { 1 } else { a.resnet_steps };
+        let r = training_throughput(&cfg, [3, 32, 32], 10, batch, 1, steps, 1)?;
+        println!("{:<44} {r:>12.1}", format!("ResNet-18 (width {resnet_width}) on 3x32x32"));
     }
     Ok(())
 }

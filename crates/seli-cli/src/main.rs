@@ -7,6 +7,7 @@ mod profile_args;
 mod reproduce;
 mod ridge;
 mod svm;
+mod train;
 mod ufm;
 
 use std::process::ExitCode;
@@ -48,6 +49,9 @@ enum Command {
     /// Max-margin (nuclear-norm SVM) solution at class level with a dual certificate; the
     /// paper's theorem says it is the SEL matrix.
     Svm(svm::SvmArgs),
+    /// Train an MLP or ResNet-18 on an imbalanced subset of MNIST, Fashion-MNIST or CIFAR-10
+    /// and measure the last layer's geometry against SELI and the ETF every few epochs.
+    Train(Box<train::TrainArgs>),
     /// Time the hot paths (numbers for the README; needs a quiet machine).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -80,6 +84,7 @@ fn main() -> ExitCode {
         Command::Ridge(a) => ridge::run(a).map(|()| ExitCode::SUCCESS),
         Command::RidgePath(a) => ridge::run_path(a).map(|()| ExitCode::SUCCESS),
         Command::Svm(a) => svm::run(a).map(|()| ExitCode::SUCCESS),
+        Command::Train(a) => train::run(a),
         Command::Bench(b) => bench::run(b).map(|()| ExitCode::SUCCESS),
     };
     match result {

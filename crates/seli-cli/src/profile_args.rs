@@ -44,7 +44,7 @@ pub struct CountList(pub Vec<u64>);
 pub struct ProfileArgs {
     /// (R, rho)-STEP profile: K classes, the first (1-RHO)K majorities with R*N_MIN samples
     /// each, the last RHO*K minorities with N_MIN each (N_MIN defaults to 1). RHO may be a
-    /// fraction such as 1/3. Default profile: --step 10,10,0.5,500.
+    /// fraction such as 1/3. Default profile: --step 10,10,0.5,500 (seli train: 10,10,0.5,200).
     ///
     /// Example: --step 10,100,0.5 (5 classes of 100, 5 of 1)
     #[arg(long, value_name = "K,R,RHO[,N_MIN]", value_parser = parse_step,
@@ -80,6 +80,11 @@ pub struct ProfileArgs {
 impl ProfileArgs {
     /// Builds and validates the chosen profile; also returns the label file it came from.
     pub fn resolve(&self) -> Result<(Profile, Option<PathBuf>)> {
+        self.resolve_or(DEFAULT_STEP)
+    }
+
+    /// [`ProfileArgs::resolve`] with another default STEP profile.
+    pub fn resolve_or(&self, default: StepSpec) -> Result<(Profile, Option<PathBuf>)> {
         if let Some(path) = &self.labels {
             let p = seli_io::profile_from_label_file(path, self.classes)?;
             return Ok((p, Some(path.clone())));
@@ -89,7 +94,7 @@ impl ProfileArgs {
         } else if let Some(t) = self.long_tail {
             Profile::long_tail(t.k, t.n_max, t.ratio).context("invalid --long-tail")?
         } else {
-            let s = self.step.unwrap_or(DEFAULT_STEP);
+            let s = self.step.unwrap_or(default);
             Profile::step(s.k, s.ratio, s.rho, s.n_min).context("invalid --step")?
         };
         Ok((p, None))

@@ -372,21 +372,29 @@ pub fn train_any(cfg: &UfmRunConfig, dir: &Path, resume: bool) -> Result<Outcome
 
 /// Creates a fresh run directory for `cfg`, refusing to overwrite a run unless `force`.
 pub fn start_run_dir(cfg: &UfmRunConfig, dir: &Path, force: bool) -> Result<()> {
+    prepare_run_dir(dir, force, "ufm", &["metrics.csv", "checkpoint.safetensors", "summary.json"])?;
+    seli_io::write_json_atomic(&dir.join("config.json"), "run config", cfg)?;
+    Ok(())
+}
+
+/// Creates a run directory for `seli COMMAND`, refusing one that already holds a run unless
+/// `force`, in which case the `stale` files of the old run are removed.
+pub fn prepare_run_dir(dir: &Path, force: bool, command: &str, stale: &[&str]) -> Result<()> {
     if dir.join("config.json").exists() && !force {
         bail!(
-            "{} already holds a run (config.json); continue it with --resume {}, or pass --force to start over",
+            "{} already holds a run (config.json); continue it with seli {command} --resume {}, \
+             or pass --force to start over",
             dir.display(),
             dir.display()
         );
     }
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    for stale in ["metrics.csv", "checkpoint.safetensors", "summary.json"] {
-        let p = dir.join(stale);
+    for name in stale {
+        let p = dir.join(name);
         if p.exists() {
             std::fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
         }
     }
-    seli_io::write_json_atomic(&dir.join("config.json"), "run config", cfg)?;
     Ok(())
 }
 

@@ -245,10 +245,7 @@ pub type Blob = (String, Vec<u8>);
 /// # Errors
 /// A missing, truncated or corrupt file; another format; a checksum mismatch. Each message
 /// names the file.
-pub fn load_blobs(
-    path: &Path,
-    format: &str,
-) -> Result<(HashMap<String, String>, Vec<Blob>)> {
+pub fn load_blobs(path: &Path, format: &str) -> Result<(HashMap<String, String>, Vec<Blob>)> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     let (st, mut meta) = open_checked(path, &bytes, format)?;
     let order = meta_get(path, &meta, "order")?;

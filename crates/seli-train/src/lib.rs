@@ -10,6 +10,7 @@
 //! (the formats) stay free of it.
 #![warn(missing_docs)]
 
+pub mod bench;
 pub mod config;
 pub mod data;
 pub mod error;

@@ -1,0 +1,173 @@
+//! `seli train` end to end on small dataset files written by the tests (MNIST IDX and the
+//! CIFAR-10 binary layout), independent of the fetched datasets.
+
+mod common;
+
+use std::path::Path;
+
+use common::{fails, json, ok};
+use seli_io::dataset::cifar::{IMAGE_BYTES, encode_binary};
+use seli_io::dataset::idx::encode_idx;
+
+/// Writes an MNIST-layout directory: `per_class` training and 2 test images per class, each
+/// class a distinct bright band.
+fn write_mnist(root: &Path, per_class: usize) {
+    let dir = root.join("mnist");
+    std::fs::create_dir_all(&dir).unwrap();
+    let split = |n: usize, salt: usize| {
+        let mut pixels = Vec::new();
+        let mut labels = Vec::new();
+        for i in 0..n {
+            let y = i % 10;
+            labels.push(y as u8);
+            for p in 0..28 * 28 {
+                let band = (p / 28) / 3 == y;
+                let noise = ((p * 13 + i * 7 + salt) % 50) as u8;
+                pixels.push(if band { 200 + noise } else { noise });
+            }
+        }
+        (encode_idx(&[n, 28, 28], &pixels), encode_idx(&[n], &labels))
+    };
+    let (ti, tl) = split(10 * per_class, 0);
+    let (si, sl) = split(20, 3);
+    for (name, bytes) in [
+        ("train-images-idx3-ubyte", ti),
+        ("train-labels-idx1-ubyte", tl),
+        ("t10k-images-idx3-ubyte", si),
+        ("t10k-labels-idx1-ubyte", sl),
+    ] {
+        std::fs::write(dir.join(name), bytes).unwrap();
+    }
+}
+
+#[test]
+fn trains_an_mlp_writes_the_run_and_resumes_a_finished_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_mnist(tmp.path(), 12);
+    let data = tmp.path().to_str().unwrap();
+    let out = tmp.path().join("run");
+    let out_s = out.to_str().unwrap();
+    let args = [
+        "train",
+        "--data-dir",
+        data,
+        "--step",
+        "10,4,0.5,3",
+        "--depth",
+        "1",
+        "--width",
+        "16",
+        "--epochs",
+        "3",
+        "--batch-size",
+        "8",
+        "--every",
+        "1",
+        "--threads",
+        "1",
+        "--out",
+        out_s,
+    ];
+    let stdout = ok(&args);
+    assert!(stdout.contains("train accuracy") && stdout.contains("dist G_W"), "{stdout}");
+    let cfg = json(&out.join("config.json"));
+    assert_eq!(cfg["format"], "seli.train-config.v1");
+    assert_eq!(cfg["model"]["last_bias"], false);
+    assert_eq!(cfg["milestones"], serde_json::json!([1, 2]));
+    let subset = json(&out.join("subset.json"));
+    assert_eq!(subset["counts"], serde_json::json!([12, 12, 12, 12, 12, 3, 3, 3, 3, 3]));
+    let summary = json(&out.join("summary.json"));
+    assert_eq!(summary["n_train"], 75);
+    assert!(summary["last"]["dist_gw_seli"].is_number());
+    // The same --out again is refused; a finished run resumes to the same summary.
+    let e = fails(&args);
+    assert!(e.contains("already holds a run") && e.contains("seli train --resume"), "{e}");
+    ok(&["train", "--resume", out_s]);
+    assert_eq!(json(&out.join("summary.json"))["last"], summary["last"]);
+    // Every metrics column is documented.
+    let doc =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/formats.md"))
+            .unwrap();
+    for (col, _) in seli_train::eval::COLUMNS {
+        assert!(doc.contains(&format!("| `{col}` |")), "docs/formats.md does not document {col}");
+    }
+}
+
+#[test]
+fn resnet18_trains_on_the_cifar_binary_layout() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("cifar-10-batches-bin");
+    std::fs::create_dir_all(&dir).unwrap();
+    for (b, name) in [
+        "data_batch_1",
+        "data_batch_2",
+        "data_batch_3",
+        "data_batch_4",
+        "data_batch_5",
+        "test_batch",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let labels: Vec<u8> = (0..10).map(|i| i as u8).collect();
+        let pixels: Vec<u8> = (0..10 * IMAGE_BYTES)
+            .map(|p| {
+                let (img, ch) = (p / IMAGE_BYTES, (p % IMAGE_BYTES) / 1024);
+                ((img * 25 + ch * 40 + b + p % 7) % 256) as u8
+            })
+            .collect();
+        std::fs::write(dir.join(format!("{name}.bin")), encode_binary(&labels, &pixels)).unwrap();
+    }
+    let out = tmp.path().join("run");
+    ok(&[
+        "train",
+        "--dataset",
+        "cifar10",
+        "--model",
+        "resnet18",
+        "--width",
+        "2",
+        "--data-dir",
+        tmp.path().to_str().unwrap(),
+        "--step",
+        "10,2,0.5,2",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "10",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let s = json(&out.join("summary.json"));
+    assert_eq!((s["n_train"].as_u64(), s["d"].as_u64()), (Some(30), Some(16)));
+    assert!(s["last"]["nc1"].is_number());
+}
+
+#[test]
+fn bad_inputs_are_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_mnist(tmp.path(), 3);
+    let data = tmp.path().to_str().unwrap();
+    let out = tmp.path().join("r");
+    let run = |extra: &[&str]| {
+        let mut a = vec!["train", "--data-dir", data, "--out", out.to_str().unwrap(), "--force"];
+        a.extend_from_slice(extra);
+        fails(&a)
+    };
+    let e = run(&["--step", "10,10,0.5,1"]);
+    assert!(e.contains("class 0 asks for 10 training images, the dataset has 3"), "{e}");
+    let e = run(&["--step", "10,2,0.5,1", "--device", "cuda"]);
+    assert!(e.contains("CPU only"), "{e}");
+    let e = run(&["--step", "10,2,0.5,1", "--milestones", "5", "--epochs", "3"]);
+    assert!(e.contains("milestones [5]"), "{e}");
+    let e = run(&["--step", "4,2,0.5,1"]);
+    assert!(e.contains("4 classes, the dataset 10"), "{e}");
+    let labels = tmp.path().join("mnist/train-labels-idx1-ubyte");
+    let bytes = std::fs::read(&labels).unwrap();
+    std::fs::write(&labels, &bytes[..bytes.len() - 2]).unwrap();
+    let e = run(&["--step", "10,2,0.5,1"]);
+    assert!(e.contains("train-labels-idx1-ubyte") && e.contains("truncated"), "{e}");
+    let e =
+        fails(&["train", "--data-dir", "/nonexistent", "--out", out.to_str().unwrap(), "--force"]);
+    assert!(e.contains("not found") && e.contains("fetch-data.sh"), "{e}");
+}
