@@ -20,8 +20,8 @@ use faer::Mat;
 use seli_core::Geometry;
 use seli_core::random::{rng_from_seed, shuffle};
 use seli_io::csvlog::CsvLog;
-use seli_io::dataset::{Dataset, DatasetKind};
-use seli_io::{write_atomic, write_json_atomic};
+use seli_io::dataset::Dataset;
+use seli_io::write_json_atomic;
 use serde::{Deserialize, Serialize};
 
 use crate::config::TrainConfig;
@@ -217,8 +217,6 @@ pub fn train(
 ) -> Result<TrainSummary> {
     cfg.validate()?;
     let run = RunDir { dir: dir.to_path_buf() };
-    let kind = DatasetKind::parse(&cfg.dataset).map_err(Error::Config)?;
-    let _ = kind;
     let k = data.target.k();
     let device = Device::flex();
     let train_device = device.clone().autodiff();
@@ -412,9 +410,4 @@ fn save_checkpoint(
         &[("model", &model[..]), ("optimizer", &opt[..])],
     )?;
     Ok(())
-}
-
-/// Writes bytes atomically (re-exported for the CLI's own files).
-pub fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
-    Ok(write_atomic(path, bytes)?)
 }
