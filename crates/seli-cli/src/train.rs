@@ -273,7 +273,7 @@ impl Progress for Bars {
         }
         if let Some(row) = row {
             let get = |c: &str| {
-                let i = seli_train::eval::COLUMNS.iter().position(|(n, _)| *n == c);
+                let i = seli_train::eval::header().iter().position(|n| *n == c);
                 i.and_then(|i| row[i]).map_or("-".to_string(), |v| format!("{v:.4}"))
             };
             tracing::info!(

@@ -88,7 +88,7 @@ fn trains_an_mlp_writes_the_run_and_resumes_a_finished_run() {
     let doc =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/formats.md"))
             .unwrap();
-    for (col, _) in seli_train::eval::COLUMNS {
+    for (col, _) in seli_train::eval::columns() {
         assert!(doc.contains(&format!("| `{col}` |")), "docs/formats.md does not document {col}");
     }
 }

@@ -14,7 +14,13 @@
 use faer::{Mat, MatRef};
 
 use crate::error::{Error, Result};
-use crate::metrics::{Centering, between_class_directions, check_same_shape};
+use crate::metrics::{
+    Centering, between_class_directions, centering_projector, check_same_shape, gram,
+    normalized_distance,
+};
+use crate::profile::Group;
+use crate::sel::Geometry;
+use crate::track::ClassLevel;
 
 /// Streaming per-class moments of d-dimensional features with labels in `0..k`.
 #[derive(Debug, Clone, PartialEq)]
@@ -276,6 +282,266 @@ pub fn nearest_class_mean(M: MatRef<'_, f64>, h: &[f64]) -> usize {
     best.1
 }
 
+/// The geometry columns shared by every feature-level measurement (`seli train`'s metrics
+/// rows, `seli analyze`), in [`FeatureGeometry::values`] order, with their meanings.
+pub const GEOMETRY_COLUMNS: &[(&str, &str)] = &[
+    ("accuracy", "fraction of samples whose argmax logit is the label (needs logits)"),
+    ("accuracy_maj", "accuracy over samples of majority classes"),
+    ("accuracy_min", "accuracy over samples of minority classes"),
+    ("w_norm_sq", "||W||_F^2 of the classifier"),
+    ("dist_gw_seli", "dist(W^T W, SELI G_W)"),
+    ("dist_gw_etf", "dist(W^T W, ETF P)"),
+    ("dist_gm_seli", "dist(M^T M, SELI G_M), M = class means centered by their mean"),
+    ("dist_gm_etf", "dist(M^T M, ETF P), same centered M"),
+    ("dist_wtm", "dist(W^T M, P), same centered M: SELI and ETF share this target"),
+    ("dist_z", "dist(logits Z, SEL matrix Z_hat) over the samples (bias included)"),
+    ("nc1", "Tr(Sigma_W Sigma_B^+)/k, centered by the mean of class means"),
+    ("nc1_global", "Tr(Sigma_W Sigma_B^+)/k, centered by the sample mean"),
+    ("equinorm_mu", "std/mean of ||mu_c - mu_G|| (mu_G = mean of class means)"),
+    ("equinorm_w", "std/mean of ||w_c||"),
+    ("equiangular_mu", "std over c != c' of cos(mu_c - mu_G, mu_c' - mu_G)"),
+    ("equiangular_w", "std over c != c' of cos(w_c, w_c')"),
+    ("max_angle_mu", "mean over c != c' of |cos(mu_c - mu_G, mu_c' - mu_G) + 1/(k-1)|"),
+    ("max_angle_w", "mean over c != c' of |cos(w_c, w_c') + 1/(k-1)|"),
+    ("self_duality", "NC3: ||W/||W||_F - M/||M||_F||_F^2, centered M"),
+    ("ncc_mismatch", "NC4: fraction of samples where argmax logits != nearest class mean"),
+    ("w_norm_sq_maj", "mean ||w_c||^2 over majority classes"),
+    ("w_norm_sq_min", "mean ||w_c||^2 over minority classes"),
+    ("mu_norm_sq_maj", "mean ||mu_c - mu_G||^2 over majority classes"),
+    ("mu_norm_sq_min", "mean ||mu_c - mu_G||^2 over minority classes"),
+    ("norm_ratio_w", "||w_maj||^2 / ||w_min||^2"),
+    ("norm_ratio_mu", "||mu_maj - mu_G||^2 / ||mu_min - mu_G||^2"),
+    ("cos_w_maj_maj", "mean cos(w_c, w_c') over majority pairs"),
+    ("cos_w_min_min", "mean cos(w_c, w_c') over minority pairs"),
+    ("cos_w_maj_min", "mean cos(w_c, w_c') over majority-minority pairs"),
+    ("cos_mu_maj_maj", "mean cos of centered means over majority pairs"),
+    ("cos_mu_min_min", "mean cos of centered means over minority pairs"),
+    ("cos_mu_maj_min", "mean cos of centered means over majority-minority pairs"),
+];
+
+/// Accuracy overall, over majority and over minority classes, from per-class counts of
+/// correct predictions and of samples (`None` where a group has no sample).
+pub fn accuracies(correct: &[u64], total: &[u64], groups: Option<&[Group]>) -> [Option<f64>; 3] {
+    let frac = |pick: &dyn Fn(usize) -> bool| {
+        let (c, t) = (0..correct.len())
+            .filter(|&i| pick(i))
+            .fold((0u64, 0u64), |(c, t), i| (c + correct[i], t + total[i]));
+        (t > 0).then(|| c as f64 / t as f64)
+    };
+    let group = |g: Group| groups.and_then(|gs| frac(&|i| gs[i] == g));
+    [frac(&|_| true), group(Group::Majority), group(Group::Minority)]
+}
+
+fn argmax(z: impl Iterator<Item = f64>) -> usize {
+    let mut best = (f64::NEG_INFINITY, 0);
+    for (c, v) in z.enumerate() {
+        if v > best.0 {
+            best = (v, c);
+        }
+    }
+    best.1
+}
+
+/// The feature-level measurement of SPEC section 7 in two streaming passes over the samples.
+///
+/// Pass 1 ([`FeatureGeometry::push`]): features `H` (d×b) with, when available, logits `Z`
+/// (k×b) and labels, into [`FeatureMoments`], accuracy counts and the logit/SEL inner
+/// products. Pass 2 ([`FeatureGeometry::push_ncc`], optional): the same samples again, to
+/// count NC4 disagreements against the final class means. Then [`FeatureGeometry::values`]
+/// gives [`GEOMETRY_COLUMNS`] with the classifier `W` (d×k) when there is one. Memory is
+/// `O(d² + dk)` whatever n.
+#[derive(Debug, Clone)]
+pub struct FeatureGeometry {
+    moments: FeatureMoments,
+    correct: Vec<u64>,
+    total: Vec<u64>,
+    zz: f64,
+    zs: f64,
+    logit_samples: u64,
+    ncc: Option<(u64, u64)>,
+}
+
+impl FeatureGeometry {
+    /// Empty measurement of d-dimensional features of k classes.
+    pub fn new(d: usize, k: usize) -> Self {
+        FeatureGeometry {
+            moments: FeatureMoments::new(d, k),
+            correct: vec![0; k],
+            total: vec![0; k],
+            zz: 0.0,
+            zs: 0.0,
+            logit_samples: 0,
+            ncc: None,
+        }
+    }
+
+    /// The moments accumulated so far.
+    pub fn moments(&self) -> &FeatureMoments {
+        &self.moments
+    }
+
+    fn check_logits(Z: MatRef<'_, f64>, k: usize, b: usize) -> Result<()> {
+        if Z.nrows() != k || Z.ncols() != b {
+            return Err(Error::ShapeMismatch {
+                left: "logit batch",
+                lr: Z.nrows(),
+                lc: Z.ncols(),
+                right: "(classes, batch samples)",
+                rr: k,
+                rc: b,
+            });
+        }
+        for i in 0..b {
+            for c in 0..k {
+                let v = Z[(c, i)];
+                if !v.is_finite() {
+                    return Err(Error::InvalidParameter {
+                        name: "logit",
+                        value: format!("{v} (class {c} of sample {i} of the batch)"),
+                        rule: "finite",
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Pass 1: a batch of features (d×b), optional logits (k×b) and labels.
+    ///
+    /// # Errors
+    /// Shapes that disagree, a label out of range, a non-finite feature or logit.
+    pub fn push(
+        &mut self,
+        H: MatRef<'_, f64>,
+        Z: Option<MatRef<'_, f64>>,
+        labels: &[u32],
+    ) -> Result<()> {
+        let k = self.moments.classes();
+        if let Some(Z) = Z {
+            Self::check_logits(Z, k, labels.len())?;
+        }
+        self.moments.push(H, labels)?;
+        let Some(Z) = Z else { return Ok(()) };
+        let off = 1.0 / k as f64;
+        for (i, &y) in labels.iter().enumerate() {
+            let y = y as usize;
+            self.total[y] += 1;
+            self.correct[y] += u64::from(argmax((0..k).map(|c| Z[(c, i)])) == y);
+            for c in 0..k {
+                let v = Z[(c, i)];
+                self.zz += v * v;
+                self.zs += v * if c == y { 1.0 - off } else { -off };
+            }
+        }
+        self.logit_samples += labels.len() as u64;
+        Ok(())
+    }
+
+    /// Pass 2: the same samples' features and logits again; counts where the argmax logit
+    /// differs from the nearest class mean (of pass 1).
+    ///
+    /// # Errors
+    /// An empty class after pass 1; shapes that disagree.
+    pub fn push_ncc(&mut self, H: MatRef<'_, f64>, Z: MatRef<'_, f64>) -> Result<()> {
+        let M = self.moments.class_means()?;
+        let k = self.moments.classes();
+        Self::check_logits(Z, k, H.ncols())?;
+        let (mut mismatch, mut seen) = self.ncc.unwrap_or((0, 0));
+        let mut h = vec![0.0; H.nrows()];
+        for i in 0..H.ncols() {
+            for r in 0..H.nrows() {
+                h[r] = H[(r, i)];
+            }
+            let p = argmax((0..k).map(|c| Z[(c, i)]));
+            mismatch += u64::from(nearest_class_mean(M.as_ref(), &h) != p);
+            seen += 1;
+        }
+        self.ncc = Some((mismatch, seen));
+        Ok(())
+    }
+
+    /// [`GEOMETRY_COLUMNS`] against `target` (the SELI geometry of the samples' class
+    /// counts). Columns that need logits or `W` are `None` without them; NC4 is `None` unless
+    /// pass 2 covered every sample.
+    ///
+    /// # Errors
+    /// An empty class, a classifier of the wrong shape, decompositions failing.
+    pub fn values(
+        &self,
+        W: Option<MatRef<'_, f64>>,
+        target: &Geometry,
+    ) -> Result<Vec<Option<f64>>> {
+        let (d, k) = (self.moments.dim(), self.moments.classes());
+        if let Some(W) = W
+            && (W.nrows() != d || W.ncols() != k)
+        {
+            return Err(Error::ShapeMismatch {
+                left: "classifier W",
+                lr: W.nrows(),
+                lc: W.ncols(),
+                right: "(feature dimension, classes)",
+                rr: d,
+                rc: k,
+            });
+        }
+        let groups = target.profile().groups();
+        let M = self.moments.class_means()?;
+        let center = self.moments.center(Centering::ClassMeans)?;
+        let Mc = Mat::from_fn(d, k, |r, c| M[(r, c)] - center[r]);
+        let mut values = Vec::with_capacity(GEOMETRY_COLUMNS.len());
+        if self.logit_samples > 0 {
+            values.extend(accuracies(&self.correct, &self.total, groups));
+        } else {
+            values.extend([None, None, None]);
+        }
+        // Without W, M still has its own distances; the W ones are None.
+        let class = W.map(|W| ClassLevel::compute(W, Mc.as_ref(), target));
+        let gm = {
+            let g = gram(Mc.as_ref());
+            let P = centering_projector(k);
+            (
+                normalized_distance(g.as_ref(), target.gram_m()).ok(),
+                normalized_distance(g.as_ref(), P.as_ref()).ok(),
+            )
+        };
+        values.push(W.map(|W| W.squared_norm_l2()));
+        match &class {
+            Some(c) => values.extend(c.distances),
+            None => values.extend([None, None, gm.0, gm.1, None]),
+        }
+        let n = self.logit_samples as f64;
+        let sel_norm = (n * (1.0 - 1.0 / k as f64)).sqrt();
+        values.push(
+            (self.zz > 0.0)
+                .then(|| (2.0 - 2.0 * self.zs / (self.zz.sqrt() * sel_norm)).max(0.0).sqrt()),
+        );
+        values.push(self.moments.nc1(Centering::ClassMeans)?);
+        values.push(self.moments.nc1(Centering::Samples)?);
+        let st = W.and_then(|W| collapse_stats(M.as_ref(), W, &center).ok());
+        let st = st.as_ref();
+        values.extend([
+            st.map(|s| s.equinorm_mu),
+            st.map(|s| s.equinorm_w),
+            st.map(|s| s.equiangular_mu),
+            st.map(|s| s.equiangular_w),
+            st.map(|s| s.max_angle_mu),
+            st.map(|s| s.max_angle_w),
+            st.map(|s| s.self_duality),
+        ]);
+        values.push(
+            self.ncc
+                .filter(|&(_, seen)| seen == self.moments.n())
+                .map(|(m, seen)| m as f64 / seen as f64),
+        );
+        match &class {
+            Some(c) => values.extend(c.groups),
+            None => values.extend([None; 12]),
+        }
+        debug_assert_eq!(values.len(), GEOMETRY_COLUMNS.len());
+        Ok(values)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -362,5 +628,38 @@ mod tests {
         assert!((st.max_angle_w - 1.0).abs() < 1e-15);
         assert_eq!(nearest_class_mean(X.as_ref(), &[0.9, 0.2]), 0);
         assert_eq!(nearest_class_mean(X.as_ref(), &[0.1, 2.0]), 1);
+    }
+
+    #[test]
+    fn feature_geometry_without_classifier_or_logits() {
+        // Noise-free SELI class means as features: G_M is exactly SELI's, NC1 is 0, and the
+        // columns that need W or logits are undefined.
+        let p = crate::Profile::step(4, 10.0, 0.5, 2).unwrap();
+        let g = crate::Geometry::new(&p).unwrap();
+        let r = g.realize(5, 3).unwrap();
+        let labels: Vec<u32> =
+            p.counts().iter().enumerate().flat_map(|(c, &m)| vec![c as u32; m as usize]).collect();
+        let H = Mat::from_fn(5, labels.len(), |i, j| r.M[(i, labels[j] as usize)]);
+        let mut fg = FeatureGeometry::new(5, 4);
+        fg.push(H.as_ref(), None, &labels).unwrap();
+        let v = fg.values(None, &g).unwrap();
+        let col = |n: &str| v[GEOMETRY_COLUMNS.iter().position(|(c, _)| *c == n).unwrap()];
+        assert!(col("dist_gm_seli").unwrap() < 1e-12, "{v:?}");
+        assert!((col("dist_gm_etf").unwrap() - g.dist_gram_m_etf()).abs() < 1e-12);
+        assert!(col("nc1").unwrap().abs() < 1e-20);
+        for n in ["accuracy", "w_norm_sq", "dist_gw_seli", "dist_z", "equinorm_w", "ncc_mismatch"] {
+            assert_eq!(col(n), None, "{n}");
+        }
+        // With the SELI classifier and its logits: every sample right, NC4 agreement.
+        let Z = r.W.transpose() * &H;
+        let mut fg = FeatureGeometry::new(5, 4);
+        fg.push(H.as_ref(), Some(Z.as_ref()), &labels).unwrap();
+        fg.push_ncc(H.as_ref(), Z.as_ref()).unwrap();
+        let v = fg.values(Some(r.W.as_ref()), &g).unwrap();
+        let col = |n: &str| v[GEOMETRY_COLUMNS.iter().position(|(c, _)| *c == n).unwrap()];
+        assert_eq!((col("accuracy"), col("ncc_mismatch")), (Some(1.0), Some(0.0)));
+        assert!(col("dist_z").unwrap() < 1e-12 && col("dist_gw_seli").unwrap() < 1e-12);
+        let e = fg.values(Some(Mat::<f64>::zeros(4, 4).as_ref()), &g).unwrap_err().to_string();
+        assert!(e.contains("classifier W"), "{e}");
     }
 }

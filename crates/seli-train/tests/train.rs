@@ -123,7 +123,7 @@ fn synthetic_run_learns_and_logs_every_documented_column() {
     let dir = tempfile::tempdir().unwrap();
     let s = train(dir.path(), &cfg, &run, false, &mut Quiet, &AtomicBool::new(false)).unwrap();
     let (header, rows) = read_csv(&dir.path().join("metrics.csv")).unwrap();
-    let names: Vec<&str> = seli_train::eval::COLUMNS.iter().map(|(n, _)| *n).collect();
+    let names = seli_train::eval::header();
     assert_eq!(header, names);
     let epochs: Vec<f64> = rows.iter().map(|r| r[0].unwrap()).collect();
     assert_eq!(epochs, vec![0.0, 2.0, 4.0, 6.0]);
@@ -164,7 +164,7 @@ fn real_mnist_small_mlp_learns_on_an_imbalanced_subset() {
     let acc = s.last["train_acc"].as_f64().unwrap();
     assert!(acc > 0.8, "training accuracy {acc} should be far above chance (0.1)");
     let (header, rows) = read_csv(&out.path().join("metrics.csv")).unwrap();
-    assert_eq!(header.len(), seli_train::eval::COLUMNS.len());
+    assert_eq!(header.len(), seli_train::eval::columns().len());
     assert_eq!(rows.len(), 3);
     for (name, v) in header.iter().zip(rows.last().unwrap()) {
         assert!(v.is_some_and(f64::is_finite), "{name} = {v:?}");
