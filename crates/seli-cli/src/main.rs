@@ -1,6 +1,7 @@
 //! The `seli` command-line tool: flag parsing and dispatch. The work lives in the library
 //! crates (`seli-core` for the math, `seli-io` for files and reports).
 
+mod analyze;
 mod bench;
 mod geometry;
 mod profile_args;
@@ -52,6 +53,9 @@ enum Command {
     /// Train an MLP or ResNet-18 on an imbalanced subset of MNIST, Fashion-MNIST or CIFAR-10
     /// and measure the last layer's geometry against SELI and the ETF every few epochs.
     Train(Box<train::TrainArgs>),
+    /// A model's exported features (.npy/.npz/.safetensors), labels and last layer against
+    /// SELI and the ETF: distances, NC1-NC4, norms and cosines by group.
+    Analyze(Box<analyze::AnalyzeArgs>),
     /// Time the hot paths (numbers for the README; needs a quiet machine).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -85,6 +89,7 @@ fn main() -> ExitCode {
         Command::RidgePath(a) => ridge::run_path(a).map(|()| ExitCode::SUCCESS),
         Command::Svm(a) => svm::run(a).map(|()| ExitCode::SUCCESS),
         Command::Train(a) => train::run(a),
+        Command::Analyze(a) => analyze::run(a).map(|()| ExitCode::SUCCESS),
         Command::Bench(b) => bench::run(b).map(|()| ExitCode::SUCCESS),
     };
     match result {

@@ -5,6 +5,7 @@
 //! summaries, and atomic output.
 #![warn(missing_docs)]
 
+pub mod analyze;
 pub mod arrays;
 pub mod atomic;
 pub mod checkpoint;

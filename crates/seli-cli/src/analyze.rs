@@ -1,0 +1,158 @@
+//! `seli analyze`: a model's exported features (and last layer) against SELI and the ETF.
+#![allow(non_snake_case)]
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Args, ValueEnum};
+use seli_core::features::GEOMETRY_COLUMNS;
+use seli_io::analyze::{Layout, analyze, classifier_matrix, read_label_array};
+use seli_io::arrays::Array;
+
+/// Classifier storage.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LayoutArg {
+    /// (k, d): row c is w_c, as PyTorch's nn.Linear.weight.
+    Kd,
+    /// (d, k): column c is w_c.
+    Dk,
+}
+
+/// Flags of `seli analyze`.
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:
+  seli analyze --features feats.npy --labels labels.npy --classifier fc_weight.npy
+  seli analyze --features export.npz --features-key h --labels export.npz --labels-key y \\
+               --classifier export.npz --classifier-key W --json out.json --csv out.csv
+  seli analyze --features model.safetensors --features-key features --labels y.txt
+
+Formats: .npy (f16/f32/f64, C or Fortran order), .npz (savez or savez_compressed), .safetensors;
+labels also as text, one integer per line. Files are memory-mapped and read --chunk rows at a
+time, so features larger than memory work (deflated .npz members are decompressed into memory).
+The JSON and CSV outputs are documented in docs/formats.md.")]
+pub struct AnalyzeArgs {
+    /// Features, one row per sample (n x d).
+    #[arg(long, value_name = "FILE")]
+    pub features: PathBuf,
+    /// Array name in --features (.npz member or safetensors tensor).
+    #[arg(long, value_name = "NAME")]
+    pub features_key: Option<String>,
+    /// Labels (n integers): text, .npy, .npz or .safetensors.
+    #[arg(long, value_name = "FILE")]
+    pub labels: PathBuf,
+    /// Array name in --labels.
+    #[arg(long, value_name = "NAME")]
+    pub labels_key: Option<String>,
+    /// Number of classes K (labels in 0..K, each present). Default: largest label + 1.
+    #[arg(long, value_name = "K")]
+    pub classes: Option<usize>,
+    /// Last-layer weights.
+    #[arg(long, value_name = "FILE")]
+    pub classifier: Option<PathBuf>,
+    /// Array name in --classifier.
+    #[arg(long, value_name = "NAME", requires = "classifier")]
+    pub classifier_key: Option<String>,
+    /// How --classifier is stored: kd = (k, d), PyTorch nn.Linear.weight; dk = (d, k).
+    #[arg(long, value_enum, default_value = "kd")]
+    pub classifier_layout: LayoutArg,
+    /// Last-layer bias (k values), used for logits computed from --classifier.
+    #[arg(long, value_name = "FILE", requires = "classifier")]
+    pub bias: Option<PathBuf>,
+    /// Array name in --bias.
+    #[arg(long, value_name = "NAME", requires = "bias")]
+    pub bias_key: Option<String>,
+    /// Logits (n x k); default: W^T h + b from --classifier and --bias.
+    #[arg(long, value_name = "FILE")]
+    pub logits: Option<PathBuf>,
+    /// Array name in --logits.
+    #[arg(long, value_name = "NAME", requires = "logits")]
+    pub logits_key: Option<String>,
+    /// Rows read per chunk.
+    #[arg(long, default_value_t = 4096)]
+    pub chunk: usize,
+    /// Write the result as JSON (seli.analyze.v1).
+    #[arg(long, value_name = "PATH")]
+    pub json: Option<PathBuf>,
+    /// Write the result as a one-row CSV (header: n, d, k and the metric columns).
+    #[arg(long, value_name = "PATH")]
+    pub csv: Option<PathBuf>,
+}
+
+/// Runs `seli analyze`.
+pub fn run(a: &AnalyzeArgs) -> Result<()> {
+    let features = Array::open(&a.features, a.features_key.as_deref())?;
+    let (_, d) = features.matrix_shape()?;
+    let labels = read_label_array(&a.labels, a.labels_key.as_deref())?;
+    let k = match a.classes {
+        Some(k) => k,
+        None => labels.iter().copied().max().map_or(0, |m| (m.max(0) + 1) as usize),
+    };
+    let layout = match a.classifier_layout {
+        LayoutArg::Kd => Layout::Kd,
+        LayoutArg::Dk => Layout::Dk,
+    };
+    let W = match &a.classifier {
+        Some(p) => {
+            Some(classifier_matrix(&Array::open(p, a.classifier_key.as_deref())?, layout, d, k)?)
+        }
+        None => None,
+    };
+    let bias = match &a.bias {
+        Some(p) => {
+            let arr = Array::open(p, a.bias_key.as_deref())?;
+            let (m, c) = arr.matrix_shape()?;
+            if c != 1 || m != k {
+                anyhow::bail!("{}: bias of shape {:?}, expected ({k},)", arr.name(), arr.shape());
+            }
+            Some(arr.rows(0, m)?)
+        }
+        None => None,
+    };
+    let logits = match &a.logits {
+        Some(p) => Some(Array::open(p, a.logits_key.as_deref())?),
+        None => None,
+    };
+    let r = analyze(
+        &features,
+        &labels,
+        a.classes,
+        W.as_ref(),
+        bias.as_deref(),
+        logits.as_ref(),
+        a.chunk,
+    )?;
+    println!(
+        "{} samples, d = {}, k = {}, counts {:?}; logits: {}",
+        r.n,
+        r.d,
+        r.k,
+        r.profile.counts,
+        match r.logits {
+            seli_io::analyze::LogitSource::File => "from --logits",
+            seli_io::analyze::LogitSource::Classifier => "W^T h + b from --classifier",
+            seli_io::analyze::LogitSource::None => "none (accuracy, dist_z, NC4 undefined)",
+        }
+    );
+    println!(
+        "SELI vs ETF for these counts: G_W {:.6}, G_M {:.6} (the ETF distances at exact SELI)",
+        r.seli_vs_etf[0], r.seli_vs_etf[1]
+    );
+    println!("{}", r.centering);
+    for (name, meaning) in GEOMETRY_COLUMNS {
+        let v = r.get(name).map_or("-".to_string(), seli_io::report::num);
+        println!("  {name:<16} {v:>14}   {meaning}");
+    }
+    if let Some(p) = &a.json {
+        seli_io::write_json_atomic(p, "analysis", &r)?;
+    }
+    if let Some(p) = &a.csv {
+        let mut header = vec!["n".to_string(), "d".into(), "k".into()];
+        header.extend(GEOMETRY_COLUMNS.iter().map(|(n, _)| (*n).to_string()));
+        let mut row = vec![r.n.to_string(), r.d.to_string(), r.k.to_string()];
+        row.extend(
+            GEOMETRY_COLUMNS.iter().map(|(n, _)| r.get(n).map_or(String::new(), |v| v.to_string())),
+        );
+        seli_io::write_atomic(p, format!("{}\n{}\n", header.join(","), row.join(",")).as_bytes())?;
+    }
+    Ok(())
+}

@@ -1,0 +1,244 @@
+//! `seli analyze` on feature files written by the test in every supported format.
+#![allow(non_snake_case)]
+
+mod common;
+
+use std::io::Write;
+use std::path::Path;
+
+use common::{fails, json, ok};
+use faer::Mat;
+use seli_core::random::{gaussian_matrix, rng_from_seed};
+use seli_core::{Geometry, Profile};
+use seli_io::arrays::{Dtype, encode_npy};
+
+struct Case {
+    labels: Vec<u32>,
+    H: Mat<f64>,
+    W: Mat<f64>,
+    geometry: Geometry,
+}
+
+/// SELI-exact class means (d = 8, STEP k = 4, R = 5, rho = 1/2, n_min = 40) plus isotropic
+/// within-class noise of standard deviation `sigma`, and the SELI classifier.
+fn case(sigma: f64) -> Case {
+    let p = Profile::step(4, 5.0, 0.5, 40).unwrap();
+    let geometry = Geometry::new(&p).unwrap();
+    let r = geometry.realize(8, 5).unwrap();
+    let labels: Vec<u32> =
+        p.counts().iter().enumerate().flat_map(|(c, &m)| vec![c as u32; m as usize]).collect();
+    let noise: Mat<f64> = gaussian_matrix(8, labels.len(), sigma, &mut rng_from_seed(9));
+    let H = Mat::from_fn(8, labels.len(), |i, j| r.M[(i, labels[j] as usize)] + noise[(i, j)]);
+    Case { labels, H, W: r.W.clone(), geometry }
+}
+
+fn rows_of(X: &Mat<f64>) -> Vec<f64> {
+    (0..X.ncols()).flat_map(|j| (0..X.nrows()).map(move |i| X[(i, j)])).collect()
+}
+
+fn write(dir: &Path, name: &str, bytes: &[u8]) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, bytes).unwrap();
+    p.to_str().unwrap().to_string()
+}
+
+/// Writes features, labels and W (k, d) as .npy; returns their paths.
+fn npy_inputs(dir: &Path, c: &Case, dtype: Dtype, fortran: bool) -> [String; 3] {
+    let n = c.labels.len();
+    let y: Vec<f64> = c.labels.iter().map(|&v| f64::from(v)).collect();
+    [
+        write(dir, "h.npy", &encode_npy(&[n, 8], &rows_of(&c.H), dtype, fortran)),
+        write(dir, "y.npy", &encode_npy(&[n], &y, Dtype::Int(8), false)),
+        write(dir, "w.npy", &encode_npy(&[4, 8], &rows_of(&c.W), Dtype::F64, false)),
+    ]
+}
+
+fn analyze(args: &[&str], out: &Path) -> serde_json::Value {
+    let o = out.to_str().unwrap();
+    let mut a = vec!["analyze", "--json", o];
+    a.extend_from_slice(args);
+    ok(&a);
+    json(out)
+}
+
+#[test]
+fn seli_features_are_at_distance_zero_and_nc1_matches_the_noise() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = case(0.0);
+    let [h, y, w] = npy_inputs(dir.path(), &c, Dtype::F64, false);
+    let out = dir.path().join("a.json");
+    let r = analyze(&["--features", &h, "--labels", &y, "--classifier", &w], &out);
+    let v = &r["values"];
+    for col in ["dist_gw_seli", "dist_gm_seli", "dist_wtm", "ncc_mismatch"] {
+        assert!(v[col].as_f64().unwrap() < 1e-9, "{col} = {}", v[col]);
+    }
+    // dist_z streams sqrt(2 - 2 cos): about sqrt(machine epsilon) at an exact match.
+    assert!(v["dist_z"].as_f64().unwrap() < 1e-7, "{}", v["dist_z"]);
+    assert_eq!(v["accuracy"], 1.0);
+    assert!((v["dist_gw_etf"].as_f64().unwrap() - c.geometry.dist_gram_w_etf()).abs() < 1e-9);
+    assert_eq!(r["format"], "seli.analyze.v1");
+    assert_eq!(r["profile"]["counts"], serde_json::json!([200, 200, 40, 40]));
+
+    // Isotropic noise sigma^2 I: NC1 = sigma^2 sum_j 1/s_j^2 over the k-1 singular values of
+    // the centered means.
+    let sigma = 0.05;
+    let c = case(sigma);
+    let [h, y, w] = npy_inputs(dir.path(), &c, Dtype::F64, false);
+    let r = analyze(&["--features", &h, "--labels", &y, "--classifier", &w], &out);
+    // The centered SELI means' squared singular values are the nonzero eigenvalues of G_M.
+    let ev = c.geometry.gram_m().self_adjoint_eigenvalues(faer::Side::Lower).unwrap();
+    let top = ev.iter().copied().fold(0.0, f64::max);
+    let expected: f64 = ev.iter().filter(|&&x| x > 1e-9 * top).map(|x| sigma * sigma / x).sum();
+    let nc1 = r["values"]["nc1"].as_f64().unwrap();
+    assert!((nc1 / expected - 1.0).abs() < 0.15, "nc1 {nc1} vs injected {expected}");
+    assert!(r["values"]["dist_gm_seli"].as_f64().unwrap() < 0.02);
+}
+
+#[test]
+fn every_format_order_and_chunk_size_gives_the_same_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = case(0.1);
+    let n = c.labels.len();
+    let [h, y, w] = npy_inputs(dir.path(), &c, Dtype::F64, false);
+    let out = dir.path().join("ref.json");
+    let reference = analyze(&["--features", &h, "--labels", &y, "--classifier", &w], &out);
+    let compare = |r: &serde_json::Value, tol: f64, what: &str| {
+        for (col, want) in reference["values"].as_object().unwrap() {
+            let (a, b) = (r["values"][col].as_f64(), want.as_f64());
+            match (a, b) {
+                (Some(a), Some(b)) => {
+                    assert!((a - b).abs() <= tol * b.abs().max(1.0), "{what} {col}: {a} vs {b}")
+                }
+                _ => assert_eq!(a, b, "{what} {col}"),
+            }
+        }
+    };
+    // Chunks of 7 rows: same numbers up to summation order.
+    compare(
+        &analyze(&["--features", &h, "--labels", &y, "--classifier", &w, "--chunk", "7"], &out),
+        1e-12,
+        "chunk 7",
+    );
+    // Fortran order, f32 and f16.
+    for (dtype, fortran, tol) in
+        [(Dtype::F64, true, 1e-12), (Dtype::F32, true, 1e-5), (Dtype::F16, false, 2e-2)]
+    {
+        let d2 = tempfile::tempdir().unwrap();
+        let [h2, _, _] = npy_inputs(d2.path(), &c, dtype, fortran);
+        let r = analyze(
+            &["--features", &h2, "--labels", &y, "--classifier", &w, "--chunk", "50"],
+            &out,
+        );
+        compare(&r, tol, &format!("{dtype:?} fortran={fortran}"));
+    }
+    // .npz, stored and deflated, everything in one archive; W stored (d, k).
+    let y_vals: Vec<f64> = c.labels.iter().map(|&v| f64::from(v)).collect();
+    let wt = Mat::from_fn(4, 8, |i, j| c.W[(j, i)]);
+    for method in [zip::CompressionMethod::Stored, zip::CompressionMethod::Deflated] {
+        let p = dir.path().join("all.npz");
+        let mut z = zip::ZipWriter::new(std::fs::File::create(&p).unwrap());
+        let o = zip::write::SimpleFileOptions::default().compression_method(method);
+        z.start_file("h.npy", o).unwrap();
+        z.write_all(&encode_npy(&[n, 8], &rows_of(&c.H), Dtype::F64, false)).unwrap();
+        z.start_file("y.npy", o).unwrap();
+        z.write_all(&encode_npy(&[n], &y_vals, Dtype::Int(4), false)).unwrap();
+        z.start_file("W.npy", o).unwrap();
+        z.write_all(&encode_npy(&[8, 4], &rows_of(&wt), Dtype::F64, false)).unwrap();
+        z.finish().unwrap();
+        let p = p.to_str().unwrap();
+        let r = analyze(
+            &[
+                "--features",
+                p,
+                "--features-key",
+                "h",
+                "--labels",
+                p,
+                "--labels-key",
+                "y",
+                "--classifier",
+                p,
+                "--classifier-key",
+                "W",
+                "--classifier-layout",
+                "dk",
+            ],
+            &out,
+        );
+        compare(&r, 1e-12, &format!("npz {method:?}"));
+    }
+    // safetensors (f32), with text labels.
+    let bytes: Vec<u8> = rows_of(&c.H).iter().flat_map(|x| (*x as f32).to_le_bytes()).collect();
+    let view =
+        safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![n, 8], &bytes).unwrap();
+    let st = write(
+        dir.path(),
+        "h.safetensors",
+        &safetensors::tensor::serialize([("features", view)], None).unwrap(),
+    );
+    let text: String = c.labels.iter().map(|l| format!("{l}\n")).collect();
+    let yt = write(dir.path(), "y.txt", text.as_bytes());
+    compare(
+        &analyze(&["--features", &st, "--labels", &yt, "--classifier", &w], &out),
+        1e-5,
+        "safetensors",
+    );
+    // CSV: one row with the documented header.
+    let csv = dir.path().join("a.csv");
+    ok(&["analyze", "--features", &h, "--labels", &y, "--csv", csv.to_str().unwrap()]);
+    let text = std::fs::read_to_string(&csv).unwrap();
+    let mut lines = text.lines();
+    assert!(lines.next().unwrap().starts_with("n,d,k,accuracy,accuracy_maj"));
+    assert!(lines.next().unwrap().starts_with(&format!("{n},8,4,,,,")));
+    let doc =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/formats.md"))
+            .unwrap();
+    for (col, _) in seli_core::features::GEOMETRY_COLUMNS {
+        assert!(doc.contains(&format!("| `{col}` |")), "docs/formats.md does not document {col}");
+    }
+}
+
+#[test]
+fn bad_inputs_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = case(0.1);
+    let n = c.labels.len();
+    let [h, y, w] = npy_inputs(dir.path(), &c, Dtype::F64, false);
+    let run = |args: &[&str]| {
+        let mut a = vec!["analyze"];
+        a.extend_from_slice(args);
+        fails(&a)
+    };
+    let short = write(
+        dir.path(),
+        "short.npy",
+        &encode_npy(&[n - 1], &vec![0.0; n - 1], Dtype::Int(8), false),
+    );
+    let e = run(&["--features", &h, "--labels", &short]);
+    assert!(
+        e.contains("h.npy") && e.contains(&format!("{n} feature rows but {} labels", n - 1)),
+        "{e}"
+    );
+    let mut vals = rows_of(&c.H);
+    vals[8 * 17 + 3] = f64::NAN;
+    let nan = write(dir.path(), "nan.npy", &encode_npy(&[n, 8], &vals, Dtype::F64, false));
+    let e = run(&["--features", &nan, "--labels", &y]);
+    assert!(
+        e.contains("nan.npy") && e.contains("non-finite value NaN at sample 17, feature 3"),
+        "{e}"
+    );
+    let e = run(&["--features", &h, "--labels", &y, "--classes", "3"]);
+    assert!(e.contains("out of range"), "{e}");
+    let e = run(&["--features", &h, "--labels", &y, "--classes", "5"]);
+    assert!(e.contains("class 4 is empty"), "{e}");
+    let e =
+        run(&["--features", &h, "--labels", &y, "--classifier", &w, "--classifier-layout", "dk"]);
+    assert!(e.contains("w.npy") && e.contains("the other --classifier-layout fits"), "{e}");
+    let cube = write(dir.path(), "cube.npy", &encode_npy(&[2, 2, 2], &[0.0; 8], Dtype::F64, false));
+    let e = run(&["--features", &cube, "--labels", &y]);
+    assert!(e.contains("cube.npy") && e.contains("[2, 2, 2]"), "{e}");
+    let bytes = std::fs::read(&h).unwrap();
+    let cut = write(dir.path(), "cut.npy", &bytes[..bytes.len() - 100]);
+    let e = run(&["--features", &cut, "--labels", &y]);
+    assert!(e.contains("cut.npy") && e.contains("truncated"), "{e}");
+}
