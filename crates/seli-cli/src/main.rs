@@ -5,6 +5,7 @@ mod analyze;
 mod bench;
 mod geometry;
 mod profile_args;
+mod report;
 mod reproduce;
 mod ridge;
 mod svm;
@@ -56,6 +57,9 @@ enum Command {
     /// A model's exported features (.npy/.npz/.safetensors), labels and last layer against
     /// SELI and the ETF: distances, NC1-NC4, norms and cosines by group.
     Analyze(Box<analyze::AnalyzeArgs>),
+    /// Figures (SVG) and a self-contained HTML report of run directories, or of several
+    /// runs overlaid (--compare).
+    Report(report::ReportArgs),
     /// Time the hot paths (numbers for the README; needs a quiet machine).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -89,6 +93,7 @@ fn main() -> ExitCode {
         Command::RidgePath(a) => ridge::run_path(a).map(|()| ExitCode::SUCCESS),
         Command::Svm(a) => svm::run(a).map(|()| ExitCode::SUCCESS),
         Command::Train(a) => train::run(a),
+        Command::Report(a) => report::run(a).map(|()| ExitCode::SUCCESS),
         Command::Analyze(a) => analyze::run(a).map(|()| ExitCode::SUCCESS),
         Command::Bench(b) => bench::run(b).map(|()| ExitCode::SUCCESS),
     };

@@ -114,6 +114,14 @@ pub fn run(args: &ReproduceArgs) -> Result<ExitCode> {
         }
     }
     print_tables(&results, &args.out)?;
+    // The report: one page overlaying the three runs, and one per run.
+    let dirs: Vec<PathBuf> = results.iter().map(|(_, d, _)| d.clone()).collect();
+    for d in &dirs {
+        seli_report::write_report(d).map_err(|e| anyhow::anyhow!(e))?;
+    }
+    let report = seli_report::write_compare(&dirs, &args.out.join("report.html"))
+        .map_err(|e| anyhow::anyhow!(e))?;
+    println!("report (figures and tables, one HTML file): {}", report.display());
     Ok(ExitCode::SUCCESS)
 }
 

@@ -84,6 +84,13 @@ fn trains_an_mlp_writes_the_run_and_resumes_a_finished_run() {
     assert!(e.contains("already holds a run") && e.contains("seli train --resume"), "{e}");
     ok(&["train", "--resume", out_s]);
     assert_eq!(json(&out.join("summary.json"))["last"], summary["last"]);
+    // A training run's report: curves over epochs and the target heatmaps.
+    ok(&["report", out_s]);
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    for fig in ["distances", "norm-ratios", "cosines", "gram-w", "gram-m"] {
+        assert!(html.contains(&format!("<figure id=\"{fig}\"><svg")), "{fig} missing");
+    }
+    assert!(std::fs::read_to_string(out.join("figures/distances.svg")).unwrap().contains("epoch"));
     // Every metrics column is documented.
     let doc =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/formats.md"))

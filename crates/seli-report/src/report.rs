@@ -1,0 +1,428 @@
+//! Run directories (`seli ufm`, `seli train`) turned into figures and one self-contained HTML
+//! file, and several runs overlaid.
+#![allow(non_snake_case)]
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use faer::Mat;
+use seli_core::metrics::{centering_projector, class_means, gram, normalized};
+use seli_core::{Geometry, Profile};
+use seli_io::csvlog::{Row, read_csv};
+use seli_io::record::ProfileRecord;
+
+use crate::figures::{Dash, Series, bar_chart, heatmaps, line_chart};
+
+/// What produced a run directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunKind {
+    /// `seli ufm` (or one R of `seli reproduce`).
+    Ufm,
+    /// `seli train`.
+    Train,
+}
+
+/// A run directory's records.
+pub struct Run {
+    /// The directory.
+    pub dir: PathBuf,
+    /// Its kind.
+    pub kind: RunKind,
+    /// `config.json`.
+    pub config: serde_json::Value,
+    /// `summary.json`, when the run finished or was interrupted.
+    pub summary: Option<serde_json::Value>,
+    /// `metrics.csv` header.
+    pub header: Vec<String>,
+    /// `metrics.csv` rows.
+    pub rows: Vec<Row>,
+    /// The SELI geometry of the run's counts.
+    pub geometry: Geometry,
+}
+
+/// A drawn figure.
+pub struct Figure {
+    /// File stem (`figures/NAME.svg`).
+    pub name: String,
+    /// Caption.
+    pub caption: String,
+    /// The SVG document.
+    pub svg: String,
+}
+
+fn read_json(path: &Path) -> Result<serde_json::Value, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    serde_json::from_str(&text).map_err(|e| format!("{}: not JSON: {e}", path.display()))
+}
+
+impl Run {
+    /// Reads `dir`.
+    ///
+    /// # Errors
+    /// A directory without `config.json` / `metrics.csv`, or of an unknown kind.
+    pub fn load(dir: &Path) -> Result<Run, String> {
+        let config = read_json(&dir.join("config.json"))?;
+        let kind = if config["schema"] == "seli.ufm-config.v1" {
+            RunKind::Ufm
+        } else if config["format"] == "seli.train-config.v1" {
+            RunKind::Train
+        } else {
+            return Err(format!("{}: not a seli ufm or train run (config.json)", dir.display()));
+        };
+        let (header, rows) = read_csv(&dir.join("metrics.csv")).map_err(|e| e.to_string())?;
+        let summary = read_json(&dir.join("summary.json")).ok();
+        let profile: ProfileRecord = serde_json::from_value(config["profile"].clone())
+            .map_err(|e| format!("{}: profile: {e}", dir.display()))?;
+        let profile = profile.to_profile().map_err(|e| e.to_string())?;
+        let geometry = Geometry::new(&profile).map_err(|e| e.to_string())?;
+        Ok(Run { dir: dir.to_path_buf(), kind, config, summary, header, rows, geometry })
+    }
+
+    /// A short name for legends: the directory name.
+    pub fn label(&self) -> String {
+        self.dir
+            .file_name()
+            .map_or_else(|| self.dir.display().to_string(), |n| n.to_string_lossy().into_owned())
+    }
+
+    fn x(&self) -> (&'static str, &'static str, bool) {
+        match self.kind {
+            RunKind::Ufm => ("iter", "iteration", true),
+            RunKind::Train => ("epoch", "epoch", false),
+        }
+    }
+
+    /// `(x, column)` points of a metrics column.
+    pub fn curve(&self, col: &str) -> Vec<(f64, f64)> {
+        let (xc, _, _) = self.x();
+        let (Some(xi), Some(yi)) =
+            (self.header.iter().position(|h| h == xc), self.header.iter().position(|h| h == col))
+        else {
+            return Vec::new();
+        };
+        self.rows.iter().filter_map(|r| Some((r[xi]?, r[yi]?))).collect()
+    }
+
+    fn profile(&self) -> &Profile {
+        self.geometry.profile()
+    }
+}
+
+fn rows_of(m: faer::MatRef<'_, f64>) -> Vec<Vec<f64>> {
+    (0..m.nrows()).map(|i| (0..m.ncols()).map(|j| m[(i, j)]).collect()).collect()
+}
+
+/// The last iterate's classifier and class-mean Grams of a UFM run, from its checkpoint.
+fn ufm_grams(run: &Run) -> Option<(Mat<f64>, Mat<f64>)> {
+    let c = &run.config;
+    let d = c["d"].as_u64()? as usize;
+    let bias = c["bias"].as_bool()?;
+    let p = run.profile();
+    let (k, n) = (p.k(), p.n() as usize);
+    let path = run.dir.join("checkpoint.safetensors");
+    let (W, H) = if c["dtype"] == "f32" {
+        let (q, _) = seli_io::checkpoint::load_checkpoint::<f32>(&path, d, k, n, bias).ok()?;
+        (
+            Mat::from_fn(d, k, |i, j| f64::from(q.W[(i, j)])),
+            Mat::from_fn(d, n, |i, j| f64::from(q.H[(i, j)])),
+        )
+    } else {
+        let (q, _) = seli_io::checkpoint::load_checkpoint::<f64>(&path, d, k, n, bias).ok()?;
+        (q.W, q.H)
+    };
+    let labels: Vec<u32> =
+        p.counts().iter().enumerate().flat_map(|(c, &m)| vec![c as u32; m as usize]).collect();
+    let M = class_means(H.as_ref(), &labels, k).ok()?;
+    Some((gram(W.as_ref()), gram(M.as_ref())))
+}
+
+fn line_figure(
+    name: &str,
+    caption: &str,
+    title: &str,
+    (x_label, y_label, log_x): (&str, &str, bool),
+    series: &[Series],
+) -> Result<Figure, String> {
+    Ok(Figure {
+        name: name.into(),
+        caption: caption.into(),
+        svg: line_chart(title, x_label, y_label, log_x, series, &[])?,
+    })
+}
+
+/// Every figure of one run.
+///
+/// # Errors
+/// A drawing failure.
+pub fn figures(run: &Run) -> Result<Vec<Figure>, String> {
+    let (_, x_label, log_x) = run.x();
+    let mut out = Vec::new();
+    let s = |label: &str, col: &str, color: usize, dash: Dash| Series {
+        label: label.to_string(),
+        points: run.curve(col),
+        color,
+        dash,
+    };
+    out.push(line_figure(
+        "distances",
+        "Normalized distances to the SELI targets (solid) and to the ETF (dashed); logits and W^T M share one target.",
+        "Distance to SELI (solid) and to the ETF (dashed)",
+        (x_label, "normalized distance", log_x),
+        &[
+            s("G_W to SELI", "dist_gw_seli", 0, Dash::Solid),
+            s("G_W to ETF", "dist_gw_etf", 0, Dash::Dashed),
+            s("G_M to SELI", "dist_gm_seli", 1, Dash::Solid),
+            s("G_M to ETF", "dist_gm_etf", 1, Dash::Dashed),
+            s("logits to SEL", "dist_z", 2, Dash::Solid),
+            s("W^T M to P", "dist_wtm", 3, Dash::Solid),
+        ],
+    )?);
+    let stats = run.geometry.stats();
+    if let Some(g) = &stats.by_group {
+        let flat = |v: Option<f64>, color: usize, label: &str| Series {
+            label: label.to_string(),
+            points: v.map_or_else(Vec::new, |v| {
+                run.curve("norm_ratio_w").iter().map(|&(x, _)| (x, v)).collect()
+            }),
+            color,
+            dash: Dash::Dashed,
+        };
+        out.push(line_figure(
+            "norm-ratios",
+            "Majority/minority squared-norm ratios; dashed: the SELI values (the ETF's are 1).",
+            "Norm ratios ||maj||^2 / ||min||^2",
+            (x_label, "ratio", log_x),
+            &[
+                s("classifiers", "norm_ratio_w", 0, Dash::Solid),
+                flat(g.norm_ratio_w, 0, "classifiers at SELI"),
+                s("class means", "norm_ratio_mu", 1, Dash::Solid),
+                flat(g.norm_ratio_m, 1, "class means at SELI"),
+            ],
+        )?);
+        out.push(line_figure(
+            "cosines",
+            "Mean classifier cosines by group pair; the ETF has -1/(k-1) for every pair.",
+            "Classifier cosines by group",
+            (x_label, "mean cos(w_c, w_c')", log_x),
+            &[
+                s("majority-majority", "cos_w_maj_maj", 0, Dash::Solid),
+                s("minority-minority", "cos_w_min_min", 1, Dash::Solid),
+                s("majority-minority", "cos_w_maj_min", 2, Dash::Solid),
+            ],
+        )?);
+    }
+    let k = run.geometry.k();
+    let P = centering_projector(k);
+    let norm = |m: faer::MatRef<'_, f64>| {
+        normalized(m, "gram").map(|x| rows_of(x.as_ref())).unwrap_or_default()
+    };
+    let mut panels_w = Vec::new();
+    let mut panels_m = Vec::new();
+    if run.kind == RunKind::Ufm
+        && let Some((gw, gm)) = ufm_grams(run)
+    {
+        panels_w.push(("last iterate", norm(gw.as_ref())));
+        panels_m.push(("last iterate", norm(gm.as_ref())));
+        let (wn, mn) = (
+            seli_core::metrics::norms_from_gram(gw.as_ref()),
+            seli_core::metrics::norms_from_gram(gm.as_ref()),
+        );
+        let (sw, sm) = (&stats.w_norms, &stats.m_norms);
+        let scale = |v: &[f64]| {
+            let t: f64 = v.iter().map(|x| x * x).sum::<f64>().sqrt();
+            v.iter().map(|x| x / t).collect::<Vec<_>>()
+        };
+        let cats: Vec<String> = (0..k).map(|c| c.to_string()).collect();
+        out.push(Figure {
+            name: "norms".into(),
+            caption: "Classifier and class-mean norms by class (each set scaled to unit total), last iterate beside SELI.".into(),
+            svg: bar_chart(
+                "Norms by class (scaled)",
+                "||w_c||, ||mu_c||",
+                &cats,
+                &[("w last", scale(&wn)), ("w SELI", scale(sw)), ("mu last", scale(&mn)), ("mu SELI", scale(sm))],
+            )?,
+        });
+    }
+    panels_w.push(("SELI", norm(run.geometry.gram_w())));
+    panels_w.push(("ETF", norm(P.as_ref())));
+    panels_m.push(("SELI", norm(run.geometry.gram_m())));
+    panels_m.push(("ETF", norm(P.as_ref())));
+    out.push(Figure {
+        name: "gram-w".into(),
+        caption: "Normalized classifier Gram W^T W: the run's (when its checkpoint holds W) beside the SELI and ETF targets.".into(),
+        svg: heatmaps("Classifier Gram W^T W (normalized)", &panels_w)?,
+    });
+    out.push(Figure {
+        name: "gram-m".into(),
+        caption: "Normalized class-mean Gram M^T M beside the SELI and ETF targets.".into(),
+        svg: heatmaps("Class-mean Gram M^T M (normalized)", &panels_m)?,
+    });
+    Ok(out)
+}
+
+/// Figures overlaying several runs: G_W and G_M distances to SELI (solid) and ETF (dashed).
+///
+/// # Errors
+/// Runs of different kinds; a drawing failure.
+pub fn compare_figures(runs: &[Run]) -> Result<Vec<Figure>, String> {
+    let first = runs.first().ok_or("no run to compare")?;
+    if runs.iter().any(|r| r.kind != first.kind) {
+        return Err("--compare needs runs of one kind (all ufm or all train)".into());
+    }
+    let (_, x_label, log_x) = first.x();
+    let mut out = Vec::new();
+    for (name, m) in [("G_W", "gw"), ("G_M", "gm")] {
+        let series: Vec<Series> = runs
+            .iter()
+            .enumerate()
+            .flat_map(|(i, r)| {
+                [
+                    Series {
+                        label: format!("{} to SELI", r.label()),
+                        points: r.curve(&format!("dist_{m}_seli")),
+                        color: i,
+                        dash: Dash::Solid,
+                    },
+                    Series {
+                        label: format!("{} to ETF", r.label()),
+                        points: r.curve(&format!("dist_{m}_etf")),
+                        color: i,
+                        dash: Dash::Dashed,
+                    },
+                ]
+            })
+            .collect();
+        out.push(Figure {
+            name: format!("compare-{m}"),
+            caption: format!(
+                "{name}: distance to SELI (solid) and to the ETF (dashed), one colour per run."
+            ),
+            svg: line_chart(
+                &format!("{name}: SELI (solid) vs ETF (dashed)"),
+                x_label,
+                "normalized distance",
+                log_x,
+                &series,
+                &[],
+            )?,
+        });
+    }
+    Ok(out)
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+}
+
+fn last_row_table(run: &Run) -> String {
+    let mut t = String::from("<table><tr><th>column</th><th>last value</th></tr>");
+    if let Some(r) = run.rows.last() {
+        for (h, v) in run.header.iter().zip(r) {
+            let v = v.map_or("–".to_string(), seli_io::report::num);
+            let _ = write!(t, "<tr><td>{}</td><td>{}</td></tr>", escape(h), v);
+        }
+    }
+    t.push_str("</table>");
+    t
+}
+
+/// A self-contained HTML page: title, figures inlined, the last metrics of each run, and each
+/// run's config.
+pub fn html(title: &str, runs: &[Run], figures: &[Figure]) -> String {
+    let mut h = String::new();
+    let _ = write!(
+        h,
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{t}</title>\
+         <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}}\
+         figure{{margin:1.5em 0}}figcaption{{color:#555}}table{{border-collapse:collapse;font-size:0.9em}}\
+         td,th{{border:1px solid #ccc;padding:2px 8px;text-align:left}}pre{{background:#f6f6f6;padding:1em;overflow:auto}}</style>\
+         </head><body>\n<h1>{t}</h1>\n",
+        t = escape(title)
+    );
+    for run in runs {
+        let g = &run.geometry;
+        let _ = writeln!(
+            h,
+            "<p><b>{}</b>: {} run, k = {}, n = {}; SELI vs ETF: G_W {:.4}, G_M {:.4}.</p>",
+            escape(&run.dir.display().to_string()),
+            if run.kind == RunKind::Ufm { "UFM" } else { "training" },
+            g.k(),
+            g.profile().n(),
+            g.dist_gram_w_etf(),
+            g.dist_gram_m_etf()
+        );
+    }
+    h.push_str("<h2>Figures</h2>\n");
+    for f in figures {
+        let _ = writeln!(
+            h,
+            "<figure id=\"{}\">{}<figcaption>{}</figcaption></figure>",
+            escape(&f.name),
+            f.svg.trim_start_matches("<?xml version=\"1.0\" encoding=\"UTF-8\"?>").trim(),
+            escape(&f.caption)
+        );
+    }
+    for run in runs {
+        let _ = write!(
+            h,
+            "<h2>{}</h2>\n<h3>Last metrics</h3>\n{}\n",
+            escape(&run.label()),
+            last_row_table(run)
+        );
+        if let Some(s) = &run.summary {
+            let _ = writeln!(
+                h,
+                "<h3>summary.json</h3><pre>{}</pre>",
+                escape(&serde_json::to_string_pretty(s).unwrap_or_default())
+            );
+        }
+        let _ = writeln!(
+            h,
+            "<h3>config.json</h3><pre>{}</pre>",
+            escape(&serde_json::to_string_pretty(&run.config).unwrap_or_default())
+        );
+    }
+    h.push_str("</body></html>\n");
+    h
+}
+
+fn write_figures(dir: &Path, figures: &[Figure]) -> Result<(), String> {
+    let fdir = dir.join("figures");
+    std::fs::create_dir_all(&fdir).map_err(|e| format!("{}: {e}", fdir.display()))?;
+    for f in figures {
+        seli_io::write_atomic(&fdir.join(format!("{}.svg", f.name)), f.svg.as_bytes())
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// Writes `DIR/figures/*.svg` and `DIR/report.html` for the run in `dir`; returns the report's
+/// path.
+///
+/// # Errors
+/// Unreadable run files; a drawing or write failure.
+pub fn write_report(dir: &Path) -> Result<PathBuf, String> {
+    let run = Run::load(dir)?;
+    let figs = figures(&run)?;
+    write_figures(dir, &figs)?;
+    let path = dir.join("report.html");
+    let title = format!("seli report: {}", run.label());
+    seli_io::write_atomic(&path, html(&title, std::slice::from_ref(&run), &figs).as_bytes())
+        .map_err(|e| e.to_string())?;
+    Ok(path)
+}
+
+/// Writes a comparison of the runs in `dirs` to `out` (HTML) and its figures beside it.
+///
+/// # Errors
+/// Unreadable runs, runs of different kinds, drawing or write failures.
+pub fn write_compare(dirs: &[PathBuf], out: &Path) -> Result<PathBuf, String> {
+    let runs = dirs.iter().map(|d| Run::load(d)).collect::<Result<Vec<_>, _>>()?;
+    let figs = compare_figures(&runs)?;
+    let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    write_figures(parent, &figs)?;
+    seli_io::write_atomic(out, html("seli report: comparison", &runs, &figs).as_bytes())
+        .map_err(|e| e.to_string())?;
+    Ok(out.to_path_buf())
+}
