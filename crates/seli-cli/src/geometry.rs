@@ -34,6 +34,11 @@ pub struct GeometryArgs {
     /// Seed of the random frame used with --d.
     #[arg(long, default_value_t = 0, requires = "d")]
     pub seed: u64,
+
+    /// Also draw the SELI Grams beside the ETF and, for STEP profiles, the SELI classifier
+    /// cosines and norm ratio against R, as SVG files in DIR.
+    #[arg(long, value_name = "DIR")]
+    pub figures: Option<PathBuf>,
 }
 
 /// Runs `seli geometry`.
@@ -50,6 +55,13 @@ pub fn run(args: &GeometryArgs) -> Result<()> {
     if let Some(path) = &args.json {
         seli_io::write_json_atomic(path, "geometry record", &record)?;
         println!("\nwrote {}", path.display());
+    }
+    if let Some(dir) = &args.figures {
+        let figs =
+            seli_report::report::geometry_figures(&geometry).map_err(|e| anyhow::anyhow!(e))?;
+        for f in seli_report::report::save_figures(dir, &figs).map_err(|e| anyhow::anyhow!(e))? {
+            println!("figure {}", f.display());
+        }
     }
     Ok(())
 }

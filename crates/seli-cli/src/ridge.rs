@@ -77,6 +77,11 @@ pub struct RidgePathArgs {
     /// CSV file for the path (columns in docs/formats.md); a JSON twin is written beside it.
     #[arg(long, default_value = "ridge-path.csv")]
     pub out: PathBuf,
+
+    /// Also draw the path (distances, norm ratio and cosines against lambda, thresholds
+    /// marked) as SVG files in DIR.
+    #[arg(long, value_name = "DIR")]
+    pub figures: Option<PathBuf>,
 }
 
 /// One solved λ, as recorded (schema `seli.ridge.v1` for a single solve).
@@ -362,6 +367,12 @@ pub fn run_path(args: &RidgePathArgs) -> Result<()> {
         "points": points,
     });
     seli_io::write_json_atomic(&json_path, "ridge path", &rec)?;
+    if let Some(dir) = &args.figures {
+        let figs = seli_report::report::ridge_path_figures(&rec).map_err(|e| anyhow::anyhow!(e))?;
+        for f in seli_report::report::save_figures(dir, &figs).map_err(|e| anyhow::anyhow!(e))? {
+            println!("figure {}", f.display());
+        }
+    }
     println!(
         "lambda* = {:.6e}; lambda_mc = {}",
         th.lambda_star,

@@ -67,3 +67,32 @@ fn ufm_runs_get_figures_reports_and_a_comparison() {
     let e = fails(&["report", "--compare", dirs[0].to_str().unwrap()]);
     assert!(e.contains("at least two"), "{e}");
 }
+
+#[test]
+fn geometry_and_ridge_path_figures() {
+    let tmp = tempfile::tempdir().unwrap();
+    let g = tmp.path().join("g");
+    ok(&["geometry", "--step", "6,10,0.5,2", "--figures", g.to_str().unwrap()]);
+    for f in ["seli-grams", "seli-cosines-vs-ratio", "seli-norm-ratio-vs-ratio"] {
+        let svg = std::fs::read_to_string(g.join(format!("{f}.svg"))).unwrap();
+        assert!(svg_ok(&svg), "{f}");
+    }
+    let r = tmp.path().join("r");
+    ok(&[
+        "ridge-path",
+        "--step",
+        "4,10,0.5,1",
+        "--points",
+        "5",
+        "--out",
+        tmp.path().join("p.csv").to_str().unwrap(),
+        "--figures",
+        r.to_str().unwrap(),
+    ]);
+    for f in ["ridge-distances", "ridge-cosines", "ridge-norm-ratio"] {
+        let svg = std::fs::read_to_string(r.join(format!("{f}.svg"))).unwrap();
+        assert!(svg_ok(&svg), "{f}");
+        assert!(svg.contains("λ*") && svg.contains("λ_mc"), "{f}: thresholds not marked");
+        assert!(svg.contains("lambda"), "{f}: no axis label");
+    }
+}

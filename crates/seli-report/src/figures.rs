@@ -132,7 +132,7 @@ pub fn line_chart(
                         chart
                             .draw_series(std::iter::once(Text::new(
                                 (*name).to_string(),
-                                (*m, y1 - pad * 0.5),
+                                (*m, y0 + pad * 1.5),
                                 ("sans-serif", 14).into_font(),
                             )))
                             .map_err(err)?;
@@ -198,6 +198,9 @@ fn heat_panel(
         .disable_mesh()
         .x_labels(k.min(10))
         .y_labels(k.min(10))
+        // Cells are labelled at their lower-left corner; rows count from the top.
+        .x_label_formatter(&|x| if *x < k { x.to_string() } else { String::new() })
+        .y_label_formatter(&|y| if *y < k { (k - 1 - y).to_string() } else { String::new() })
         .label_style(("sans-serif", 12))
         .draw()
         .map_err(err)?;

@@ -388,13 +388,7 @@ pub fn html(title: &str, runs: &[Run], figures: &[Figure]) -> String {
 }
 
 fn write_figures(dir: &Path, figures: &[Figure]) -> Result<(), String> {
-    let fdir = dir.join("figures");
-    std::fs::create_dir_all(&fdir).map_err(|e| format!("{}: {e}", fdir.display()))?;
-    for f in figures {
-        seli_io::write_atomic(&fdir.join(format!("{}.svg", f.name)), f.svg.as_bytes())
-            .map_err(|e| e.to_string())?;
-    }
-    Ok(())
+    save_figures(&dir.join("figures"), figures).map(|_| ())
 }
 
 /// Writes `DIR/figures/*.svg` and `DIR/report.html` for the run in `dir`; returns the report's
@@ -425,4 +419,171 @@ pub fn write_compare(dirs: &[PathBuf], out: &Path) -> Result<PathBuf, String> {
     seli_io::write_atomic(out, html("seli report: comparison", &runs, &figs).as_bytes())
         .map_err(|e| e.to_string())?;
     Ok(out.to_path_buf())
+}
+
+/// Figures of a `seli ridge-path` record (its JSON): distances to SELI and to the ETF against
+/// lambda, and the classifier norm ratio and cosines by group, with the thresholds lambda*
+/// (the optimum is 0 above it) and lambda_mc (minority collapse above it) marked.
+///
+/// # Errors
+/// A record without points; a drawing failure.
+pub fn ridge_path_figures(record: &serde_json::Value) -> Result<Vec<Figure>, String> {
+    let points = record["points"].as_array().ok_or("the ridge-path record has no points")?;
+    let curve = |col: &str| -> Vec<(f64, f64)> {
+        points.iter().filter_map(|p| Some((p["lambda"].as_f64()?, p[col].as_f64()?))).collect()
+    };
+    let th = &record["thresholds"];
+    let mut markers: Vec<(f64, &str)> = Vec::new();
+    if let Some(l) = th["lambda_star"].as_f64() {
+        markers.push((l, "λ*"));
+    }
+    if let Some(l) = th["lambda_mc"].as_f64() {
+        markers.push((l, "λ_mc"));
+    }
+    let s = |label: &str, col: &str, color: usize, dash: Dash| Series {
+        label: label.into(),
+        points: curve(col),
+        color,
+        dash,
+    };
+    let figure = |name: &str, caption: &str, title: &str, y: &str, series: &[Series]| {
+        Ok::<_, String>(Figure {
+            name: name.into(),
+            caption: caption.into(),
+            svg: line_chart(title, "lambda", y, true, series, &markers)?,
+        })
+    };
+    Ok(vec![
+        figure(
+            "ridge-distances",
+            "Exact ridge optimum: distances to SELI (solid) and to the ETF (dashed) against lambda; SELI is reached as lambda -> 0.",
+            "Ridge optimum: distance to SELI (solid) and ETF (dashed)",
+            "normalized distance",
+            &[
+                s("G_W to SELI", "dist_gw_seli", 0, Dash::Solid),
+                s("G_W to ETF", "dist_gw_etf", 0, Dash::Dashed),
+                s("G_M to SELI", "dist_gm_seli", 1, Dash::Solid),
+                s("G_M to ETF", "dist_gm_etf", 1, Dash::Dashed),
+            ],
+        )?,
+        figure(
+            "ridge-cosines",
+            "Classifier cosines by group along the path; minority classifiers collapse onto each other (cosine 1) above lambda_mc.",
+            "Ridge optimum: classifier cosines by group",
+            "mean cos(w_c, w_c')",
+            &[
+                s("min-min", "cos_w_min_min", 1, Dash::Solid),
+                s("maj-maj", "cos_w_maj_maj", 0, Dash::Solid),
+                s("maj-min", "cos_w_maj_min", 2, Dash::Solid),
+            ],
+        )?,
+        figure(
+            "ridge-norm-ratio",
+            "Classifier norm ratio along the path (omitted where minority classifiers vanish, above lambda_mc).",
+            "Ridge optimum: ||w_maj||^2 / ||w_min||^2",
+            "ratio",
+            &[Series {
+                label: "norm ratio".into(),
+                points: curve("norm_ratio_w").into_iter().filter(|&(_, v)| v < 1e6).collect(),
+                color: 0,
+                dash: Dash::Solid,
+            }],
+        )?,
+    ])
+}
+
+/// Figures of a class-level geometry: the normalized SELI Grams beside the ETF, and, for a
+/// STEP profile, the SELI classifier cosines and norm ratio against the imbalance ratio R
+/// (k, rho and n_min fixed; R from 1 to 1000).
+///
+/// # Errors
+/// A drawing failure.
+pub fn geometry_figures(geometry: &Geometry) -> Result<Vec<Figure>, String> {
+    let k = geometry.k();
+    let P = centering_projector(k);
+    let norm = |m: faer::MatRef<'_, f64>| {
+        normalized(m, "gram").map(|x| rows_of(x.as_ref())).unwrap_or_default()
+    };
+    let mut out = vec![Figure {
+        name: "seli-grams".into(),
+        caption:
+            "Normalized SELI Grams of this profile beside the ETF (blue negative, red positive)."
+                .into(),
+        svg: heatmaps(
+            "SELI geometry (normalized Grams)",
+            &[
+                ("SELI G_W", norm(geometry.gram_w())),
+                ("SELI G_M", norm(geometry.gram_m())),
+                ("ETF", norm(P.as_ref())),
+            ],
+        )?,
+    }];
+    let p = geometry.profile();
+    if let seli_core::ProfileKind::Step { rho, n_min, .. } = p.kind() {
+        let mut pts: [Vec<(f64, f64)>; 4] = Default::default();
+        for i in 0..=30 {
+            let r = 10f64.powf(f64::from(i) / 10.0);
+            let Ok(q) = Profile::step(k, r, *rho, *n_min) else { continue };
+            let Ok(g) = Geometry::new(&q) else { continue };
+            let Some(b) = g.stats().by_group else { continue };
+            for (j, v) in [b.cos_w.maj_maj, b.cos_w.min_min, b.cos_w.maj_min, b.norm_ratio_w]
+                .into_iter()
+                .enumerate()
+            {
+                if let Some(v) = v {
+                    pts[j].push((r, v));
+                }
+            }
+        }
+        let names = ["cos maj-maj", "cos min-min", "cos maj-min", "||w_maj||^2/||w_min||^2"];
+        let mut series: Vec<Series> = pts
+            .into_iter()
+            .zip(names)
+            .enumerate()
+            .map(|(i, (points, label))| Series {
+                label: label.into(),
+                points,
+                color: i,
+                dash: Dash::Solid,
+            })
+            .collect();
+        let ratio = series.pop().expect("four series");
+        let what = format!("STEP(k = {k}, rho = {rho}, n_min = {n_min})");
+        out.push(Figure {
+            name: "seli-cosines-vs-ratio".into(),
+            caption: format!("SELI classifier cosines by group of {what} against the imbalance ratio R; at R = 1 every cosine is the ETF's -1/(k-1)."),
+            svg: line_chart("SELI classifier cosines against R", "R", "mean cos(w_c, w_c')", true, &series, &[])?,
+        });
+        out.push(Figure {
+            name: "seli-norm-ratio-vs-ratio".into(),
+            caption: format!(
+                "SELI classifier norm ratio of {what} against R (1 at R = 1, the ETF)."
+            ),
+            svg: line_chart(
+                "SELI ||w_maj||^2 / ||w_min||^2 against R",
+                "R",
+                "ratio",
+                true,
+                &[ratio],
+                &[],
+            )?,
+        });
+    }
+    Ok(out)
+}
+
+/// Writes figures to `DIR/NAME.svg` (creating `dir`); returns the paths.
+///
+/// # Errors
+/// A write failure.
+pub fn save_figures(dir: &Path, figures: &[Figure]) -> Result<Vec<PathBuf>, String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    figures
+        .iter()
+        .map(|f| {
+            let p = dir.join(format!("{}.svg", f.name));
+            seli_io::write_atomic(&p, f.svg.as_bytes()).map_err(|e| e.to_string())?;
+            Ok(p)
+        })
+        .collect()
 }
