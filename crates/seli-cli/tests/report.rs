@@ -42,6 +42,15 @@ fn ufm_runs_get_figures_reports_and_a_comparison() {
         assert!(html.contains(&format!("<figure id=\"{fig}\"><svg")), "{fig} not inlined");
     }
     assert!(html.contains("config.json") && html.contains("dist_gw_seli"));
+    // PNG copies, rasterized with the system fonts (present on the development and CI machines).
+    if seli_report::png::fonts_available() {
+        for fig in ["distances", "gram-w"] {
+            let png = std::fs::read(dirs[1].join(format!("figures/{fig}.png"))).unwrap();
+            assert!(png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 5000, "{fig}.png");
+        }
+    } else {
+        eprintln!("no system fonts: PNG figures not checked");
+    }
     // The figures carry their legends and axis labels.
     let d = std::fs::read_to_string(dirs[1].join("figures/distances.svg")).unwrap();
     for label in ["G_W to SELI", "G_M to ETF", "iteration", "normalized distance"] {

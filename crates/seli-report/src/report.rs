@@ -521,9 +521,17 @@ pub fn geometry_figures(geometry: &Geometry) -> Result<Vec<Figure>, String> {
     let p = geometry.profile();
     if let seli_core::ProfileKind::Step { rho, n_min, .. } = p.kind() {
         let mut pts: [Vec<(f64, f64)>; 4] = Default::default();
+        // The normalized geometry depends on the ratio only: use 1000 samples per minority
+        // class so that every R on the grid is realized (to 1e-3).
+        let k_min = p
+            .groups()
+            .map_or(0, |g| g.iter().filter(|&&x| x == seli_core::Group::Minority).count());
         for i in 0..=30 {
-            let r = 10f64.powf(f64::from(i) / 10.0);
-            let Ok(q) = Profile::step(k, r, *rho, *n_min) else { continue };
+            let n_maj = (10f64.powf(f64::from(i) / 10.0) * 1000.0).round() as u64;
+            let r = n_maj as f64 / 1000.0;
+            let counts: Vec<u64> =
+                (0..k).map(|c| if c < k - k_min { n_maj } else { 1000 }).collect();
+            let Ok(q) = Profile::from_counts(counts) else { continue };
             let Ok(g) = Geometry::new(&q) else { continue };
             let Some(b) = g.stats().by_group else { continue };
             for (j, v) in [b.cos_w.maj_maj, b.cos_w.min_min, b.cos_w.maj_min, b.norm_ratio_w]
@@ -572,17 +580,28 @@ pub fn geometry_figures(geometry: &Geometry) -> Result<Vec<Figure>, String> {
     Ok(out)
 }
 
-/// Writes figures to `DIR/NAME.svg` (creating `dir`); returns the paths.
+/// Writes figures to `DIR/NAME.svg` and `DIR/NAME.png` (at twice the SVG's size; the PNG is
+/// skipped, with a warning, when no system font is installed to draw its text); returns the
+/// SVG paths.
 ///
 /// # Errors
-/// A write failure.
+/// A write or rendering failure.
 pub fn save_figures(dir: &Path, figures: &[Figure]) -> Result<Vec<PathBuf>, String> {
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let png = crate::png::fonts_available();
+    if !png {
+        eprintln!("warning: no system fonts found; writing SVG figures only (no PNG)");
+    }
     figures
         .iter()
         .map(|f| {
             let p = dir.join(format!("{}.svg", f.name));
             seli_io::write_atomic(&p, f.svg.as_bytes()).map_err(|e| e.to_string())?;
+            if png {
+                let bytes = crate::png::svg_to_png(&f.svg, 2.0)?;
+                seli_io::write_atomic(&p.with_extension("png"), &bytes)
+                    .map_err(|e| e.to_string())?;
+            }
             Ok(p)
         })
         .collect()
