@@ -354,7 +354,13 @@ pub fn run(args: &TrainArgs) -> Result<ExitCode> {
                 &args.out,
                 args.force,
                 "train",
-                &["metrics.csv", "checkpoint.safetensors", "summary.json", "subset.json"],
+                &[
+                    "metrics.csv",
+                    "checkpoint.safetensors",
+                    "summary.json",
+                    "subset.json",
+                    "grams.json",
+                ],
             )?;
             (cfg, args.out.clone(), false)
         }

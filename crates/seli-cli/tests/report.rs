@@ -36,7 +36,9 @@ fn ufm_runs_get_figures_reports_and_a_comparison() {
     assert!(out.contains("report.html"), "{out}");
     let html = std::fs::read_to_string(dirs[1].join("report.html")).unwrap();
     assert!(html.starts_with("<!DOCTYPE html>") && html.trim_end().ends_with("</html>"));
-    for fig in ["distances", "norm-ratios", "cosines", "norms", "gram-w", "gram-m"] {
+    for fig in
+        ["distances", "norm-ratios", "cosines", "norms", "cosines-by-group", "gram-w", "gram-m"]
+    {
         let svg = std::fs::read_to_string(dirs[1].join(format!("figures/{fig}.svg"))).unwrap();
         assert!(svg_ok(&svg), "{fig}.svg is not a complete SVG");
         assert!(html.contains(&format!("<figure id=\"{fig}\"><svg")), "{fig} not inlined");

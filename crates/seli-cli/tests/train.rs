@@ -87,9 +87,17 @@ fn trains_an_mlp_writes_the_run_and_resumes_a_finished_run() {
     // A training run's report: curves over epochs and the target heatmaps.
     ok(&["report", out_s]);
     let html = std::fs::read_to_string(out.join("report.html")).unwrap();
-    for fig in ["distances", "norm-ratios", "cosines", "gram-w", "gram-m"] {
+    for fig in
+        ["distances", "norm-ratios", "cosines", "gram-w", "gram-m", "norms", "cosines-by-group"]
+    {
         assert!(html.contains(&format!("<figure id=\"{fig}\"><svg")), "{fig} missing");
     }
+    let grams = json(&out.join("grams.json"));
+    assert_eq!(
+        (grams["format"].as_str(), grams["epoch"].as_u64()),
+        (Some("seli.train-grams.v1"), Some(3))
+    );
+    assert!(html.contains("last iterate"), "the trained network's Grams are drawn");
     assert!(std::fs::read_to_string(out.join("figures/distances.svg")).unwrap().contains("epoch"));
     // Every metrics column is documented.
     let doc =

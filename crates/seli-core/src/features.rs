@@ -460,6 +460,19 @@ impl FeatureGeometry {
         Ok(())
     }
 
+    /// The class-level Grams: `G_W = WᵀW` (with `W`) and `G_M = M̃ᵀM̃` of the class means
+    /// centered by their mean, as the distances use them.
+    ///
+    /// # Errors
+    /// An empty class.
+    pub fn grams(&self, W: Option<MatRef<'_, f64>>) -> Result<(Option<Mat<f64>>, Mat<f64>)> {
+        let (d, k) = (self.moments.dim(), self.moments.classes());
+        let M = self.moments.class_means()?;
+        let center = self.moments.center(Centering::ClassMeans)?;
+        let Mc = Mat::from_fn(d, k, |r, c| M[(r, c)] - center[r]);
+        Ok((W.map(gram), gram(Mc.as_ref())))
+    }
+
     /// [`GEOMETRY_COLUMNS`] against `target` (the SELI geometry of the samples' class
     /// counts). Columns that need logits or `W` are `None` without them; NC4 is `None` unless
     /// pass 2 covered every sample.

@@ -112,7 +112,23 @@ fn rows_of(m: faer::MatRef<'_, f64>) -> Vec<Vec<f64>> {
     (0..m.nrows()).map(|i| (0..m.ncols()).map(|j| m[(i, j)]).collect()).collect()
 }
 
-/// The last iterate's classifier and class-mean Grams of a UFM run, from its checkpoint.
+/// The last measured classifier and class-mean Grams: a UFM run's from its checkpoint, a
+/// training run's from `grams.json`.
+fn run_grams(run: &Run) -> Option<(Mat<f64>, Mat<f64>)> {
+    match run.kind {
+        RunKind::Ufm => ufm_grams(run),
+        RunKind::Train => {
+            let g = read_json(&run.dir.join("grams.json")).ok()?;
+            let mat = |v: &serde_json::Value| -> Option<Mat<f64>> {
+                let rows: Vec<Vec<f64>> = serde_json::from_value(v.clone()).ok()?;
+                let k = rows.len();
+                rows.iter().all(|r| r.len() == k).then(|| Mat::from_fn(k, k, |i, j| rows[i][j]))
+            };
+            Some((mat(&g["gram_w"])?, mat(&g["gram_m"])?))
+        }
+    }
+}
+
 fn ufm_grams(run: &Run) -> Option<(Mat<f64>, Mat<f64>)> {
     let c = &run.config;
     let d = c["d"].as_u64()? as usize;
@@ -218,9 +234,7 @@ pub fn figures(run: &Run) -> Result<Vec<Figure>, String> {
     };
     let mut panels_w = Vec::new();
     let mut panels_m = Vec::new();
-    if run.kind == RunKind::Ufm
-        && let Some((gw, gm)) = ufm_grams(run)
-    {
+    if let Some((gw, gm)) = run_grams(run).filter(|(gw, _)| gw.nrows() == k) {
         panels_w.push(("last iterate", norm(gw.as_ref())));
         panels_m.push(("last iterate", norm(gm.as_ref())));
         let (wn, mn) = (
@@ -243,6 +257,38 @@ pub fn figures(run: &Run) -> Result<Vec<Figure>, String> {
                 &[("w last", scale(&wn)), ("w SELI", scale(sw)), ("mu last", scale(&mn)), ("mu SELI", scale(sm))],
             )?,
         });
+        if let (Some(groups), Some(target)) = (run.profile().groups(), stats.by_group.as_ref()) {
+            let pairs = |g: &Mat<f64>| {
+                seli_core::metrics::cosines_from_gram(g.as_ref(), "a class")
+                    .map(|c| seli_core::metrics::pair_means(c.as_ref(), groups))
+                    .ok()
+            };
+            let v = |p: Option<seli_core::metrics::PairMeans>| {
+                p.map_or(vec![f64::NAN; 3], |p| {
+                    [p.maj_maj, p.min_min, p.maj_min]
+                        .iter()
+                        .map(|x| x.unwrap_or(f64::NAN))
+                        .collect()
+                })
+            };
+            let etf = -1.0 / (k as f64 - 1.0);
+            out.push(Figure {
+                name: "cosines-by-group".into(),
+                caption: "Mean cosines by group pair at the last measurement, beside SELI and the ETF (-1/(k-1)); class means centered.".into(),
+                svg: bar_chart(
+                    "Cosines by group pair",
+                    "mean cosine",
+                    &["maj-maj".into(), "min-min".into(), "maj-min".into()],
+                    &[
+                        ("w last", v(pairs(&gw))),
+                        ("w SELI", v(Some(target.cos_w))),
+                        ("mu last", v(pairs(&gm))),
+                        ("mu SELI", v(Some(target.cos_m))),
+                        ("ETF", vec![etf; 3]),
+                    ],
+                )?,
+            });
+        }
     }
     panels_w.push(("SELI", norm(run.geometry.gram_w())));
     panels_w.push(("ETF", norm(P.as_ref())));

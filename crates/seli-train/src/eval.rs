@@ -79,6 +79,16 @@ fn columns_of(x: &[f32], width: usize) -> Mat<f64> {
     Mat::from_fn(width, b, |r, i| f64::from(x[i * width + r]))
 }
 
+/// A measurement: the `metrics.csv` values after `loss`, and the class-level Grams.
+pub struct Measurement {
+    /// The test accuracies, then [`GEOMETRY_COLUMNS`] over the training samples.
+    pub values: Vec<Option<f64>>,
+    /// `G_W = WᵀW` of the last layer.
+    pub gram_w: Mat<f64>,
+    /// `G_M` of the class means centered by their mean.
+    pub gram_m: Mat<f64>,
+}
+
 /// Evaluates the columns after `loss` for a model on `train_labels` / `test_labels` against
 /// `target`: the test accuracies, then [`GEOMETRY_COLUMNS`] over the training samples.
 ///
@@ -90,7 +100,7 @@ pub fn evaluate(
     test_labels: &[u32],
     target: &Geometry,
     batch: usize,
-) -> Result<Vec<Option<f64>>> {
+) -> Result<Measurement> {
     let k = target.k();
     let d = model.dim();
     let mut geo = FeatureGeometry::new(d, k);
@@ -129,7 +139,8 @@ pub fn evaluate(
     let mut values: Vec<Option<f64>> = accuracies(&tc, &tt, target.profile().groups()).to_vec();
     values.extend(geo.values(Some(W.as_ref()), target)?);
     debug_assert_eq!(values.len(), RUN_COLUMNS.len() + GEOMETRY_COLUMNS.len() - 3);
-    Ok(values)
+    let (gram_w, gram_m) = geo.grams(Some(W.as_ref()))?;
+    Ok(Measurement { values, gram_w: gram_w.expect("W given"), gram_m })
 }
 
 #[cfg(test)]
@@ -190,7 +201,7 @@ mod tests {
         let test_labels: Vec<u32> = (0..8).map(|i| i % 4).collect();
         let test = Mat::from_fn(6, 8, |r, i| real.M[(r, test_labels[i] as usize)]);
         let model = Fixed { train: H.clone(), test, W: real.W.clone() };
-        let v = evaluate(&model, &labels, &test_labels, &target, 7).unwrap();
+        let v = evaluate(&model, &labels, &test_labels, &target, 7).unwrap().values;
         let col = |name: &str| v[header().iter().position(|c| *c == name).unwrap() - 3];
 
         let M = class_means(H.as_ref(), &labels, 4).unwrap();

@@ -1,5 +1,5 @@
 //! A training run in its directory: `config.json`, `subset.json`, `metrics.csv`,
-//! `checkpoint.safetensors`, `summary.json` (all documented in docs/formats.md).
+//! `grams.json`, `checkpoint.safetensors`, `summary.json` (all documented in docs/formats.md).
 //!
 //! The batch order of epoch e is a shuffle seeded by (seed, e) alone, and the checkpoint holds
 //! the model (with batch-norm running statistics) and the optimizer's momentum, so resuming
@@ -34,6 +34,8 @@ use crate::model::Net;
 pub const CHECKPOINT_FORMAT: &str = "seli.train-checkpoint.v1";
 /// Format tag of `summary.json`.
 pub const SUMMARY_FORMAT: &str = "seli.train-summary.v1";
+/// Format tag of `grams.json`.
+pub const GRAMS_FORMAT: &str = "seli.train-grams.v1";
 /// Format tag of `subset.json`.
 pub const SUBSET_FORMAT: &str = "seli.train-subset.v1";
 
@@ -119,6 +121,10 @@ impl RunDir {
     /// `summary.json`.
     pub fn summary(&self) -> PathBuf {
         self.dir.join("summary.json")
+    }
+    /// `grams.json`: the class-level Grams of the last measurement.
+    pub fn grams(&self) -> PathBuf {
+        self.dir.join("grams.json")
     }
 }
 
@@ -284,11 +290,20 @@ pub fn train(
     let measure = |net: &Net, epoch: usize| -> Result<Vec<Option<f64>>> {
         let probe =
             Probe { net: net.valid(), train: &data.train, test: &data.test, device: &device, d };
-        eval::evaluate(&probe, &data.train.labels, &data.test.labels, &data.target, eval_batch)
-            .map_err(|e| match e {
-                Error::Diverged { what, value, .. } => Error::Diverged { epoch, what, value },
-                other => other,
-            })
+        let m =
+            eval::evaluate(&probe, &data.train.labels, &data.test.labels, &data.target, eval_batch)
+                .map_err(|e| match e {
+                    Error::Diverged { what, value, .. } => Error::Diverged { epoch, what, value },
+                    other => other,
+                })?;
+        let grams = serde_json::json!({
+            "format": GRAMS_FORMAT,
+            "epoch": epoch,
+            "gram_w": seli_io::record::rows(m.gram_w.as_ref()),
+            "gram_m": seli_io::record::rows(m.gram_m.as_ref()),
+        });
+        write_json_atomic(&run.grams(), "class-level Grams", &grams)?;
+        Ok(m.values)
     };
     let (mut train_seconds, mut eval_seconds) = (0.0, 0.0);
     let mut last_row: Option<Vec<Option<f64>>> = None;
