@@ -4,11 +4,38 @@ mod common;
 
 use common::{fails, ok};
 
+/// A complete SVG document that an SVG parser (usvg) accepts, with text in it.
 fn svg_ok(text: &str) -> bool {
     let t = text.trim();
     (t.starts_with("<svg") || t.starts_with("<?xml"))
         && t.ends_with("</svg>")
         && t.contains("<text")
+        && seli_report::png::svg_size(text).is_ok()
+}
+
+/// Every figure in `dir` is a valid SVG, and, where the machine has fonts, has a decodable
+/// PNG twice its size beside it. Returns the figure names.
+fn figures_ok(dir: &std::path::Path) -> Vec<String> {
+    let mut names = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "svg") {
+            let svg = std::fs::read_to_string(&p).unwrap();
+            assert!(svg_ok(&svg), "{} is not a valid SVG", p.display());
+            if seli_report::png::fonts_available() {
+                let (w, h) = seli_report::png::svg_size(&svg).unwrap();
+                let png = std::fs::read(p.with_extension("png")).unwrap();
+                let size = seli_report::png::png_size(&png).unwrap();
+                let want = ((2.0 * w).round() as u32, (2.0 * h).round() as u32);
+                assert_eq!(size, want, "{}", p.display());
+            } else {
+                eprintln!("no system fonts: PNG figures not checked");
+            }
+            names.push(p.file_stem().unwrap().to_string_lossy().into_owned());
+        }
+    }
+    names.sort();
+    names
 }
 
 #[test]
@@ -44,20 +71,14 @@ fn ufm_runs_get_figures_reports_and_a_comparison() {
         assert!(html.contains(&format!("<figure id=\"{fig}\"><svg")), "{fig} not inlined");
     }
     assert!(html.contains("config.json") && html.contains("dist_gw_seli"));
-    // PNG copies, rasterized with the system fonts (present on the development and CI machines).
-    if seli_report::png::fonts_available() {
-        for fig in ["distances", "gram-w"] {
-            let png = std::fs::read(dirs[1].join(format!("figures/{fig}.png"))).unwrap();
-            assert!(png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 5000, "{fig}.png");
-        }
-    } else {
-        eprintln!("no system fonts: PNG figures not checked");
-    }
     // The figures carry their legends and axis labels.
     let d = std::fs::read_to_string(dirs[1].join("figures/distances.svg")).unwrap();
     for label in ["G_W to SELI", "G_M to ETF", "iteration", "normalized distance"] {
         assert!(d.contains(label), "distances.svg lacks '{label}'");
     }
+
+    let names = figures_ok(&dirs[1].join("figures"));
+    assert_eq!(names.len(), 7, "{names:?}");
 
     let cmp = tmp.path().join("cmp.html");
     ok(&[
@@ -71,7 +92,7 @@ fn ufm_runs_get_figures_reports_and_a_comparison() {
     let html = std::fs::read_to_string(&cmp).unwrap();
     assert_eq!(html.matches("<figure").count(), 2);
     assert!(html.contains("R1 to SELI") && html.contains("R10 to ETF"));
-    assert!(svg_ok(&std::fs::read_to_string(tmp.path().join("figures/compare-gw.svg")).unwrap()));
+    assert_eq!(figures_ok(&tmp.path().join("figures")), vec!["compare-gm", "compare-gw"]);
 
     let e = fails(&["report", tmp.path().to_str().unwrap()]);
     assert!(e.contains("config.json"), "{e}");
@@ -84,10 +105,10 @@ fn geometry_and_ridge_path_figures() {
     let tmp = tempfile::tempdir().unwrap();
     let g = tmp.path().join("g");
     ok(&["geometry", "--step", "6,10,0.5,2", "--figures", g.to_str().unwrap()]);
-    for f in ["seli-grams", "seli-cosines-vs-ratio", "seli-norm-ratio-vs-ratio"] {
-        let svg = std::fs::read_to_string(g.join(format!("{f}.svg"))).unwrap();
-        assert!(svg_ok(&svg), "{f}");
-    }
+    assert_eq!(
+        figures_ok(&g),
+        vec!["seli-cosines-vs-ratio", "seli-grams", "seli-norm-ratio-vs-ratio"]
+    );
     let r = tmp.path().join("r");
     ok(&[
         "ridge-path",
@@ -100,9 +121,9 @@ fn geometry_and_ridge_path_figures() {
         "--figures",
         r.to_str().unwrap(),
     ]);
+    assert_eq!(figures_ok(&r), vec!["ridge-cosines", "ridge-distances", "ridge-norm-ratio"]);
     for f in ["ridge-distances", "ridge-cosines", "ridge-norm-ratio"] {
         let svg = std::fs::read_to_string(r.join(format!("{f}.svg"))).unwrap();
-        assert!(svg_ok(&svg), "{f}");
         assert!(svg.contains("λ*") && svg.contains("λ_mc"), "{f}: thresholds not marked");
         assert!(svg.contains("lambda"), "{f}: no axis label");
     }

@@ -40,3 +40,21 @@ pub fn svg_to_png(svg: &str, scale: f32) -> Result<Vec<u8>, String> {
     resvg::render(&tree, tiny_skia::Transform::from_scale(scale, scale), &mut pixmap.as_mut());
     pixmap.encode_png().map_err(|e| format!("PNG encoding failed: {e}"))
 }
+
+/// Checks that `svg` is a well-formed SVG document the renderer accepts; returns its size.
+///
+/// # Errors
+/// A document the SVG parser rejects.
+pub fn svg_size(svg: &str) -> Result<(f32, f32), String> {
+    let tree = usvg::Tree::from_str(svg, options()).map_err(|e| format!("invalid SVG: {e}"))?;
+    Ok((tree.size().width(), tree.size().height()))
+}
+
+/// Decodes a PNG file's bytes; returns its size.
+///
+/// # Errors
+/// Bytes that are not a decodable PNG.
+pub fn png_size(bytes: &[u8]) -> Result<(u32, u32), String> {
+    let p = tiny_skia::Pixmap::decode_png(bytes).map_err(|e| format!("invalid PNG: {e}"))?;
+    Ok((p.width(), p.height()))
+}
