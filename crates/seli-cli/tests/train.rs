@@ -97,7 +97,7 @@ fn trains_an_mlp_writes_the_run_and_resumes_a_finished_run() {
         (grams["format"].as_str(), grams["epoch"].as_u64()),
         (Some("seli.train-grams.v1"), Some(3))
     );
-    assert!(html.contains("last iterate"), "the trained network's Grams are drawn");
+    assert!(html.contains("last measurement"), "the trained network's Grams are drawn");
     assert!(std::fs::read_to_string(out.join("figures/distances.svg")).unwrap().contains("epoch"));
     // Every metrics column is documented.
     let doc =

@@ -247,7 +247,8 @@ pub fn bar_chart(
     let vals = series.iter().flat_map(|(_, v)| v.iter().copied()).filter(|v| v.is_finite());
     let (lo, hi) = vals.fold((0.0f64, 0.0f64), |(a, b), v| (a.min(v), b.max(v)));
     let pad = 0.08 * (hi - lo).max(1e-12);
-    let (y0, y1) = (if lo < 0.0 { lo - pad } else { 0.0 }, hi + pad);
+    // Headroom above the bars for the legend box.
+    let (y0, y1) = (if lo < 0.0 { lo - pad } else { 0.0 }, hi + 0.4 * (hi - lo).max(1e-12) + pad);
     let m = series.len().max(1);
     let n = categories.len();
     let mut svg = String::new();
@@ -259,14 +260,22 @@ pub fn bar_chart(
             .margin(12)
             .x_label_area_size(48)
             .y_label_area_size(64)
-            .build_cartesian_2d(0f64..n as f64, y0..y1)
+            .build_cartesian_2d(-0.5f64..n as f64 - 0.5, y0..y1)
             .map_err(err)?;
         let cats = categories.to_vec();
         chart
             .configure_mesh()
             .disable_x_mesh()
             .x_labels(n)
-            .x_label_formatter(&|x| cats.get(x.floor() as usize).cloned().unwrap_or_default())
+            // Ticks at the integers, each under its group of bars.
+            .x_label_formatter(&|x| {
+                let i = x.round();
+                if (x - i).abs() < 1e-6 && i >= 0.0 {
+                    cats.get(i as usize).cloned().unwrap_or_default()
+                } else {
+                    String::new()
+                }
+            })
             .y_desc(y_label)
             .label_style(("sans-serif", 14))
             .axis_desc_style(("sans-serif", 17))
@@ -277,7 +286,7 @@ pub fn bar_chart(
             let w = 0.8 / m as f64;
             chart
                 .draw_series(v.iter().enumerate().filter(|(_, y)| y.is_finite()).map(|(i, &y)| {
-                    let x = i as f64 + 0.1 + w * s as f64;
+                    let x = i as f64 - 0.4 + w * s as f64;
                     Rectangle::new([(x, 0.0), (x + w * 0.92, y)], c.filled())
                 }))
                 .map_err(err)?

@@ -235,8 +235,8 @@ pub fn figures(run: &Run) -> Result<Vec<Figure>, String> {
     let mut panels_w = Vec::new();
     let mut panels_m = Vec::new();
     if let Some((gw, gm)) = run_grams(run).filter(|(gw, _)| gw.nrows() == k) {
-        panels_w.push(("last iterate", norm(gw.as_ref())));
-        panels_m.push(("last iterate", norm(gm.as_ref())));
+        panels_w.push(("last measurement", norm(gw.as_ref())));
+        panels_m.push(("last measurement", norm(gm.as_ref())));
         let (wn, mn) = (
             seli_core::metrics::norms_from_gram(gw.as_ref()),
             seli_core::metrics::norms_from_gram(gm.as_ref()),
@@ -249,7 +249,7 @@ pub fn figures(run: &Run) -> Result<Vec<Figure>, String> {
         let cats: Vec<String> = (0..k).map(|c| c.to_string()).collect();
         out.push(Figure {
             name: "norms".into(),
-            caption: "Classifier and class-mean norms by class (each set scaled to unit total), last iterate beside SELI.".into(),
+            caption: "Classifier and class-mean norms by class (each set scaled to unit total), last measurement beside SELI.".into(),
             svg: bar_chart(
                 "Norms by class (scaled)",
                 "||w_c||, ||mu_c||",
