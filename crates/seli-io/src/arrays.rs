@@ -161,6 +161,9 @@ fn parse_npy_header(b: &[u8]) -> std::result::Result<NpyHeader, String> {
     let descr = descr.strip_prefix('\'').and_then(|d| d.split('\'').next()).ok_or(
         "the .npy descr is not a simple type string (structured arrays are not supported)",
     )?;
+    if descr.len() < 3 || !descr.is_char_boundary(1) {
+        return Err(format!("unsupported dtype '{descr}'"));
+    }
     let (order, ty) = descr.split_at(1);
     let big_endian = order == ">";
     let size: usize =
@@ -567,6 +570,16 @@ mod tests {
         odd[i + 1..i + 3].copy_from_slice(b"c8");
         std::fs::write(&p, &odd).unwrap();
         assert!(Array::open(&p, None).unwrap_err().to_string().contains("unsupported dtype '<c8'"));
+        // Found by the robustness test: an empty or one-character descr.
+        for bad in ["''", "'<'", "'é'"] {
+            let i = bytes.windows(5).position(|w| w == b"'<f4'").unwrap();
+            let mut b = bytes[..i].to_vec();
+            b.extend_from_slice(bad.as_bytes());
+            b.extend_from_slice(&bytes[i + 5..]);
+            std::fs::write(&p, &b).unwrap();
+            let e = Array::open(&p, None).unwrap_err().to_string();
+            assert!(e.contains("unsupported dtype") || e.contains("truncated"), "{bad}: {e}");
+        }
         std::fs::write(&p, b"hello world, not an array").unwrap();
         let e = Array::open(&p, None).unwrap_err().to_string();
         assert!(e.contains("not a .npy, .npz or .safetensors"), "{e}");
