@@ -96,8 +96,8 @@ const RUN_FLAGS: [&str; 22] = [
   seli train --resume runs/train              continue from the last checkpoint
 
 Run directory: config.json (every setting and the seed), subset.json (the images drawn),
-metrics.csv (one row per measured epoch, columns in docs/formats.md), checkpoint.safetensors,
-summary.json. Ctrl-C stops the run (exit code 130); --resume continues from the last
+metrics.csv (one row per measured epoch, columns in docs/formats.md), grams.json (the last
+measurement's class-level Grams), checkpoint.safetensors, summary.json; seli report DIR draws it. Ctrl-C stops the run (exit code 130); --resume continues from the last
 checkpoint and reproduces the uninterrupted run's numbers.")]
 pub struct TrainArgs {
     /// Dataset, read from --data-dir.
