@@ -156,6 +156,17 @@ impl FeatureMoments {
             .collect())
     }
 
+    /// The class means centered by [`FeatureMoments::center`] (d×k), and that center.
+    ///
+    /// # Errors
+    /// An empty class.
+    pub fn centered_means(&self, centering: Centering) -> Result<(Mat<f64>, Vec<f64>)> {
+        let M = self.class_means()?;
+        let center = self.center(centering)?;
+        let Mc = Mat::from_fn(self.dim(), self.classes(), |r, c| M[(r, c)] - center[r]);
+        Ok((Mc, center))
+    }
+
     /// The within-class covariance `Σ_W = (1/n) Σ_i (h_i − μ_{y_i})(h_i − μ_{y_i})ᵀ` (d×d).
     pub fn within_covariance(&self) -> Mat<f64> {
         let n = self.n().max(1) as f64;
@@ -466,10 +477,7 @@ impl FeatureGeometry {
     /// # Errors
     /// An empty class.
     pub fn grams(&self, W: Option<MatRef<'_, f64>>) -> Result<(Option<Mat<f64>>, Mat<f64>)> {
-        let (d, k) = (self.moments.dim(), self.moments.classes());
-        let M = self.moments.class_means()?;
-        let center = self.moments.center(Centering::ClassMeans)?;
-        let Mc = Mat::from_fn(d, k, |r, c| M[(r, c)] - center[r]);
+        let (Mc, _) = self.moments.centered_means(Centering::ClassMeans)?;
         Ok((W.map(gram), gram(Mc.as_ref())))
     }
 
@@ -499,8 +507,7 @@ impl FeatureGeometry {
         }
         let groups = target.profile().groups();
         let M = self.moments.class_means()?;
-        let center = self.moments.center(Centering::ClassMeans)?;
-        let Mc = Mat::from_fn(d, k, |r, c| M[(r, c)] - center[r]);
+        let (Mc, center) = self.moments.centered_means(Centering::ClassMeans)?;
         let mut values = Vec::with_capacity(GEOMETRY_COLUMNS.len());
         if self.logit_samples > 0 {
             values.extend(accuracies(&self.correct, &self.total, groups));

@@ -161,10 +161,6 @@ fn to_vec<const D: usize>(t: burn::tensor::Tensor<D>) -> Vec<f32> {
     t.into_data().try_into_vec::<f32>().expect("f32 tensor")
 }
 
-fn parameters(net: &Net) -> usize {
-    net.num_params()
-}
-
 fn ckpt_err(path: &Path, reason: impl Into<String>) -> Error {
     Error::Checkpoint { path: path.display().to_string(), reason: reason.into() }
 }
@@ -380,7 +376,7 @@ pub fn train(
         n_test: data.test.len(),
         counts: data.subset.counts.clone(),
         d,
-        parameters: parameters(&net),
+        parameters: net.num_params(),
         train_seconds,
         eval_seconds,
         samples_per_second: (train_seconds > 0.0).then(|| trained_samples as f64 / train_seconds),
