@@ -152,17 +152,19 @@ fn ufm_grams(run: &Run) -> Option<(Mat<f64>, Mat<f64>)> {
     Some((gram(W.as_ref()), gram(M.as_ref())))
 }
 
+/// A line-chart figure; `markers` are labelled vertical lines (thresholds).
 fn line_figure(
     name: &str,
     caption: &str,
     title: &str,
     (x_label, y_label, log_x): (&str, &str, bool),
     series: &[Series],
+    markers: &[(f64, &str)],
 ) -> Result<Figure, String> {
     Ok(Figure {
         name: name.into(),
         caption: caption.into(),
-        svg: line_chart(title, x_label, y_label, log_x, series, &[])?,
+        svg: line_chart(title, x_label, y_label, log_x, series, markers)?,
     })
 }
 
@@ -192,7 +194,8 @@ pub fn figures(run: &Run) -> Result<Vec<Figure>, String> {
             s("logits to SEL", "dist_z", 2, Dash::Solid),
             s("W^T M to P", "dist_wtm", 3, Dash::Solid),
         ],
-    )?);
+&[],
+)?);
     let stats = run.geometry.stats();
     if let Some(g) = &stats.by_group {
         let flat = |v: Option<f64>, color: usize, label: &str| Series {
@@ -214,6 +217,7 @@ pub fn figures(run: &Run) -> Result<Vec<Figure>, String> {
                 s("class means", "norm_ratio_mu", 1, Dash::Solid),
                 flat(g.norm_ratio_m, 1, "class means at SELI"),
             ],
+            &[],
         )?);
         out.push(line_figure(
             "cosines",
@@ -225,6 +229,7 @@ pub fn figures(run: &Run) -> Result<Vec<Figure>, String> {
                 s("minority-minority", "cos_w_min_min", 1, Dash::Solid),
                 s("majority-minority", "cos_w_maj_min", 2, Dash::Solid),
             ],
+            &[],
         )?);
     }
     let k = run.geometry.k();
@@ -493,11 +498,7 @@ pub fn ridge_path_figures(record: &serde_json::Value) -> Result<Vec<Figure>, Str
         dash,
     };
     let figure = |name: &str, caption: &str, title: &str, y: &str, series: &[Series]| {
-        Ok::<_, String>(Figure {
-            name: name.into(),
-            caption: caption.into(),
-            svg: line_chart(title, "lambda", y, true, series, &markers)?,
-        })
+        line_figure(name, caption, title, ("lambda", y, true), series, &markers)
     };
     Ok(vec![
         figure(
