@@ -41,8 +41,8 @@ pub struct GeometryArgs {
     pub figures: Option<PathBuf>,
 }
 
-/// Runs `seli geometry`.
-pub fn run(args: &GeometryArgs) -> Result<()> {
+/// The geometry and its record for these flags (nothing printed or written).
+pub fn compute(args: &GeometryArgs) -> Result<(Geometry, GeometryRecord)> {
     let (profile, source) = args.profile.resolve()?;
     let start = std::time::Instant::now();
     let geometry = Geometry::new(&profile)?;
@@ -51,6 +51,12 @@ pub fn run(args: &GeometryArgs) -> Result<()> {
         args.d.map(|d| geometry.realize(d, args.seed)).transpose().context("invalid --d")?;
     tracing::info!(k = profile.k(), n = profile.n(), elapsed = ?start.elapsed(), "geometry computed");
     let record = GeometryRecord::new(&geometry, &stats, realization.as_ref(), source.as_deref());
+    Ok((geometry, record))
+}
+
+/// Runs `seli geometry`.
+pub fn run(args: &GeometryArgs) -> Result<()> {
+    let (geometry, record) = compute(args)?;
     print!("{}", seli_io::report::geometry_summary(&record));
     if let Some(path) = &args.json {
         seli_io::write_json_atomic(path, "geometry record", &record)?;

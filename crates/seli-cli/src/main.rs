@@ -9,6 +9,7 @@ mod report;
 mod reproduce;
 mod ridge;
 mod svm;
+mod sweep;
 mod train;
 mod ufm;
 
@@ -60,6 +61,9 @@ enum Command {
     /// Figures (SVG) and a self-contained HTML report of run directories, or of several
     /// runs overlaid (--compare).
     Report(report::ReportArgs),
+    /// A grid or list of geometry, ufm, ridge, ridge-path or train runs from one TOML file:
+    /// parallel, resumable, shardable across machines, merged into results.csv and a report.
+    Sweep(Box<sweep::SweepArgs>),
     /// Time the hot paths (numbers for the README; needs a quiet machine).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -95,6 +99,7 @@ fn main() -> ExitCode {
         Command::Train(a) => train::run(a),
         Command::Report(a) => report::run(a).map(|()| ExitCode::SUCCESS),
         Command::Analyze(a) => analyze::run(a).map(|()| ExitCode::SUCCESS),
+        Command::Sweep(a) => sweep::run(a),
         Command::Bench(b) => bench::run(b).map(|()| ExitCode::SUCCESS),
     };
     match result {

@@ -1,7 +1,7 @@
 //! `seli ridge` and `seli ridge-path`: the exact optimum of the ridge-regularized UFM at class
 //! level, with its duality-gap certificate, and its geometry along a λ grid (SPEC section 6).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Result, bail};
 use clap::Args;
@@ -192,11 +192,11 @@ fn solve(p: &Profile, common: &RidgeCommon, lw: f64, lh: f64) -> Result<(RidgeSo
 
 /// The `seli ridge` record.
 #[derive(Debug, Serialize)]
-struct RidgeRecord<'a> {
+pub struct RidgeRecord {
     schema: &'static str,
     seli_version: &'static str,
     profile: seli_io::record::ProfileRecord,
-    loss_reduction: &'a str,
+    loss_reduction: &'static str,
     lambda_w: f64,
     lambda_h: f64,
     thresholds: Thresholds,
@@ -207,24 +207,48 @@ struct RidgeRecord<'a> {
     gram_m: Vec<Vec<f64>>,
 }
 
-/// Runs `seli ridge`.
-pub fn run(args: &RidgeArgs) -> Result<()> {
+/// The two ridge strengths the flags give.
+pub fn lambdas(args: &RidgeArgs) -> Result<(f64, f64)> {
+    match (args.lambda, args.lambda_w, args.lambda_h) {
+        (Some(l), _, _) => Ok((l, l)),
+        (None, Some(a), Some(b)) => Ok((a, b)),
+        _ => bail!("give --lambda L, or --lambda-w and --lambda-h"),
+    }
+}
+
+/// Solves the ridge problem the flags describe (nothing printed or written).
+pub fn compute(args: &RidgeArgs) -> Result<RidgeRecord> {
     let (p, source) = args.common.profile.resolve()?;
     let g = Geometry::new(&p)?;
-    let (lw, lh) = match (args.lambda, args.lambda_w, args.lambda_h) {
-        (Some(l), _, _) => (l, l),
-        (None, Some(a), Some(b)) => (a, b),
-        _ => bail!("give --lambda L, or --lambda-w and --lambda-h"),
-    };
+    let (lw, lh) = lambdas(args)?;
     let (sol, why) = solve(&p, &args.common, lw, lh)?;
-    let th = thresholds(&g, &args.common);
-    let pt = point(&sol, &why, &g, &p);
+    let rows = |m: &faer::Mat<f64>| seli_io::record::rows(m.as_ref());
+    Ok(RidgeRecord {
+        schema: "seli.ridge.v1",
+        seli_version: env!("CARGO_PKG_VERSION"),
+        profile: seli_io::record::ProfileRecord::new(&p, source.as_deref()),
+        loss_reduction: args.common.loss_reduction.name(),
+        lambda_w: lw,
+        lambda_h: lh,
+        thresholds: thresholds(&g, &args.common),
+        logits: rows(&sol.C),
+        gram_w: rows(&sol.gram_w),
+        gram_m: rows(&sol.gram_m),
+        solution: point(&sol, &why, &g, &p),
+    })
+}
+
+/// Runs `seli ridge`.
+pub fn run(args: &RidgeArgs) -> Result<()> {
+    let rec = compute(args)?;
+    let (th, pt) = (&rec.thresholds, &rec.solution);
+    let why = &pt.termination;
     let num = seli_io::report::num;
     let opt = |x: Option<f64>| x.map_or("-".to_string(), num);
     println!(
         "ridge optimum at class level: lambda = {} (sqrt(lambda_w lambda_h)), {} loss",
-        num(sol.lambda),
-        args.common.loss_reduction.name()
+        num(pt.lambda),
+        rec.loss_reduction
     );
     println!(
         "  thresholds         lambda* = {} (X = 0 above)   lambda_mc = {} (minority collapse above)",
@@ -270,28 +294,31 @@ pub fn run(args: &RidgeArgs) -> Result<()> {
         );
     }
     if let Some(path) = &args.json {
-        let rows = |m: &faer::Mat<f64>| seli_io::record::rows(m.as_ref());
-        let rec = RidgeRecord {
-            schema: "seli.ridge.v1",
-            seli_version: env!("CARGO_PKG_VERSION"),
-            profile: seli_io::record::ProfileRecord::new(&p, source.as_deref()),
-            loss_reduction: args.common.loss_reduction.name(),
-            lambda_w: lw,
-            lambda_h: lh,
-            thresholds: th,
-            logits: rows(&sol.C),
-            gram_w: rows(&sol.gram_w),
-            gram_m: rows(&sol.gram_m),
-            solution: pt,
-        };
         seli_io::write_json_atomic(path, "ridge record", &rec)?;
         println!("wrote {}", path.display());
     }
     Ok(())
 }
 
-/// Runs `seli ridge-path`.
-pub fn run_path(args: &RidgePathArgs) -> Result<()> {
+/// Columns of the ridge-path CSV (docs/formats.md).
+const PATH_COLUMNS: [&str; 12] = [
+    "lambda",
+    "dist_gw_seli",
+    "dist_gw_etf",
+    "dist_gm_seli",
+    "dist_gm_etf",
+    "norm_ratio_w",
+    "cos_w_maj_maj",
+    "cos_w_min_min",
+    "cos_w_maj_min",
+    "rank",
+    "collapsed",
+    "gap",
+];
+
+/// Solves the path the flags describe; returns its record (schema seli.ridge-path.v1) and its
+/// points. Nothing is printed or written.
+pub fn compute_path(args: &RidgePathArgs) -> Result<(serde_json::Value, Vec<RidgePoint>)> {
     if args.points < 2 {
         bail!("--points = {}: need at least 2", args.points);
     }
@@ -311,26 +338,23 @@ pub fn run_path(args: &RidgePathArgs) -> Result<()> {
         bar.inc(1);
     }
     bar.finish_and_clear();
-    let cols = [
-        "lambda",
-        "dist_gw_seli",
-        "dist_gw_etf",
-        "dist_gm_seli",
-        "dist_gm_etf",
-        "norm_ratio_w",
-        "cos_w_maj_maj",
-        "cos_w_min_min",
-        "cos_w_maj_min",
-        "rank",
-        "collapsed",
-        "gap",
-    ];
-    let mut csv = seli_io::csvlog::CsvLog::create(&args.out, &cols)?;
-    println!(
-        "{:>12}{:>14}{:>14}{:>14}{:>6}{:>11}",
-        "lambda", "dist_gw_seli", "dist_gw_etf", "cos_w_mn_mn", "rank", "collapsed"
-    );
-    for pt in &points {
+    let rec = serde_json::json!({
+        "schema": "seli.ridge-path.v1",
+        "seli_version": env!("CARGO_PKG_VERSION"),
+        "profile": seli_io::record::ProfileRecord::new(&p, source.as_deref()),
+        "loss_reduction": args.common.loss_reduction.name(),
+        "thresholds": th,
+        "reference": { "dist_gw_seli_etf": g.dist_gram_w_etf(), "dist_gm_seli_etf": g.dist_gram_m_etf() },
+        "points": points,
+    });
+    Ok((rec, points))
+}
+
+/// Writes the path as CSV to `out` and its record as JSON beside it (same stem); returns the
+/// JSON's path.
+pub fn write_path(out: &Path, rec: &serde_json::Value, points: &[RidgePoint]) -> Result<PathBuf> {
+    let mut csv = seli_io::csvlog::CsvLog::create(out, &PATH_COLUMNS)?;
+    for pt in points {
         csv.append(&[
             Some(pt.lambda),
             pt.dist_gw_seli,
@@ -345,6 +369,21 @@ pub fn run_path(args: &RidgePathArgs) -> Result<()> {
             pt.collapsed.map(f64::from),
             Some(pt.gap),
         ])?;
+    }
+    let json_path = out.with_extension("json");
+    seli_io::write_json_atomic(&json_path, "ridge path", rec)?;
+    Ok(json_path)
+}
+
+/// Runs `seli ridge-path`.
+pub fn run_path(args: &RidgePathArgs) -> Result<()> {
+    let (rec, points) = compute_path(args)?;
+    let json_path = write_path(&args.out, &rec, &points)?;
+    println!(
+        "{:>12}{:>14}{:>14}{:>14}{:>6}{:>11}",
+        "lambda", "dist_gw_seli", "dist_gw_etf", "cos_w_mn_mn", "rank", "collapsed"
+    );
+    for pt in &points {
         let f = |x: Option<f64>| x.map_or("-".into(), |v| format!("{v:.6}"));
         println!(
             "{:>12.4e}{:>14}{:>14}{:>14}{:>6}{:>11}",
@@ -356,28 +395,15 @@ pub fn run_path(args: &RidgePathArgs) -> Result<()> {
             pt.collapsed.map_or("-".into(), |c| c.to_string())
         );
     }
-    let json_path = args.out.with_extension("json");
-    let rec = serde_json::json!({
-        "schema": "seli.ridge-path.v1",
-        "seli_version": env!("CARGO_PKG_VERSION"),
-        "profile": seli_io::record::ProfileRecord::new(&p, source.as_deref()),
-        "loss_reduction": args.common.loss_reduction.name(),
-        "thresholds": th,
-        "reference": { "dist_gw_seli_etf": g.dist_gram_w_etf(), "dist_gm_seli_etf": g.dist_gram_m_etf() },
-        "points": points,
-    });
-    seli_io::write_json_atomic(&json_path, "ridge path", &rec)?;
     if let Some(dir) = &args.figures {
         let figs = seli_report::report::ridge_path_figures(&rec).map_err(|e| anyhow::anyhow!(e))?;
         for f in seli_report::report::save_figures(dir, &figs).map_err(|e| anyhow::anyhow!(e))? {
             println!("figure {}", f.display());
         }
     }
-    println!(
-        "lambda* = {:.6e}; lambda_mc = {}",
-        th.lambda_star,
-        th.lambda_mc.map_or("-".into(), |v| format!("{v:.6e}"))
-    );
+    let th = &rec["thresholds"];
+    let sci = |v: &serde_json::Value| v.as_f64().map_or("-".into(), |v| format!("{v:.6e}"));
+    println!("lambda* = {}; lambda_mc = {}", sci(&th["lambda_star"]), sci(&th["lambda_mc"]));
     println!("wrote {} and {}", args.out.display(), json_path.display());
     Ok(())
 }

@@ -22,6 +22,10 @@ use crate::ufm::{interrupt_flag, prepare_run_dir, progress_bar};
 /// default run (350 epochs, the paper's recipe) finishes in about ten minutes on two cores.
 pub const TRAIN_DEFAULT_STEP: StepSpec = StepSpec { k: 10, ratio: 10.0, rho: 0.5, n_min: 200 };
 
+/// The files of an earlier run that a fresh run in the same directory removes.
+pub const STALE: [&str; 5] =
+    ["metrics.csv", "checkpoint.safetensors", "summary.json", "subset.json", "grams.json"];
+
 /// Datasets.
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum DatasetArg {
@@ -350,18 +354,7 @@ pub fn run(args: &TrainArgs) -> Result<ExitCode> {
         Some(dir) => (read_config(dir)?, dir.clone(), true),
         None => {
             let cfg = args.config()?;
-            prepare_run_dir(
-                &args.out,
-                args.force,
-                "train",
-                &[
-                    "metrics.csv",
-                    "checkpoint.safetensors",
-                    "summary.json",
-                    "subset.json",
-                    "grams.json",
-                ],
-            )?;
+            prepare_run_dir(&args.out, args.force, "train", &STALE)?;
             (cfg, args.out.clone(), false)
         }
     };

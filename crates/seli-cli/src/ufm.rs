@@ -247,8 +247,24 @@ pub fn interrupt_flag() -> InterruptFlag {
     .clone()
 }
 
+/// Set while `seli sweep` runs points: their own bars stay hidden under the sweep's.
+static HIDE_PROGRESS: AtomicBool = AtomicBool::new(false);
+
+/// Hides every later [`progress_bar`] but the ones made with [`points_bar`].
+pub fn hide_progress() {
+    HIDE_PROGRESS.store(true, Ordering::Relaxed);
+}
+
 /// A progress bar on stderr when it is a terminal and not under CI; hidden otherwise.
 pub fn progress_bar(len: u64, pos: u64) -> ProgressBar {
+    if HIDE_PROGRESS.load(Ordering::Relaxed) {
+        return ProgressBar::hidden();
+    }
+    points_bar(len, pos)
+}
+
+/// [`progress_bar`], shown even under [`hide_progress`] (the sweep's own bar).
+pub fn points_bar(len: u64, pos: u64) -> ProgressBar {
     let visible = std::io::stderr().is_terminal() && std::env::var_os("CI").is_none();
     let target = if visible { ProgressDrawTarget::stderr() } else { ProgressDrawTarget::hidden() };
     let bar = ProgressBar::with_draw_target(Some(len), target);

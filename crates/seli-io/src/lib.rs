@@ -16,6 +16,7 @@ pub mod labels;
 pub mod record;
 pub mod report;
 pub mod run;
+pub mod sweep;
 
 pub use atomic::{write_atomic, write_json_atomic};
 pub use error::{Error, Result};

@@ -9,5 +9,6 @@
 pub mod figures;
 pub mod png;
 pub mod report;
+pub mod sweep;
 
 pub use report::{Run, write_compare, write_report};

@@ -362,7 +362,7 @@ pub fn compare_figures(runs: &[Run]) -> Result<Vec<Figure>, String> {
     Ok(out)
 }
 
-fn escape(s: &str) -> String {
+pub(crate) fn escape(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
 }
 
@@ -378,19 +378,32 @@ fn last_row_table(run: &Run) -> String {
     t
 }
 
-/// A self-contained HTML page: title, figures inlined, the last metrics of each run, and each
-/// run's config.
-pub fn html(title: &str, runs: &[Run], figures: &[Figure]) -> String {
-    let mut h = String::new();
-    let _ = write!(
-        h,
+/// A figure inlined in HTML, with its caption.
+pub(crate) fn figure_html(f: &Figure) -> String {
+    format!(
+        "<figure id=\"{}\">{}<figcaption>{}</figcaption></figure>\n",
+        escape(&f.name),
+        f.svg.trim_start_matches("<?xml version=\"1.0\" encoding=\"UTF-8\"?>").trim(),
+        escape(&f.caption)
+    )
+}
+
+/// The head of a report page, through its title.
+pub(crate) fn html_head(title: &str) -> String {
+    format!(
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{t}</title>\
          <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}}\
          figure{{margin:1.5em 0}}figcaption{{color:#555}}table{{border-collapse:collapse;font-size:0.9em}}\
          td,th{{border:1px solid #ccc;padding:2px 8px;text-align:left}}pre{{background:#f6f6f6;padding:1em;overflow:auto}}</style>\
          </head><body>\n<h1>{t}</h1>\n",
         t = escape(title)
-    );
+    )
+}
+
+/// A self-contained HTML page: title, figures inlined, the last metrics of each run, and each
+/// run's config.
+pub fn html(title: &str, runs: &[Run], figures: &[Figure]) -> String {
+    let mut h = html_head(title);
     for run in runs {
         let g = &run.geometry;
         let _ = writeln!(
@@ -406,13 +419,7 @@ pub fn html(title: &str, runs: &[Run], figures: &[Figure]) -> String {
     }
     h.push_str("<h2>Figures</h2>\n");
     for f in figures {
-        let _ = writeln!(
-            h,
-            "<figure id=\"{}\">{}<figcaption>{}</figcaption></figure>",
-            escape(&f.name),
-            f.svg.trim_start_matches("<?xml version=\"1.0\" encoding=\"UTF-8\"?>").trim(),
-            escape(&f.caption)
-        );
+        h.push_str(&figure_html(f));
     }
     for run in runs {
         let _ = write!(

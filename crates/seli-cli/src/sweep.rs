@@ -1,0 +1,867 @@
+//! `seli sweep`: a grid or list of `geometry`, `ufm`, `ridge`, `ridge-path` or `train` runs
+//! from one TOML file, run in parallel, each point in its own directory; resumable, shardable
+//! across machines, merged into one `results.csv` and a comparison report.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context, Result, anyhow, bail};
+use clap::{Args, CommandFactory, Parser, Subcommand};
+use rayon::prelude::*;
+use seli_io::dataset::{Dataset, DatasetKind};
+use seli_io::run::UfmRunConfig;
+use seli_io::sweep::{Point, SWEEP_SCHEMA, SweepSpec, Table, Value, parse_shard};
+use seli_train::TrainConfig;
+use serde::{Deserialize, Serialize};
+
+use crate::geometry::GeometryArgs;
+use crate::profile_args::{DEFAULT_STEP, StepSpec};
+use crate::ridge::{RidgeArgs, RidgePathArgs};
+use crate::train::{TRAIN_DEFAULT_STEP, TrainArgs};
+use crate::ufm::{UfmArgs, interrupt_flag};
+
+/// Flags of `seli sweep`.
+#[derive(Debug, Args)]
+#[command(
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true,
+    after_help = "Examples:
+  seli sweep examples/sweep-geometry.toml                 every point, all cores
+  seli sweep sweep.toml --out runs/s --shard 0/4         points with index % 4 == 0
+  seli sweep merge runs/s0 runs/s1 --out runs/s          one results.csv from shard outputs
+  seli sweep --keys ufm                                   the keys a ufm sweep takes
+
+A sweep file names a command and its flags (without --): [base] for every point, [grid] for
+every combination (arrays, or ranges { from, to, step } / { from, to, num, log }), [[list]]
+for explicit points; format in docs/formats.md. Each point runs in OUT/points/NAME; a point
+already complete there is skipped, an interrupted one resumes from its checkpoint. Ctrl-C
+stops after the running points save their state (exit code 130); the same command continues."
+)]
+pub struct SweepArgs {
+    #[command(subcommand)]
+    pub merge: Option<SweepCommand>,
+
+    /// The sweep file (TOML).
+    #[arg(value_name = "SPEC.toml", required_unless_present = "keys")]
+    pub spec: Option<PathBuf>,
+
+    /// Output directory [default: runs/ and the sweep file's name without .toml].
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+
+    /// Points run at once (0: all cores) [default: the file's jobs, else all cores; 1 for
+    /// train].
+    #[arg(long, value_name = "N")]
+    pub jobs: Option<usize>,
+
+    /// Run only shard I of N (0 <= I < N): the points whose index modulo N is I. Shards write
+    /// results-shard-I-of-N.csv; seli sweep merge combines them.
+    #[arg(long, value_name = "I/N", value_parser = parse_shard)]
+    pub shard: Option<(usize, usize)>,
+
+    /// Start at most M pending points, then stop (the rest run on the next invocation).
+    #[arg(long, value_name = "M")]
+    pub max_points: Option<usize>,
+
+    /// Print the points (index, shard, state, name) and exit.
+    #[arg(long)]
+    pub list: bool,
+
+    /// Rerun points whose directory holds a run with other flags (the sweep file changed).
+    #[arg(long)]
+    pub force: bool,
+
+    /// Print the keys a sweep of COMMAND takes, with their help, and exit.
+    #[arg(long, value_name = "COMMAND", conflicts_with = "spec")]
+    pub keys: Option<String>,
+}
+
+/// `seli sweep merge`.
+#[derive(Debug, Subcommand)]
+pub enum SweepCommand {
+    /// Combine the outputs of shards (or of copies of one sweep) into one results.csv and
+    /// report.html.
+    Merge(MergeArgs),
+}
+
+/// Flags of `seli sweep merge`.
+#[derive(Debug, Args)]
+pub struct MergeArgs {
+    /// Sweep output directories (each with sweep.json and points/).
+    #[arg(required = true, value_name = "DIR")]
+    pub dirs: Vec<PathBuf>,
+
+    /// Where results.csv and report.html go [default: the first DIR].
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+
+    /// Merge even when some points are not complete in any DIR (their rows are left out).
+    #[arg(long)]
+    pub allow_missing: bool,
+}
+
+/// The commands a point runs, parsed with the same flag definitions as the CLI.
+#[derive(Debug, Parser)]
+#[command(name = "seli", no_binary_name = true)]
+enum PointCli {
+    Geometry(GeometryArgs),
+    Ufm(Box<UfmArgs>),
+    Ridge(RidgeArgs),
+    RidgePath(RidgePathArgs),
+    Train(Box<TrainArgs>),
+}
+
+/// Flags a sweep manages itself.
+const MANAGED: [&str; 8] =
+    ["out", "resume", "force", "json", "figures", "threads", "help", "version"];
+
+/// Keys that build `--step K,R,RHO,N_MIN` so that each can be swept alone.
+const STEP_KEYS: [&str; 4] = ["k", "ratio", "rho", "n_min"];
+
+/// The keys a sweep of `command` takes: the command's flags but the managed ones, and the
+/// STEP parts.
+pub fn keys(command: &str) -> Option<Vec<String>> {
+    let cli = PointCli::command();
+    let sub = cli.find_subcommand(command)?;
+    let mut out: Vec<String> = sub
+        .get_arguments()
+        .map(|a| a.get_id().as_str().to_string())
+        .filter(|id| !MANAGED.contains(&id.as_str()))
+        .collect();
+    out.extend(STEP_KEYS.iter().map(|s| s.to_string()));
+    Some(out)
+}
+
+fn print_keys(command: &str) -> Result<()> {
+    let cli = PointCli::command();
+    let sub = cli.find_subcommand(command).ok_or_else(|| {
+        anyhow!(
+            "--keys {command}: not a sweep command (one of {})",
+            seli_io::sweep::COMMANDS.join(", ")
+        )
+    })?;
+    println!("keys of a {command} sweep (the flags of seli {command}, without --):");
+    for a in sub.get_arguments() {
+        let id = a.get_id().as_str();
+        if MANAGED.contains(&id) {
+            continue;
+        }
+        let help = a.get_help().map(|h| h.to_string()).unwrap_or_default();
+        let first = help.lines().next().unwrap_or("");
+        println!("  {id:<18} {first}");
+    }
+    let default = if command == "train" { TRAIN_DEFAULT_STEP } else { DEFAULT_STEP };
+    println!(
+        "  k, ratio, rho, n_min  parts of --step K,R,RHO,N_MIN, each sweepable (default {},{},{},{})",
+        default.k, default.ratio, default.rho, default.n_min
+    );
+    Ok(())
+}
+
+/// The command line of a point (after `seli`), without the run directory.
+fn argv(command: &str, point: &Point) -> Result<Vec<String>> {
+    let mut args = vec![command.to_string()];
+    let mut step: Vec<(&str, String)> = Vec::new();
+    for (k, v) in &point.params {
+        if STEP_KEYS.contains(&k.as_str()) {
+            step.push((k, v.text()));
+            continue;
+        }
+        let flag = format!("--{}", k.replace('_', "-"));
+        match v {
+            Value::Bool(true) => args.push(flag),
+            Value::Bool(false) => {}
+            v => {
+                args.push(flag);
+                args.push(v.text());
+            }
+        }
+    }
+    if !step.is_empty() {
+        for other in ["step", "long_tail", "counts", "labels"] {
+            if point.get(other).is_some() {
+                bail!(
+                    "{} set together with {other}: k, ratio, rho, n_min build --step, so give \
+                     either them or {other}",
+                    step.iter().map(|(k, _)| *k).collect::<Vec<_>>().join(", ")
+                );
+            }
+        }
+        let d: StepSpec = if command == "train" { TRAIN_DEFAULT_STEP } else { DEFAULT_STEP };
+        let get = |key: &str, default: String| {
+            step.iter().find(|(k, _)| *k == key).map_or(default, |(_, v)| v.clone())
+        };
+        args.push("--step".into());
+        args.push(format!(
+            "{},{},{},{}",
+            get("k", d.k.to_string()),
+            get("ratio", d.ratio.to_string()),
+            get("rho", d.rho.to_string()),
+            get("n_min", d.n_min.to_string())
+        ));
+    }
+    Ok(args)
+}
+
+/// What one point does, validated.
+enum Job {
+    Geometry(GeometryArgs),
+    Ufm(Box<UfmRunConfig>),
+    Ridge(RidgeArgs),
+    RidgePath(RidgePathArgs),
+    Train(Box<TrainConfig>),
+}
+
+/// Parses a point's flags like the CLI would and checks them.
+fn job(command: &str, point: &Point, inner_threads: usize) -> Result<(Job, Vec<String>)> {
+    let args = argv(command, point)?;
+    let parsed = PointCli::try_parse_from(&args).map_err(|e| {
+        let text = e.to_string();
+        let first = text.lines().next().unwrap_or("").trim_start_matches("error: ").to_string();
+        anyhow!(first)
+    })?;
+    let job = match parsed {
+        PointCli::Geometry(a) => {
+            a.profile.resolve()?;
+            Job::Geometry(a)
+        }
+        PointCli::Ridge(a) => {
+            a.common.profile.resolve()?;
+            let (lw, lh) = crate::ridge::lambdas(&a)?;
+            seli_core::solve::ridge::RidgeConfig::new(lw, lh, a.common.loss_reduction.into())?;
+            Job::Ridge(a)
+        }
+        PointCli::RidgePath(a) => {
+            a.common.profile.resolve()?;
+            if a.points < 2 {
+                bail!("--points = {}: need at least 2", a.points);
+            }
+            if !(a.min_fraction > 0.0 && a.min_fraction < 1.0) {
+                bail!("--min-fraction = {}: must be in (0, 1)", a.min_fraction);
+            }
+            Job::RidgePath(a)
+        }
+        PointCli::Ufm(a) => {
+            let mut cfg = a.run_config()?;
+            cfg.threads = inner_threads;
+            Job::Ufm(Box::new(cfg))
+        }
+        PointCli::Train(a) => {
+            let mut cfg = a.config()?;
+            cfg.threads = 0;
+            if cfg.device != "cpu" {
+                bail!("device = {}: sweeps train on the CPU", cfg.device);
+            }
+            Job::Train(Box::new(cfg))
+        }
+    };
+    Ok((job, args))
+}
+
+/// `point.json` of a point directory.
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+struct PointRecord {
+    schema: String,
+    command: String,
+    index: usize,
+    name: String,
+    params: Vec<(String, Value)>,
+    /// The equivalent command line.
+    command_line: String,
+}
+
+const POINT_SCHEMA: &str = "seli.sweep-point.v1";
+
+/// `sweep.json`: the expanded sweep, the same for every shard.
+#[derive(Debug, Serialize, Deserialize)]
+struct SweepRecord {
+    schema: String,
+    seli_version: String,
+    #[serde(flatten)]
+    spec: SweepSpec,
+}
+
+/// How a point ended in this invocation.
+#[derive(Debug, Clone, PartialEq)]
+enum State {
+    /// Complete before this invocation.
+    Done,
+    /// Run to completion now.
+    Ran,
+    /// Stopped by Ctrl-C; resumes next time.
+    Interrupted,
+    /// Not started (--max-points, or Ctrl-C before it began).
+    NotStarted,
+    /// Failed with this message.
+    Failed(String),
+}
+
+/// Whether the point in `dir` is complete.
+fn complete(command: &str, dir: &Path) -> bool {
+    match command {
+        "geometry" => dir.join("geometry.json").is_file(),
+        "ridge" => dir.join("ridge.json").is_file(),
+        "ridge-path" => dir.join("ridge-path.json").is_file(),
+        "ufm" => read_json(&dir.join("summary.json"))
+            .is_ok_and(|s| s["termination"].as_str().is_some_and(|t| t != "interrupted")),
+        _ => dir.join("summary.json").is_file(),
+    }
+}
+
+fn read_json(path: &Path) -> Result<serde_json::Value> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{}: not JSON", path.display()))
+}
+
+/// Datasets loaded once per (kind, directory) and shared by the training points.
+type DataCache = Mutex<HashMap<(String, String), Arc<Dataset>>>;
+
+fn dataset(cache: &DataCache, cfg: &TrainConfig) -> Result<Arc<Dataset>> {
+    let key = (cfg.dataset.clone(), cfg.data_dir.clone());
+    let mut c = cache.lock().map_err(|_| anyhow!("dataset cache poisoned"))?;
+    if let Some(d) = c.get(&key) {
+        return Ok(d.clone());
+    }
+    let kind = DatasetKind::parse(&cfg.dataset).map_err(anyhow::Error::msg)?;
+    let d = Arc::new(seli_io::dataset::load(kind, Path::new(&cfg.data_dir))?);
+    c.insert(key, d.clone());
+    Ok(d)
+}
+
+/// Runs one point in `dir` (fresh or resumed); `Ok(false)` when Ctrl-C stopped it.
+fn run_point(job: &Job, dir: &Path, data: &DataCache) -> Result<bool> {
+    match job {
+        Job::Geometry(a) => {
+            let (_, rec) = crate::geometry::compute(a)?;
+            seli_io::write_json_atomic(&dir.join("geometry.json"), "geometry record", &rec)?;
+        }
+        Job::Ridge(a) => {
+            let rec = crate::ridge::compute(a)?;
+            seli_io::write_json_atomic(&dir.join("ridge.json"), "ridge record", &rec)?;
+        }
+        Job::RidgePath(a) => {
+            let (rec, points) = crate::ridge::compute_path(a)?;
+            crate::ridge::write_path(&dir.join("ridge-path.csv"), &rec, &points)?;
+        }
+        Job::Ufm(cfg) => {
+            let resumable = dir.join("checkpoint.safetensors").is_file()
+                && crate::ufm::read_run_config(dir).is_ok_and(|mut old| {
+                    old.threads = cfg.threads;
+                    old == **cfg
+                });
+            if !resumable {
+                crate::ufm::start_run_dir(cfg, dir, true)?;
+            }
+            let outcome = crate::ufm::train_any(cfg, dir, resumable)?;
+            return Ok(outcome.termination != seli_core::solve::Termination::Interrupted);
+        }
+        Job::Train(cfg) => {
+            let run = seli_train::run::RunDir { dir: dir.to_path_buf() };
+            let resume = run.checkpoint().is_file() && run.config().is_file();
+            if !resume {
+                crate::ufm::prepare_run_dir(dir, true, "train", &crate::train::STALE)?;
+            }
+            let d = dataset(data, cfg)?;
+            let run_data = seli_train::RunData::new(cfg, &d)?;
+            match seli_train::train(
+                dir,
+                cfg,
+                &run_data,
+                resume,
+                &mut seli_train::Quiet,
+                &interrupt_flag(),
+            ) {
+                Ok(_) => {}
+                Err(seli_train::Error::Interrupted { .. }) => return Ok(false),
+                Err(e) => bail!(e),
+            }
+        }
+    }
+    Ok(true)
+}
+
+/// Prepares `dir` for `point` and runs it unless it is complete.
+fn point_state(
+    command: &str,
+    point: &Point,
+    job: &Job,
+    args: &[String],
+    dir: &Path,
+    force: bool,
+    data: &DataCache,
+) -> Result<State> {
+    let mut line = vec!["seli".to_string()];
+    line.extend(args.iter().map(|a| shell_word(a)));
+    line.push(match job {
+        Job::Geometry(_) => {
+            format!("--json {}", shell_word(&dir.join("geometry.json").display().to_string()))
+        }
+        Job::Ridge(_) => {
+            format!("--json {}", shell_word(&dir.join("ridge.json").display().to_string()))
+        }
+        Job::RidgePath(_) => {
+            format!("--out {}", shell_word(&dir.join("ridge-path.csv").display().to_string()))
+        }
+        _ => format!("--out {}", shell_word(&dir.display().to_string())),
+    });
+    let rec = PointRecord {
+        schema: POINT_SCHEMA.into(),
+        command: command.into(),
+        index: point.index,
+        name: point.name.clone(),
+        params: point.params.clone(),
+        command_line: line.join(" "),
+    };
+    let path = dir.join("point.json");
+    if path.is_file() {
+        let old: Option<PointRecord> =
+            read_json(&path).ok().and_then(|v| serde_json::from_value(v).ok());
+        let same = old.as_ref().is_some_and(|o| o.command == rec.command && o.params == rec.params);
+        if !same {
+            if !force {
+                bail!(
+                    "{} holds a point with other flags (the sweep file changed); pass --force to \
+                     rerun it, or use another --out",
+                    dir.display()
+                );
+            }
+            std::fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
+        } else if complete(command, dir) {
+            return Ok(State::Done);
+        }
+    }
+    if !path.is_file()
+        || std::fs::read(&path).ok()
+            != serde_json::to_vec_pretty(&rec).ok().map(|mut v| {
+                v.push(b'\n');
+                v
+            })
+    {
+        seli_io::write_json_atomic(&path, "sweep point", &rec)?;
+    }
+    if complete(command, dir) {
+        return Ok(State::Done);
+    }
+    Ok(if run_point(job, dir, data)? { State::Ran } else { State::Interrupted })
+}
+
+/// Quotes a word for a POSIX shell when it needs it.
+fn shell_word(s: &str) -> String {
+    if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=,:+@%".contains(c)) {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
+
+/// Formats a JSON number or scalar for a CSV cell.
+fn cell(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::Null => String::new(),
+        serde_json::Value::Bool(b) => b.to_string(),
+        serde_json::Value::Number(n) => match (n.as_i64(), n.as_f64()) {
+            (Some(i), _) => i.to_string(),
+            (None, Some(f)) => format!("{f:?}"),
+            _ => n.to_string(),
+        },
+        serde_json::Value::String(s) => s.clone(),
+        _ => String::new(),
+    }
+}
+
+/// Appends the scalars of `v` (objects flattened with `_`, arrays skipped).
+fn flatten(prefix: &str, v: &serde_json::Value, out: &mut Vec<(String, String)>) {
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, x) in m {
+                let name = if prefix.is_empty() { k.clone() } else { format!("{prefix}_{k}") };
+                flatten(&name, x, out);
+            }
+        }
+        serde_json::Value::Array(_) => {}
+        scalar => out.push((prefix.to_string(), cell(scalar))),
+    }
+}
+
+/// The results of the complete point in `dir`, as `(column, cell)` pairs.
+fn result_cells(command: &str, dir: &Path) -> Result<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    let profile = |v: &serde_json::Value, out: &mut Vec<(String, String)>| {
+        out.push(("k".into(), cell(&v["k"])));
+        out.push(("n".into(), cell(&v["n"])));
+    };
+    match command {
+        "geometry" => {
+            let r = read_json(&dir.join("geometry.json"))?;
+            profile(&r["profile"], &mut out);
+            flatten("", &r["sel"], &mut out);
+            flatten("", &r["distances"], &mut out);
+            flatten("", &r["groups"], &mut out);
+        }
+        "ridge" => {
+            let r = read_json(&dir.join("ridge.json"))?;
+            profile(&r["profile"], &mut out);
+            flatten("", &r["thresholds"], &mut out);
+            flatten("", &r["solution"], &mut out);
+        }
+        "ridge-path" => {
+            let r = read_json(&dir.join("ridge-path.json"))?;
+            profile(&r["profile"], &mut out);
+            flatten("", &r["thresholds"], &mut out);
+            flatten("", &r["reference"], &mut out);
+            let pts = r["points"].as_array().map_or(0, Vec::len);
+            out.push(("lambdas".into(), pts.to_string()));
+            if let Some(last) = r["points"].as_array().and_then(|p| p.last()) {
+                flatten("last", last, &mut out);
+            }
+        }
+        "ufm" => {
+            let c = read_json(&dir.join("config.json"))?;
+            profile(&c["profile"], &mut out);
+            let s = read_json(&dir.join("summary.json"))?;
+            out.push(("termination".into(), cell(&s["termination"])));
+            out.push(("iters_done".into(), cell(&s["iters_done"])));
+            flatten("", &s["final_metrics"], &mut out);
+            flatten("", &s["targets"], &mut out);
+        }
+        _ => {
+            let c = read_json(&dir.join("config.json"))?;
+            profile(&c["profile"], &mut out);
+            let s = read_json(&dir.join("summary.json"))?;
+            for key in ["epochs", "n_train", "n_test", "d", "parameters"] {
+                out.push((key.into(), cell(&s[key])));
+            }
+            flatten("", &s["last"], &mut out);
+        }
+    }
+    Ok(out)
+}
+
+/// The results row of a point: its name, index and varying flags, then its results.
+fn row(spec: &SweepSpec, point: &Point, dir: &Path) -> Result<Vec<(String, String)>> {
+    let mut r =
+        vec![("point".to_string(), point.name.clone()), ("index".into(), point.index.to_string())];
+    for k in &spec.varying {
+        r.push((k.clone(), point.get(k).map(Value::text).unwrap_or_default()));
+    }
+    for (c, v) in result_cells(&spec.command, dir)? {
+        if !r.iter().any(|(k, _)| *k == c) {
+            r.push((c, v));
+        }
+    }
+    Ok(r)
+}
+
+fn points_dir(out: &Path) -> PathBuf {
+    out.join("points")
+}
+
+/// Writes results (and, for a whole sweep, the report) from the complete points found in
+/// `dirs`; returns the table and the directories of the points in it.
+fn write_results(
+    spec: &SweepSpec,
+    points: &[&Point],
+    dirs: &[PathBuf],
+    csv: &Path,
+    report: Option<&Path>,
+) -> Result<(Table, usize)> {
+    let mut rows = Vec::new();
+    let mut found = Vec::new();
+    for p in points {
+        if let Some(d) =
+            dirs.iter().map(|d| points_dir(d).join(&p.name)).find(|d| complete(&spec.command, d))
+        {
+            rows.push(row(spec, p, &d).with_context(|| format!("point {}", d.display()))?);
+            found.push(d);
+        }
+    }
+    let table = Table::from_rows(&rows);
+    seli_io::write_atomic(csv, table.to_csv().as_bytes())?;
+    if let Some(html) = report
+        && !rows.is_empty()
+    {
+        seli_report::sweep::write_sweep_report(html, spec, &table, &found)
+            .map_err(|e| anyhow!(e))?;
+    }
+    Ok((table, found.len()))
+}
+
+/// Runs `seli sweep` (or `seli sweep merge`).
+pub fn run(args: &SweepArgs) -> Result<ExitCode> {
+    if let Some(SweepCommand::Merge(m)) = &args.merge {
+        return merge(m).map(|()| ExitCode::SUCCESS);
+    }
+    if let Some(c) = &args.keys {
+        print_keys(c)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let spec_path = args.spec.as_ref().ok_or_else(|| anyhow!("give a sweep file"))?;
+    let spec = SweepSpec::read(spec_path, &keys)?;
+    let out = args.out.clone().unwrap_or_else(|| {
+        let stem =
+            spec_path.file_stem().map_or("sweep".into(), |s| s.to_string_lossy().into_owned());
+        PathBuf::from("runs").join(stem)
+    });
+    let default_jobs = if spec.command == "train" { 1 } else { 0 };
+    let jobs = args.jobs.or(spec.jobs).unwrap_or(default_jobs);
+    let jobs =
+        if jobs == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { jobs };
+    // Points share the cores: one thread each when several run at once.
+    let inner = if jobs > 1 { 1 } else { 0 };
+
+    // Every point is checked before any runs, in every shard alike.
+    let mut jobs_of = Vec::with_capacity(spec.points.len());
+    for p in &spec.points {
+        let j = job(&spec.command, p, inner)
+            .with_context(|| format!("{}: point {} ({})", spec_path.display(), p.index, p.name))?;
+        jobs_of.push(j);
+    }
+    let mine: Vec<&Point> = spec.shard(args.shard);
+    let dir_of = |p: &Point| points_dir(&out).join(&p.name);
+    if args.list {
+        println!("{:>6} {:>6} {:>10}  name", "index", "shard", "state");
+        for p in &spec.points {
+            let shard = args.shard.map_or(0, |(_, n)| p.index % n);
+            let state = if complete(&spec.command, &dir_of(p)) {
+                "done"
+            } else if dir_of(p).join("point.json").is_file() {
+                "started"
+            } else {
+                "pending"
+            };
+            println!("{:>6} {:>6} {:>10}  {}", p.index, shard, state, p.name);
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+
+    let record = SweepRecord {
+        schema: SWEEP_SCHEMA.into(),
+        seli_version: env!("CARGO_PKG_VERSION").into(),
+        spec: spec.clone(),
+    };
+    seli_io::write_json_atomic(&out.join("sweep.json"), "sweep record", &record)?;
+    let spec_copy =
+        std::fs::read(spec_path).with_context(|| format!("reading {}", spec_path.display()))?;
+    seli_io::write_atomic(&out.join("sweep.toml"), &spec_copy)?;
+
+    crate::ufm::hide_progress();
+    let flag = interrupt_flag();
+    let started = AtomicUsize::new(0);
+    let limit = args.max_points.unwrap_or(usize::MAX);
+    let bar = crate::ufm::points_bar(mine.len() as u64, 0);
+    bar.set_message("points");
+    let data: DataCache = Mutex::new(HashMap::new());
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(jobs)
+        .build()
+        .context("building the sweep's thread pool")?;
+    tracing::info!(points = mine.len(), jobs, out = %out.display(), "sweep starting");
+    let states: Vec<State> = pool.install(|| {
+        mine.par_iter()
+            .with_max_len(1)
+            .map(|p| {
+                let dir = dir_of(p);
+                let (job, argv) = &jobs_of[p.index];
+                if complete(&spec.command, &dir)
+                    && read_json(&dir.join("point.json"))
+                        .ok()
+                        .and_then(|v| serde_json::from_value::<PointRecord>(v).ok())
+                        .is_some_and(|r| r.params == p.params && r.command == spec.command)
+                {
+                    bar.inc(1);
+                    return State::Done;
+                }
+                if flag.load(Ordering::Relaxed) || started.fetch_add(1, Ordering::SeqCst) >= limit {
+                    return State::NotStarted;
+                }
+                let s = point_state(&spec.command, p, job, argv, &dir, args.force, &data)
+                    .unwrap_or_else(|e| State::Failed(format!("{e:#}")));
+                bar.inc(1);
+                if let State::Failed(msg) = &s {
+                    bar.suspend(|| eprintln!("point {} ({}) failed: {msg}", p.index, p.name));
+                }
+                s
+            })
+            .collect()
+    });
+    bar.finish_and_clear();
+
+    let count = |f: &dyn Fn(&State) -> bool| states.iter().filter(|s| f(s)).count();
+    let done_before = count(&|s| *s == State::Done);
+    let ran = count(&|s| *s == State::Ran);
+    let interrupted = count(&|s| *s == State::Interrupted);
+    let not_started = count(&|s| *s == State::NotStarted);
+    let failed = count(&|s| matches!(s, State::Failed(_)));
+    let (csv, report) = match args.shard {
+        None => (out.join("results.csv"), Some(out.join("report.html"))),
+        Some((i, n)) => (out.join(format!("results-shard-{i}-of-{n}.csv")), None),
+    };
+    let (_, rows) =
+        write_results(&spec, &mine, std::slice::from_ref(&out), &csv, report.as_deref())?;
+    println!(
+        "{} sweep{}: {} points; {} complete before, {} run now, {} interrupted, {} not started, {} failed",
+        spec.command,
+        args.shard.map_or(String::new(), |(i, n)| format!(" (shard {i} of {n})")),
+        mine.len(),
+        done_before,
+        ran,
+        interrupted,
+        not_started,
+        failed
+    );
+    println!("results: {} ({rows} rows)", csv.display());
+    if let Some(r) = report
+        && rows > 0
+    {
+        println!("report: {}", r.display());
+    }
+    if failed > 0 {
+        bail!("{failed} point(s) failed (listed above); rerun the same command to retry them");
+    }
+    if interrupted > 0 || (not_started > 0 && flag.load(Ordering::Relaxed)) {
+        eprintln!("interrupted; rerun the same command to continue");
+        return Ok(ExitCode::from(130));
+    }
+    if not_started > 0 {
+        println!("{not_started} point(s) left for the next invocation (--max-points)");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs `seli sweep merge`.
+fn merge(m: &MergeArgs) -> Result<()> {
+    let mut spec: Option<(SweepSpec, PathBuf)> = None;
+    for d in &m.dirs {
+        let path = d.join("sweep.json");
+        let rec: SweepRecord = serde_json::from_value(read_json(&path)?)
+            .with_context(|| format!("{}: not a seli sweep record", path.display()))?;
+        if rec.schema != SWEEP_SCHEMA {
+            bail!("{}: schema '{}' is not {SWEEP_SCHEMA}", path.display(), rec.schema);
+        }
+        match &spec {
+            None => spec = Some((rec.spec, d.clone())),
+            Some((s, first)) => {
+                if s.command != rec.spec.command || s.points != rec.spec.points {
+                    bail!(
+                        "{} and {} hold different sweeps (their sweep.json differ)",
+                        first.display(),
+                        d.display()
+                    );
+                }
+            }
+        }
+    }
+    let (spec, _) = spec.ok_or_else(|| anyhow!("no directories to merge"))?;
+    let out = m.out.clone().unwrap_or_else(|| m.dirs[0].clone());
+    let all: Vec<&Point> = spec.points.iter().collect();
+    let missing: Vec<&Point> = all
+        .iter()
+        .copied()
+        .filter(|p| !m.dirs.iter().any(|d| complete(&spec.command, &points_dir(d).join(&p.name))))
+        .collect();
+    if !missing.is_empty() && !m.allow_missing {
+        let names: Vec<String> =
+            missing.iter().take(5).map(|p| format!("{} ({})", p.index, p.name)).collect();
+        bail!(
+            "{} of {} points are not complete in any directory: {}{}; run their shards, or pass \
+             --allow-missing",
+            missing.len(),
+            all.len(),
+            names.join(", "),
+            if missing.len() > 5 { ", ..." } else { "" }
+        );
+    }
+    let record = SweepRecord {
+        schema: SWEEP_SCHEMA.into(),
+        seli_version: env!("CARGO_PKG_VERSION").into(),
+        spec: spec.clone(),
+    };
+    seli_io::write_json_atomic(&out.join("sweep.json"), "sweep record", &record)?;
+    let csv = out.join("results.csv");
+    let html = out.join("report.html");
+    let (_, rows) = write_results(&spec, &all, &m.dirs, &csv, Some(&html))?;
+    println!("merged {rows} of {} points from {} directories", all.len(), m.dirs.len());
+    println!("results: {}", csv.display());
+    if rows > 0 {
+        println!("report: {}", html.display());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use seli_io::sweep::normalize_key;
+
+    fn point(params: &[(&str, Value)]) -> Point {
+        Point {
+            index: 0,
+            name: "p".into(),
+            params: params.iter().map(|(k, v)| (k.to_string(), v.clone())).collect(),
+        }
+    }
+
+    #[test]
+    fn keys_are_the_command_flags() {
+        let k = keys("ufm").unwrap();
+        for want in ["d", "lambda_w", "seed", "schedule", "ratio", "n_min", "counts"] {
+            assert!(k.iter().any(|x| x == want), "{want} missing from {k:?}");
+        }
+        for managed in ["out", "resume", "threads", "force"] {
+            assert!(!k.iter().any(|x| x == managed), "{managed}");
+        }
+        assert!(keys("train").unwrap().iter().any(|x| x == "epochs"));
+        assert!(keys("fit").is_none());
+        assert_eq!(normalize_key("lambda-w"), "lambda_w");
+    }
+
+    #[test]
+    fn points_become_command_lines() {
+        let p = point(&[
+            ("ratio", Value::Int(100)),
+            ("d", Value::Int(8)),
+            ("bias", Value::Bool(true)),
+            ("lambda_w", Value::Float(1e-3)),
+            ("counts_unused", Value::Bool(false)),
+        ]);
+        assert_eq!(
+            argv("ufm", &p).unwrap(),
+            ["ufm", "--d", "8", "--bias", "--lambda-w", "0.001", "--step", "10,100,0.5,500"]
+        );
+        let p = point(&[("k", Value::Int(4)), ("counts", Value::List(vec![Value::Int(1)]))]);
+        assert!(argv("geometry", &p).unwrap_err().to_string().contains("either them or counts"));
+        let t = point(&[("rho", Value::Str("1/3".into()))]);
+        assert_eq!(argv("train", &t).unwrap()[2], "10,10,1/3,200");
+    }
+
+    #[test]
+    fn bad_values_are_named_before_anything_runs() {
+        let p = point(&[("d", Value::Str("many".into()))]);
+        let e = job("ufm", &p, 0).err().unwrap().to_string();
+        assert!(e.contains("'many'") && e.contains("--d"), "{e}");
+        let p = point(&[("ratio", Value::Int(-1))]);
+        let e = format!("{:#}", job("geometry", &p, 0).err().unwrap());
+        assert!(e.contains("-1"), "{e}");
+        let p = point(&[("lambda", Value::Float(-1.0))]);
+        let e = format!("{:#}", job("ridge", &p, 0).err().unwrap());
+        assert!(e.contains("--step") || e.contains("lambda"), "{e}");
+    }
+
+    #[test]
+    fn json_flattens_to_cells() {
+        let v = serde_json::json!({"a": {"b": 1, "c": [1, 2], "d": null}, "e": 0.5, "f": "x"});
+        let mut out = Vec::new();
+        flatten("", &v, &mut out);
+        let want: Vec<(String, String)> = [("a_b", "1"), ("a_d", ""), ("e", "0.5"), ("f", "x")]
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect();
+        assert_eq!(out, want);
+        assert_eq!(shell_word("a b"), "'a b'");
+        assert_eq!(shell_word("runs/x=1,y=2"), "runs/x=1,y=2");
+    }
+}

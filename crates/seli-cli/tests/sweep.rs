@@ -1,0 +1,303 @@
+//! `seli sweep`: interrupted and restarted sweeps, shards and merge, malformed sweep files.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{fails, json, ok, seli};
+
+/// 12 short UFM runs: 3 imbalance ratios x 4 seeds.
+const UFM_SWEEP: &str = r#"
+command = "ufm"
+[base]
+k = 4
+n_min = 3
+d = 8
+iters = 400
+checkpoint_every = 50
+[grid]
+ratio = [1, 10, 100]
+seed = { from = 0, to = 3, step = 1 }
+"#;
+
+/// 12 exact ridge solves: 3 ratios x 4 lambdas.
+const RIDGE_SWEEP: &str = r#"
+command = "ridge"
+[base]
+k = 4
+n_min = 2
+[grid]
+ratio = [1, 5, 20]
+lambda = { from = 1e-3, to = 1, num = 4, log = true }
+"#;
+
+fn write_spec(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn results(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join("results.csv")).unwrap()
+}
+
+/// The cell of `results.csv` in row `row` (0: the first point) and column `col`.
+fn cell(dir: &Path, row: usize, col: &str) -> String {
+    let t = seli_io::sweep::Table::from_csv(&results(dir), Path::new("results.csv")).unwrap();
+    let c = t.header.iter().position(|h| h == col).unwrap_or_else(|| panic!("no column {col}"));
+    t.rows[row][c].clone()
+}
+
+#[test]
+fn stopped_and_restarted_sweep_gives_the_uninterrupted_results() {
+    let tmp = tempfile::tempdir().unwrap();
+    let spec = write_spec(tmp.path(), "ufm.toml", UFM_SWEEP);
+    let whole = tmp.path().join("whole");
+    ok(&["sweep", s(&spec), "--out", s(&whole)]);
+    let reference = results(&whole);
+    assert_eq!(reference.lines().count(), 13, "{reference}");
+    assert!(reference.starts_with("point,index,ratio,seed,k,n,termination,iters_done,"));
+
+    // Stop after 5 points, then after 4 more, then finish: the same table.
+    let parts = tmp.path().join("parts");
+    let out = ok(&["sweep", s(&spec), "--out", s(&parts), "--max-points", "5", "--jobs", "2"]);
+    assert!(out.contains("5 run now") && out.contains("7 not started"), "{out}");
+    assert_eq!(results(&parts).lines().count(), 6);
+    let out = ok(&["sweep", s(&spec), "--out", s(&parts), "--max-points", "4"]);
+    assert!(out.contains("5 complete before, 4 run now"), "{out}");
+    let out = ok(&["sweep", s(&spec), "--out", s(&parts)]);
+    assert!(out.contains("9 complete before, 3 run now"), "{out}");
+    assert_eq!(results(&parts), reference);
+    // Idempotent: nothing left to run, same table again.
+    let out = ok(&["sweep", s(&spec), "--out", s(&parts)]);
+    assert!(out.contains("12 complete before, 0 run now"), "{out}");
+    assert_eq!(results(&parts), reference);
+
+    // A point interrupted midway (checkpoint at iteration 200, torn metrics row, no summary)
+    // resumes from its checkpoint and ends where the uninterrupted run ended.
+    let point = parts.join("points/ratio=100,seed=2");
+    std::fs::remove_file(point.join("summary.json")).unwrap();
+    let metrics = std::fs::read_to_string(point.join("metrics.csv")).unwrap();
+    // Keep the rows up to the first one past iteration 200 (a run killed a little later).
+    let mut torn = String::new();
+    for l in metrics.split_inclusive('\n') {
+        torn.push_str(l);
+        if l.split(',').next().and_then(|v| v.parse::<f64>().ok()).is_some_and(|i| i > 200.0) {
+            break;
+        }
+    }
+    torn.push_str("250,0.12");
+    std::fs::write(point.join("metrics.csv"), torn).unwrap();
+    let ckpt = whole.join("points/ratio=100,seed=2");
+    // The checkpoint of iteration 200 from a run of the same point stopped there.
+    let early = tmp.path().join("early");
+    let cfg = json(&ckpt.join("config.json"));
+    let step = format!(
+        "{},{},{},{}",
+        cfg["profile"]["k"],
+        cfg["profile"]["ratio"],
+        cfg["profile"]["rho"],
+        cfg["profile"]["n_min"]
+    );
+    ok(&["ufm", "--step", &step, "--d", "8", "--iters", "200", "--seed", "2", "--out", s(&early)]);
+    std::fs::copy(early.join("checkpoint.safetensors"), point.join("checkpoint.safetensors"))
+        .unwrap();
+    let out = ok(&["sweep", s(&spec), "--out", s(&parts)]);
+    assert!(out.contains("11 complete before, 1 run now"), "{out}");
+    assert_eq!(json(&point.join("summary.json"))["resumed_from"], 200);
+    assert_eq!(
+        std::fs::read_to_string(point.join("metrics.csv")).unwrap(),
+        std::fs::read_to_string(ckpt.join("metrics.csv")).unwrap()
+    );
+    assert_eq!(results(&parts), reference);
+}
+
+#[test]
+fn killed_sweep_restarts_without_losing_work() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Longer points so that the kill lands while some are running.
+    let spec = write_spec(
+        tmp.path(),
+        "ufm.toml",
+        &UFM_SWEEP
+            .replace("iters = 400", "iters = 3000")
+            .replace("checkpoint_every = 50", "checkpoint_every = 100"),
+    );
+    let whole = tmp.path().join("whole");
+    ok(&["sweep", s(&spec), "--out", s(&whole), "--jobs", "2"]);
+    let killed = tmp.path().join("killed");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_seli"))
+        .args(["sweep", s(&spec), "--out", s(&killed), "--jobs", "2"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Kill it (SIGKILL: no chance to clean up) once the first point is complete.
+    let start = Instant::now();
+    let first_done = |d: &Path| {
+        std::fs::read_dir(d.join("points"))
+            .map(|it| it.flatten().any(|e| e.path().join("summary.json").is_file()))
+            .unwrap_or(false)
+    };
+    while !first_done(&killed) && start.elapsed() < Duration::from_secs(120) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let listing = ok(&["sweep", s(&spec), "--out", s(&killed), "--list"]);
+    assert!(listing.contains("done"), "{listing}");
+    let out = ok(&["sweep", s(&spec), "--out", s(&killed)]);
+    assert!(!out.contains(" 0 complete before"), "{out}");
+    assert_eq!(results(&killed), results(&whole));
+}
+
+#[test]
+fn two_shards_merged_equal_the_unsharded_sweep() {
+    let tmp = tempfile::tempdir().unwrap();
+    let spec = write_spec(tmp.path(), "ridge.toml", RIDGE_SWEEP);
+    let whole = tmp.path().join("whole");
+    ok(&["sweep", s(&spec), "--out", s(&whole)]);
+    let reference = results(&whole);
+    assert_eq!(reference.lines().count(), 13);
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    let out = ok(&["sweep", s(&spec), "--out", s(&a), "--shard", "0/2"]);
+    assert!(out.contains("(shard 0 of 2): 6 points"), "{out}");
+    ok(&["sweep", s(&spec), "--out", s(&b), "--shard", "1/2"]);
+    assert!(a.join("results-shard-0-of-2.csv").is_file());
+    assert!(!a.join("results.csv").exists());
+    // Point index i runs in shard i % 2.
+    assert!(a.join("points/ratio=1,lambda=0.001").is_dir());
+    assert!(b.join("points/ratio=1,lambda=0.01").is_dir());
+
+    let err = fails(&["sweep", "merge", s(&a)]);
+    assert!(
+        err.contains("6 of 12 points are not complete") && err.contains("1 (ratio=1,lambda=0.01)"),
+        "{err}"
+    );
+    let merged = tmp.path().join("merged");
+    let out = ok(&["sweep", "merge", s(&a), s(&b), "--out", s(&merged)]);
+    assert!(out.contains("merged 12 of 12 points"), "{out}");
+    assert_eq!(results(&merged), reference);
+    assert!(merged.join("report.html").is_file());
+
+    // Shards sharing one output directory (a cluster's shared disk) merge in place.
+    let shared = tmp.path().join("shared");
+    for i in ["0/2", "1/2"] {
+        ok(&["sweep", s(&spec), "--out", s(&shared), "--shard", i]);
+    }
+    ok(&["sweep", "merge", s(&shared)]);
+    assert_eq!(results(&shared), reference);
+
+    // Outputs of different sweeps do not merge.
+    let other = write_spec(tmp.path(), "other.toml", &RIDGE_SWEEP.replace("[1, 5, 20]", "[1, 5]"));
+    let c = tmp.path().join("c");
+    ok(&["sweep", s(&other), "--out", s(&c)]);
+    let err = fails(&["sweep", "merge", s(&a), s(&c)]);
+    assert!(err.contains("hold different sweeps"), "{err}");
+}
+
+#[test]
+fn results_match_the_single_commands() {
+    let tmp = tempfile::tempdir().unwrap();
+    let spec = write_spec(
+        tmp.path(),
+        "g.toml",
+        "command = \"geometry\"\n[[list]]\ncounts = [50, 50, 5]\n[[list]]\nk = 6\nratio = 10\nrho = \"1/3\"\n",
+    );
+    let out = tmp.path().join("g");
+    ok(&["sweep", s(&spec), "--out", s(&out)]);
+    let table = results(&out);
+    let header: Vec<&str> = table.lines().next().unwrap().split(',').collect();
+    assert_eq!(&header[..7], ["point", "index", "counts", "k", "ratio", "rho", "n"]);
+    let single = tmp.path().join("single.json");
+    // k, ratio, rho build --step K,R,RHO,N_MIN with the default N_MIN = 500.
+    ok(&["geometry", "--step", "6,10,1/3,500", "--json", s(&single)]);
+    let want = json(&single)["distances"]["dist_gw_seli_etf"].as_f64().unwrap();
+    let got: f64 = cell(&out, 1, "dist_gw_seli_etf").parse().unwrap();
+    assert_eq!(got, want);
+    assert_eq!(cell(&out, 0, "n"), "105");
+    assert_eq!(cell(&out, 0, "counts"), "50,50,5");
+    // Each point records the command line that reproduces it.
+    let p = json(&out.join("points/k=6,ratio=10,rho=1-3/point.json"));
+    assert!(
+        p["command_line"].as_str().unwrap().starts_with("seli geometry --step 6,10,1/3,500 --json")
+    );
+}
+
+#[test]
+fn malformed_sweep_files_are_rejected_with_line_and_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            "command = \"ufm\"\n[grid]\nratio = [1, 10]\nsed = [0, 1]\n",
+            "line 4: key 'sed': unknown key for ufm",
+        ),
+        (
+            "command = \"ridge\"\n[base]\nlambda = 0.1\n[grid]\nratio = []\n",
+            "line 5: key 'ratio': empty grid",
+        ),
+        (
+            "command = \"ufm\"\n[grid]\nlr = { from = 0.1, to = 0.01, step = 0.01 }\n",
+            "line 3: key 'lr': bad range: to = 0.01 is below from = 0.1",
+        ),
+        (
+            "command = \"ufm\"\n[grid]\nseed = { from = 0, to = 3 }\n",
+            "line 3: key 'seed': a range needs step or num",
+        ),
+        ("command = \"ufm\"\n[base]\nout = \"x\"\n", "line 3: key 'out': unknown key for ufm"),
+        (
+            "command = \"ufm\"\n[grid]\nd = [\"wide\"]\n",
+            "point 0 (d=wide): invalid value 'wide' for '--d <D>'",
+        ),
+        (
+            "command = \"geometry\"\n[grid]\nratio = [10, -1]\n",
+            "point 1 (ratio=-1): invalid --step",
+        ),
+        ("command = \"ridge\"\n[grid]\nratio = [1, 2]\n", "give --lambda L"),
+    ];
+    for (i, (text, want)) in cases.iter().enumerate() {
+        let spec = write_spec(tmp.path(), &format!("bad{i}.toml"), text);
+        let out = tmp.path().join(format!("out{i}"));
+        let err = fails(&["sweep", s(&spec), "--out", s(&out)]);
+        assert!(err.contains(want), "case {i}: {err}");
+        assert!(err.contains(&format!("bad{i}.toml")), "case {i} names the file: {err}");
+        assert!(!out.exists(), "case {i}: nothing is written for a bad sweep file");
+    }
+}
+
+#[test]
+fn a_changed_sweep_file_does_not_reuse_stale_points() {
+    let tmp = tempfile::tempdir().unwrap();
+    let spec = write_spec(tmp.path(), "r.toml", RIDGE_SWEEP);
+    let out = tmp.path().join("r");
+    ok(&["sweep", s(&spec), "--out", s(&out), "--jobs", "1"]);
+    // Same point names, other base flags: refused (names the point), rerun with --force.
+    write_spec(tmp.path(), "r.toml", &RIDGE_SWEEP.replace("n_min = 2", "n_min = 3"));
+    let res = seli(&["sweep", s(&spec), "--out", s(&out)]);
+    let err = String::from_utf8_lossy(&res.stderr);
+    assert!(!res.status.success());
+    assert!(err.contains("holds a point with other flags") && err.contains("--force"), "{err}");
+    let out2 = ok(&["sweep", s(&spec), "--out", s(&out), "--force"]);
+    assert!(out2.contains("12 run now"), "{out2}");
+    // k = 4, rho = 1/2, ratio 1, n_min 3: n = 4 * 3 = 12.
+    assert_eq!(cell(&out, 0, "n"), "12");
+}
+
+#[test]
+fn keys_and_shard_flags_are_checked() {
+    let out = ok(&["sweep", "--keys", "ufm"]);
+    assert!(out.contains("lambda_w") && out.contains("k, ratio, rho, n_min"), "{out}");
+    assert!(fails(&["sweep", "--keys", "fit"]).contains("--keys fit: not a sweep command"));
+    let tmp = tempfile::tempdir().unwrap();
+    let spec = write_spec(tmp.path(), "r.toml", RIDGE_SWEEP);
+    let err = fails(&["sweep", s(&spec), "--shard", "2/2"]);
+    assert!(err.contains("--shard '2/2'"), "{err}");
+    let err = fails(&["sweep", "merge", s(&tmp.path().join("nowhere"))]);
+    assert!(err.contains("nowhere/sweep.json"), "{err}");
+}
