@@ -84,6 +84,13 @@ fn init_tracing(verbose: u8) {
 }
 
 fn main() -> ExitCode {
+    // Rust ignores SIGPIPE, which turns a closed stdout (`seli sweep --list | head`) into a
+    // panic in println!; the default action ends the process quietly, as other tools do.
+    #[cfg(unix)]
+    // SAFETY: called first thing in main, before any thread starts; SIG_DFL is a valid handler.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     init_tracing(cli.verbose);
     // faer's own operations run on one thread: seli parallelizes its hot loops itself, and

@@ -301,3 +301,116 @@ fn keys_and_shard_flags_are_checked() {
     let err = fails(&["sweep", "merge", s(&tmp.path().join("nowhere"))]);
     assert!(err.contains("nowhere/sweep.json"), "{err}");
 }
+
+/// Runs `seli ARGS` in `dir` with a file-size limit of 0 blocks, so that every write to a
+/// regular file fails as on a full disk (EFBIG; SIGXFSZ ignored).
+fn seli_with_full_disk(dir: &Path, args: &str) -> (bool, String) {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!("ulimit -f 0; trap '' XFSZ; exec \"$0\" {args}"))
+        .arg(env!("CARGO_BIN_EXE_seli"))
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn write_failures_name_the_path_and_leave_no_partial_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (ok_, err) = seli_with_full_disk(tmp.path(), "geometry --json out.json");
+    assert!(!ok_);
+    assert!(err.contains("error: out.json: File too large (os error 27)"), "{err}");
+    let spec = write_spec(tmp.path(), "g.toml", "command = \"geometry\"\n[grid]\nratio = [1, 2]\n");
+    let (ok_, err) = seli_with_full_disk(tmp.path(), "sweep g.toml --out sw");
+    assert!(!ok_);
+    assert!(err.contains("sw/sweep.json: File too large"), "{err}");
+    // Atomic writes: no output file exists at all, not even an empty or partial one.
+    let mut leftovers = Vec::new();
+    for e in walk(tmp.path()) {
+        if e != spec {
+            leftovers.push(e);
+        }
+    }
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    // A directory that cannot be created is named.
+    let err = fails(&["sweep", s(&spec), "--out", "/proc/seli-no-such/sweep"]);
+    assert!(err.contains("/proc/seli-no-such/sweep"), "{err}");
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+fn examples() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples")
+}
+
+/// The README's Slurm script and Kubernetes manifest, run here as their schedulers would run
+/// them (two array tasks / two indexed pods on one machine), then merged.
+#[test]
+fn slurm_and_kubernetes_examples_run_shards_that_merge_to_the_whole_sweep() {
+    let tmp = tempfile::tempdir().unwrap();
+    let spec = write_spec(tmp.path(), "ridge.toml", RIDGE_SWEEP);
+    let whole = tmp.path().join("whole");
+    ok(&["sweep", s(&spec), "--out", s(&whole)]);
+    let bin = env!("CARGO_BIN_EXE_seli");
+
+    let slurm_out = tmp.path().join("slurm");
+    for task in ["0", "1"] {
+        let st = Command::new("bash")
+            .arg(examples().join("slurm-sweep.sh"))
+            .args([s(&spec), s(&slurm_out)])
+            .env("SELI", bin)
+            .env("SLURM_ARRAY_TASK_ID", task)
+            .env("SLURM_ARRAY_TASK_COUNT", "2")
+            .env("SLURM_CPUS_PER_TASK", "1")
+            .output()
+            .unwrap();
+        assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+    }
+    ok(&["sweep", "merge", s(&slurm_out)]);
+    assert_eq!(results(&slurm_out), results(&whole));
+
+    // The manifest's container command, with the manifest's SHARDS = completions.
+    let yaml = std::fs::read_to_string(examples().join("k8s-sweep-job.yaml")).unwrap();
+    let field = |key: &str| {
+        yaml.lines().map(str::trim).find_map(|l| l.strip_prefix(key)).unwrap().trim().to_string()
+    };
+    let completions = field("completions:");
+    let shards_line = yaml.lines().position(|l| l.trim() == "- name: SHARDS").unwrap();
+    let shards = yaml.lines().nth(shards_line + 1).unwrap().trim().trim_start_matches("value: ");
+    assert_eq!(shards.trim_matches('"'), completions, "SHARDS must equal completions");
+    assert!(yaml.contains("completionMode: Indexed"));
+    let command = field("- seli sweep");
+    let k8s_out = tmp.path().join("k8s");
+    let path = format!(
+        "{}:{}",
+        Path::new(bin).parent().unwrap().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    for index in ["0", "1"] {
+        let st = Command::new("sh")
+            .arg("-c")
+            .arg(format!("seli sweep {command}"))
+            .env("PATH", &path)
+            .env("SWEEP", &spec)
+            .env("OUT", &k8s_out)
+            .env("SHARDS", "2")
+            .env("JOB_COMPLETION_INDEX", index)
+            .output()
+            .unwrap();
+        assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+    }
+    ok(&["sweep", "merge", s(&k8s_out)]);
+    assert_eq!(results(&k8s_out), results(&whole));
+}

@@ -143,10 +143,10 @@ pub fn analyze(
         return Err(Error::format(fpath, format!("{n} feature rows but {} labels", labels.len())));
     }
     let profile = Profile::from_labels(labels.to_vec(), classes)
-        .map_err(|source| Error::Content { path: fpath.to_path_buf(), source })?;
+        .map_err(|cause| Error::Content { path: fpath.to_path_buf(), cause })?;
     let k = profile.k();
     let target = Geometry::new(&profile)
-        .map_err(|source| Error::Content { path: fpath.to_path_buf(), source })?;
+        .map_err(|cause| Error::Content { path: fpath.to_path_buf(), cause })?;
     let y: Vec<u32> = labels.iter().map(|&l| l as u32).collect();
     if let Some(b) = bias
         && b.len() != k
@@ -213,7 +213,7 @@ pub fn analyze(
         };
         Ok((H, Z))
     };
-    let content = |source| Error::Content { path: fpath.to_path_buf(), source };
+    let content = |cause| Error::Content { path: fpath.to_path_buf(), cause };
     let mut geo = FeatureGeometry::new(d, k);
     for start in (0..n).step_by(chunk) {
         let end = (start + chunk).min(n);

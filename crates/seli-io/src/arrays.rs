@@ -195,7 +195,17 @@ fn parse_npy_header(b: &[u8]) -> std::result::Result<NpyHeader, String> {
     Ok(NpyHeader { shape, dtype, big_endian, fortran, data: start + len })
 }
 
+/// `"NAME: "` for an array inside an archive, nothing for a plain `.npy` (the error already
+/// names the file).
+fn member(path: &Path, name: &str) -> String {
+    if name == path.display().to_string() { String::new() } else { format!("{name}: ") }
+}
+
 impl Array {
+    fn member(&self) -> String {
+        member(&self.path, &self.name)
+    }
+
     /// Opens `key` (or the only array) of the file at `path`.
     ///
     /// # Errors
@@ -216,7 +226,7 @@ impl Array {
 
     fn from_npy(path: &Path, name: String, bytes: Bytes, at: usize) -> Result<Array> {
         let h = parse_npy_header(&bytes.as_slice()[at..])
-            .map_err(|e| Error::format(path, format!("{name}: {e}")))?;
+            .map_err(|e| Error::format(path, format!("{}{e}", member(path, &name))))?;
         let a = Array {
             path: path.to_path_buf(),
             name,
@@ -239,13 +249,15 @@ impl Array {
             Some(n) => Err(Error::format(
                 &self.path,
                 format!(
-                    "{}: truncated: shape {:?} of {:?} needs {n} data bytes, the file has {have}",
-                    self.name, self.shape, self.dtype
+                    "{}truncated: shape {:?} of {:?} needs {n} data bytes, the file has {have}",
+                    self.member(),
+                    self.shape,
+                    self.dtype
                 ),
             )),
             None => Err(Error::format(
                 &self.path,
-                format!("{}: shape {:?} overflows", self.name, self.shape),
+                format!("{}shape {:?} overflows", self.member(), self.shape),
             )),
         }
     }
@@ -364,7 +376,7 @@ impl Array {
             [n, d] => Ok((n, d)),
             _ => Err(Error::format(
                 &self.path,
-                format!("{}: shape {:?}: expected a vector or a matrix", self.name, self.shape),
+                format!("{}shape {:?}: expected a vector or a matrix", self.member(), self.shape),
             )),
         }
     }
@@ -406,8 +418,10 @@ impl Array {
             return Err(Error::format(
                 &self.path,
                 format!(
-                    "{}: labels must be an integer vector, found {:?} of shape {:?}",
-                    self.name, self.dtype, self.shape
+                    "{}labels must be an integer vector, found {:?} of shape {:?}",
+                    self.member(),
+                    self.dtype,
+                    self.shape
                 ),
             ));
         }

@@ -42,7 +42,7 @@ pub fn write_json_atomic<T: serde::Serialize>(
     value: &T,
 ) -> Result<()> {
     let mut bytes =
-        serde_json::to_vec_pretty(value).map_err(|source| Error::Serialize { what, source })?;
+        serde_json::to_vec_pretty(value).map_err(|cause| Error::Serialize { what, cause })?;
     bytes.push(b'\n');
     write_atomic(path, &bytes)
 }

@@ -84,16 +84,32 @@ impl CsvLog {
 /// A numeric row; `None` for an empty cell.
 pub type Row = Vec<Option<f64>>;
 
-/// Reads a CSV log back: the header and the rows (`None` for empty cells).
+/// Reads a CSV log back: the header and the rows (`None` for empty cells). A last line
+/// without its newline is a row being written (or torn by a crash) and is left out.
 ///
 /// # Errors
-/// Unreadable file; a cell that is not a number.
+/// Unreadable file; a cell that is not a number; a row whose width differs from the
+/// header's.
 pub fn read_csv(path: &Path) -> Result<(Vec<String>, Vec<Row>)> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    let mut lines = text.lines();
-    let header: Vec<String> = lines.next().unwrap_or("").split(',').map(str::to_string).collect();
+    let mut lines = text.split_inclusive('\n');
+    let header: Vec<String> =
+        lines.next().unwrap_or("").trim_end().split(',').map(str::to_string).collect();
     let mut rows = Vec::new();
     for (i, l) in lines.enumerate() {
+        let Some(l) = l.strip_suffix('\n') else { break };
+        let l = l.strip_suffix('\r').unwrap_or(l);
+        if l.split(',').count() != header.len() {
+            return Err(Error::format(
+                path,
+                format!(
+                    "line {}: {} cells, the header has {}",
+                    i + 2,
+                    l.split(',').count(),
+                    header.len()
+                ),
+            ));
+        }
         let row = l
             .split(',')
             .map(|c| if c.is_empty() { Ok(None) } else { c.parse::<f64>().map(Some) })
@@ -125,6 +141,8 @@ mod tests {
         assert_eq!(rows[1][1], Some(0.1 + 1.0 / 3.0));
         assert_eq!(rows[2][1], None);
         std::fs::OpenOptions::new().append(true).open(&p).unwrap().write_all(b"5,0.12").unwrap();
+        // Readers leave out the torn last row; a short complete row is an error.
+        assert_eq!(read_csv(&p).unwrap().1.len(), 5);
         let mut log = CsvLog::resume(&p, &["iter", "x"], 3.0).unwrap();
         log.append(&[Some(3.0), Some(9.0)]).unwrap();
         let (_, rows) = read_csv(&p).unwrap();
@@ -132,5 +150,21 @@ mod tests {
         assert!(
             CsvLog::resume(&p, &["iter", "y"], 1.0).unwrap_err().to_string().contains("header")
         );
+        std::fs::write(&p, "iter,x\n0,1\n2\n").unwrap();
+        assert!(
+            read_csv(&p).unwrap_err().to_string().contains("line 3: 1 cells, the header has 2")
+        );
+    }
+
+    #[test]
+    fn a_full_disk_is_reported_with_the_path() {
+        // /dev/full accepts the open and fails every write with ENOSPC.
+        let full = Path::new("/dev/full");
+        if !full.exists() {
+            return;
+        }
+        let mut log = CsvLog::open_append(full, 1).unwrap();
+        let e = log.append(&[Some(1.0)]).unwrap_err().to_string();
+        assert!(e.starts_with("/dev/full: ") && e.contains("No space left on device"), "{e}");
     }
 }

@@ -9,13 +9,12 @@ use thiserror::Error;
 #[non_exhaustive]
 pub enum Error {
     /// An operating-system I/O error on a file.
-    #[error("{}: {source}", path.display())]
+    #[error("{}: {cause}", path.display())]
     Io {
         /// The file.
         path: PathBuf,
-        /// What the OS said.
-        #[source]
-        source: std::io::Error,
+        /// What the OS said (in the message, so not repeated as a source).
+        cause: std::io::Error,
     },
     /// A file whose contents are not what its format requires.
     #[error("{}: {reason}", path.display())]
@@ -26,28 +25,31 @@ pub enum Error {
         reason: String,
     },
     /// Content that the math rejects (an empty class, a bad label).
-    #[error("{}: {source}", path.display())]
+    #[error("{}: {cause}", path.display())]
     Content {
         /// The file.
         path: PathBuf,
-        /// The rejection.
-        #[source]
-        source: seli_core::Error,
+        /// The rejection (in the message).
+        cause: seli_core::Error,
     },
     /// Serializing a record failed.
-    #[error("serializing {what}: {source}")]
+    #[error("serializing {what}: {cause}")]
     Serialize {
         /// What was being serialized.
         what: &'static str,
-        /// The serializer's error.
-        #[source]
-        source: serde_json::Error,
+        /// The serializer's error (in the message).
+        cause: serde_json::Error,
     },
 }
 
 impl Error {
-    pub(crate) fn io(path: &std::path::Path, source: std::io::Error) -> Self {
-        Error::Io { path: path.to_path_buf(), source }
+    pub(crate) fn io(path: &std::path::Path, cause: std::io::Error) -> Self {
+        // tempfile's errors repeat the temporary file's path; the OS error alone is enough.
+        let cause = match cause.raw_os_error() {
+            Some(code) => std::io::Error::from_raw_os_error(code),
+            None => cause,
+        };
+        Error::Io { path: path.to_path_buf(), cause }
     }
 
     pub(crate) fn format(path: &std::path::Path, reason: impl Into<String>) -> Self {

@@ -40,7 +40,7 @@ pub fn read_labels(path: &Path) -> Result<Vec<i64>> {
 pub fn profile_from_label_file(path: &Path, num_classes: Option<usize>) -> Result<Profile> {
     let labels = read_labels(path)?;
     Profile::from_labels(labels, num_classes)
-        .map_err(|source| Error::Content { path: path.to_path_buf(), source })
+        .map_err(|cause| Error::Content { path: path.to_path_buf(), cause })
 }
 
 fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {

@@ -12,6 +12,7 @@ pub mod checkpoint;
 pub mod csvlog;
 pub mod dataset;
 pub mod error;
+pub mod harness;
 pub mod labels;
 pub mod record;
 pub mod report;

@@ -364,10 +364,8 @@ fn table<'a, 'i>(cx: &Ctx<'_>, key: &str, v: &'a Spanned<DeValue<'i>>) -> Result
 }
 
 /// FNV-1a, 64 bits: a stable short hash for long point names.
-pub fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes
-        .iter()
-        .fold(0xcbf2_9ce4_8422_2325_u64, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
+fn fnv1a(bytes: &[u8]) -> u64 {
+    crate::checkpoint::fnv1a(&[bytes])
 }
 
 fn sanitize(s: &str) -> String {

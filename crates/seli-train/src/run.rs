@@ -236,7 +236,7 @@ pub fn train(
     let mut start = 0usize;
     let mut log = if resume {
         let text = std::fs::read_to_string(run.config())
-            .map_err(|e| seli_io::Error::Io { path: run.config(), source: e })?;
+            .map_err(|e| seli_io::Error::Io { path: run.config(), cause: e })?;
         let on_disk: TrainConfig =
             serde_json::from_str(&text).map_err(|e| seli_io::Error::Format {
                 path: run.config(),
@@ -276,7 +276,7 @@ pub fn train(
         CsvLog::resume(&run.metrics(), &header, start as f64 + 0.5)?
     } else {
         std::fs::create_dir_all(dir)
-            .map_err(|e| seli_io::Error::Io { path: dir.to_path_buf(), source: e })?;
+            .map_err(|e| seli_io::Error::Io { path: dir.to_path_buf(), cause: e })?;
         write_json_atomic(&run.config(), "train config", cfg)?;
         write_json_atomic(&run.subset(), "subset record", &data.subset)?;
         CsvLog::create(&run.metrics(), &header)?

@@ -1,0 +1,6 @@
+//! Fuzz target `cifar_binary`: see seli_io::harness.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    seli_io::harness::run("cifar_binary", data);
+});

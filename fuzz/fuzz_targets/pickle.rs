@@ -1,0 +1,6 @@
+//! Fuzz target `pickle`: see seli_io::harness.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    seli_io::harness::run("pickle", data);
+});
