@@ -186,3 +186,52 @@ fn bad_inputs_are_named() {
         fails(&["train", "--data-dir", "/nonexistent", "--out", out.to_str().unwrap(), "--force"]);
     assert!(e.contains("not found") && e.contains("fetch-data.sh"), "{e}");
 }
+
+/// A training sweep killed while a point is mid-run (SIGKILL once a checkpoint exists without a
+/// summary) and restarted gives the uninterrupted sweep's results.
+#[test]
+fn killed_training_sweep_resumes_to_the_same_results() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_mnist(tmp.path(), 12);
+    let spec = tmp.path().join("train.toml");
+    std::fs::write(
+        &spec,
+        format!(
+            "command = \"train\"\njobs = 1\n[base]\ndata_dir = \"{}\"\nk = 10\nratio = 2\nn_min = 6\n\
+             width = 16\ndepth = 1\nbatch_size = 16\nepochs = 30\nevery = 5\ncheckpoint_every = 2\n\
+             [grid]\nseed = [0, 1, 2]\n",
+            tmp.path().display()
+        ),
+    )
+    .unwrap();
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let whole = tmp.path().join("whole");
+    ok(&["sweep", &s(&spec), "--out", &s(&whole)]);
+    let cut = tmp.path().join("cut");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_seli"))
+        .args(["sweep", &s(&spec), "--out", &s(&cut)])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mid_run = |d: &Path| {
+        std::fs::read_dir(d.join("points")).is_ok_and(|it| {
+            it.flatten().any(|e| {
+                e.path().join("checkpoint.safetensors").is_file()
+                    && !e.path().join("summary.json").is_file()
+            })
+        })
+    };
+    let start = std::time::Instant::now();
+    while !mid_run(&cut) && start.elapsed() < std::time::Duration::from_secs(120) {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let out = ok(&["sweep", &s(&spec), "--out", &s(&cut)]);
+    assert!(out.contains("3 points"), "{out}");
+    let read = |d: &Path| std::fs::read_to_string(d.join("results.csv")).unwrap();
+    assert_eq!(read(&cut), read(&whole));
+    assert_eq!(read(&whole).lines().count(), 4);
+    assert!(whole.join("report.html").is_file());
+}

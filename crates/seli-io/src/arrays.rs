@@ -408,39 +408,77 @@ impl Array {
         Ok(out)
     }
 
-    /// The whole array as integers (labels).
+    /// The dtype in NumPy's notation (`<f8`, `>i4`, `|u1`).
+    pub fn descr(&self) -> String {
+        let order = if self.dtype.size() == 1 {
+            '|'
+        } else if self.big_endian {
+            '>'
+        } else {
+            '<'
+        };
+        let kind = match self.dtype {
+            Dtype::F16 | Dtype::F32 | Dtype::F64 => 'f',
+            Dtype::Int(_) => 'i',
+            Dtype::UInt(_) => 'u',
+        };
+        format!("{order}{kind}{}", self.dtype.size())
+    }
+
+    /// The whole array as integers (labels): shape `(n,)`, `(n, 1)` or `(1, n)`.
     ///
     /// # Errors
-    /// A float array; more than one column.
+    /// A float dtype; another shape; an unsigned value above `i64::MAX`.
     pub fn integers(&self) -> Result<Vec<i64>> {
-        let (n, cols) = self.matrix_shape()?;
-        if self.dtype.is_float() || cols != 1 {
+        let n = match self.shape[..] {
+            [n] | [n, 1] | [1, n] => n,
+            _ => {
+                return Err(Error::format(
+                    &self.path,
+                    format!(
+                        "{}label array has shape {:?}; expected a vector (n,), (n, 1) or (1, n)",
+                        self.member(),
+                        self.shape
+                    ),
+                ));
+            }
+        };
+        if self.dtype.is_float() {
             return Err(Error::format(
                 &self.path,
                 format!(
-                    "{}labels must be an integer vector, found {:?} of shape {:?}",
+                    "{}dtype '{}' is not an integer type (labels must be integers)",
                     self.member(),
-                    self.dtype,
-                    self.shape
+                    self.descr()
                 ),
             ));
         }
         let s = self.dtype.size();
         let data = &self.bytes.as_slice()[self.offset..self.offset + n * s];
-        Ok(data
-            .chunks_exact(s)
-            .map(|e| match self.dtype {
+        data.chunks_exact(s)
+            .enumerate()
+            .map(|(i, e)| match self.dtype {
                 Dtype::UInt(8) => {
-                    let v = u64::from_le_bytes(e.try_into().expect("8 bytes"));
-                    i64::try_from(v).unwrap_or(i64::MAX)
+                    let a = e.try_into().expect("8 bytes");
+                    let v =
+                        if self.big_endian { u64::from_be_bytes(a) } else { u64::from_le_bytes(a) };
+                    i64::try_from(v).map_err(|_| {
+                        Error::format(
+                            &self.path,
+                            format!(
+                                "{}label {v} at position {i} does not fit in 64 bits",
+                                self.member()
+                            ),
+                        )
+                    })
                 }
                 Dtype::Int(8) => {
                     let a = e.try_into().expect("8 bytes");
-                    if self.big_endian { i64::from_be_bytes(a) } else { i64::from_le_bytes(a) }
+                    Ok(if self.big_endian { i64::from_be_bytes(a) } else { i64::from_le_bytes(a) })
                 }
-                _ => decode(self.dtype, self.big_endian, e) as i64,
+                _ => Ok(decode(self.dtype, self.big_endian, e) as i64),
             })
-            .collect())
+            .collect()
     }
 }
 
@@ -604,7 +642,7 @@ mod tests {
                 .integers()
                 .unwrap_err()
                 .to_string()
-                .contains("integer vector")
+                .contains("dtype '<f4' is not an integer type")
         );
     }
 
