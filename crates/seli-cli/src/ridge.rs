@@ -5,12 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Result, bail};
 use clap::Args;
-use seli_core::metrics::ClassStats;
-use seli_core::solve::ridge::{
-    RidgeConfig, RidgeSolution, RidgeSolver, lambda_minority_collapse, lambda_zero,
-};
-use seli_core::{Geometry, Profile, ProfileKind};
-use serde::Serialize;
+use seli_io::solutions::{RidgePoint, RidgeRecord, ridge_path, ridge_record};
 
 use crate::profile_args::ProfileArgs;
 use crate::ufm::LossReduction;
@@ -84,129 +79,6 @@ pub struct RidgePathArgs {
     pub figures: Option<PathBuf>,
 }
 
-/// One solved λ, as recorded (schema `seli.ridge.v1` for a single solve).
-#[derive(Debug, Serialize)]
-pub struct RidgePoint {
-    /// Effective λ.
-    pub lambda: f64,
-    /// `max-iters` or `converged`.
-    pub termination: String,
-    /// Iterations used.
-    pub iters: u64,
-    /// `L(X) + λ‖X‖_*`.
-    pub objective: f64,
-    /// Duality gap, an upper bound on `objective − optimum`.
-    pub gap: f64,
-    /// Numerical rank of X.
-    pub rank: usize,
-    /// Singular values of X.
-    pub singular_values: Vec<f64>,
-    /// `dist(G_W, SELI)`, null when X = 0.
-    pub dist_gw_seli: Option<f64>,
-    /// `dist(G_W, ETF)`.
-    pub dist_gw_etf: Option<f64>,
-    /// `dist(G_M, SELI)`.
-    pub dist_gm_seli: Option<f64>,
-    /// `dist(G_M, ETF)`.
-    pub dist_gm_etf: Option<f64>,
-    /// `‖w_maj‖²/‖w_min‖²` when groups are defined.
-    pub norm_ratio_w: Option<f64>,
-    /// Mean classifier cosines by group pair.
-    pub cos_w_maj_maj: Option<f64>,
-    /// Minority–minority.
-    pub cos_w_min_min: Option<f64>,
-    /// Majority–minority.
-    pub cos_w_maj_min: Option<f64>,
-    /// Largest distance between two minority classifiers over the largest classifier norm.
-    pub minority_spread: Option<f64>,
-    /// Minority classifiers collapsed (spread below 1e-6).
-    pub collapsed: Option<bool>,
-    /// Every pair of classes whose classifiers coincide (any counts).
-    pub collapsed_pairs: Vec<[usize; 2]>,
-}
-
-fn point(sol: &RidgeSolution, why: &str, g: &Geometry, p: &Profile) -> RidgePoint {
-    let d = sol.distances(g);
-    let stats = (!sol.is_zero())
-        .then(|| {
-            ClassStats::from_grams(
-                sol.gram_w.as_ref(),
-                sol.gram_m.as_ref(),
-                sol.C.as_ref(),
-                p.groups(),
-            )
-            .ok()
-        })
-        .flatten();
-    let by = stats.as_ref().and_then(|s| s.by_group.as_ref());
-    let spread = p.groups().and_then(|gr| sol.minority_spread(gr));
-    RidgePoint {
-        lambda: sol.lambda,
-        termination: why.into(),
-        iters: sol.iters,
-        objective: sol.objective,
-        gap: sol.gap,
-        rank: sol.rank,
-        singular_values: sol.singular_values.clone(),
-        dist_gw_seli: d.map(|d| d[0]),
-        dist_gw_etf: d.map(|d| d[1]),
-        dist_gm_seli: d.map(|d| d[2]),
-        dist_gm_etf: d.map(|d| d[3]),
-        norm_ratio_w: by.and_then(|b| b.norm_ratio_w),
-        cos_w_maj_maj: by.and_then(|b| b.cos_w.maj_maj),
-        cos_w_min_min: by.and_then(|b| b.cos_w.min_min),
-        cos_w_maj_min: by.and_then(|b| b.cos_w.maj_min),
-        minority_spread: spread,
-        collapsed: spread.map(|s| s < 1e-6),
-        collapsed_pairs: sol.collapsed_pairs().into_iter().map(|(a, b)| [a, b]).collect(),
-    }
-}
-
-/// Thresholds of a profile.
-#[derive(Debug, Serialize)]
-pub struct Thresholds {
-    /// X = 0 iff λ >= lambda_star.
-    pub lambda_star: f64,
-    /// Minority classifiers collapse iff λ >= lambda_mc (STEP profiles).
-    pub lambda_mc: Option<f64>,
-}
-
-fn thresholds(g: &Geometry, common: &RidgeCommon) -> Thresholds {
-    let red = common.loss_reduction.into();
-    let step = matches!(g.profile().kind(), ProfileKind::Step { .. });
-    Thresholds {
-        lambda_star: lambda_zero(g, red),
-        lambda_mc: step.then(|| lambda_minority_collapse(g.profile(), red)),
-    }
-}
-
-fn solve(p: &Profile, common: &RidgeCommon, lw: f64, lh: f64) -> Result<(RidgeSolution, String)> {
-    let mut cfg = RidgeConfig::new(lw, lh, common.loss_reduction.into())?;
-    cfg.tol = common.tol;
-    let (sol, why) = RidgeSolver::new(cfg, p)?.solve(common.max_iters)?;
-    if why.name() != "converged" {
-        tracing::warn!("lambda = {}: {why}; gap {:.3e}", sol.lambda, sol.gap);
-    }
-    Ok((sol, why.name().to_string()))
-}
-
-/// The `seli ridge` record.
-#[derive(Debug, Serialize)]
-pub struct RidgeRecord {
-    schema: &'static str,
-    seli_version: &'static str,
-    profile: seli_io::record::ProfileRecord,
-    loss_reduction: &'static str,
-    lambda_w: f64,
-    lambda_h: f64,
-    thresholds: Thresholds,
-    solution: RidgePoint,
-    /// C: class-level logits, column c for the samples of class c (arrays of rows).
-    logits: Vec<Vec<f64>>,
-    gram_w: Vec<Vec<f64>>,
-    gram_m: Vec<Vec<f64>>,
-}
-
 /// The two ridge strengths the flags give.
 pub fn lambdas(args: &RidgeArgs) -> Result<(f64, f64)> {
     match (args.lambda, args.lambda_w, args.lambda_h) {
@@ -219,23 +91,23 @@ pub fn lambdas(args: &RidgeArgs) -> Result<(f64, f64)> {
 /// Solves the ridge problem the flags describe (nothing printed or written).
 pub fn compute(args: &RidgeArgs) -> Result<RidgeRecord> {
     let (p, source) = args.common.profile.resolve()?;
-    let g = Geometry::new(&p)?;
-    let (lw, lh) = lambdas(args)?;
-    let (sol, why) = solve(&p, &args.common, lw, lh)?;
-    let rows = |m: &faer::Mat<f64>| seli_io::record::rows(m.as_ref());
-    Ok(RidgeRecord {
-        schema: "seli.ridge.v1",
-        seli_version: env!("CARGO_PKG_VERSION"),
-        profile: seli_io::record::ProfileRecord::new(&p, source.as_deref()),
-        loss_reduction: args.common.loss_reduction.name(),
-        lambda_w: lw,
-        lambda_h: lh,
-        thresholds: thresholds(&g, &args.common),
-        logits: rows(&sol.C),
-        gram_w: rows(&sol.gram_w),
-        gram_m: rows(&sol.gram_m),
-        solution: point(&sol, &why, &g, &p),
-    })
+    let c = &args.common;
+    let rec = ridge_record(
+        &p,
+        source.as_deref(),
+        c.loss_reduction.into(),
+        lambdas(args)?,
+        c.tol,
+        c.max_iters,
+    )?;
+    warn_unconverged(&rec.solution);
+    Ok(rec)
+}
+
+fn warn_unconverged(pt: &RidgePoint) {
+    if pt.termination != "converged" {
+        tracing::warn!("lambda = {}: {}; gap {:.3e}", pt.lambda, pt.termination, pt.gap);
+    }
 }
 
 /// Runs `seli ridge`.
@@ -319,35 +191,28 @@ const PATH_COLUMNS: [&str; 12] = [
 /// Solves the path the flags describe; returns its record (schema seli.ridge-path.v1) and its
 /// points. Nothing is printed or written.
 pub fn compute_path(args: &RidgePathArgs) -> Result<(serde_json::Value, Vec<RidgePoint>)> {
-    if args.points < 2 {
-        bail!("--points = {}: need at least 2", args.points);
-    }
-    if !(args.min_fraction > 0.0 && args.min_fraction < 1.0) {
-        bail!("--min-fraction = {}: must be in (0, 1)", args.min_fraction);
-    }
     let (p, source) = args.common.profile.resolve()?;
-    let g = Geometry::new(&p)?;
-    let th = thresholds(&g, &args.common);
+    let c = &args.common;
     let bar = crate::ufm::progress_bar(args.points as u64, 0);
-    let mut points = Vec::with_capacity(args.points);
-    for i in 0..args.points {
-        let frac = args.min_fraction.powf(i as f64 / (args.points - 1) as f64);
-        let lambda = th.lambda_star * frac;
-        let (sol, why) = solve(&p, &args.common, lambda, lambda)?;
-        points.push(point(&sol, &why, &g, &p));
-        bar.inc(1);
-    }
+    let out = ridge_path(
+        &p,
+        source.as_deref(),
+        c.loss_reduction.into(),
+        c.tol,
+        c.max_iters,
+        args.points,
+        args.min_fraction,
+        || bar.inc(1),
+    )
+    .map_err(|e| match e {
+        seli_core::Error::InvalidParameter { name, value, rule } => {
+            anyhow::anyhow!("--{} = {value}: {rule}", name.replace('_', "-"))
+        }
+        e => e.into(),
+    })?;
     bar.finish_and_clear();
-    let rec = serde_json::json!({
-        "schema": "seli.ridge-path.v1",
-        "seli_version": env!("CARGO_PKG_VERSION"),
-        "profile": seli_io::record::ProfileRecord::new(&p, source.as_deref()),
-        "loss_reduction": args.common.loss_reduction.name(),
-        "thresholds": th,
-        "reference": { "dist_gw_seli_etf": g.dist_gram_w_etf(), "dist_gm_seli_etf": g.dist_gram_m_etf() },
-        "points": points,
-    });
-    Ok((rec, points))
+    out.1.iter().for_each(warn_unconverged);
+    Ok(out)
 }
 
 /// Writes the path as CSV to `out` and its record as JSON beside it (same stem); returns the

@@ -5,8 +5,6 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::Args;
-use seli_core::solve::svm::solve_svm;
-use serde_json::json;
 
 use crate::profile_args::ProfileArgs;
 
@@ -37,41 +35,29 @@ pub struct SvmArgs {
 /// Runs `seli svm`.
 pub fn run(args: &SvmArgs) -> Result<()> {
     let (p, source) = args.profile.resolve()?;
-    let sol = solve_svm(&p, args.tol, args.max_iters, args.seed)?;
-    let certified = sol.gap <= args.tol * sol.primal.max(1.0);
+    let rec =
+        seli_io::solutions::svm_record(&p, source.as_deref(), args.tol, args.max_iters, args.seed)?;
+    let f = |k: &str| rec[k].as_f64().unwrap_or(f64::NAN);
+    let certified = rec["certified"].as_bool().unwrap_or(false);
     println!("max-margin (nuclear-norm SVM) solution at class level, k = {}, n = {}", p.k(), p.n());
     println!(
         "  ||X||_*             {:.12}   (||Z_hat||_* = {:.12})",
-        sol.primal, sol.sel_nuclear_norm
+        f("primal"),
+        f("sel_nuclear_norm")
     );
     println!(
         "  dual certificate    {:.12}   gap {:.3e} ({}; {} ADMM iterations)",
-        sol.dual,
-        sol.gap,
+        f("dual"),
+        f("gap"),
         if certified { "optimal to the tolerance" } else { "NOT certified: raise --max-iters" },
-        sol.iters
+        rec["iters"]
     );
     println!(
         "  distance to Z_hat   {:.3e} (normalized)   max |B - P D^1/2| = {:.3e}",
-        sol.dist_to_sel, sol.max_abs_diff_sel
+        f("dist_to_sel"),
+        f("max_abs_diff_sel")
     );
     if let Some(path) = &args.json {
-        let rows = |m: &faer::Mat<f64>| seli_io::record::rows(m.as_ref());
-        let rec = json!({
-            "schema": "seli.svm.v1",
-            "seli_version": env!("CARGO_PKG_VERSION"),
-            "profile": seli_io::record::ProfileRecord::new(&p, source.as_deref()),
-            "primal": sol.primal,
-            "dual": sol.dual,
-            "gap": sol.gap,
-            "certified": certified,
-            "iters": sol.iters,
-            "sel_nuclear_norm": sol.sel_nuclear_norm,
-            "dist_to_sel": sol.dist_to_sel,
-            "max_abs_diff_sel": sol.max_abs_diff_sel,
-            "logits": rows(&faer::Mat::from_fn(p.k(), p.k(), |i, j| sol.B[(i, j)] / (p.counts()[j] as f64).sqrt())),
-            "alpha": rows(&sol.alpha),
-        });
         seli_io::write_json_atomic(path, "svm record", &rec)?;
         println!("wrote {}", path.display());
     }

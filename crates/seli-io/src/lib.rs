@@ -17,6 +17,8 @@ pub mod labels;
 pub mod record;
 pub mod report;
 pub mod run;
+pub mod solutions;
+pub mod spec;
 pub mod sweep;
 
 pub use atomic::{write_atomic, write_json_atomic};

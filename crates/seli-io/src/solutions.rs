@@ -1,0 +1,272 @@
+//! Records of the exact class-level solutions: the ridge optimum (`seli.ridge.v1`), the ridge
+//! path (`seli.ridge-path.v1`) and the max-margin solution (`seli.svm.v1`), shared by the CLI
+//! and the Python module so that both write the same numbers.
+
+use std::path::Path;
+
+use seli_core::metrics::ClassStats;
+use seli_core::solve::ridge::{
+    RidgeConfig, RidgeSolution, RidgeSolver, lambda_minority_collapse, lambda_zero,
+};
+use seli_core::solve::svm::solve_svm;
+use seli_core::solve::ufm::Reduction;
+use seli_core::{Geometry, Profile, ProfileKind};
+use serde::Serialize;
+
+use crate::record::{ProfileRecord, rows};
+
+/// One solved λ, as recorded (schema `seli.ridge.v1` for a single solve).
+#[derive(Debug, Serialize)]
+pub struct RidgePoint {
+    /// Effective λ.
+    pub lambda: f64,
+    /// `max-iters` or `converged`.
+    pub termination: String,
+    /// Iterations used.
+    pub iters: u64,
+    /// `L(X) + λ‖X‖_*`.
+    pub objective: f64,
+    /// Duality gap, an upper bound on `objective − optimum`.
+    pub gap: f64,
+    /// Numerical rank of X.
+    pub rank: usize,
+    /// Singular values of X.
+    pub singular_values: Vec<f64>,
+    /// `dist(G_W, SELI)`, null when X = 0.
+    pub dist_gw_seli: Option<f64>,
+    /// `dist(G_W, ETF)`.
+    pub dist_gw_etf: Option<f64>,
+    /// `dist(G_M, SELI)`.
+    pub dist_gm_seli: Option<f64>,
+    /// `dist(G_M, ETF)`.
+    pub dist_gm_etf: Option<f64>,
+    /// `‖w_maj‖²/‖w_min‖²` when groups are defined.
+    pub norm_ratio_w: Option<f64>,
+    /// Mean classifier cosines by group pair.
+    pub cos_w_maj_maj: Option<f64>,
+    /// Minority–minority.
+    pub cos_w_min_min: Option<f64>,
+    /// Majority–minority.
+    pub cos_w_maj_min: Option<f64>,
+    /// Largest distance between two minority classifiers over the largest classifier norm.
+    pub minority_spread: Option<f64>,
+    /// Minority classifiers collapsed (spread below 1e-6).
+    pub collapsed: Option<bool>,
+    /// Every pair of classes whose classifiers coincide (any counts).
+    pub collapsed_pairs: Vec<[usize; 2]>,
+}
+
+/// The recorded summary of one ridge solution (`why`: how the solver ended).
+pub fn point(sol: &RidgeSolution, why: &str, g: &Geometry, p: &Profile) -> RidgePoint {
+    let d = sol.distances(g);
+    let stats = (!sol.is_zero())
+        .then(|| {
+            ClassStats::from_grams(
+                sol.gram_w.as_ref(),
+                sol.gram_m.as_ref(),
+                sol.C.as_ref(),
+                p.groups(),
+            )
+            .ok()
+        })
+        .flatten();
+    let by = stats.as_ref().and_then(|s| s.by_group.as_ref());
+    let spread = p.groups().and_then(|gr| sol.minority_spread(gr));
+    RidgePoint {
+        lambda: sol.lambda,
+        termination: why.into(),
+        iters: sol.iters,
+        objective: sol.objective,
+        gap: sol.gap,
+        rank: sol.rank,
+        singular_values: sol.singular_values.clone(),
+        dist_gw_seli: d.map(|d| d[0]),
+        dist_gw_etf: d.map(|d| d[1]),
+        dist_gm_seli: d.map(|d| d[2]),
+        dist_gm_etf: d.map(|d| d[3]),
+        norm_ratio_w: by.and_then(|b| b.norm_ratio_w),
+        cos_w_maj_maj: by.and_then(|b| b.cos_w.maj_maj),
+        cos_w_min_min: by.and_then(|b| b.cos_w.min_min),
+        cos_w_maj_min: by.and_then(|b| b.cos_w.maj_min),
+        minority_spread: spread,
+        collapsed: spread.map(|s| s < 1e-6),
+        collapsed_pairs: sol.collapsed_pairs().into_iter().map(|(a, b)| [a, b]).collect(),
+    }
+}
+
+/// Thresholds of a profile.
+#[derive(Debug, Serialize)]
+pub struct Thresholds {
+    /// X = 0 iff λ >= lambda_star.
+    pub lambda_star: f64,
+    /// Minority classifiers collapse iff λ >= lambda_mc (STEP profiles).
+    pub lambda_mc: Option<f64>,
+}
+
+/// lambda* and, for STEP profiles, lambda_mc of `g`'s profile under `red`.
+pub fn thresholds(g: &Geometry, red: Reduction) -> Thresholds {
+    let step = matches!(g.profile().kind(), ProfileKind::Step { .. });
+    Thresholds {
+        lambda_star: lambda_zero(g, red),
+        lambda_mc: step.then(|| lambda_minority_collapse(g.profile(), red)),
+    }
+}
+
+/// Solves the ridge problem for `p` with strengths `lw`, `lh`; returns the solution and how
+/// the solver ended (`converged` or `max-iters`).
+///
+/// # Errors
+/// Invalid strengths or profile.
+pub fn solve(
+    p: &Profile,
+    red: Reduction,
+    (lw, lh): (f64, f64),
+    tol: f64,
+    max_iters: u64,
+) -> seli_core::Result<(RidgeSolution, String)> {
+    let mut cfg = RidgeConfig::new(lw, lh, red)?;
+    cfg.tol = tol;
+    let (sol, why) = RidgeSolver::new(cfg, p)?.solve(max_iters)?;
+    Ok((sol, why.name().to_string()))
+}
+
+/// The `seli ridge` record (schema `seli.ridge.v1`).
+#[derive(Debug, Serialize)]
+pub struct RidgeRecord {
+    /// `seli.ridge.v1`.
+    pub schema: &'static str,
+    /// Version of the tool.
+    pub seli_version: &'static str,
+    /// Class counts.
+    pub profile: ProfileRecord,
+    /// `sum` or `mean`.
+    pub loss_reduction: &'static str,
+    /// Ridge on W.
+    pub lambda_w: f64,
+    /// Ridge on H.
+    pub lambda_h: f64,
+    /// lambda* and lambda_mc.
+    pub thresholds: Thresholds,
+    /// The optimum and its certificate.
+    pub solution: RidgePoint,
+    /// C: class-level logits, column c for the samples of class c (arrays of rows).
+    pub logits: Vec<Vec<f64>>,
+    /// Classifier Gram.
+    pub gram_w: Vec<Vec<f64>>,
+    /// Class-mean Gram.
+    pub gram_m: Vec<Vec<f64>>,
+}
+
+/// Solves the ridge problem of `p` and records it.
+///
+/// # Errors
+/// Invalid strengths, tolerance or profile.
+pub fn ridge_record(
+    p: &Profile,
+    source: Option<&Path>,
+    red: Reduction,
+    lambdas: (f64, f64),
+    tol: f64,
+    max_iters: u64,
+) -> seli_core::Result<RidgeRecord> {
+    let g = Geometry::new(p)?;
+    let (sol, why) = solve(p, red, lambdas, tol, max_iters)?;
+    Ok(RidgeRecord {
+        schema: "seli.ridge.v1",
+        seli_version: env!("CARGO_PKG_VERSION"),
+        profile: ProfileRecord::new(p, source),
+        loss_reduction: red.name(),
+        lambda_w: lambdas.0,
+        lambda_h: lambdas.1,
+        thresholds: thresholds(&g, red),
+        logits: rows(sol.C.as_ref()),
+        gram_w: rows(sol.gram_w.as_ref()),
+        gram_m: rows(sol.gram_m.as_ref()),
+        solution: point(&sol, &why, &g, p),
+    })
+}
+
+/// The ridge path of `p`: `points` log-spaced strengths from lambda* down to
+/// lambda* x `min_fraction`; `tick` is called after each solve. Returns the record (schema
+/// `seli.ridge-path.v1`) and its points.
+///
+/// # Errors
+/// `points < 2`, `min_fraction` outside (0, 1), an invalid profile or tolerance.
+#[allow(clippy::too_many_arguments)]
+pub fn ridge_path(
+    p: &Profile,
+    source: Option<&Path>,
+    red: Reduction,
+    tol: f64,
+    max_iters: u64,
+    points: usize,
+    min_fraction: f64,
+    mut tick: impl FnMut(),
+) -> seli_core::Result<(serde_json::Value, Vec<RidgePoint>)> {
+    if points < 2 {
+        return Err(seli_core::Error::InvalidParameter {
+            name: "points",
+            value: points.to_string(),
+            rule: "need at least 2",
+        });
+    }
+    if !(min_fraction > 0.0 && min_fraction < 1.0) {
+        return Err(seli_core::Error::InvalidParameter {
+            name: "min_fraction",
+            value: min_fraction.to_string(),
+            rule: "must be in (0, 1)",
+        });
+    }
+    let g = Geometry::new(p)?;
+    let th = thresholds(&g, red);
+    let mut out = Vec::with_capacity(points);
+    for i in 0..points {
+        let frac = min_fraction.powf(i as f64 / (points - 1) as f64);
+        let lambda = th.lambda_star * frac;
+        let (sol, why) = solve(p, red, (lambda, lambda), tol, max_iters)?;
+        out.push(point(&sol, &why, &g, p));
+        tick();
+    }
+    let rec = serde_json::json!({
+        "schema": "seli.ridge-path.v1",
+        "seli_version": env!("CARGO_PKG_VERSION"),
+        "profile": ProfileRecord::new(p, source),
+        "loss_reduction": red.name(),
+        "thresholds": th,
+        "reference": { "dist_gw_seli_etf": g.dist_gram_w_etf(), "dist_gm_seli_etf": g.dist_gram_m_etf() },
+        "points": out,
+    });
+    Ok((rec, out))
+}
+
+/// The max-margin solution of `p` with its certificate (schema `seli.svm.v1`).
+///
+/// # Errors
+/// An invalid profile or tolerance.
+pub fn svm_record(
+    p: &Profile,
+    source: Option<&Path>,
+    tol: f64,
+    max_iters: u64,
+    seed: u64,
+) -> seli_core::Result<serde_json::Value> {
+    let sol = solve_svm(p, tol, max_iters, seed)?;
+    let certified = sol.gap <= tol * sol.primal.max(1.0);
+    let k = p.k();
+    let logits = faer::Mat::from_fn(k, k, |i, j| sol.B[(i, j)] / (p.counts()[j] as f64).sqrt());
+    Ok(serde_json::json!({
+        "schema": "seli.svm.v1",
+        "seli_version": env!("CARGO_PKG_VERSION"),
+        "profile": ProfileRecord::new(p, source),
+        "primal": sol.primal,
+        "dual": sol.dual,
+        "gap": sol.gap,
+        "certified": certified,
+        "iters": sol.iters,
+        "sel_nuclear_norm": sol.sel_nuclear_norm,
+        "dist_to_sel": sol.dist_to_sel,
+        "max_abs_diff_sel": sol.max_abs_diff_sel,
+        "logits": rows(logits.as_ref()),
+        "alpha": rows(sol.alpha.as_ref()),
+    }))
+}
