@@ -118,7 +118,7 @@ pub fn run(a: &AnalyzeArgs) -> Result<()> {
         a.classes,
         W.as_ref(),
         bias.as_deref(),
-        logits.as_ref(),
+        logits.as_ref().map(|z| z as &dyn seli_io::arrays::RowSource),
         a.chunk,
     )?;
     println!(

@@ -10,7 +10,7 @@ use seli_core::features::{FeatureGeometry, GEOMETRY_COLUMNS};
 use seli_core::{Geometry, Profile};
 use serde::Serialize;
 
-use crate::arrays::Array;
+use crate::arrays::{Array, RowSource};
 use crate::error::{Error, Result};
 use crate::labels::read_labels;
 use crate::record::ProfileRecord;
@@ -44,8 +44,17 @@ pub enum Layout {
 ///
 /// # Errors
 /// A shape other than `(k, d)` / `(d, k)` (both named).
-pub fn classifier_matrix(a: &Array, layout: Layout, d: usize, k: usize) -> Result<Mat<f64>> {
-    let (r, c) = a.matrix_shape()?;
+pub fn classifier_matrix(
+    a: &dyn RowSource,
+    layout: Layout,
+    d: usize,
+    k: usize,
+) -> Result<Mat<f64>> {
+    let (r, c) = match a.shape()[..] {
+        [r, c] => (r, c),
+        [r] => (r, 1),
+        _ => (0, 0),
+    };
     let want = match layout {
         Layout::Kd => (k, d),
         Layout::Dk => (d, k),
@@ -123,22 +132,21 @@ impl Analysis {
 /// Shapes that disagree (the arrays named), a non-finite feature or logit (file, sample and
 /// column named), an empty class, a label out of range.
 pub fn analyze(
-    features: &Array,
+    features: &dyn RowSource,
     labels: &[i64],
     classes: Option<usize>,
     W: Option<&Mat<f64>>,
     bias: Option<&[f64]>,
-    logits: Option<&Array>,
+    logits: Option<&dyn RowSource>,
     chunk: usize,
 ) -> Result<Analysis> {
     let fpath = Path::new(features.name());
-    let (n, d) = features.matrix_shape()?;
-    if features.shape().len() != 2 {
+    let [n, d] = features.shape()[..] else {
         return Err(Error::format(
             fpath,
             format!("features of shape {:?}: expected (n, d)", features.shape()),
         ));
-    }
+    };
     if labels.len() != n {
         return Err(Error::format(fpath, format!("{n} feature rows but {} labels", labels.len())));
     }
@@ -153,14 +161,13 @@ pub fn analyze(
     {
         return Err(Error::format(fpath, format!("bias of length {}, expected k = {k}", b.len())));
     }
-    if let Some(z) = logits {
-        let shape = z.matrix_shape()?;
-        if z.shape().len() != 2 || shape != (n, k) {
-            return Err(Error::format(
-                Path::new(z.name()),
-                format!("logits of shape {:?}, expected (n, k) = ({n}, {k})", z.shape()),
-            ));
-        }
+    if let Some(z) = logits
+        && z.shape() != [n, k]
+    {
+        return Err(Error::format(
+            Path::new(z.name()),
+            format!("logits of shape {:?}, expected (n, k) = ({n}, {k})", z.shape()),
+        ));
     }
     let source = match (logits, W) {
         (Some(_), _) => LogitSource::File,

@@ -195,6 +195,33 @@ fn parse_npy_header(b: &[u8]) -> std::result::Result<NpyHeader, String> {
     Ok(NpyHeader { shape, dtype, big_endian, fortran, data: start + len })
 }
 
+/// A matrix read a block of rows at a time, as `f64`, row-major: a memory-mapped [`Array`], or
+/// an in-memory array (the Python module's NumPy views). [`crate::analyze::analyze`] reads
+/// through it, so every source gives the same numbers.
+pub trait RowSource {
+    /// The name used in messages (a file path, or an argument name).
+    fn name(&self) -> &str;
+    /// The shape.
+    fn shape(&self) -> &[usize];
+    /// Rows `start..end`, row-major.
+    ///
+    /// # Errors
+    /// A read failure or an unsupported element type.
+    fn rows(&self, start: usize, end: usize) -> Result<Vec<f64>>;
+}
+
+impl RowSource for Array {
+    fn name(&self) -> &str {
+        Array::name(self)
+    }
+    fn shape(&self) -> &[usize] {
+        Array::shape(self)
+    }
+    fn rows(&self, start: usize, end: usize) -> Result<Vec<f64>> {
+        Array::rows(self, start, end)
+    }
+}
+
 /// `"NAME: "` for an array inside an archive, nothing for a plain `.npy` (the error already
 /// names the file).
 fn member(path: &Path, name: &str) -> String {

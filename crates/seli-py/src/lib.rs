@@ -1,0 +1,624 @@
+//! The Python module `seli`: the SELI geometry of a label distribution, the metric set of a
+//! model's features, the exact ridge and max-margin solutions, and UFM gradient descent, on
+//! NumPy arrays. Every function builds the same record as the matching `seli` command (through
+//! seli-io), so Python and the CLI print the same numbers and the same error messages; errors
+//! become `ValueError`. Long computations run with the GIL released; `ufm` stops on Ctrl-C.
+#![allow(non_snake_case)]
+
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use numpy::ndarray::ArrayView2;
+use numpy::{PyArray1, PyArray2, PyReadonlyArray2, PyUntypedArrayMethods};
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyList, PyString};
+use seli_core::solve::ufm::{Reduction, StepRule, UfmConfig, UfmSolver};
+use seli_core::solve::{Executor, InterruptFlag, Observer, Schedule, Termination};
+use seli_core::track::{Tracker, UfmMetrics};
+use seli_core::{Geometry, Profile, Scalar};
+use seli_io::analyze::{Layout, analyze, classifier_matrix};
+use seli_io::arrays::RowSource;
+use seli_io::spec::{DEFAULT_STEP, parse_counts, parse_long_tail, parse_step};
+
+/// A `ValueError` with `e`'s message (its whole chain).
+fn value_error(e: impl std::fmt::Display) -> PyErr {
+    PyValueError::new_err(format!("{e:#}"))
+}
+
+/// A `K,R,RHO[,N_MIN]`-style argument: a string as on the command line, or a sequence.
+fn spec_text(obj: &Bound<'_, PyAny>) -> PyResult<String> {
+    if let Ok(s) = obj.cast::<PyString>() {
+        return Ok(s.to_string());
+    }
+    let items: Vec<Bound<'_, PyAny>> = obj.try_iter()?.collect::<PyResult<_>>()?;
+    let parts =
+        items.iter().map(|x| x.str().map(|s| s.to_string())).collect::<PyResult<Vec<_>>>()?;
+    Ok(parts.join(","))
+}
+
+/// The class-count profile the arguments describe (at most one given; the default STEP
+/// profile otherwise): `counts` (a sequence of class sizes), `step`, `long_tail`, or
+/// `labels` (a label file path, or an integer array of labels) with `classes`.
+fn profile(
+    py: Python<'_>,
+    counts: Option<&Bound<'_, PyAny>>,
+    step: Option<&Bound<'_, PyAny>>,
+    long_tail: Option<&Bound<'_, PyAny>>,
+    labels: Option<&Bound<'_, PyAny>>,
+    classes: Option<usize>,
+) -> PyResult<(Profile, Option<PathBuf>)> {
+    let step =
+        step.map(|s| spec_text(s).and_then(|t| parse_step(&t).map_err(value_error))).transpose()?;
+    let long_tail = long_tail
+        .map(|s| spec_text(s).and_then(|t| parse_long_tail(&t).map_err(value_error)))
+        .transpose()?;
+    let counts = counts
+        .map(|c| spec_text(c).and_then(|t| parse_counts(&t).map_err(value_error)))
+        .transpose()?;
+    let mut label_path = None;
+    if let Some(l) = labels {
+        if l.cast::<PyString>().is_ok() || l.hasattr("__fspath__")? {
+            label_path = Some(PathBuf::from(l.call_method0("__str__")?.extract::<String>()?));
+        } else {
+            if step.is_some() || long_tail.is_some() || counts.is_some() {
+                return Err(value_error("give at most one of step, long_tail, counts, labels"));
+            }
+            let y = label_vector(py, l)?;
+            let p = Profile::from_labels(y, classes).map_err(value_error)?;
+            return Ok((p, None));
+        }
+    }
+    seli_io::spec::resolve(
+        step,
+        long_tail,
+        counts.as_deref(),
+        label_path.as_deref(),
+        classes,
+        DEFAULT_STEP,
+    )
+    .map_err(value_error)
+}
+
+/// Labels as integers: any integer array or sequence, one dimension.
+fn label_vector(py: Python<'_>, obj: &Bound<'_, PyAny>) -> PyResult<Vec<i64>> {
+    let np = py.import("numpy")?;
+    let a = np.call_method1("asarray", (obj,))?;
+    let kind: String = a.getattr("dtype")?.getattr("kind")?.extract()?;
+    if kind != "i" && kind != "u" {
+        let dtype = a.getattr("dtype")?.str()?.to_string();
+        return Err(value_error(format!(
+            "labels: dtype {dtype} is not an integer type (labels must be integers)"
+        )));
+    }
+    let shape: Vec<usize> = a.getattr("shape")?.extract()?;
+    if !matches!(shape[..], [_] | [_, 1] | [1, _]) {
+        return Err(value_error(format!(
+            "labels: shape {shape:?}; expected a vector (n,), (n, 1) or (1, n)"
+        )));
+    }
+    let flat = a.call_method1("reshape", (-1,))?;
+    let as64 = flat.call_method1("astype", ("int64",))?;
+    if kind == "u" {
+        let too_big: bool = flat.call_method0("max")?.gt(i64::MAX as u64)?;
+        if too_big {
+            return Err(value_error("labels: a label does not fit in 64 bits"));
+        }
+    }
+    as64.extract::<Vec<i64>>()
+}
+
+/// A 2-D float array viewed without copying (any strides: C, Fortran, slices).
+enum View<'a> {
+    F32(ArrayView2<'a, f32>),
+    F64(ArrayView2<'a, f64>),
+}
+
+/// A NumPy matrix as a row source for the streaming metrics.
+struct NumpyRows<'a> {
+    name: String,
+    shape: [usize; 2],
+    view: View<'a>,
+}
+
+impl RowSource for NumpyRows<'_> {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn rows(&self, start: usize, end: usize) -> seli_io::Result<Vec<f64>> {
+        let mut out = Vec::with_capacity((end - start) * self.shape[1]);
+        match &self.view {
+            View::F32(v) => {
+                for r in start..end {
+                    out.extend(v.row(r).iter().map(|&x| f64::from(x)));
+                }
+            }
+            View::F64(v) => {
+                for r in start..end {
+                    out.extend(v.row(r).iter().copied());
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Borrowed float32/float64 matrices (kept alive while their views are used).
+enum Held<'py> {
+    F32(PyReadonlyArray2<'py, f32>),
+    F64(PyReadonlyArray2<'py, f64>),
+}
+
+impl Held<'_> {
+    fn rows(&self, name: &str) -> NumpyRows<'_> {
+        let (shape, view) = match self {
+            Held::F32(a) => (a.shape(), View::F32(a.as_array())),
+            Held::F64(a) => (a.shape(), View::F64(a.as_array())),
+        };
+        NumpyRows { name: name.to_string(), shape: [shape[0], shape[1]], view }
+    }
+}
+
+/// `obj` as a float32/float64 matrix (lists are converted; arrays are not copied).
+fn matrix<'py>(py: Python<'py>, name: &str, obj: &Bound<'py, PyAny>) -> PyResult<Held<'py>> {
+    let a = py.import("numpy")?.call_method1("asarray", (obj,))?;
+    let ndim: usize = a.getattr("ndim")?.extract()?;
+    if ndim != 2 {
+        let shape: Vec<usize> = a.getattr("shape")?.extract()?;
+        return Err(value_error(format!("{name} of shape {shape:?}: expected a matrix (2-D)")));
+    }
+    if let Ok(x) = a.extract::<PyReadonlyArray2<'py, f64>>() {
+        return Ok(Held::F64(x));
+    }
+    if let Ok(x) = a.extract::<PyReadonlyArray2<'py, f32>>() {
+        return Ok(Held::F32(x));
+    }
+    let dtype = a.getattr("dtype")?.str()?.to_string();
+    Err(value_error(format!(
+        "{name}: dtype {dtype} is not supported (use float32 or float64, e.g. x.astype('float32'))"
+    )))
+}
+
+/// JSON to Python: rectangular lists of numbers become float64 NumPy arrays (1-D, 2-D); lists
+/// of whole numbers (counts) stay lists; objects become dicts.
+fn to_py<'py>(py: Python<'py>, v: &serde_json::Value) -> PyResult<Bound<'py, PyAny>> {
+    use serde_json::Value as J;
+    Ok(match v {
+        J::Null => py.None().into_bound(py),
+        J::Bool(b) => b.into_pyobject(py)?.to_owned().into_any(),
+        J::Number(n) => match (n.as_i64(), n.as_u64(), n.as_f64()) {
+            (Some(i), _, _) => i.into_pyobject(py)?.into_any(),
+            (None, Some(u), _) => u.into_pyobject(py)?.into_any(),
+            (_, _, f) => f.unwrap_or(f64::NAN).into_pyobject(py)?.into_any(),
+        },
+        J::String(s) => s.into_pyobject(py)?.into_any(),
+        J::Array(items) => {
+            let floats: Option<Vec<f64>> = items.iter().map(J::as_f64).collect();
+            let whole = items.iter().all(|x| x.is_i64() || x.is_u64());
+            let rows: Option<Vec<Vec<f64>>> = items
+                .iter()
+                .map(|r| r.as_array().and_then(|r| r.iter().map(J::as_f64).collect()))
+                .collect();
+            match (floats, rows) {
+                (Some(f), _) if !whole && !f.is_empty() => PyArray1::from_vec(py, f).into_any(),
+                (_, Some(r)) if !r.is_empty() && r.iter().all(|x| x.len() == r[0].len()) => {
+                    PyArray2::from_vec2(py, &r).map_err(value_error)?.into_any()
+                }
+                _ => {
+                    let list = PyList::empty(py);
+                    for x in items {
+                        list.append(to_py(py, x)?)?;
+                    }
+                    list.into_any()
+                }
+            }
+        }
+        J::Object(m) => {
+            let d = PyDict::new(py);
+            for (k, x) in m {
+                d.set_item(k, to_py(py, x)?)?;
+            }
+            d.into_any()
+        }
+    })
+}
+
+fn record<'py, T: serde::Serialize>(py: Python<'py>, rec: &T) -> PyResult<Bound<'py, PyAny>> {
+    to_py(py, &serde_json::to_value(rec).map_err(value_error)?)
+}
+
+fn reduction(s: &str) -> PyResult<Reduction> {
+    match s {
+        "sum" => Ok(Reduction::Sum),
+        "mean" => Ok(Reduction::Mean),
+        other => Err(value_error(format!("loss_reduction = '{other}': must be 'sum' or 'mean'"))),
+    }
+}
+
+/// The exact SELI geometry of a label distribution, as `seli geometry --json` records it.
+///
+/// Give the class counts one way (default: STEP k = 10, R = 10, rho = 1/2, n_min = 500):
+/// `counts` (sizes), `step` ("K,R,RHO[,N_MIN]" or a tuple), `long_tail` ("K,N_MAX,R"), or
+/// `labels` (an integer array, or a label file path) with `classes`. With `d`, also a concrete
+/// W and M in R^d from a random frame seeded by `seed`.
+///
+/// Returns a dict (schema seli.geometry.v1): `profile`, `sel` (singular values, norms),
+/// `classes`, `groups`, `distances` (`dist_gw_seli_etf`, `dist_gm_seli_etf`), `matrices`
+/// (`gram_w`, `gram_m`, `logits`, ETF Grams, cosines as k x k float64 arrays).
+///
+/// >>> g = seli.geometry(step="10,100,0.5")
+/// >>> g["distances"]["dist_gw_seli_etf"]
+/// 0.6339...
+#[pyfunction]
+#[pyo3(signature = (counts=None, *, step=None, long_tail=None, labels=None, classes=None, d=None, seed=0))]
+#[allow(clippy::too_many_arguments)]
+fn geometry<'py>(
+    py: Python<'py>,
+    counts: Option<&Bound<'py, PyAny>>,
+    step: Option<&Bound<'py, PyAny>>,
+    long_tail: Option<&Bound<'py, PyAny>>,
+    labels: Option<&Bound<'py, PyAny>>,
+    classes: Option<usize>,
+    d: Option<usize>,
+    seed: u64,
+) -> PyResult<Bound<'py, PyAny>> {
+    let (p, source) = profile(py, counts, step, long_tail, labels, classes)?;
+    let rec = py
+        .detach(|| -> Result<_, String> {
+            let g = Geometry::new(&p).map_err(|e| e.to_string())?;
+            let stats = g.stats();
+            let real = d
+                .map(|d| g.realize(d, seed))
+                .transpose()
+                .map_err(|e| format!("invalid --d: {e}"))?;
+            let rec = seli_io::GeometryRecord::new(&g, &stats, real.as_ref(), source.as_deref());
+            serde_json::to_value(&rec).map_err(|e| e.to_string())
+        })
+        .map_err(value_error)?;
+    to_py(py, &rec)
+}
+
+/// The metric set of a model's penultimate features against SELI and the ETF, as
+/// `seli analyze --json` records it.
+///
+/// `features`: (n, d) float32 or float64, any memory layout (not copied; read `chunk` rows at
+/// a time). `labels`: n integers in 0..k. `classifier`: the last layer, (k, d) like
+/// `nn.Linear.weight` (`layout="kd"`) or (d, k) (`layout="dk"`); `bias`: k values; `logits`:
+/// (n, k), used instead of classifier @ h + bias when given.
+///
+/// Returns a dict (format seli.analyze.v1) whose `values` hold the distances of G_W, G_M,
+/// W^T M and the logits to SELI and the ETF, NC1 (both centerings), NC2-NC4, accuracy and
+/// norms/cosines by majority/minority group.
+///
+/// >>> m = seli.metrics(H, y, model.fc.weight.detach().numpy())
+/// >>> m["values"]["dist_gw_seli"], m["values"]["dist_gw_etf"]
+#[pyfunction]
+#[pyo3(signature = (features, labels, classifier=None, *, bias=None, logits=None, classes=None, layout="kd", chunk=4096))]
+#[allow(clippy::too_many_arguments)]
+fn metrics<'py>(
+    py: Python<'py>,
+    features: &Bound<'py, PyAny>,
+    labels: &Bound<'py, PyAny>,
+    classifier: Option<&Bound<'py, PyAny>>,
+    bias: Option<&Bound<'py, PyAny>>,
+    logits: Option<&Bound<'py, PyAny>>,
+    classes: Option<usize>,
+    layout: &str,
+    chunk: usize,
+) -> PyResult<Bound<'py, PyAny>> {
+    let layout = match layout {
+        "kd" => Layout::Kd,
+        "dk" => Layout::Dk,
+        other => return Err(value_error(format!("layout = '{other}': must be 'kd' or 'dk'"))),
+    };
+    let h = matrix(py, "features", features)?;
+    let y = label_vector(py, labels)?;
+    let w = classifier.map(|c| matrix(py, "classifier", c)).transpose()?;
+    let z = logits.map(|c| matrix(py, "logits", c)).transpose()?;
+    let b: Option<Vec<f64>> = bias
+        .map(|b| {
+            py.import("numpy")?
+                .call_method1("asarray", (b, "float64"))?
+                .call_method1("reshape", (-1,))?
+                .extract()
+        })
+        .transpose()?;
+    let hr = h.rows("features");
+    let wr = w.as_ref().map(|w| w.rows("classifier"));
+    let zr = z.as_ref().map(|z| z.rows("logits"));
+    let out = py
+        .detach(|| -> seli_io::Result<serde_json::Value> {
+            let k = match classes {
+                Some(k) => k,
+                None => y.iter().copied().max().map_or(0, |m| (m.max(-1) + 1) as usize),
+            };
+            let W =
+                wr.as_ref().map(|w| classifier_matrix(w, layout, hr.shape[1], k)).transpose()?;
+            let a = analyze(
+                &hr,
+                &y,
+                classes,
+                W.as_ref(),
+                b.as_deref(),
+                zr.as_ref().map(|z| z as &dyn RowSource),
+                chunk,
+            )?;
+            serde_json::to_value(&a)
+                .map_err(|cause| seli_io::Error::Serialize { what: "analysis", cause })
+        })
+        .map_err(value_error)?;
+    to_py(py, &out)
+}
+
+/// The exact optimum of the ridge-regularized UFM at class level, with its duality-gap
+/// certificate and the thresholds lambda* (X = 0 above) and lambda_mc (minority collapse
+/// above), as `seli ridge --json` records it (schema seli.ridge.v1). Give `lam` (both
+/// strengths) or `lambda_w` and `lambda_h`; the profile as in `geometry`.
+///
+/// >>> r = seli.ridge(step="10,10,0.5", lam=0.5)
+/// >>> r["solution"]["rank"], r["thresholds"]["lambda_star"]
+#[pyfunction]
+#[pyo3(signature = (counts=None, *, step=None, long_tail=None, labels=None, classes=None, lam=None, lambda_w=None, lambda_h=None, loss_reduction="sum", tol=1e-10, max_iters=200_000))]
+#[allow(clippy::too_many_arguments)]
+fn ridge<'py>(
+    py: Python<'py>,
+    counts: Option<&Bound<'py, PyAny>>,
+    step: Option<&Bound<'py, PyAny>>,
+    long_tail: Option<&Bound<'py, PyAny>>,
+    labels: Option<&Bound<'py, PyAny>>,
+    classes: Option<usize>,
+    lam: Option<f64>,
+    lambda_w: Option<f64>,
+    lambda_h: Option<f64>,
+    loss_reduction: &str,
+    tol: f64,
+    max_iters: u64,
+) -> PyResult<Bound<'py, PyAny>> {
+    let (p, source) = profile(py, counts, step, long_tail, labels, classes)?;
+    let lambdas = match (lam, lambda_w, lambda_h) {
+        (Some(l), None, None) => (l, l),
+        (None, Some(a), Some(b)) => (a, b),
+        _ => return Err(value_error("give lam, or lambda_w and lambda_h")),
+    };
+    let red = reduction(loss_reduction)?;
+    let rec = py
+        .detach(|| {
+            seli_io::solutions::ridge_record(&p, source.as_deref(), red, lambdas, tol, max_iters)
+        })
+        .map_err(value_error)?;
+    record(py, &rec)
+}
+
+/// The ridge optimum's geometry along `points` log-spaced strengths from lambda* down to
+/// lambda* x `min_fraction`, as `seli ridge-path` records it (schema seli.ridge-path.v1).
+#[pyfunction]
+#[pyo3(signature = (counts=None, *, step=None, long_tail=None, labels=None, classes=None, points=25, min_fraction=1e-4, loss_reduction="sum", tol=1e-10, max_iters=200_000))]
+#[allow(clippy::too_many_arguments)]
+fn ridge_path<'py>(
+    py: Python<'py>,
+    counts: Option<&Bound<'py, PyAny>>,
+    step: Option<&Bound<'py, PyAny>>,
+    long_tail: Option<&Bound<'py, PyAny>>,
+    labels: Option<&Bound<'py, PyAny>>,
+    classes: Option<usize>,
+    points: usize,
+    min_fraction: f64,
+    loss_reduction: &str,
+    tol: f64,
+    max_iters: u64,
+) -> PyResult<Bound<'py, PyAny>> {
+    let (p, source) = profile(py, counts, step, long_tail, labels, classes)?;
+    let red = reduction(loss_reduction)?;
+    let (rec, _) = py
+        .detach(|| {
+            seli_io::solutions::ridge_path(
+                &p,
+                source.as_deref(),
+                red,
+                tol,
+                max_iters,
+                points,
+                min_fraction,
+                || {},
+            )
+        })
+        .map_err(value_error)?;
+    to_py(py, &rec)
+}
+
+/// The max-margin (nuclear-norm SVM) solution at class level with its dual certificate, as
+/// `seli svm --json` records it (schema seli.svm.v1); the paper's theorem says it is the SEL
+/// matrix (`dist_to_sel` ~ 0).
+#[pyfunction]
+#[pyo3(signature = (counts=None, *, step=None, long_tail=None, labels=None, classes=None, tol=1e-10, max_iters=200_000, seed=0))]
+#[allow(clippy::too_many_arguments)]
+fn svm<'py>(
+    py: Python<'py>,
+    counts: Option<&Bound<'py, PyAny>>,
+    step: Option<&Bound<'py, PyAny>>,
+    long_tail: Option<&Bound<'py, PyAny>>,
+    labels: Option<&Bound<'py, PyAny>>,
+    classes: Option<usize>,
+    tol: f64,
+    max_iters: u64,
+    seed: u64,
+) -> PyResult<Bound<'py, PyAny>> {
+    let (p, source) = profile(py, counts, step, long_tail, labels, classes)?;
+    let rec = py
+        .detach(|| seli_io::solutions::svm_record(&p, source.as_deref(), tol, max_iters, seed))
+        .map_err(value_error)?;
+    to_py(py, &rec)
+}
+
+/// Polls Python's signal handlers (with the GIL) every 50 ms; a pending KeyboardInterrupt
+/// stops the run.
+struct Signals {
+    last: Instant,
+    flag: InterruptFlag,
+    error: std::sync::Arc<Mutex<Option<PyErr>>>,
+}
+
+impl<S: seli_core::solve::IterState> Observer<S> for Signals {
+    fn observe_iter(&mut self, _: &S) -> seli_core::Result<()> {
+        if self.last.elapsed() >= Duration::from_millis(50) {
+            self.last = Instant::now();
+            if let Err(e) = Python::attach(|py| py.check_signals()) {
+                if let Ok(mut slot) = self.error.lock() {
+                    *slot = Some(e);
+                }
+                self.flag.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        Ok(())
+    }
+}
+
+struct UfmRun {
+    rows: Vec<Vec<Option<f64>>>,
+    termination: Termination,
+    iters_done: u64,
+}
+
+fn run_ufm<T: Scalar>(
+    cfg: UfmConfig,
+    p: &Profile,
+    iters: u64,
+    record: Schedule,
+    threads: usize,
+    signals: Signals,
+) -> seli_core::Result<UfmRun> {
+    let geometry = Geometry::new(p)?;
+    let mut solver = UfmSolver::<T>::new(cfg, p, threads)?;
+    let labels = solver.labels().to_vec();
+    let mut state = solver.init_state()?;
+    let mut rows = Vec::new();
+    let flag = signals.flag.clone();
+    let mut tracker = Tracker::new(&labels, &geometry, |m: &UfmMetrics| {
+        rows.push(m.values.clone());
+        Ok(())
+    });
+    let why = Executor::new(solver, iters)
+        .observe(&mut tracker, record)
+        .observe(signals, Schedule::Every(1))
+        .interrupt_on(flag)
+        .run(&mut state)?;
+    drop(tracker);
+    Ok(UfmRun { rows, termination: why, iters_done: state.iter })
+}
+
+/// Gradient descent on the unconstrained-features model (UFM), tracked against SELI and the
+/// ETF, as `seli ufm` runs it but in memory. The profile as in `geometry`; the other arguments
+/// are `seli ufm`'s flags (`schedule`: "norm-grad", "norm-loss", "constant" or
+/// "step:FACTOR@I1,I2"; metrics recorded `every` N iterations or `log_every` P per decade,
+/// default 10 per decade).
+///
+/// Returns a dict: `metrics` (column name -> float64 array, one entry per recorded iteration,
+/// NaN where undefined; the columns of metrics.csv), `termination`, `message`, `iters_done`,
+/// `targets` (`dist_gw_seli_etf`, `dist_gm_seli_etf`, `nuclear_norm`). Runs without the GIL;
+/// Ctrl-C raises KeyboardInterrupt within about 50 ms.
+///
+/// >>> r = seli.ufm(step="10,10,0.5,5", d=32, iters=2000)
+/// >>> r["metrics"]["dist_gw_seli"][-1]
+#[pyfunction]
+#[pyo3(signature = (counts=None, *, step=None, long_tail=None, labels=None, classes=None, d=64, iters=10_000, lr=0.01, schedule="norm-grad", lambda_w=0.0, lambda_h=0.0, bias=false, loss_reduction="sum", dtype="f64", seed=0, init_scale=0.1, every=None, log_every=None, grad_tol=None, threads=0))]
+#[allow(clippy::too_many_arguments)]
+fn ufm<'py>(
+    py: Python<'py>,
+    counts: Option<&Bound<'py, PyAny>>,
+    step: Option<&Bound<'py, PyAny>>,
+    long_tail: Option<&Bound<'py, PyAny>>,
+    labels: Option<&Bound<'py, PyAny>>,
+    classes: Option<usize>,
+    d: usize,
+    iters: u64,
+    lr: f64,
+    schedule: &str,
+    lambda_w: f64,
+    lambda_h: f64,
+    bias: bool,
+    loss_reduction: &str,
+    dtype: &str,
+    seed: u64,
+    init_scale: f64,
+    every: Option<u64>,
+    log_every: Option<u64>,
+    grad_tol: Option<f64>,
+    threads: usize,
+) -> PyResult<Bound<'py, PyAny>> {
+    let (p, _) = profile(py, counts, step, long_tail, labels, classes)?;
+    let cfg = UfmConfig {
+        d,
+        lr,
+        step_rule: StepRule::parse(schedule).map_err(value_error)?,
+        lambda_w,
+        lambda_h,
+        bias,
+        reduction: reduction(loss_reduction)?,
+        init_scale,
+        seed,
+        grad_tol,
+    };
+    cfg.check(p.k()).map_err(value_error)?;
+    let record = match (every, log_every) {
+        (Some(_), Some(_)) => return Err(value_error("give every or log_every, not both")),
+        (Some(n), None) => format!("every:{n}"),
+        (None, Some(q)) => format!("log:{q}"),
+        (None, None) => "log:10".into(),
+    };
+    let record = seli_io::run::parse_record(&record).map_err(value_error)?;
+    let error = std::sync::Arc::new(Mutex::new(None));
+    let signals = Signals {
+        last: Instant::now(),
+        flag: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
+        error: error.clone(),
+    };
+    let geometry = Geometry::new(&p).map_err(value_error)?;
+    let run = py
+        .detach(|| match dtype {
+            "f32" => run_ufm::<f32>(cfg, &p, iters, record, threads, signals),
+            "f64" => run_ufm::<f64>(cfg, &p, iters, record, threads, signals),
+            other => Err(seli_core::Error::InvalidParameter {
+                name: "dtype",
+                value: other.into(),
+                rule: "must be f32 or f64",
+            }),
+        })
+        .map_err(value_error)?;
+    if let Some(e) = error.lock().ok().and_then(|mut e| e.take()) {
+        return Err(e);
+    }
+    let out = PyDict::new(py);
+    let metrics = PyDict::new(py);
+    for (j, (name, _)) in UfmMetrics::COLUMNS.iter().enumerate() {
+        let col: Vec<f64> = run.rows.iter().map(|r| r[j].unwrap_or(f64::NAN)).collect();
+        metrics.set_item(*name, PyArray1::from_vec(py, col))?;
+    }
+    out.set_item("metrics", metrics)?;
+    out.set_item("termination", run.termination.name())?;
+    out.set_item("message", run.termination.to_string())?;
+    out.set_item("iters_done", run.iters_done)?;
+    let targets = PyDict::new(py);
+    targets.set_item("dist_gw_seli_etf", geometry.dist_gram_w_etf())?;
+    targets.set_item("dist_gm_seli_etf", geometry.dist_gram_m_etf())?;
+    targets.set_item("nuclear_norm", geometry.nuclear_norm())?;
+    out.set_item("targets", targets)?;
+    Ok(out.into_any())
+}
+
+/// SELI geometry (Simplex-Encoded-Labels Interpolation) of classifiers under class imbalance:
+/// exact targets, metrics of a model's features, exact solvers and UFM runs on NumPy arrays.
+#[pymodule]
+fn seli(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add_function(wrap_pyfunction!(geometry, m)?)?;
+    m.add_function(wrap_pyfunction!(metrics, m)?)?;
+    m.add_function(wrap_pyfunction!(ridge, m)?)?;
+    m.add_function(wrap_pyfunction!(ridge_path, m)?)?;
+    m.add_function(wrap_pyfunction!(svm, m)?)?;
+    m.add_function(wrap_pyfunction!(ufm, m)?)?;
+    Ok(())
+}

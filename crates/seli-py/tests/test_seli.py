@@ -1,0 +1,251 @@
+"""The Python module against the seli CLI: same records, same errors; NumPy inputs of every
+dtype and layout; Ctrl-C and the GIL. Run by .ci/run after installing the wheel:
+
+    SELI_BIN=target/release/seli python -m pytest crates/seli-py/tests
+"""
+
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import seli
+
+ROOT = Path(__file__).resolve().parents[3]
+SELI_BIN = os.environ.get("SELI_BIN", str(ROOT / "target" / "release" / "seli"))
+
+
+def cli_json(tmp_path, *args):
+    """Runs `seli ARGS --json FILE` and returns the record."""
+    out = tmp_path / "out.json"
+    subprocess.run([SELI_BIN, *args, "--json", str(out)], check=True, capture_output=True)
+    return json.loads(out.read_text())
+
+
+def cli_error(*args):
+    """The first line seli prints to stderr for a failing command, without 'error: '."""
+    res = subprocess.run([SELI_BIN, *args], capture_output=True, text=True)
+    assert res.returncode != 0
+    return res.stderr.splitlines()[0].removeprefix("error: ")
+
+
+def plain(x):
+    """A Python record with NumPy arrays turned back into lists (the JSON shape)."""
+    if isinstance(x, dict):
+        return {k: plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [plain(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    return x
+
+
+# --- same records as the CLI ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kw,flags",
+    [
+        ({"step": "10,100,0.5"}, ["--step", "10,100,0.5"]),
+        ({"step": (9, 10, "1/3", 4)}, ["--step", "9,10,1/3,4"]),
+        ({"counts": [50, 50, 5, 5, 1]}, ["--counts", "50,50,5,5,1"]),
+        ({"long_tail": "6,500,50"}, ["--long-tail", "6,500,50"]),
+        ({"step": "5,10,0.4,2", "d": 7, "seed": 3}, ["--step", "5,10,0.4,2", "--d", "7", "--seed", "3"]),
+    ],
+)
+def test_geometry_equals_cli_json(tmp_path, kw, flags):
+    py = plain(seli.geometry(**kw))
+    cli = cli_json(tmp_path, "geometry", *flags)
+    assert py == cli
+
+
+def test_geometry_of_label_arrays_and_files(tmp_path):
+    y = np.array([0, 0, 0, 1, 2, 2], dtype=np.int32)
+    f = tmp_path / "y.txt"
+    f.write_text("\n".join(map(str, y)) + "\n")
+    a = seli.geometry(labels=y)
+    b = seli.geometry(labels=str(f))
+    cli = cli_json(tmp_path, "geometry", "--labels", str(f))
+    assert a["profile"]["counts"] == [3, 1, 2]
+    assert plain(b) == cli
+    assert plain(a)["distances"] == cli["distances"]
+
+
+def test_ridge_and_svm_equal_cli_json(tmp_path):
+    py = plain(seli.ridge(step="4,10,0.5,2", lam=0.3))
+    assert py == cli_json(tmp_path, "ridge", "--step", "4,10,0.5,2", "--lambda", "0.3")
+    py = plain(seli.ridge(counts=[6, 3, 1], lambda_w=0.1, lambda_h=0.4, loss_reduction="mean"))
+    cli = cli_json(
+        tmp_path, "ridge", "--counts", "6,3,1", "--lambda-w", "0.1", "--lambda-h", "0.4",
+        "--loss-reduction", "mean",
+    )
+    assert py == cli
+    py = plain(seli.svm(counts=[7, 3, 1, 12, 5]))
+    assert py == cli_json(tmp_path, "svm", "--counts", "7,3,1,12,5")
+
+
+def test_ridge_path_equals_cli(tmp_path):
+    out = tmp_path / "p.csv"
+    subprocess.run(
+        [SELI_BIN, "ridge-path", "--step", "4,10,0.5,2", "--points", "6", "--out", str(out)],
+        check=True, capture_output=True,
+    )
+    cli = json.loads(out.with_suffix(".json").read_text())
+    assert plain(seli.ridge_path(step="4,10,0.5,2", points=6)) == cli
+
+
+def features(n_per=(40, 40, 8, 8), d=6, seed=0):
+    """Features near a known class structure, labels, and a classifier (k, d)."""
+    rng = np.random.default_rng(seed)
+    k = len(n_per)
+    means = rng.normal(size=(k, d)) * 3
+    y = np.repeat(np.arange(k), n_per)
+    H = means[y] + 0.3 * rng.normal(size=(len(y), d))
+    W = means + 0.1 * rng.normal(size=(k, d))
+    return H, y, W
+
+
+def test_metrics_equal_cli_analyze(tmp_path):
+    H, y, W = features()
+    b = np.linspace(-0.1, 0.1, 4)
+    for name, arr in [("h.npy", H.astype(np.float32)), ("y.npy", y), ("w.npy", W), ("b.npy", b)]:
+        np.save(tmp_path / name, arr)
+    cli = cli_json(
+        tmp_path, "analyze", "--features", str(tmp_path / "h.npy"), "--labels", str(tmp_path / "y.npy"),
+        "--classifier", str(tmp_path / "w.npy"), "--bias", str(tmp_path / "b.npy"), "--chunk", "16",
+    )
+    py = plain(seli.metrics(H.astype(np.float32), y, W, bias=b, chunk=16))
+    assert py["values"] == cli["values"]
+    assert py["profile"]["counts"] == cli["profile"]["counts"] == [40, 40, 8, 8]
+    assert (py["n"], py["d"], py["k"], py["logits"]) == (96, 6, 4, "classifier")
+
+
+# --- NumPy inputs ---------------------------------------------------------------------------
+
+
+def test_metrics_take_every_dtype_and_layout():
+    H, y, W = features()
+    ref = seli.metrics(H, y, W)["values"]
+    # float64 C, Fortran, a non-contiguous slice of a wider array: the same numbers.
+    wide = np.zeros((H.shape[0], 2 * H.shape[1]))
+    wide[:, ::2] = H
+    for X in [np.ascontiguousarray(H), np.asfortranarray(H), wide[:, ::2]]:
+        assert seli.metrics(X, y, W)["values"] == ref
+    # Every other row (strided rows) matches a contiguous copy of those rows.
+    sub = seli.metrics(H[::2], y[::2], W)["values"]
+    assert sub == seli.metrics(np.ascontiguousarray(H[::2]), y[::2].copy(), W)["values"]
+    # float32 in any layout: equal to each other, close to float64.
+    H32 = H.astype(np.float32)
+    r32 = seli.metrics(H32, y, W.astype(np.float32))["values"]
+    assert seli.metrics(np.asfortranarray(H32), y.astype(np.uint8), W.astype(np.float32).T.copy(), layout="dk")["values"] == r32
+    assert abs(r32["dist_gw_seli"] - ref["dist_gw_seli"]) < 1e-6  # W rounded to float32
+    assert abs(r32["nc1"] - ref["nc1"]) < 1e-4 * ref["nc1"]
+    # Lists work too; labels in any integer dtype.
+    assert seli.metrics(H.tolist(), y.astype(np.int16).tolist(), W.tolist())["values"] == ref
+
+
+def test_unsupported_arrays_get_clear_errors():
+    H, y, W = features()
+    with pytest.raises(ValueError, match=r"features: dtype float16 is not supported \(use float32 or float64"):
+        seli.metrics(H.astype(np.float16), y)
+    with pytest.raises(ValueError, match=r"features of shape \[2, 48, 6\]: expected a matrix"):
+        seli.metrics(H.reshape(2, 48, 6), y)
+    with pytest.raises(ValueError, match=r"labels: dtype float64 is not an integer type"):
+        seli.metrics(H, y.astype(float))
+    with pytest.raises(ValueError, match="features: 96 feature rows but 95 labels"):
+        seli.metrics(H, y[:-1])
+    with pytest.raises(ValueError, match=r"classifier of shape \[6, 4\], expected \(4, 6\).*the other --classifier-layout fits"):
+        seli.metrics(H, y, W.T)
+    Hn = H.copy()
+    Hn[5, 2] = np.nan
+    with pytest.raises(ValueError, match="non-finite value NaN at sample 5, feature 2"):
+        seli.metrics(Hn, y)
+
+
+# --- bad inputs: ValueError with the CLI's message ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "call,flags",
+    [
+        (lambda: seli.geometry(step="1,10,0.5"), ["geometry", "--step", "1,10,0.5"]),
+        (lambda: seli.geometry(step="10,10,1.5"), ["geometry", "--step", "10,10,1.5"]),
+        (lambda: seli.geometry(counts=[5, 0, 3]), ["geometry", "--counts", "5,0,3"]),
+        (lambda: seli.geometry(long_tail="10,5000"), ["geometry", "--long-tail", "10,5000"]),
+        (lambda: seli.ufm(step="10,10,0.5", d=5), ["ufm", "--step", "10,10,0.5", "--d", "5", "--out", "/nonexistent/x"]),
+        (lambda: seli.ufm(lr=-1.0), ["ufm", "--lr", "-1", "--out", "/nonexistent/x"]),
+        (lambda: seli.ufm(schedule="step:0.1@x"), ["ufm", "--schedule", "step:0.1@x", "--out", "/nonexistent/x"]),
+        (lambda: seli.ridge(step="4,10,0.5", lam=-1.0), ["ridge", "--step", "4,10,0.5", "--lambda", "-1"]),
+    ],
+)
+def test_bad_inputs_raise_value_error_with_the_cli_message(call, flags):
+    with pytest.raises(ValueError) as e:
+        call()
+    message = cli_error(*flags)
+    # clap prefixes its own wording for flag values it rejects itself
+    message = message.split("': ")[-1] if message.startswith("invalid value") else message
+    assert message in str(e.value)
+
+
+def test_label_errors_name_the_value(tmp_path):
+    with pytest.raises(ValueError, match="class 1 is empty"):
+        seli.geometry(labels=np.array([0, 0, 2]))
+    with pytest.raises(ValueError, match="label -1 at position 1 is negative"):
+        seli.geometry(labels=[0, -1])
+    with pytest.raises(ValueError, match="missing.txt"):
+        seli.geometry(labels=str(tmp_path / "missing.txt"))
+    with pytest.raises(ValueError, match="give at most one of step, long_tail, counts, labels"):
+        seli.geometry(step="4,2,0.5", counts=[1, 2])
+    with pytest.raises(ValueError, match="give lam, or lambda_w and lambda_h"):
+        seli.ridge(step="4,2,0.5")
+
+
+# --- UFM, the GIL and Ctrl-C -----------------------------------------------------------------
+
+
+def test_ufm_returns_its_metrics_table():
+    r = seli.ufm(step="4,10,0.5,3", d=8, iters=500, every=50)
+    m = r["metrics"]
+    assert r["termination"] == "max-iters" and r["iters_done"] == 500
+    assert list(m["iter"]) == list(range(0, 501, 50))
+    assert all(isinstance(v, np.ndarray) and v.dtype == np.float64 for v in m.values())
+    assert m["dist_gw_seli"][-1] < m["dist_gw_seli"][0]
+    assert r["targets"]["dist_gw_seli_etf"] == seli.geometry(step="4,10,0.5,3")["distances"]["dist_gw_seli_etf"]
+    # Results do not depend on threads; f32 runs too.
+    again = seli.ufm(step="4,10,0.5,3", d=8, iters=500, every=50, threads=1)
+    assert np.array_equal(again["metrics"]["loss"], m["loss"])
+    assert seli.ufm(step="4,10,0.5,3", d=8, iters=50, dtype="f32")["iters_done"] == 50
+
+
+def test_ufm_releases_the_gil():
+    ticks = []
+    done = threading.Event()
+
+    def count():
+        while not done.is_set():
+            ticks.append(1)
+            time.sleep(0.001)
+
+    t = threading.Thread(target=count)
+    t.start()
+    before = len(ticks)
+    seli.ufm(step="10,100,0.5,10", d=32, iters=3000, threads=1)
+    done.set()
+    t.join()
+    # Python code ran while the Rust loop did (it could not, had the GIL been held).
+    assert len(ticks) - before > 20
+
+
+def test_ctrl_c_interrupts_a_long_ufm_run():
+    timer = threading.Timer(0.3, lambda: os.kill(os.getpid(), signal.SIGINT))
+    start = time.monotonic()
+    timer.start()
+    with pytest.raises(KeyboardInterrupt):
+        seli.ufm(step="10,100,0.5,10", d=64, iters=10_000_000)
+    assert time.monotonic() - start < 5.0
