@@ -63,6 +63,22 @@ fn legend<'a, DB: DrawingBackend + 'a, CT: CoordTranslate>(
         .map_err(err)
 }
 
+/// An axis tick: whole numbers without a decimal point ("1000", not "1000."), very large or
+/// small ones in exponent form, others in the shortest form.
+pub fn tick(x: f64) -> String {
+    let a = x.abs();
+    if x == 0.0 {
+        "0".into()
+    } else if !(1e-3..1e6).contains(&a) {
+        format!("{x:e}")
+    } else if x.fract() == 0.0 {
+        format!("{x:.0}")
+    } else {
+        let s = format!("{x:.4}");
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    }
+}
+
 /// A line chart. With `log_x`, points with x <= 0 are dropped.
 ///
 /// # Errors
@@ -105,6 +121,7 @@ pub fn line_chart(
         builder
             .caption(title, ("sans-serif", 22))
             .margin(12)
+            .margin_right(30)
             .x_label_area_size(48)
             .y_label_area_size(64);
         macro_rules! finish {
@@ -112,6 +129,7 @@ pub fn line_chart(
                 let mut chart = $chart;
                 chart
                     .configure_mesh()
+                    .x_label_formatter(&|x| tick(*x))
                     .x_desc(x_label)
                     .y_desc(y_label)
                     .label_style(("sans-serif", 15))
@@ -297,4 +315,18 @@ pub fn bar_chart(
         root.present().map_err(err)?;
     }
     Ok(svg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tick;
+
+    #[test]
+    fn ticks_are_compact() {
+        let got: Vec<String> = [0.0, 1000.0, 10.0, 0.5, 0.125, 2.5e-5, 3e7, -20.0, 0.33333]
+            .iter()
+            .map(|&x| tick(x))
+            .collect();
+        assert_eq!(got, ["0", "1000", "10", "0.5", "0.125", "2.5e-5", "3e7", "-20", "0.3333"]);
+    }
 }

@@ -13,8 +13,9 @@ use crate::report::{Figure, Run, compare_figures, escape, figure_html, html_head
 /// Most lines in one sweep figure (the palette's size).
 pub const MAX_SERIES: usize = 8;
 
-/// Most runs overlaid in the comparison figures of a UFM or training sweep.
-pub const MAX_COMPARE: usize = 12;
+/// Most runs overlaid in the comparison figures of a UFM or training sweep (two legend entries
+/// each; more would cover the curves: `seli report --compare` draws any chosen subset).
+pub const MAX_COMPARE: usize = 4;
 
 /// The results plotted for each command.
 pub fn key_results(command: &str) -> &'static [&'static str] {
