@@ -184,7 +184,7 @@ fn matrix<'py>(py: Python<'py>, name: &str, obj: &Bound<'py, PyAny>) -> PyResult
 }
 
 /// JSON to Python: rectangular lists of numbers become float64 NumPy arrays (1-D, 2-D); lists
-/// of whole numbers (counts) stay lists; objects become dicts.
+/// of whole numbers (counts, class pairs) stay lists; objects become dicts.
 fn to_py<'py>(py: Python<'py>, v: &serde_json::Value) -> PyResult<Bound<'py, PyAny>> {
     use serde_json::Value as J;
     Ok(match v {
@@ -198,14 +198,19 @@ fn to_py<'py>(py: Python<'py>, v: &serde_json::Value) -> PyResult<Bound<'py, PyA
         J::String(s) => s.into_pyobject(py)?.into_any(),
         J::Array(items) => {
             let floats: Option<Vec<f64>> = items.iter().map(J::as_f64).collect();
-            let whole = items.iter().all(|x| x.is_i64() || x.is_u64());
+            let is_whole = |x: &J| x.is_i64() || x.is_u64();
+            let whole = items
+                .iter()
+                .all(|x| is_whole(x) || x.as_array().is_some_and(|r| r.iter().all(is_whole)));
             let rows: Option<Vec<Vec<f64>>> = items
                 .iter()
                 .map(|r| r.as_array().and_then(|r| r.iter().map(J::as_f64).collect()))
                 .collect();
             match (floats, rows) {
                 (Some(f), _) if !whole && !f.is_empty() => PyArray1::from_vec(py, f).into_any(),
-                (_, Some(r)) if !r.is_empty() && r.iter().all(|x| x.len() == r[0].len()) => {
+                (_, Some(r))
+                    if !whole && !r.is_empty() && r.iter().all(|x| x.len() == r[0].len()) =>
+                {
                     PyArray2::from_vec2(py, &r).map_err(value_error)?.into_any()
                 }
                 _ => {

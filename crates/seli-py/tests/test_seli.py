@@ -249,3 +249,12 @@ def test_ctrl_c_interrupts_a_long_ufm_run():
     with pytest.raises(KeyboardInterrupt):
         seli.ufm(step="10,100,0.5,10", d=64, iters=10_000_000)
     assert time.monotonic() - start < 5.0
+
+
+def test_whole_number_lists_stay_lists():
+    # A ridge strength above lambda_mc collapses the minority classifiers: pairs of classes.
+    r = seli.ridge(step="4,10,0.5,2", lam=3.0)
+    pairs = r["solution"]["collapsed_pairs"]
+    assert pairs == [[2, 3]] and isinstance(pairs[0][0], int)
+    assert isinstance(r["profile"]["counts"], list)
+    assert isinstance(r["gram_w"], np.ndarray) and r["gram_w"].dtype == np.float64
