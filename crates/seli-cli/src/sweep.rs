@@ -384,6 +384,17 @@ fn run_point(job: &Job, dir: &Path, data: &DataCache) -> Result<bool> {
     Ok(true)
 }
 
+/// Whether `dir/point.json` records `point` of a `command` sweep (`None`: no point.json).
+fn recorded(command: &str, point: &Point, dir: &Path) -> Option<bool> {
+    let path = dir.join("point.json");
+    if !path.is_file() {
+        return None;
+    }
+    let old: Option<PointRecord> =
+        read_json(&path).ok().and_then(|v| serde_json::from_value(v).ok());
+    Some(old.is_some_and(|o| o.command == command && o.params == point.params))
+}
+
 /// Prepares `dir` for `point` and runs it unless it is complete.
 fn point_state(
     command: &str,
@@ -416,36 +427,19 @@ fn point_state(
         params: point.params.clone(),
         command_line: line.join(" "),
     };
-    let path = dir.join("point.json");
-    if path.is_file() {
-        let old: Option<PointRecord> =
-            read_json(&path).ok().and_then(|v| serde_json::from_value(v).ok());
-        let same = old.as_ref().is_some_and(|o| o.command == rec.command && o.params == rec.params);
-        if !same {
-            if !force {
-                bail!(
-                    "{} holds a point with other flags (the sweep file changed); pass --force to \
-                     rerun it, or use another --out",
-                    dir.display()
-                );
-            }
+    match recorded(command, point, dir) {
+        Some(false) if !force => bail!(
+            "{} holds a point with other flags (the sweep file changed); pass --force to rerun \
+             it, or use another --out",
+            dir.display()
+        ),
+        Some(false) => {
             std::fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
-        } else if complete(command, dir) {
-            return Ok(State::Done);
         }
+        Some(true) if complete(command, dir) => return Ok(State::Done),
+        _ => {}
     }
-    if !path.is_file()
-        || std::fs::read(&path).ok()
-            != serde_json::to_vec_pretty(&rec).ok().map(|mut v| {
-                v.push(b'\n');
-                v
-            })
-    {
-        seli_io::write_json_atomic(&path, "sweep point", &rec)?;
-    }
-    if complete(command, dir) {
-        return Ok(State::Done);
-    }
+    seli_io::write_json_atomic(&dir.join("point.json"), "sweep point", &rec)?;
     Ok(if run_point(job, dir, data)? { State::Ran } else { State::Interrupted })
 }
 
@@ -666,12 +660,7 @@ pub fn run(args: &SweepArgs) -> Result<ExitCode> {
             .map(|p| {
                 let dir = dir_of(p);
                 let (job, argv) = &jobs_of[p.index];
-                if complete(&spec.command, &dir)
-                    && read_json(&dir.join("point.json"))
-                        .ok()
-                        .and_then(|v| serde_json::from_value::<PointRecord>(v).ok())
-                        .is_some_and(|r| r.params == p.params && r.command == spec.command)
-                {
+                if recorded(&spec.command, p, &dir) == Some(true) && complete(&spec.command, &dir) {
                     bar.inc(1);
                     return State::Done;
                 }

@@ -194,8 +194,8 @@ pub fn figures(run: &Run) -> Result<Vec<Figure>, String> {
             s("logits to SEL", "dist_z", 2, Dash::Solid),
             s("W^T M to P", "dist_wtm", 3, Dash::Solid),
         ],
-&[],
-)?);
+        &[],
+    )?);
     let stats = run.geometry.stats();
     if let Some(g) = &stats.by_group {
         let flat = |v: Option<f64>, color: usize, label: &str| Series {
