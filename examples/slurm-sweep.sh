@@ -13,8 +13,8 @@
 #SBATCH --time=04:00:00
 #SBATCH --output=seli-sweep-%A_%a.log
 set -euo pipefail
-spec=${1:?usage: sbatch slurm-sweep.sh SPEC.toml OUT_DIR}
-out=${2:?usage: sbatch slurm-sweep.sh SPEC.toml OUT_DIR}
+spec=${1:?usage: sbatch slurm-sweep.sh SWEEP.toml OUT_DIR}
+out=${2:?usage: sbatch slurm-sweep.sh SWEEP.toml OUT_DIR}
 seli=${SELI:-seli}
 exec "$seli" sweep "$spec" --out "$out" \
     --shard "${SLURM_ARRAY_TASK_ID}/${SLURM_ARRAY_TASK_COUNT}" \

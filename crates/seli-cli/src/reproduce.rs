@@ -1,4 +1,4 @@
-//! `seli reproduce`: the paper's UFM experiment in one command (SPEC section 8).
+//! `seli reproduce`: the paper's UFM experiment in one command (docs/theory.md §8).
 //!
 //! STEP imbalance with k = 10, rho = 1/2, n_min = 5 and R in {1, 10, 100}: the exact SELI
 //! geometry of each profile, then normalized gradient descent on the unregularized UFM from a
@@ -186,7 +186,7 @@ fn print_tables(results: &[(f64, PathBuf, Outcome)], out: &Path) -> Result<()> {
     seli_io::write_atomic(&out.join("table.csv"), table.as_bytes())?;
     println!();
     println!(
-        "Expected (SPEC section 8): distances to SELI fall; with imbalance (R = 10, 100) distances to the\n\
+        "Expected (docs/theory.md §8): distances to SELI fall; with imbalance (R = 10, 100) distances to the\n\
          ETF stall near the SELI-vs-ETF distance of the first table; convergence is slower for larger R.\n\
          Per-iteration metrics: {}/R*/metrics.csv; this table: {}",
         out.display(),

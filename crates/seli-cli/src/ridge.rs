@@ -1,5 +1,5 @@
 //! `seli ridge` and `seli ridge-path`: the exact optimum of the ridge-regularized UFM at class
-//! level, with its duality-gap certificate, and its geometry along a λ grid (SPEC section 6).
+//! level, with its duality-gap certificate, and its geometry along a λ grid (docs/theory.md §6).
 
 use std::path::{Path, PathBuf};
 

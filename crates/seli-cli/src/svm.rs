@@ -1,5 +1,5 @@
 //! `seli svm`: the max-margin (nuclear-norm SVM) solution at class level, with its dual
-//! certificate and its distance to the SEL matrix (SPEC section 5).
+//! certificate and its distance to the SEL matrix (docs/theory.md §5).
 
 use std::path::PathBuf;
 

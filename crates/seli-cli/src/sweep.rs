@@ -45,7 +45,7 @@ pub struct SweepArgs {
     pub merge: Option<SweepCommand>,
 
     /// The sweep file (TOML).
-    #[arg(value_name = "SPEC.toml", required_unless_present = "keys")]
+    #[arg(value_name = "SWEEP.toml", required_unless_present = "keys")]
     pub spec: Option<PathBuf>,
 
     /// Output directory [default: runs/ and the sweep file's name without .toml].

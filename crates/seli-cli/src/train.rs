@@ -282,13 +282,13 @@ impl Progress for Bars {
             };
             tracing::info!(
                 "epoch {epoch}: train_acc {} test_acc {} dist_gw_seli {} dist_gw_etf {} \
-                 dist_gm_seli {} dist_gm_etf {}",
+                 dist_gmc_seli {} dist_gmc_etf {}",
                 get("train_acc"),
                 get("test_acc"),
                 get("dist_gw_seli"),
                 get("dist_gw_etf"),
-                get("dist_gm_seli"),
-                get("dist_gm_etf")
+                get("dist_gmc_seli"),
+                get("dist_gmc_etf")
             );
         }
     }
@@ -328,11 +328,12 @@ fn report(s: &TrainSummary, cfg: &TrainConfig, dir: &Path) {
     );
     println!("                 to SELI   to ETF");
     for (name, a, b) in
-        [("G_W", "dist_gw_seli", "dist_gw_etf"), ("G_M", "dist_gm_seli", "dist_gm_etf")]
+        [("G_W", "dist_gw_seli", "dist_gw_etf"), ("G_Mc", "dist_gmc_seli", "dist_gmc_etf")]
     {
         println!("  dist {name:<8} {:>9} {:>8}", f(a), f(b));
     }
-    println!("  dist W^T M {:>9} (shared target)   dist Z {:>8}", f("dist_wtm"), f("dist_z"));
+    println!("  dist W^T Mc {:>8} (shared target)   dist Z {:>8}", f("dist_wtmc"), f("dist_z"));
+    println!("  (Mc: class means centered by their mean; the raw-mean columns are in metrics.csv)");
     println!(
         "  nc1 {}   norm ratio ||w_maj||^2/||w_min||^2 {}   ncc mismatch {}",
         f("nc1"),

@@ -324,7 +324,7 @@ pub fn train<T: Scalar>(cfg: &UfmRunConfig, dir: &Path, resume: bool) -> Result<
     } else {
         (solver.init_state()?, None)
     };
-    let header: Vec<&str> = UfmMetrics::COLUMNS.iter().map(|(c, _)| *c).collect();
+    let header: Vec<&str> = UfmMetrics::columns().iter().map(|(c, _)| *c).collect();
     let csv_path = dir.join("metrics.csv");
     let mut csv = match resumed_from {
         Some(it) => CsvLog::resume(&csv_path, &header, it as f64)?,
@@ -364,7 +364,7 @@ pub fn train<T: Scalar>(cfg: &UfmRunConfig, dir: &Path, resume: bool) -> Result<
         resumed_from,
         wall_seconds: wall,
         iters_per_second: (state.iter - start_iter) as f64 / wall.max(1e-9),
-        final_metrics: UfmMetrics::COLUMNS
+        final_metrics: UfmMetrics::columns()
             .iter()
             .map(|(c, _)| (c.to_string(), last.get(c)))
             .collect(),

@@ -27,7 +27,7 @@ fn json_record_holds_the_spec_reference_values() {
     assert_eq!(v["schema"], "seli.geometry.v1");
     assert_eq!(v["profile"]["counts"], serde_json::json!([10, 10, 1, 1]));
     assert_eq!(v["profile"]["groups"][3], "minority");
-    // SPEC section 9: singular values (3.162278, 2.345208, 1), nuclear norm 6.507486,
+    // docs/theory.md §9: singular values (3.162278, 2.345208, 1), nuclear norm 6.507486,
     // cosines maj-maj -0.458991, min-min 0.079446, maj-min -0.382096.
     let sv: Vec<f64> = v["sel"]["singular_values"].as_array().unwrap().iter().map(f).collect();
     for (got, want) in sv.iter().zip([3.162278, 2.345208, 1.0]) {

@@ -46,11 +46,12 @@ fn a_run_writes_its_directory() {
     let mut lines = csv.lines();
     let header = lines.next().unwrap();
     assert!(
-        header.starts_with("iter,step,objective,loss,accuracy,min_margin,grad_norm"),
+        header.starts_with("iter,step,objective,loss,min_margin,grad_norm,h_norm_sq,accuracy"),
         "{header}"
     );
     assert!(header.contains(
-        "dist_gw_seli,dist_gw_etf,dist_gm_seli,dist_gm_etf,dist_wtm,dist_z,nc1,nc1_global"
+        "dist_gw_seli,dist_gw_etf,dist_gm_seli,dist_gm_etf,dist_wtm,dist_gmc_seli,dist_gmc_etf,\
+         dist_wtmc,dist_z,nc1,nc1_global"
     ));
     let iters: Vec<&str> = lines.map(|l| l.split(',').next().unwrap()).collect();
     assert_eq!(iters.len(), 21, "rows at 0, 10, ..., 200");
@@ -210,7 +211,60 @@ fn every_metrics_column_is_documented() {
     let doc =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/formats.md"))
             .unwrap();
-    for (col, _) in seli_core::track::UfmMetrics::COLUMNS {
+    for (col, _) in seli_core::track::UfmMetrics::columns() {
         assert!(doc.contains(&format!("| `{col}` |")), "docs/formats.md does not document {col}");
     }
+}
+
+#[test]
+fn the_tracker_and_seli_analyze_agree_on_every_shared_column() {
+    // One vocabulary, one implementation: the UFM tracker's last row and `seli analyze` on
+    // the same iterate's exported arrays (the checkpoint's H and W, labels sorted by class)
+    // give the same value under every column name they share. With a bias the logits differ
+    // (analyze would need b too), so the run has none.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("run");
+    run_small(&dir, &["--iters", "300"]);
+    let summary = json(&dir.join("summary.json"));
+    let tracked = &summary["final_metrics"];
+    // STEP 4,10,0.5,3: counts 30, 30, 3, 3, samples sorted by class.
+    let labels: String = [30, 30, 3, 3]
+        .iter()
+        .enumerate()
+        .flat_map(|(c, &m)| std::iter::repeat_n(format!("{c}\n"), m))
+        .collect();
+    let y = tmp.path().join("y.txt");
+    std::fs::write(&y, labels).unwrap();
+    let ckpt = dir.join("checkpoint.safetensors");
+    let out = tmp.path().join("a.json");
+    ok(&[
+        "analyze",
+        "--features",
+        ckpt.to_str().unwrap(),
+        "--features-key",
+        "H",
+        "--labels",
+        y.to_str().unwrap(),
+        "--classifier",
+        ckpt.to_str().unwrap(),
+        "--classifier-key",
+        "W",
+        "--chunk",
+        "7",
+        "--json",
+        out.to_str().unwrap(),
+    ]);
+    let analyzed = json(&out);
+    let mut shared = 0;
+    for (name, _) in seli_core::features::GEOMETRY_COLUMNS {
+        let (a, b) = (&tracked[name], &analyzed["values"][name]);
+        match (a.as_f64(), b.as_f64()) {
+            (Some(x), Some(y)) => {
+                assert!((x - y).abs() <= 1e-9 * x.abs().max(1e-3), "{name}: ufm {x}, analyze {y}");
+                shared += 1;
+            }
+            _ => assert_eq!(a, b, "{name}: defined in one and not the other"),
+        }
+    }
+    assert_eq!(shared, seli_core::features::GEOMETRY_COLUMNS.len(), "every column defined here");
 }

@@ -8,19 +8,18 @@
 //! `O(d² + dk)` whatever the number of samples.
 //!
 //! From the moments: class means `M`, NC1 with either centering ([`Centering`]), and the
-//! Papyan–Han–Donoho statistics ([`CollapseStats`], SPEC section 7) with the classifier.
+//! Papyan–Han–Donoho statistics ([`CollapseStats`], docs/theory.md) with the classifier.
 #![allow(non_snake_case)]
 
 use faer::{Mat, MatRef};
 
 use crate::error::{Error, Result};
 use crate::metrics::{
-    Centering, between_class_directions, centering_projector, check_same_shape, gram,
-    normalized_distance,
+    Centering, between_class_directions, centering_projector, check_same_shape, cosines_from_gram,
+    gram, group_means, normalized_distance, pair_means,
 };
 use crate::profile::Group;
 use crate::sel::Geometry;
-use crate::track::ClassLevel;
 
 /// Streaming per-class moments of d-dimensional features with labels in `0..k`.
 #[derive(Debug, Clone, PartialEq)]
@@ -54,6 +53,16 @@ impl FeatureMoments {
     /// Samples so far.
     pub fn n(&self) -> u64 {
         self.counts.iter().sum()
+    }
+
+    /// The moments of features `H` (d×n) held in memory, as one batch.
+    ///
+    /// # Errors
+    /// As [`FeatureMoments::push`].
+    pub fn of_matrix(H: MatRef<'_, f64>, labels: &[u32], k: usize) -> Result<Self> {
+        let mut fm = FeatureMoments::new(H.nrows(), k);
+        fm.push(H, labels)?;
+        Ok(fm)
     }
 
     /// Adds a batch: `H` is d×B (one column per sample), `labels` its B labels.
@@ -173,8 +182,11 @@ impl FeatureMoments {
         Mat::from_fn(self.dim(), self.dim(), |i, j| self.scatter[(i, j)] / n)
     }
 
-    /// NC1 = `Tr(Σ_W Σ_B^†)/k` (the definition of [`crate::metrics::nc1`], which this equals
-    /// on the same samples); `None` when the class means coincide.
+    /// NC1 = `Tr(Σ_W Σ_B^†)/k`, with `Σ_B = (1/k) Σ_c (μ_c − μ_G)(μ_c − μ_G)ᵀ` about the
+    /// center of `centering` and the pseudo-inverse on its top k−1 directions: with the thin
+    /// SVD `M̃ = U S Vᵀ` of the centered means, `NC1 = Σ_j u_jᵀ Σ_W u_j / s_j²`. Directions
+    /// whose singular value is negligible (below `ε·s_max·max(d, k)`) are dropped. `None` when
+    /// the class means coincide.
     ///
     /// # Errors
     /// An empty class; the SVD failing.
@@ -194,7 +206,7 @@ impl FeatureMoments {
     }
 }
 
-/// The Papyan–Han–Donoho neural-collapse statistics (SPEC section 7) of class means `M`
+/// The Papyan–Han–Donoho neural-collapse statistics (docs/theory.md) of class means `M`
 /// (d×k) and classifiers `W` (d×k, column c is `w_c`) about a center `μ_G`. Standard
 /// deviations are population ones (divide by the count). Under imbalance these do not go to 0
 /// even at exact SELI.
@@ -293,42 +305,113 @@ pub fn nearest_class_mean(M: MatRef<'_, f64>, h: &[f64]) -> usize {
     best.1
 }
 
-/// The geometry columns shared by every feature-level measurement (`seli train`'s metrics
-/// rows, `seli analyze`), in [`FeatureGeometry::values`] order, with their meanings.
+/// The geometry columns of every feature-level measurement (`seli ufm`'s and `seli train`'s
+/// metrics rows, `seli analyze`, `seli.metrics`), in [`FeatureGeometry::values`] order, with
+/// their meanings. One name, one quantity: `mu`/`gm`/`wtm` use the raw class means `μ_c`;
+/// `muc`/`gmc`/`wtmc` the means centered by their unweighted mean `μ_G = (1/k) Σ_c μ_c`
+/// (docs/theory.md, "Centerings"). At SELI both coincide (`Σ_c μ_c = 0`).
 pub const GEOMETRY_COLUMNS: &[(&str, &str)] = &[
-    ("accuracy", "fraction of samples whose argmax logit is the label (needs logits)"),
+    ("accuracy", "fraction of samples whose true logit is strictly the largest (needs logits)"),
     ("accuracy_maj", "accuracy over samples of majority classes"),
     ("accuracy_min", "accuracy over samples of minority classes"),
     ("w_norm_sq", "||W||_F^2 of the classifier"),
     ("dist_gw_seli", "dist(W^T W, SELI G_W)"),
     ("dist_gw_etf", "dist(W^T W, ETF P)"),
-    ("dist_gm_seli", "dist(M^T M, SELI G_M), M = class means centered by their mean"),
-    ("dist_gm_etf", "dist(M^T M, ETF P), same centered M"),
-    ("dist_wtm", "dist(W^T M, P), same centered M: SELI and ETF share this target"),
+    ("dist_gm_seli", "dist(M^T M, SELI G_M), M = raw class means"),
+    ("dist_gm_etf", "dist(M^T M, ETF P), raw M"),
+    ("dist_wtm", "dist(W^T M, P), raw M: SELI and ETF share this target"),
+    ("dist_gmc_seli", "dist(Mc^T Mc, SELI G_M), Mc = class means minus mu_G"),
+    ("dist_gmc_etf", "dist(Mc^T Mc, ETF P), centered Mc"),
+    ("dist_wtmc", "dist(W^T Mc, P), centered Mc"),
     ("dist_z", "dist(logits Z, SEL matrix Z_hat) over the samples (bias included)"),
-    ("nc1", "Tr(Sigma_W Sigma_B^+)/k, centered by the mean of class means"),
-    ("nc1_global", "Tr(Sigma_W Sigma_B^+)/k, centered by the sample mean"),
-    ("equinorm_mu", "std/mean of ||mu_c - mu_G|| (mu_G = mean of class means)"),
+    ("nc1", "Tr(Sigma_W Sigma_B^+)/k, Sigma_B about mu_G (mean of class means)"),
+    ("nc1_global", "Tr(Sigma_W Sigma_B^+)/k, Sigma_B about the sample mean"),
+    ("equinorm_muc", "std/mean of ||mu_c - mu_G||"),
     ("equinorm_w", "std/mean of ||w_c||"),
-    ("equiangular_mu", "std over c != c' of cos(mu_c - mu_G, mu_c' - mu_G)"),
+    ("equiangular_muc", "std over c != c' of cos(mu_c - mu_G, mu_c' - mu_G)"),
     ("equiangular_w", "std over c != c' of cos(w_c, w_c')"),
-    ("max_angle_mu", "mean over c != c' of |cos(mu_c - mu_G, mu_c' - mu_G) + 1/(k-1)|"),
+    ("max_angle_muc", "mean over c != c' of |cos(mu_c - mu_G, mu_c' - mu_G) + 1/(k-1)|"),
     ("max_angle_w", "mean over c != c' of |cos(w_c, w_c') + 1/(k-1)|"),
-    ("self_duality", "NC3: ||W/||W||_F - M/||M||_F||_F^2, centered M"),
+    ("self_duality", "NC3: ||W/||W||_F - Mc/||Mc||_F||_F^2, centered Mc"),
     ("ncc_mismatch", "NC4: fraction of samples where argmax logits != nearest class mean"),
     ("w_norm_sq_maj", "mean ||w_c||^2 over majority classes"),
     ("w_norm_sq_min", "mean ||w_c||^2 over minority classes"),
-    ("mu_norm_sq_maj", "mean ||mu_c - mu_G||^2 over majority classes"),
-    ("mu_norm_sq_min", "mean ||mu_c - mu_G||^2 over minority classes"),
-    ("norm_ratio_w", "||w_maj||^2 / ||w_min||^2"),
-    ("norm_ratio_mu", "||mu_maj - mu_G||^2 / ||mu_min - mu_G||^2"),
+    ("norm_ratio_w", "||w_maj||^2 / ||w_min||^2 (group means)"),
     ("cos_w_maj_maj", "mean cos(w_c, w_c') over majority pairs"),
     ("cos_w_min_min", "mean cos(w_c, w_c') over minority pairs"),
     ("cos_w_maj_min", "mean cos(w_c, w_c') over majority-minority pairs"),
-    ("cos_mu_maj_maj", "mean cos of centered means over majority pairs"),
-    ("cos_mu_min_min", "mean cos of centered means over minority pairs"),
-    ("cos_mu_maj_min", "mean cos of centered means over majority-minority pairs"),
+    ("mu_norm_sq_maj", "mean ||mu_c||^2 over majority classes, raw means"),
+    ("mu_norm_sq_min", "mean ||mu_c||^2 over minority classes, raw means"),
+    ("norm_ratio_mu", "||mu_maj||^2 / ||mu_min||^2, raw means"),
+    ("cos_mu_maj_maj", "mean cos(mu_c, mu_c') over majority pairs, raw means"),
+    ("cos_mu_min_min", "mean cos(mu_c, mu_c') over minority pairs, raw means"),
+    ("cos_mu_maj_min", "mean cos(mu_c, mu_c') over majority-minority pairs, raw means"),
+    ("muc_norm_sq_maj", "mean ||mu_c - mu_G||^2 over majority classes"),
+    ("muc_norm_sq_min", "mean ||mu_c - mu_G||^2 over minority classes"),
+    ("norm_ratio_muc", "||mu_maj - mu_G||^2 / ||mu_min - mu_G||^2"),
+    ("cos_muc_maj_maj", "mean cos(mu_c - mu_G, mu_c' - mu_G) over majority pairs"),
+    ("cos_muc_min_min", "mean cos(mu_c - mu_G, mu_c' - mu_G) over minority pairs"),
+    ("cos_muc_maj_min", "mean cos(mu_c - mu_G, mu_c' - mu_G) over majority-minority pairs"),
 ];
+
+/// The position of column `name` in [`GEOMETRY_COLUMNS`].
+///
+/// # Panics
+/// If `name` is not a column.
+pub fn geometry_column(name: &str) -> usize {
+    GEOMETRY_COLUMNS
+        .iter()
+        .position(|(c, _)| *c == name)
+        .unwrap_or_else(|| panic!("no geometry column {name}"))
+}
+
+/// Whether logits `z` classify label `y` right: the true logit strictly the largest (a tie is
+/// an error). The one accuracy rule of every column.
+pub fn predicts(z: impl Iterator<Item = f64>, y: usize) -> bool {
+    let (mut zy, mut other) = (f64::NAN, f64::NEG_INFINITY);
+    for (c, v) in z.enumerate() {
+        if c == y {
+            zy = v;
+        } else {
+            other = other.max(v);
+        }
+    }
+    zy > other
+}
+
+/// Norms and pair cosines of the columns behind a Gram matrix, by group:
+/// `[norm_sq_maj, norm_sq_min, norm_ratio, cos_maj_maj, cos_min_min, cos_maj_min]`.
+fn group_columns(g: MatRef<'_, f64>, groups: Option<&[Group]>) -> [Option<f64>; 6] {
+    let Some(groups) = groups else { return [None; 6] };
+    let sq: Vec<f64> = (0..g.nrows()).map(|c| g[(c, c)]).collect();
+    let norms = group_means(&sq, groups);
+    let ratio = norms.majority.zip(norms.minority).map(|(a, b)| a / b);
+    let cos = cosines_from_gram(g, "a column").ok().map(|c| pair_means(c.as_ref(), groups));
+    [
+        norms.majority,
+        norms.minority,
+        ratio,
+        cos.and_then(|c| c.maj_maj),
+        cos.and_then(|c| c.min_min),
+        cos.and_then(|c| c.maj_min),
+    ]
+}
+
+/// `[dist_gm_seli, dist_gm_etf, dist_wtm]` of class means `M` (raw or centered) with the
+/// classifier `W` when there is one.
+fn mean_distances(
+    M: MatRef<'_, f64>,
+    W: Option<MatRef<'_, f64>>,
+    target: &Geometry,
+) -> [Option<f64>; 3] {
+    let gm = gram(M);
+    let P = centering_projector(target.k());
+    [
+        normalized_distance(gm.as_ref(), target.gram_m()).ok(),
+        normalized_distance(gm.as_ref(), P.as_ref()).ok(),
+        W.and_then(|W| normalized_distance((W.transpose() * M).as_ref(), P.as_ref()).ok()),
+    ]
+}
 
 /// Accuracy overall, over majority and over minority classes, from per-class counts of
 /// correct predictions and of samples (`None` where a group has no sample).
@@ -353,14 +436,29 @@ fn argmax(z: impl Iterator<Item = f64>) -> usize {
     best.1
 }
 
-/// The feature-level measurement of SPEC section 7 in two streaming passes over the samples.
+/// The class-level Grams of a measurement: `G_W = WᵀW` (with a classifier), `G_M = MᵀM` of
+/// the raw class means and `G_Mc = M̃ᵀM̃` of the means centered by their mean.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Grams {
+    /// `WᵀW`, when a classifier was given.
+    pub gram_w: Option<Mat<f64>>,
+    /// `MᵀM`, raw class means.
+    pub gram_m: Mat<f64>,
+    /// `M̃ᵀM̃`, class means minus their unweighted mean.
+    pub gram_mc: Mat<f64>,
+}
+
+/// The feature-level measurement of docs/theory.md ("Measuring a model") in two streaming
+/// passes over the samples.
 ///
 /// Pass 1 ([`FeatureGeometry::push`]): features `H` (d×b) with, when available, logits `Z`
 /// (k×b) and labels, into [`FeatureMoments`], accuracy counts and the logit/SEL inner
-/// products. Pass 2 ([`FeatureGeometry::push_ncc`], optional): the same samples again, to
-/// count NC4 disagreements against the final class means. Then [`FeatureGeometry::values`]
-/// gives [`GEOMETRY_COLUMNS`] with the classifier `W` (d×k) when there is one. Memory is
-/// `O(d² + dk)` whatever n.
+/// products. Pass 2 ([`FeatureGeometry::push_second`], optional): the same samples again, to
+/// count NC4 disagreements against the final class means and to take `dist_z` in its exact
+/// form (pass 1 alone gives the streaming form `sqrt(2 − 2 cos)`, whose floor near an exact
+/// match is about 1e-8). Then [`FeatureGeometry::values`] gives [`GEOMETRY_COLUMNS`] with the
+/// classifier `W` (d×k) when there is one. Memory is `O(d² + dk)` whatever n; a matrix held
+/// in memory is measured as one batch.
 #[derive(Debug, Clone)]
 pub struct FeatureGeometry {
     moments: FeatureMoments,
@@ -369,7 +467,8 @@ pub struct FeatureGeometry {
     zz: f64,
     zs: f64,
     logit_samples: u64,
-    ncc: Option<(u64, u64)>,
+    /// Pass 2: NCC disagreements, samples seen, `Σ (z/‖Z‖ − ẑ/‖Ẑ‖)²`.
+    second: Option<(u64, u64, f64)>,
 }
 
 impl FeatureGeometry {
@@ -382,8 +481,20 @@ impl FeatureGeometry {
             zz: 0.0,
             zs: 0.0,
             logit_samples: 0,
-            ncc: None,
+            second: None,
         }
+    }
+
+    /// Both passes over features `H` (d×n) and logits `Z` (k×n) held in memory: the
+    /// measurement of a UFM iterate or of any model whose features fit in memory.
+    ///
+    /// # Errors
+    /// As [`FeatureGeometry::push`] and [`FeatureGeometry::push_second`].
+    pub fn of_matrices(H: MatRef<'_, f64>, Z: MatRef<'_, f64>, labels: &[u32]) -> Result<Self> {
+        let mut geo = FeatureGeometry::new(H.nrows(), Z.nrows());
+        geo.push(H, Some(Z), labels)?;
+        geo.push_second(H, Z, labels)?;
+        Ok(geo)
     }
 
     /// The moments accumulated so far.
@@ -417,6 +528,11 @@ impl FeatureGeometry {
         Ok(())
     }
 
+    /// The SEL matrix entry `Ẑ[c, i]` of a sample of class `y`.
+    fn sel(c: usize, y: usize, k: usize) -> f64 {
+        f64::from(u8::from(c == y)) - 1.0 / k as f64
+    }
+
     /// Pass 1: a batch of features (d×b), optional logits (k×b) and labels.
     ///
     /// # Errors
@@ -433,52 +549,83 @@ impl FeatureGeometry {
         }
         self.moments.push(H, labels)?;
         let Some(Z) = Z else { return Ok(()) };
-        let off = 1.0 / k as f64;
         for (i, &y) in labels.iter().enumerate() {
             let y = y as usize;
             self.total[y] += 1;
-            self.correct[y] += u64::from(argmax((0..k).map(|c| Z[(c, i)])) == y);
+            self.correct[y] += u64::from(predicts((0..k).map(|c| Z[(c, i)]), y));
             for c in 0..k {
                 let v = Z[(c, i)];
                 self.zz += v * v;
-                self.zs += v * if c == y { 1.0 - off } else { -off };
+                self.zs += v * Self::sel(c, y, k);
             }
         }
         self.logit_samples += labels.len() as u64;
         Ok(())
     }
 
-    /// Pass 2: the same samples' features and logits again; counts where the argmax logit
-    /// differs from the nearest class mean (of pass 1).
+    /// Pass 2: the same samples' features, logits and labels again, in any batching; counts
+    /// where the argmax logit differs from the nearest class mean (of pass 1), and sums
+    /// `dist_z` in its exact form.
     ///
     /// # Errors
-    /// An empty class after pass 1; shapes that disagree.
-    pub fn push_ncc(&mut self, H: MatRef<'_, f64>, Z: MatRef<'_, f64>) -> Result<()> {
+    /// An empty class after pass 1; shapes that disagree; a label out of range.
+    pub fn push_second(
+        &mut self,
+        H: MatRef<'_, f64>,
+        Z: MatRef<'_, f64>,
+        labels: &[u32],
+    ) -> Result<()> {
         let M = self.moments.class_means()?;
         let k = self.moments.classes();
         Self::check_logits(Z, k, H.ncols())?;
-        let (mut mismatch, mut seen) = self.ncc.unwrap_or((0, 0));
+        if labels.len() != H.ncols() {
+            return Err(Error::ShapeMismatch {
+                left: "feature batch",
+                lr: H.nrows(),
+                lc: H.ncols(),
+                right: "(feature dimension, batch labels)",
+                rr: H.nrows(),
+                rc: labels.len(),
+            });
+        }
+        let (mut mismatch, mut seen, mut sq) = self.second.unwrap_or((0, 0, 0.0));
+        let z_norm = self.zz.sqrt();
+        let sel_norm = (self.logit_samples as f64 * (1.0 - 1.0 / k as f64)).sqrt();
         let mut h = vec![0.0; H.nrows()];
-        for i in 0..H.ncols() {
+        for (i, &y) in labels.iter().enumerate() {
+            let y = y as usize;
+            if y >= k {
+                return Err(Error::LabelOutOfRange { index: i, label: y as i64, k });
+            }
             for r in 0..H.nrows() {
                 h[r] = H[(r, i)];
             }
             let p = argmax((0..k).map(|c| Z[(c, i)]));
             mismatch += u64::from(nearest_class_mean(M.as_ref(), &h) != p);
             seen += 1;
+            for c in 0..k {
+                let diff = Z[(c, i)] / z_norm - Self::sel(c, y, k) / sel_norm;
+                sq += diff * diff;
+            }
         }
-        self.ncc = Some((mismatch, seen));
+        self.second = Some((mismatch, seen, sq));
         Ok(())
     }
 
-    /// The class-level Grams: `G_W = WᵀW` (with `W`) and `G_M = M̃ᵀM̃` of the class means
-    /// centered by their mean, as the distances use them.
+    /// NCC disagreements and the exact `dist_z`, when pass 2 covered every sample of pass 1.
+    fn second_pass(&self) -> Option<(u64, f64)> {
+        let (mismatch, seen, sq) = self.second?;
+        (seen == self.moments.n()).then(|| (mismatch, sq.sqrt()))
+    }
+
+    /// The class-level Grams the distances use.
     ///
     /// # Errors
     /// An empty class.
-    pub fn grams(&self, W: Option<MatRef<'_, f64>>) -> Result<(Option<Mat<f64>>, Mat<f64>)> {
+    pub fn grams(&self, W: Option<MatRef<'_, f64>>) -> Result<Grams> {
+        let M = self.moments.class_means()?;
         let (Mc, _) = self.moments.centered_means(Centering::ClassMeans)?;
-        Ok((W.map(gram), gram(Mc.as_ref())))
+        Ok(Grams { gram_w: W.map(gram), gram_m: gram(M.as_ref()), gram_mc: gram(Mc.as_ref()) })
     }
 
     /// [`GEOMETRY_COLUMNS`] against `target` (the SELI geometry of the samples' class
@@ -508,33 +655,30 @@ impl FeatureGeometry {
         let groups = target.profile().groups();
         let M = self.moments.class_means()?;
         let (Mc, center) = self.moments.centered_means(Centering::ClassMeans)?;
+        let P = centering_projector(k);
+        let gw = W.map(gram);
         let mut values = Vec::with_capacity(GEOMETRY_COLUMNS.len());
         if self.logit_samples > 0 {
             values.extend(accuracies(&self.correct, &self.total, groups));
         } else {
             values.extend([None, None, None]);
         }
-        // Without W, M still has its own distances; the W ones are None.
-        let class = W.map(|W| ClassLevel::compute(W, Mc.as_ref(), target));
-        let gm = {
-            let g = gram(Mc.as_ref());
-            let P = centering_projector(k);
-            (
-                normalized_distance(g.as_ref(), target.gram_m()).ok(),
-                normalized_distance(g.as_ref(), P.as_ref()).ok(),
-            )
-        };
         values.push(W.map(|W| W.squared_norm_l2()));
-        match &class {
-            Some(c) => values.extend(c.distances),
-            None => values.extend([None, None, gm.0, gm.1, None]),
-        }
-        let n = self.logit_samples as f64;
-        let sel_norm = (n * (1.0 - 1.0 / k as f64)).sqrt();
-        values.push(
-            (self.zz > 0.0)
-                .then(|| (2.0 - 2.0 * self.zs / (self.zz.sqrt() * sel_norm)).max(0.0).sqrt()),
-        );
+        values
+            .push(gw.as_ref().and_then(|g| normalized_distance(g.as_ref(), target.gram_w()).ok()));
+        values.push(gw.as_ref().and_then(|g| normalized_distance(g.as_ref(), P.as_ref()).ok()));
+        values.extend(mean_distances(M.as_ref(), W, target));
+        values.extend(mean_distances(Mc.as_ref(), W, target));
+        let second = self.second_pass();
+        values.push(match second {
+            Some((_, exact)) if self.zz > 0.0 => Some(exact),
+            _ => {
+                // Streaming form from pass 1 alone.
+                let sel_norm = (self.logit_samples as f64 * (1.0 - 1.0 / k as f64)).sqrt();
+                (self.zz > 0.0)
+                    .then(|| (2.0 - 2.0 * self.zs / (self.zz.sqrt() * sel_norm)).max(0.0).sqrt())
+            }
+        });
         values.push(self.moments.nc1(Centering::ClassMeans)?);
         values.push(self.moments.nc1(Centering::Samples)?);
         let st = W.and_then(|W| collapse_stats(M.as_ref(), W, &center).ok());
@@ -549,14 +693,16 @@ impl FeatureGeometry {
             st.map(|s| s.self_duality),
         ]);
         values.push(
-            self.ncc
-                .filter(|&(_, seen)| seen == self.moments.n())
-                .map(|(m, seen)| m as f64 / seen as f64),
+            second
+                .filter(|_| self.logit_samples == self.moments.n())
+                .map(|(m, _)| m as f64 / self.moments.n() as f64),
         );
-        match &class {
-            Some(c) => values.extend(c.groups),
-            None => values.extend([None; 12]),
+        match &gw {
+            Some(g) => values.extend(group_columns(g.as_ref(), groups)),
+            None => values.extend([None; 6]),
         }
+        values.extend(group_columns(gram(M.as_ref()).as_ref(), groups));
+        values.extend(group_columns(gram(Mc.as_ref()).as_ref(), groups));
         debug_assert_eq!(values.len(), GEOMETRY_COLUMNS.len());
         Ok(values)
     }
@@ -565,11 +711,49 @@ impl FeatureGeometry {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metrics::{class_means, nc1};
     use crate::random::{gaussian_matrix, rng_from_seed};
 
+    /// Class means by direct sums (the definition), d×k.
+    fn reference_means(H: MatRef<'_, f64>, labels: &[u32], k: usize) -> Mat<f64> {
+        let mut M = Mat::<f64>::zeros(H.nrows(), k);
+        let mut m = vec![0.0; k];
+        for (i, &y) in labels.iter().enumerate() {
+            m[y as usize] += 1.0;
+            for r in 0..H.nrows() {
+                M[(r, y as usize)] += H[(r, i)];
+            }
+        }
+        Mat::from_fn(H.nrows(), k, |r, c| M[(r, c)] / m[c])
+    }
+
+    /// NC1 from its definition with dense d×d matrices: `Σ_W`, `Σ_B` about `center`, and the
+    /// pseudo-inverse of `Σ_B` from its eigendecomposition, on its top k−1 eigenvalues.
+    fn reference_nc1(H: MatRef<'_, f64>, labels: &[u32], k: usize, center: &[f64]) -> f64 {
+        let (d, n) = (H.nrows(), H.ncols());
+        let M = reference_means(H, labels, k);
+        let mut sw = Mat::<f64>::zeros(d, d);
+        for (i, &y) in labels.iter().enumerate() {
+            let dev: Vec<f64> = (0..d).map(|r| H[(r, i)] - M[(r, y as usize)]).collect();
+            sw += Mat::from_fn(d, d, |a, b| dev[a] * dev[b] / n as f64);
+        }
+        let mut sb = Mat::<f64>::zeros(d, d);
+        for c in 0..k {
+            let dev: Vec<f64> = (0..d).map(|r| M[(r, c)] - center[r]).collect();
+            sb += Mat::from_fn(d, d, |a, b| dev[a] * dev[b] / k as f64);
+        }
+        let evd = sb.self_adjoint_eigen(faer::Side::Lower).unwrap();
+        let (vals, vecs) = (evd.S().column_vector(), evd.U());
+        let mut pinv = Mat::<f64>::zeros(d, d);
+        for j in (d - (k - 1)..d).rev() {
+            let u = vecs.col(j);
+            pinv += Mat::from_fn(d, d, |a, b| u[a] * u[b] / vals[j]);
+        }
+        let prod = &sw * &pinv;
+        (0..d).map(|i| prod[(i, i)]).sum::<f64>() / k as f64
+    }
+
     #[test]
-    fn streaming_moments_equal_the_in_memory_statistics() {
+    fn streaming_moments_equal_the_definitions() {
         let (d, k, n) = (7, 4, 203);
         let mut rng = rng_from_seed(3);
         let mut H: Mat<f64> = gaussian_matrix(d, n, 1.0, &mut rng);
@@ -577,10 +761,11 @@ mod tests {
         // Class offsets 1e4 times the spread: Σ h hᵀ − n μ μᵀ would keep only ~8 digits.
         for i in 0..n {
             for r in 0..d {
-                H[(r, i)] = 10.0 * ((r + labels[i] as usize) % 3) as f64 + 1e-3 * H[(r, i)];
+                H[(r, i)] = 10.0 * ((r + labels[i] as usize) % 3 + r * (labels[i] as usize)) as f64
+                    + 1e-3 * H[(r, i)];
             }
         }
-        let M = class_means(H.as_ref(), &labels, k).unwrap();
+        let M = reference_means(H.as_ref(), &labels, k);
         let mut fm = FeatureMoments::new(d, k);
         for start in (0..n).step_by(17) {
             let end = (start + 17).min(n);
@@ -588,18 +773,72 @@ mod tests {
         }
         assert_eq!(fm.n(), n as u64);
         let Ms = fm.class_means().unwrap();
-        assert!((&Ms - &M).norm_l2() < 1e-9 * M.norm_l2());
-        for centering in [Centering::ClassMeans, Centering::Samples] {
-            let a = nc1(H.as_ref(), &labels, M.as_ref(), centering).unwrap().unwrap();
+        assert!((&Ms - &M).norm_l2() < 1e-12 * M.norm_l2());
+        let class_center: Vec<f64> =
+            (0..d).map(|r| (0..k).map(|c| M[(r, c)]).sum::<f64>() / k as f64).collect();
+        let sample_center: Vec<f64> =
+            (0..d).map(|r| (0..n).map(|i| H[(r, i)]).sum::<f64>() / n as f64).collect();
+        for (centering, center) in
+            [(Centering::ClassMeans, class_center), (Centering::Samples, sample_center)]
+        {
+            let a = reference_nc1(H.as_ref(), &labels, k, &center);
             let b = fm.nc1(centering).unwrap().unwrap();
-            assert!((a - b).abs() < 1e-9 * a, "{centering:?}: {a} vs {b}");
+            assert!((a - b).abs() < 1e-8 * a, "{centering:?}: {a} vs {b}");
         }
         // Whole-batch push equals the chunked one.
-        let mut whole = FeatureMoments::new(d, k);
-        whole.push(H.as_ref(), &labels).unwrap();
+        let whole = FeatureMoments::of_matrix(H.as_ref(), &labels, k).unwrap();
         let sw = whole.within_covariance();
         let sc = fm.within_covariance();
         assert!((&sw - &sc).norm_l2() < 1e-9 * sw.norm_l2());
+    }
+
+    #[test]
+    fn nc1_on_hand_examples() {
+        // Two classes in R^2: class 0 at (1, 0) ± (0, 0.1), class 1 at (-1, 0) ± (0, 0.1).
+        let H = Mat::from_fn(2, 4, |r, i| [[1.0, 1.0, -1.0, -1.0], [0.1, -0.1, 0.1, -0.1]][r][i]);
+        let y = [0, 0, 1, 1];
+        let fm = FeatureMoments::of_matrix(H.as_ref(), &y, 2).unwrap();
+        let M = fm.class_means().unwrap();
+        assert_eq!((M[(0, 0)], M[(1, 0)], M[(0, 1)]), (1.0, 0.0, -1.0));
+        // Σ_B = diag(1, 0) (centered means ±e1); the top k−1 = 1 direction is e1, along which
+        // the within-class deviations are 0: NC1 = 0, although Σ_W = diag(0, 0.01).
+        let v = fm.nc1(Centering::ClassMeans).unwrap().unwrap();
+        assert!(v.abs() < 1e-15, "{v}");
+        // Deviations along e1: each sample off its mean by ±0.2 e1 -> Σ_W[0,0] = 0.04, Σ_B^† =
+        // diag(1, 0), so Tr(Σ_W Σ_B^†)/k = 0.04 / 2 = 0.02.
+        let H2 = Mat::from_fn(2, 4, |r, i| [[1.2, 0.8, -0.8, -1.2], [0.0; 4]][r][i]);
+        let fm2 = FeatureMoments::of_matrix(H2.as_ref(), &y, 2).unwrap();
+        let v = fm2.nc1(Centering::Samples).unwrap().unwrap();
+        assert!((v - 0.02).abs() < 1e-15, "{v}");
+        let one = FeatureMoments::of_matrix(H.as_ref(), &[0, 0, 0, 0], 2).unwrap();
+        assert!(one.class_means().unwrap_err().to_string().contains("class 1 is empty"));
+        let same = Mat::from_fn(2, 2, |_, _| 1.0);
+        let fm = FeatureMoments::of_matrix(same.as_ref(), &[0, 1], 2).unwrap();
+        assert_eq!(fm.nc1(Centering::ClassMeans).unwrap(), None);
+    }
+
+    #[test]
+    fn dist_z_is_zero_on_the_sel_matrix_and_exact_with_two_passes() {
+        let y = [0u32, 2, 1, 1, 0];
+        let H = Mat::from_fn(2, 5, |r, i| (r as f64 + 1.0) * (i as f64 - 2.0) + y[i] as f64);
+        let col = |g: &FeatureGeometry| {
+            let p = crate::Profile::from_counts(vec![2, 2, 1]).unwrap();
+            g.values(None, &crate::Geometry::new(&p).unwrap()).unwrap()[geometry_column("dist_z")]
+                .unwrap()
+        };
+        let sel = Mat::from_fn(3, 5, |c, i| 4.0 * (f64::from(c as u32 == y[i]) - 1.0 / 3.0));
+        let g = FeatureGeometry::of_matrices(H.as_ref(), sel.as_ref(), &y).unwrap();
+        assert!(col(&g) < 1e-15, "{}", col(&g));
+        // Any logits: both passes give the normalized distance to the SEL matrix formed
+        // densely; pass 1 alone gives the streaming form, equal away from 0.
+        let z = Mat::from_fn(3, 5, |c, i| (c * i) as f64 - 0.5 * c as f64 + 0.1 * i as f64);
+        let dense = Mat::from_fn(3, 5, |c, i| f64::from(c as u32 == y[i]) - 1.0 / 3.0);
+        let want = normalized_distance(z.as_ref(), dense.as_ref()).unwrap();
+        let g = FeatureGeometry::of_matrices(H.as_ref(), z.as_ref(), &y).unwrap();
+        assert!((col(&g) - want).abs() < 1e-15, "{} vs {want}", col(&g));
+        let mut one = FeatureGeometry::new(2, 3);
+        one.push(H.as_ref(), Some(z.as_ref()), &y).unwrap();
+        assert!((col(&one) - want).abs() < 1e-12);
     }
 
     #[test]
@@ -663,9 +902,12 @@ mod tests {
         let mut fg = FeatureGeometry::new(5, 4);
         fg.push(H.as_ref(), None, &labels).unwrap();
         let v = fg.values(None, &g).unwrap();
-        let col = |n: &str| v[GEOMETRY_COLUMNS.iter().position(|(c, _)| *c == n).unwrap()];
-        assert!(col("dist_gm_seli").unwrap() < 1e-12, "{v:?}");
-        assert!((col("dist_gm_etf").unwrap() - g.dist_gram_m_etf()).abs() < 1e-12);
+        let col = |n: &str| v[geometry_column(n)];
+        // SELI means sum to zero: raw and centered columns coincide.
+        for m in ["gm", "gmc"] {
+            assert!(col(&format!("dist_{m}_seli")).unwrap() < 1e-12, "{v:?}");
+            assert!((col(&format!("dist_{m}_etf")).unwrap() - g.dist_gram_m_etf()).abs() < 1e-12);
+        }
         assert!(col("nc1").unwrap().abs() < 1e-20);
         for n in ["accuracy", "w_norm_sq", "dist_gw_seli", "dist_z", "equinorm_w", "ncc_mismatch"] {
             assert_eq!(col(n), None, "{n}");
@@ -674,12 +916,45 @@ mod tests {
         let Z = r.W.transpose() * &H;
         let mut fg = FeatureGeometry::new(5, 4);
         fg.push(H.as_ref(), Some(Z.as_ref()), &labels).unwrap();
-        fg.push_ncc(H.as_ref(), Z.as_ref()).unwrap();
+        fg.push_second(H.as_ref(), Z.as_ref(), &labels).unwrap();
         let v = fg.values(Some(r.W.as_ref()), &g).unwrap();
-        let col = |n: &str| v[GEOMETRY_COLUMNS.iter().position(|(c, _)| *c == n).unwrap()];
+        let col = |n: &str| v[geometry_column(n)];
         assert_eq!((col("accuracy"), col("ncc_mismatch")), (Some(1.0), Some(0.0)));
         assert!(col("dist_z").unwrap() < 1e-12 && col("dist_gw_seli").unwrap() < 1e-12);
         let e = fg.values(Some(Mat::<f64>::zeros(4, 4).as_ref()), &g).unwrap_err().to_string();
         assert!(e.contains("classifier W"), "{e}");
+    }
+
+    #[test]
+    fn centered_columns_ignore_a_common_shift_and_raw_ones_do_not() {
+        // Translating every feature by one vector moves the raw class means but not the
+        // centered ones: every `muc`/`gmc`/`wtmc` column, NC1 and the Papyan statistics stay.
+        let p = crate::Profile::step(4, 10.0, 0.5, 2).unwrap();
+        let g = crate::Geometry::new(&p).unwrap();
+        let r = g.realize(5, 3).unwrap();
+        let labels: Vec<u32> =
+            p.counts().iter().enumerate().flat_map(|(c, &m)| vec![c as u32; m as usize]).collect();
+        let noise: Mat<f64> = gaussian_matrix(5, labels.len(), 0.1, &mut rng_from_seed(9));
+        let H = Mat::from_fn(5, labels.len(), |i, j| r.M[(i, labels[j] as usize)] + noise[(i, j)]);
+        let shifted =
+            Mat::from_fn(5, labels.len(), |i, j| H[(i, j)] + [3.0, -1.0, 0.5, 2.0, 1.0][i]);
+        let measure = |H: &Mat<f64>| {
+            let Z = r.W.transpose() * H;
+            let fg = FeatureGeometry::of_matrices(H.as_ref(), Z.as_ref(), &labels).unwrap();
+            fg.values(Some(r.W.as_ref()), &g).unwrap()
+        };
+        let (a, b) = (measure(&H), measure(&shifted));
+        for (j, (name, _)) in GEOMETRY_COLUMNS.iter().enumerate() {
+            let centered = name.contains("muc")
+                || name.contains("gmc")
+                || name.contains("wtmc")
+                || name.starts_with("nc1")
+                || name == &"self_duality";
+            if centered {
+                assert!((a[j].unwrap() - b[j].unwrap()).abs() < 1e-9, "{name}");
+            }
+        }
+        let raw = geometry_column("dist_gm_seli");
+        assert!((a[raw].unwrap() - b[raw].unwrap()).abs() > 1e-2, "{:?} {:?}", a[raw], b[raw]);
     }
 }

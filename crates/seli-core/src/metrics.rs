@@ -1,4 +1,4 @@
-//! Normalized distances and class-level Gram statistics (SPEC section 7).
+//! Normalized distances and class-level Gram statistics (docs/theory.md, "Measuring a model").
 //!
 //! The normalized distance `dist(A, B) = ‖A/‖A‖_F − B/‖B‖_F‖_F` compares shapes up to scale:
 //! 0 means equal up to a positive factor, the maximum is 2 (opposite matrices).
@@ -7,8 +7,8 @@
 //! per-class norms, all pairwise cosines, their averages over majority/minority pairs, the
 //! majority/minority norm ratio and the classifier–mean alignment `cos(w_c, μ_c)`. The same
 //! functions serve exact targets ([`crate::Geometry`]) and measured models. Feature-level
-//! statistics (class means, NC1, the distance of logits to the SEL matrix) work on d×n
-//! embeddings without forming anything n×n.
+//! statistics (class means, NC1, the distance of logits to the SEL matrix) live in
+//! [`crate::features`], one streaming implementation for features in memory and on disk.
 #![allow(non_snake_case)]
 
 use faer::{Mat, MatRef};
@@ -247,89 +247,14 @@ impl ClassStats {
     }
 }
 
-/// Class means of the columns of `H` (d×n) with labels in `0..k`: the d×k matrix `M` with
-/// `μ_c` the mean of the columns of class c.
-///
-/// # Errors
-/// A label out of range; a class with no column (its mean is undefined).
-pub fn class_means(H: MatRef<'_, f64>, labels: &[u32], k: usize) -> Result<Mat<f64>> {
-    assert_eq!(H.ncols(), labels.len(), "one label per column");
-    let mut M = Mat::<f64>::zeros(H.nrows(), k);
-    let mut counts = vec![0u64; k];
-    for (i, &y) in labels.iter().enumerate() {
-        let c = y as usize;
-        if c >= k {
-            return Err(Error::LabelOutOfRange { index: i, label: y as i64, k });
-        }
-        counts[c] += 1;
-        for r in 0..H.nrows() {
-            M[(r, c)] += H[(r, i)];
-        }
-    }
-    for (c, &m) in counts.iter().enumerate() {
-        if m == 0 {
-            return Err(Error::EmptyClass { class: c, context: String::new() });
-        }
-        for r in 0..H.nrows() {
-            M[(r, c)] /= m as f64;
-        }
-    }
-    Ok(M)
-}
-
 /// The center `μ_G` used by between-class statistics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Centering {
     /// Unweighted mean of the class means, `(1/k) Σ_c μ_c`: zero at SELI, the choice that
-    /// does not distort imbalanced geometry (SPEC section 3).
+    /// does not distort imbalanced geometry (docs/theory.md, "Centerings").
     ClassMeans,
     /// Sample mean `(1/n) Σ_i h_i` (Papyan, Han and Donoho's convention).
     Samples,
-}
-
-/// NC1 = `Tr(Σ_W Σ_B^†)/k` (SPEC section 7), with `Σ_W` the within-class covariance
-/// `(1/n) Σ_i (h_i − μ_{y_i})(h_i − μ_{y_i})ᵀ`, `Σ_B = (1/k) Σ_c (μ_c − μ_G)(μ_c − μ_G)ᵀ`
-/// and the pseudo-inverse taken on the top k−1 directions of `Σ_B`.
-///
-/// Computed without forming d×d matrices: with the thin SVD `M̃ = U S Vᵀ` of the centered
-/// means, `NC1 = Σ_j s_j^{-2} (1/n) Σ_i (u_jᵀ(h_i − μ_{y_i}))²`. Directions whose singular
-/// value is negligible (below `ε·s_max·max(d, k)`) are dropped. Returns `None` when the class
-/// means coincide (no between-class direction).
-///
-/// # Errors
-/// Shapes that disagree; the SVD failing to converge.
-pub fn nc1(
-    H: MatRef<'_, f64>,
-    labels: &[u32],
-    M: MatRef<'_, f64>,
-    centering: Centering,
-) -> Result<Option<f64>> {
-    let (d, k, n) = (H.nrows(), M.ncols(), H.ncols());
-    assert_eq!(labels.len(), n, "one label per column");
-    assert_eq!(M.nrows(), d, "means live in the embedding space");
-    let center: Vec<f64> = match centering {
-        Centering::ClassMeans => {
-            (0..d).map(|r| (0..k).map(|c| M[(r, c)]).sum::<f64>() / k as f64).collect()
-        }
-        Centering::Samples => {
-            (0..d).map(|r| (0..n).map(|i| H[(r, i)]).sum::<f64>() / n as f64).collect()
-        }
-    };
-    let Some((U, s)) = between_class_directions(M, &center)? else {
-        return Ok(None);
-    };
-    let proj_h = U.transpose() * H;
-    let proj_m = U.transpose() * M;
-    let mut total = 0.0;
-    for (j, s_j) in s.iter().enumerate() {
-        let mut acc = 0.0;
-        for (i, &y) in labels.iter().enumerate() {
-            let dev = proj_h[(j, i)] - proj_m[(j, y as usize)];
-            acc += dev * dev;
-        }
-        total += acc / (n as f64 * s_j * s_j);
-    }
-    Ok(Some(total))
 }
 
 /// The top k−1 left singular vectors `U` (d×r) and singular values of the centered class
@@ -355,76 +280,9 @@ pub(crate) fn between_class_directions(
     Ok(Some((U, keep.iter().map(|&j| s[j]).collect())))
 }
 
-/// Normalized distance between logits `Z` (k×n) and the SEL matrix `Ẑ = PY` of `labels`,
-/// computed entrywise without forming `Ẑ` (`Ẑ[c,i] = δ_{c,y_i} − 1/k`, `‖Ẑ‖_F² = n(1−1/k)`).
-///
-/// # Errors
-/// `Z` with zero or non-finite norm.
-pub fn dist_to_sel(Z: MatRef<'_, f64>, labels: &[u32]) -> Result<f64> {
-    let (k, n) = (Z.nrows(), Z.ncols());
-    assert_eq!(labels.len(), n, "one label per column");
-    let z_norm = frobenius(Z);
-    if !(z_norm.is_finite() && z_norm > 0.0) {
-        return Err(Error::DegenerateNorm { what: "the logit matrix Z", norm: z_norm });
-    }
-    let sel_norm = (n as f64 * (1.0 - 1.0 / k as f64)).sqrt();
-    let mut sum = 0.0;
-    for (i, &y) in labels.iter().enumerate() {
-        for c in 0..k {
-            let sel = if c == y as usize { 1.0 - 1.0 / k as f64 } else { -1.0 / k as f64 };
-            let diff = Z[(c, i)] / z_norm - sel / sel_norm;
-            sum += diff * diff;
-        }
-    }
-    Ok(sum.sqrt())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn class_means_and_nc1_on_a_hand_example() {
-        // Two classes in R^2: class 0 at (1, 0) ± (0, 0.1), class 1 at (-1, 0) ± (0, 0.1).
-        let H = Mat::from_fn(2, 4, |r, i| [[1.0, 1.0, -1.0, -1.0], [0.1, -0.1, 0.1, -0.1]][r][i]);
-        let y = [0, 0, 1, 1];
-        let M = class_means(H.as_ref(), &y, 2).unwrap();
-        assert_eq!((M[(0, 0)], M[(1, 0)], M[(0, 1)]), (1.0, 0.0, -1.0));
-        // Σ_B = diag(1, 0) (centered means ±e1); the top k−1 = 1 direction is e1, along which
-        // the within-class deviations are 0: NC1 = 0, although Σ_W = diag(0, 0.01).
-        let v = nc1(H.as_ref(), &y, M.as_ref(), Centering::ClassMeans).unwrap().unwrap();
-        assert!(v.abs() < 1e-15, "{v}");
-        // Tilt the deviations along e1: each sample off its mean by ±0.2 e1 -> Σ_W[0,0] = 0.04,
-        // NC1 = 0.04 / 1 / k... = Tr(Σ_W Σ_B^†)/k = 0.04 * 1 / 2 = 0.02.
-        let H2 = Mat::from_fn(2, 4, |r, i| [[1.2, 0.8, -0.8, -1.2], [0.0; 4]][r][i]);
-        let M2 = class_means(H2.as_ref(), &y, 2).unwrap();
-        let v = nc1(H2.as_ref(), &y, M2.as_ref(), Centering::Samples).unwrap().unwrap();
-        assert!((v - 0.02).abs() < 1e-15, "{v}");
-        assert!(
-            class_means(H.as_ref(), &[0, 0, 0, 0], 2)
-                .unwrap_err()
-                .to_string()
-                .contains("class 1 is empty")
-        );
-        let same = Mat::from_fn(2, 2, |_, _| 1.0);
-        assert_eq!(
-            nc1(same.as_ref(), &[0, 1], same.as_ref(), Centering::ClassMeans).unwrap(),
-            None
-        );
-    }
-
-    #[test]
-    fn sel_distance_is_zero_on_the_sel_matrix_up_to_scale() {
-        let y = [0u32, 2, 1, 1, 0];
-        let z = Mat::from_fn(3, 5, |c, i| 4.0 * (f64::from(c as u32 == y[i]) - 1.0 / 3.0));
-        assert!(dist_to_sel(z.as_ref(), &y).unwrap() < 1e-15);
-        let w = Mat::from_fn(3, 5, |c, _| c as f64);
-        let direct = {
-            let sel = Mat::from_fn(3, 5, |c, i| f64::from(c as u32 == y[i]) - 1.0 / 3.0);
-            normalized_distance(w.as_ref(), sel.as_ref()).unwrap()
-        };
-        assert!((dist_to_sel(w.as_ref(), &y).unwrap() - direct).abs() < 1e-15);
-    }
 
     #[test]
     fn distance_is_scale_invariant_and_bounded() {

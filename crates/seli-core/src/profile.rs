@@ -1,4 +1,4 @@
-//! Class-count profiles (SPEC section 4).
+//! Class-count profiles (docs/theory.md §4).
 //!
 //! A [`Profile`] is the vector of class counts `n_0..n_{k-1}` (all positive, `k >= 2`) that
 //! the whole SELI geometry depends on, plus, where the profile defines one, the split of the

@@ -1,4 +1,4 @@
-//! The SEL matrix and the SELI geometry, at class level (SPEC section 3).
+//! The SEL matrix and the SELI geometry, at class level (docs/theory.md §3).
 //!
 //! The SEL matrix `Ẑ = PY` (k×n) has rank k−1 and equal columns within a class, so all of
 //! its geometry follows from the k×k matrix `A = ẐẐᵀ = P D P` with `D = diag(n_c)`:
@@ -43,7 +43,7 @@ pub const MAX_REALIZATION_ENTRIES: u128 = 100_000_000;
 /// ```
 /// use seli_core::{Geometry, Profile};
 /// let g = Geometry::new(&Profile::step(4, 10.0, 0.5, 1).unwrap()).unwrap();
-/// // SPEC section 9: singular values (sqrt 10, sqrt 5.5, 1).
+/// // docs/theory.md §9: singular values (sqrt 10, sqrt 5.5, 1).
 /// assert!((g.singular_values()[0] - 10f64.sqrt()).abs() < 1e-12);
 /// assert!((g.nuclear_norm() - 6.507486).abs() < 1e-6);
 /// ```

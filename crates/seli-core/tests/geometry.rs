@@ -1,6 +1,6 @@
 //! The exact SELI geometry against closed forms, a dense SVD and invariances.
 //!
-//! Reference values come from SPEC sections 3, 4 and 9; every closed form is restated where
+//! Reference values come from docs/theory.md §3, §4 and §9; every closed form is restated where
 //! it is used.
 
 use faer::Mat;
@@ -25,7 +25,7 @@ fn tol_kappa(scale: f64, k: usize, kappa: f64) -> f64 {
     tol(scale, k) * kappa
 }
 
-/// SPEC section 4: the closed-form STEP Grams for n_min = 1, scaled by sqrt(n_min) (G_W) and
+/// docs/theory.md §4: the closed-form STEP Grams for n_min = 1, scaled by sqrt(n_min) (G_W) and
 /// 1/sqrt(n_min) (G_M). `inv` selects G_M, which is G_W with sqrt R -> 1/sqrt R, s -> 1/s.
 fn step_closed_form(k: usize, r: f64, rho: f64, n_min: u64, inv: bool) -> Mat<f64> {
     let k_maj = ((1.0 - rho) * k as f64).round();
@@ -108,7 +108,7 @@ fn step_closed_forms_for_many_profiles() {
 
 #[test]
 fn step_qualitative_consequences() {
-    // SPEC section 4: majority classifiers are longer, minority means are longer, and the
+    // docs/theory.md §4: majority classifiers are longer, minority means are longer, and the
     // minority-minority classifier cosine crosses 0 at R* = 1 + (2-rho)/(1-rho)^2.
     // Counts are whole numbers, so R is taken on a grid of 1/20 with n_min = 20.
     for (k, rho) in [(4, 0.5), (10, 0.5), (10, 0.2), (6, 1.0 / 3.0)] {
@@ -130,7 +130,7 @@ fn step_qualitative_consequences() {
 
 #[test]
 fn spec_section_9_reference_values() {
-    // SPEC section 9: STEP k = 4, R = 10, rho = 1/2, n_min = 1.
+    // docs/theory.md §9: STEP k = 4, R = 10, rho = 1/2, n_min = 1.
     let g = Geometry::new(&Profile::step(4, 10.0, 0.5, 1).unwrap()).unwrap();
     let sv = g.singular_values();
     for (got, want) in sv.iter().zip([3.162278, 2.345208, 1.0]) {
@@ -145,7 +145,7 @@ fn spec_section_9_reference_values() {
 
 #[test]
 fn balanced_is_the_etf() {
-    // SPEC section 9: balanced, m per class: G_W = sqrt(m) P, cosines -1/(k-1),
+    // docs/theory.md §9: balanced, m per class: G_W = sqrt(m) P, cosines -1/(k-1),
     // ||Z||_* = (k-1) sqrt(m).
     for k in [2, 3, 5, 10, 50] {
         for m in [1, 4, 1000] {
@@ -251,7 +251,7 @@ fn realization_has_the_grams_and_the_sel_logits() {
         assert!(r.wtm_residual < 1e-12, "d={d}: {}", r.wtm_residual);
         assert!(max_abs_diff(gram(r.W.as_ref()).as_ref(), g.gram_w()) < 1e-11);
         assert!(max_abs_diff(gram(r.M.as_ref()).as_ref(), g.gram_m()) < 1e-12);
-        // Both sum to zero over classes (SPEC section 3).
+        // Both sum to zero over classes (docs/theory.md §3).
         for i in 0..d {
             assert!((0..6).map(|c| r.W[(i, c)]).sum::<f64>().abs() < 1e-11);
             assert!((0..6).map(|c| r.M[(i, c)]).sum::<f64>().abs() < 1e-12);
@@ -324,7 +324,7 @@ proptest! {
 
     #[test]
     fn dual_frame_identity_holds_for_any_counts(counts in counts_strategy()) {
-        // G_W G_M = P (SPEC section 3: WᵀM = P with M = W (WᵀW)^†).
+        // G_W G_M = P (docs/theory.md §3: WᵀM = P with M = W (WᵀW)^†).
         let g = Geometry::new(&Profile::from_counts(counts).unwrap()).unwrap();
         let prod = g.gram_w() * g.gram_m();
         let k = g.k();

@@ -1,4 +1,4 @@
-//! The class-level ridge solver: certificates, thresholds (SPEC section 6), ETF for balanced
+//! The class-level ridge solver: certificates, thresholds (docs/theory.md §6), ETF for balanced
 //! data, the regularization path toward SELI.
 
 use seli_core::solve::ridge::{RidgeConfig, RidgeSolver, lambda_minority_collapse, lambda_zero};
@@ -71,15 +71,16 @@ fn regularization_path_approaches_seli() {
         assert!(d <= last + 1e-7, "λ = {lambda}: dist to SELI {d} after {last}");
         last = d;
     }
-    // The approach is slow (logarithmic in 1/λ, SPEC section 6): 0.35 at λ*/√10, 0.068 at 1e-4 λ*.
+    // The approach is slow (logarithmic in 1/λ, docs/theory.md §6): 0.35 at λ*/√10, 0.068 at 1e-4 λ*.
     assert!(last < 0.07, "{last}");
 }
 
 #[test]
 fn gradient_descent_on_the_ridge_ufm_reaches_the_convex_optimum() {
-    // SPEC section 6: GD on the non-convex factored problem ends at the global optimum's
+    // docs/theory.md §6: GD on the non-convex factored problem ends at the global optimum's
     // geometry. Compare Grams from GD's W and class means with the convex solver's.
-    use seli_core::metrics::{class_means, gram, normalized_distance};
+    use seli_core::features::FeatureMoments;
+    use seli_core::metrics::{gram, normalized_distance};
     use seli_core::solve::Executor;
     use seli_core::solve::ufm::{UfmConfig, UfmSolver};
     let p = Profile::step(4, 10.0, 0.5, 2).unwrap();
@@ -100,7 +101,8 @@ fn gradient_descent_on_the_ridge_ufm_reaches_the_convex_optimum() {
     let why = Executor::new(gd, 500_000).run(&mut state).unwrap();
     assert_eq!(why.name(), "converged", "{why}");
     let gw = gram(state.params.W.as_ref());
-    let m = class_means(state.params.H.as_ref(), &labels, 4).unwrap();
+    let moments = FeatureMoments::of_matrix(state.params.H.as_ref(), &labels, 4).unwrap();
+    let m = moments.class_means().unwrap();
     let gm = gram(m.as_ref());
     let dw = normalized_distance(gw.as_ref(), convex.gram_w.as_ref()).unwrap();
     let dm = normalized_distance(gm.as_ref(), convex.gram_m.as_ref()).unwrap();
@@ -111,7 +113,7 @@ fn gradient_descent_on_the_ridge_ufm_reaches_the_convex_optimum() {
 
 #[test]
 fn collapse_is_detected_for_any_counts() {
-    // Three class sizes (no majority/minority groups): above √5 (SPEC's λ_mc = √n_min for the
+    // Three class sizes (no majority/minority groups): above √5 (docs/theory.md §6: λ_mc = √n_min for the
     // smallest classes) the three classes of 5 samples share one classifier; far below, none do.
     let p = Profile::from_counts(vec![100, 60, 5, 5, 5]).unwrap();
     assert!(p.groups().is_none());

@@ -1,4 +1,4 @@
-//! The class-level max-margin (nuclear-norm SVM) solver finds the SEL matrix (SPEC section 5)
+//! The class-level max-margin (nuclear-norm SVM) solver finds the SEL matrix (docs/theory.md §5)
 //! for any counts, with a dual certificate.
 
 use seli_core::Profile;

@@ -111,7 +111,7 @@ fn metrics(state: &UfmState<f64>, profile: &Profile) -> UfmMetrics {
 
 #[test]
 fn imbalanced_gd_heads_to_seli_not_the_etf() {
-    // STEP k = 4, R = 10, rho = 1/2: SELI and the ETF differ by dist 0.387 in G_W (SPEC §9
+    // STEP k = 4, R = 10, rho = 1/2: SELI and the ETF differ by dist 0.387 in G_W (docs/theory.md §9
     // profile; see seli geometry). Normalized GD, 3000 iterations.
     let profile = Profile::step(4, 10.0, 0.5, 2).unwrap();
     let cfg =

@@ -231,7 +231,8 @@ pub fn analyze(
         for start in (0..n).step_by(chunk) {
             let end = (start + chunk).min(n);
             let (H, Z) = batch(start, end)?;
-            geo.push_ncc(H.as_ref(), Z.expect("logits").as_ref()).map_err(content)?;
+            geo.push_second(H.as_ref(), Z.expect("logits").as_ref(), &y[start..end])
+                .map_err(content)?;
         }
     }
     let values = geo.values(W.map(|w| w.as_ref()), &target).map_err(content)?;
@@ -243,8 +244,9 @@ pub fn analyze(
         profile: ProfileRecord::new(&profile, None),
         logits: source,
         seli_vs_etf: [target.dist_gram_w_etf(), target.dist_gram_m_etf()],
-        centering: "between-class quantities use the class means centered by their mean (mu_G = \
-                    mean of class means, zero at SELI); nc1_global centers by the sample mean"
+        centering: "mu, gm, wtm columns use the raw class means; muc, gmc, wtmc and the Papyan \
+                    statistics the means centered by mu_G, the mean of class means (zero at \
+                    SELI); nc1 centers Sigma_B by mu_G, nc1_global by the sample mean"
             .into(),
         values: GEOMETRY_COLUMNS
             .iter()

@@ -3,7 +3,7 @@
 //! Written by `seli geometry --json PATH`. Matrices are arrays of rows; classes are indexed
 //! `0..k-1` in profile order (STEP: majorities first). Quantities that a profile does not
 //! define are `null` (group statistics without groups, within-group cosines of a group with
-//! one class). All Grams are at the SELI scale α = 1 (SPEC section 3), so
+//! one class). All Grams are at the SELI scale α = 1 (docs/theory.md §3), so
 //! `‖W‖_F² = ‖Z_hat‖_*`.
 //!
 //! ```text

@@ -3,7 +3,7 @@
 //! - `config.json` ([`UfmRunConfig`], schema `seli.ufm-config.v1`): everything needed to
 //!   regenerate the run, seed included. `--resume DIR` reads it back.
 //! - `metrics.csv`: one row per recorded iteration; columns and meanings are
-//!   `seli_core::track::UfmMetrics::COLUMNS` (listed in docs/formats.md).
+//!   `seli_core::track::UfmMetrics::columns` (listed in docs/formats.md).
 //! - `checkpoint.safetensors`: the variables (see [`crate::checkpoint`]).
 //! - `summary.json` ([`UfmSummary`], schema `seli.ufm-summary.v1`): how the run ended, its
 //!   speed, the last metrics row and the SELI-vs-ETF reference distances.

@@ -1,4 +1,4 @@
-//! Sweep files (`seli sweep SPEC.toml`): a grid or a list of points over one command's flags,
+//! Sweep files (`seli sweep SWEEP.toml`): a grid or a list of points over one command's flags,
 //! expanded into an ordered list of named points; and the merged results table.
 //!
 //! The format (documented with examples in docs/formats.md):

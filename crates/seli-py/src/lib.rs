@@ -598,7 +598,7 @@ fn ufm<'py>(
     }
     let out = PyDict::new(py);
     let metrics = PyDict::new(py);
-    for (j, (name, _)) in UfmMetrics::COLUMNS.iter().enumerate() {
+    for (j, (name, _)) in UfmMetrics::columns().iter().enumerate() {
         let col: Vec<f64> = run.rows.iter().map(|r| r[j].unwrap_or(f64::NAN)).collect();
         metrics.set_item(*name, PyArray1::from_vec(py, col))?;
     }

@@ -223,6 +223,51 @@ def test_ufm_returns_its_metrics_table():
     assert seli.ufm(step="4,10,0.5,3", d=8, iters=50, dtype="f32")["iters_done"] == 50
 
 
+def read_safetensors(path):
+    """The tensors of a .safetensors file as NumPy arrays (the format is an 8-byte header
+    length, a JSON header, then the raw little-endian data)."""
+    raw = Path(path).read_bytes()
+    size = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8 : 8 + size])
+    dtypes = {"F64": "<f8", "F32": "<f4"}
+    out = {}
+    for name, t in header.items():
+        if name == "__metadata__":
+            continue
+        a, b = t["data_offsets"]
+        out[name] = np.frombuffer(raw[8 + size + a : 8 + size + b], dtype=dtypes[t["dtype"]]).reshape(t["shape"])
+    return out
+
+
+def test_ufm_tracker_cli_analyze_and_python_metrics_agree(tmp_path):
+    # One set of features measured three ways: the UFM tracker's last metrics.csv row (through
+    # the CLI), `seli analyze` on the exported checkpoint arrays, and `seli.metrics` on the same
+    # arrays in memory. Every column of the same name holds the same value.
+    run = tmp_path / "run"
+    subprocess.run(
+        [SELI_BIN, "ufm", "--step", "4,10,0.5,3", "--d", "6", "--iters", "300", "--out", str(run)],
+        check=True,
+        capture_output=True,
+    )
+    lines = (run / "metrics.csv").read_text().splitlines()
+    header, last = lines[0].split(","), lines[-1].split(",")
+    tracked = {h: (float(v) if v else None) for h, v in zip(header, last)}
+    t = read_safetensors(run / "checkpoint.safetensors")
+    y = np.repeat(np.arange(4), [30, 30, 3, 3])
+    np.save(tmp_path / "y.npy", y)
+    ckpt = str(run / "checkpoint.safetensors")
+    cli = cli_json(
+        tmp_path, "analyze", "--features", ckpt, "--features-key", "H", "--labels", str(tmp_path / "y.npy"),
+        "--classifier", ckpt, "--classifier-key", "W",
+    )["values"]
+    py = seli.metrics(t["H"], y, t["W"])["values"]
+    assert set(py) == set(cli) and set(py) <= set(tracked)
+    for name in py:
+        values = [tracked[name], cli[name], py[name]]
+        assert None not in values, name
+        assert np.allclose(values, values[0], rtol=1e-9, atol=1e-12), (name, values)
+
+
 def test_ufm_releases_the_gil():
     ticks = []
     done = threading.Event()

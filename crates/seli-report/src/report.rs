@@ -6,7 +6,8 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use faer::Mat;
-use seli_core::metrics::{centering_projector, class_means, gram, normalized};
+use seli_core::features::FeatureMoments;
+use seli_core::metrics::{centering_projector, gram, normalized};
 use seli_core::{Geometry, Profile};
 use seli_io::csvlog::{Row, read_csv};
 use seli_io::record::ProfileRecord;
@@ -20,6 +21,19 @@ pub enum RunKind {
     Ufm,
     /// `seli train`.
     Train,
+}
+
+impl RunKind {
+    /// Which class means the figures compare with SELI, as the infixes of their metric
+    /// columns (`dist_{gm}_seli`, `norm_ratio_{mu}`) and in words: the raw means for the
+    /// bias-free UFM (the paper's comparison), the means centered by their mean for deep
+    /// features (docs/theory.md, "Centerings").
+    pub fn means(self) -> (&'static str, &'static str, &'static str) {
+        match self {
+            RunKind::Ufm => ("gm", "mu", "raw class means"),
+            RunKind::Train => ("gmc", "muc", "class means centered by their mean"),
+        }
+    }
 }
 
 /// A run directory's records.
@@ -112,8 +126,8 @@ fn rows_of(m: faer::MatRef<'_, f64>) -> Vec<Vec<f64>> {
     (0..m.nrows()).map(|i| (0..m.ncols()).map(|j| m[(i, j)]).collect()).collect()
 }
 
-/// The last measured classifier and class-mean Grams: a UFM run's from its checkpoint, a
-/// training run's from `grams.json`.
+/// The last measured classifier and class-mean Grams: a UFM run's from its checkpoint (raw
+/// means), a training run's from `grams.json` (centered means, [`RunKind::means`]).
 fn run_grams(run: &Run) -> Option<(Mat<f64>, Mat<f64>)> {
     match run.kind {
         RunKind::Ufm => ufm_grams(run),
@@ -124,7 +138,7 @@ fn run_grams(run: &Run) -> Option<(Mat<f64>, Mat<f64>)> {
                 let k = rows.len();
                 rows.iter().all(|r| r.len() == k).then(|| Mat::from_fn(k, k, |i, j| rows[i][j]))
             };
-            Some((mat(&g["gram_w"])?, mat(&g["gram_m"])?))
+            Some((mat(&g["gram_w"])?, mat(&g["gram_mc"])?))
         }
     }
 }
@@ -148,7 +162,7 @@ fn ufm_grams(run: &Run) -> Option<(Mat<f64>, Mat<f64>)> {
     };
     let labels: Vec<u32> =
         p.counts().iter().enumerate().flat_map(|(c, &m)| vec![c as u32; m as usize]).collect();
-    let M = class_means(H.as_ref(), &labels, k).ok()?;
+    let M = FeatureMoments::of_matrix(H.as_ref(), &labels, k).ok()?.class_means().ok()?;
     Some((gram(W.as_ref()), gram(M.as_ref())))
 }
 
@@ -174,6 +188,7 @@ fn line_figure(
 /// A drawing failure.
 pub fn figures(run: &Run) -> Result<Vec<Figure>, String> {
     let (_, x_label, log_x) = run.x();
+    let (gm, mu, means) = run.kind.means();
     let mut out = Vec::new();
     let s = |label: &str, col: &str, color: usize, dash: Dash| Series {
         label: label.to_string(),
@@ -181,18 +196,21 @@ pub fn figures(run: &Run) -> Result<Vec<Figure>, String> {
         color,
         dash,
     };
+    let wtm = if gm == "gm" { "dist_wtm" } else { "dist_wtmc" };
     out.push(line_figure(
         "distances",
-        "Normalized distances to the SELI targets (solid) and to the ETF (dashed); logits and W^T M share one target.",
+        &format!(
+            "Normalized distances to the SELI targets (solid) and to the ETF (dashed); logits and W^T M share one target. M: {means}."
+        ),
         "Distance to SELI (solid) and to the ETF (dashed)",
         (x_label, "normalized distance", log_x),
         &[
             s("G_W to SELI", "dist_gw_seli", 0, Dash::Solid),
             s("G_W to ETF", "dist_gw_etf", 0, Dash::Dashed),
-            s("G_M to SELI", "dist_gm_seli", 1, Dash::Solid),
-            s("G_M to ETF", "dist_gm_etf", 1, Dash::Dashed),
+            s("G_M to SELI", &format!("dist_{gm}_seli"), 1, Dash::Solid),
+            s("G_M to ETF", &format!("dist_{gm}_etf"), 1, Dash::Dashed),
             s("logits to SEL", "dist_z", 2, Dash::Solid),
-            s("W^T M to P", "dist_wtm", 3, Dash::Solid),
+            s("W^T M to P", wtm, 3, Dash::Solid),
         ],
         &[],
     )?);
@@ -214,7 +232,7 @@ pub fn figures(run: &Run) -> Result<Vec<Figure>, String> {
             &[
                 s("classifiers", "norm_ratio_w", 0, Dash::Solid),
                 flat(g.norm_ratio_w, 0, "classifiers at SELI"),
-                s("class means", "norm_ratio_mu", 1, Dash::Solid),
+                s("class means", &format!("norm_ratio_{mu}"), 1, Dash::Solid),
                 flat(g.norm_ratio_m, 1, "class means at SELI"),
             ],
             &[],
@@ -279,7 +297,7 @@ pub fn figures(run: &Run) -> Result<Vec<Figure>, String> {
             let etf = -1.0 / (k as f64 - 1.0);
             out.push(Figure {
                 name: "cosines-by-group".into(),
-                caption: "Mean cosines by group pair at the last measurement, beside SELI and the ETF (-1/(k-1)); class means centered.".into(),
+                caption: format!("Mean cosines by group pair at the last measurement, beside SELI and the ETF (-1/(k-1)); {means}."),
                 svg: bar_chart(
                     "Cosines by group pair",
                     "mean cosine",
@@ -306,7 +324,9 @@ pub fn figures(run: &Run) -> Result<Vec<Figure>, String> {
     });
     out.push(Figure {
         name: "gram-m".into(),
-        caption: "Normalized class-mean Gram M^T M beside the SELI and ETF targets.".into(),
+        caption: format!(
+            "Normalized class-mean Gram M^T M ({means}) beside the SELI and ETF targets."
+        ),
         svg: heatmaps("Class-mean Gram M^T M (normalized)", &panels_m)?,
     });
     Ok(out)
@@ -323,7 +343,7 @@ pub fn compare_figures(runs: &[Run]) -> Result<Vec<Figure>, String> {
     }
     let (_, x_label, log_x) = first.x();
     let mut out = Vec::new();
-    for (name, m) in [("G_W", "gw"), ("G_M", "gm")] {
+    for (name, m) in [("G_W", "gw"), ("G_M", first.kind.means().0)] {
         let series: Vec<Series> = runs
             .iter()
             .enumerate()

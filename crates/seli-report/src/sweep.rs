@@ -24,7 +24,7 @@ pub fn key_results(command: &str) -> &'static [&'static str] {
         "ridge" => &["dist_gw_seli", "dist_gw_etf", "norm_ratio_w", "cos_w_min_min"],
         "ridge-path" => &["lambda_star", "lambda_mc", "last_dist_gw_seli", "last_dist_gw_etf"],
         "ufm" => &["dist_gw_seli", "dist_gw_etf", "dist_gm_seli", "dist_gm_etf"],
-        _ => &["dist_gw_seli", "dist_gw_etf", "test_acc", "dist_gm_seli"],
+        _ => &["dist_gw_seli", "dist_gw_etf", "test_acc", "dist_gmc_seli"],
     }
 }
 

@@ -27,8 +27,7 @@ pub fn training_throughput(
     rounds: usize,
 ) -> Result<f64> {
     let device = Device::flex().autodiff();
-    device.seed(0);
-    let mut net = Net::new(cfg, image, classes, &device)?;
+    let mut net = Net::seeded(cfg, image, classes, &device, 0)?;
     let size: usize = image.iter().product();
     let x: Vec<f32> = gaussian_matrix(size, batch, 1.0, &mut rng_from_seed(1))
         .col_iter()

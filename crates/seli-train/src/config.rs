@@ -53,7 +53,7 @@ pub struct TrainConfig {
     pub threads: usize,
 }
 
-/// The reference recipe's milestones (SPEC section 8): 1/3 and 2/3 of training.
+/// The reference recipe's milestones (docs/theory.md §8): 1/3 and 2/3 of training.
 pub fn default_milestones(epochs: usize) -> Vec<usize> {
     let mut m = vec![epochs / 3, 2 * epochs / 3];
     m.retain(|&e| e > 0);

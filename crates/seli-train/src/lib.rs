@@ -1,7 +1,7 @@
 //! # seli-train
 //!
-//! Deep networks on imbalanced real data, measured against SELI every few epochs (SPEC
-//! sections 7 and 8): imbalanced subsets of MNIST, Fashion-MNIST and CIFAR-10 ([`data`]), an
+//! Deep networks on imbalanced real data, measured against SELI every few epochs
+//! (docs/theory.md §7 and §8): imbalanced subsets of MNIST, Fashion-MNIST and CIFAR-10 ([`data`]), an
 //! MLP and a CIFAR-style ResNet-18 ([`model`]) built on burn's pure-Rust `flex` CPU backend,
 //! SGD with momentum, weight decay and step decays, checkpoints and exact resume ([`run`]),
 //! and the geometry of the penultimate features and last layer ([`eval`]).

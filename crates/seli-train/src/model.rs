@@ -1,7 +1,7 @@
 //! The networks: an MLP and a CIFAR-style ResNet-18, each split into a feature extractor
 //! (everything up to the penultimate layer) and a linear classifier, bias-free by default.
 
-use burn::module::Module;
+use burn::module::{Module, ModuleVisitor, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::pool::{AdaptiveAvgPool2d, AdaptiveAvgPool2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig, PaddingConfig2d};
@@ -210,18 +210,43 @@ pub struct Net {
     classifier: Linear,
 }
 
+/// Reads every float parameter, so that burn's lazy initialization draws them now.
+struct Materialize;
+
+impl ModuleVisitor for Materialize {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        let _ = param.val();
+    }
+}
+
 impl Net {
     /// A freshly initialized network for `channels × height × width` images and `classes`
-    /// classes (parameters drawn from the device's generator: seed it first).
+    /// classes, its parameters drawn from `device`'s generator seeded with `seed`.
+    ///
+    /// burn keeps one generator per backend for the whole process and draws parameters
+    /// lazily, on first use: two networks initialized at once (parallel tests, a sweep's
+    /// concurrent points, Python threads) would interleave their draws. Seeding, building and
+    /// drawing every parameter happen under one process-wide lock, so the network depends on
+    /// `seed` alone.
     ///
     /// # Errors
     /// An invalid configuration.
-    pub fn new(
+    pub fn seeded(
         cfg: &ModelConfig,
         image: [usize; 3],
         classes: usize,
         device: &Device,
+        seed: u64,
     ) -> Result<Self> {
+        static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _guard = INIT.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        device.seed(seed);
+        let net = Self::new(cfg, image, classes, device)?;
+        net.visit(&mut Materialize);
+        Ok(net)
+    }
+
+    fn new(cfg: &ModelConfig, image: [usize; 3], classes: usize, device: &Device) -> Result<Self> {
         cfg.validate()?;
         let backbone = match cfg.kind.as_str() {
             "mlp" => Backbone::Mlp(Mlp::new(image.iter().product(), cfg, device)),

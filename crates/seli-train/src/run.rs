@@ -222,8 +222,7 @@ pub fn train(
     let k = data.target.k();
     let device = Device::flex();
     let train_device = device.clone().autodiff();
-    device.seed(cfg.seed);
-    let mut net = Net::new(&cfg.model, data.train.shape, k, &train_device)?;
+    let mut net = Net::seeded(&cfg.model, data.train.shape, k, &train_device, cfg.seed)?;
     let mut optim = SgdConfig::new()
         .with_momentum(Some(MomentumConfig {
             momentum: cfg.momentum,
@@ -295,8 +294,9 @@ pub fn train(
         let grams = serde_json::json!({
             "format": GRAMS_FORMAT,
             "epoch": epoch,
-            "gram_w": seli_io::record::rows(m.gram_w.as_ref()),
-            "gram_m": seli_io::record::rows(m.gram_m.as_ref()),
+            "gram_w": m.grams.gram_w.as_ref().map(|g| seli_io::record::rows(g.as_ref())),
+            "gram_m": seli_io::record::rows(m.grams.gram_m.as_ref()),
+            "gram_mc": seli_io::record::rows(m.grams.gram_mc.as_ref()),
         });
         write_json_atomic(&run.grams(), "class-level Grams", &grams)?;
         Ok(m.values)

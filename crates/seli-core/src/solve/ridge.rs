@@ -1,4 +1,4 @@
-//! The global optimum of the ridge-regularized UFM, at class level (SPEC section 6).
+//! The global optimum of the ridge-regularized UFM, at class level (docs/theory.md §6).
 //!
 //! For `d >= k − 1`, `min_{W,H} L(WᵀH) + (λ/2)(‖W‖² + ‖H‖²) = min_X L(X) + λ‖X‖_*` (with
 //! `λ = sqrt(λ_W λ_H)` when the two differ), a convex problem. Its solution has equal columns
@@ -454,7 +454,7 @@ pub fn lambda_zero(target: &Geometry, reduction: Reduction) -> f64 {
     s * target.singular_values()[0]
 }
 
-/// `λ_mc = s·√n_min`: minority classifiers collapse exactly iff `λ >= λ_mc` (SPEC section 6),
+/// `λ_mc = s·√n_min`: minority classifiers collapse exactly iff `λ >= λ_mc` (docs/theory.md §6),
 /// for STEP profiles.
 pub fn lambda_minority_collapse(profile: &Profile, reduction: Reduction) -> f64 {
     let s = match reduction {

@@ -1,4 +1,4 @@
-//! The max-margin problem at class level: the nuclear-norm SVM (SPEC section 5).
+//! The max-margin problem at class level: the nuclear-norm SVM (docs/theory.md §5).
 //!
 //! For `d >= k − 1` the UF-SVM is equivalent to `min ‖X‖_*` subject to
 //! `X[y_i, i] − X[c, i] >= 1` for every sample and every other class. By the same class-level

@@ -1,4 +1,4 @@
-//! Full-batch gradient descent on the unconstrained-features model (SPEC section 2).
+//! Full-batch gradient descent on the unconstrained-features model (docs/theory.md §2).
 //!
 //! Variables: classifiers `W` (d×k), embeddings `H` (d×n), optional bias `b` (k). Logits
 //! `Z = WᵀH + b1ᵀ`, cross-entropy `ℓ(z, y) = log Σ_c exp(z_c) − z_y`, objective
@@ -36,7 +36,7 @@ use crate::scalar::{Scalar, sum_sq};
 pub const CHUNK: usize = 128;
 
 /// Whether the loss is summed or averaged over samples. Every λ threshold differs by a
-/// factor n between the two (SPEC section 2).
+/// factor n between the two (docs/theory.md §2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reduction {
     /// `Σ_i ℓ_i`.
