@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::{Args, ValueEnum};
 use seli_core::features::GEOMETRY_COLUMNS;
-use seli_io::analyze::{Layout, analyze, classifier_matrix, read_label_array};
 use seli_io::arrays::Array;
+use seli_run::analyze::{Layout, analyze, classifier_matrix, read_label_array};
 
 /// Classifier storage.
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -128,9 +128,9 @@ pub fn run(a: &AnalyzeArgs) -> Result<()> {
         r.k,
         r.profile.counts,
         match r.logits {
-            seli_io::analyze::LogitSource::File => "from --logits",
-            seli_io::analyze::LogitSource::Classifier => "W^T h + b from --classifier",
-            seli_io::analyze::LogitSource::None => "none (accuracy, dist_z, NC4 undefined)",
+            seli_run::analyze::LogitSource::File => "from --logits",
+            seli_run::analyze::LogitSource::Classifier => "W^T h + b from --classifier",
+            seli_run::analyze::LogitSource::None => "none (accuracy, dist_z, NC4 undefined)",
         }
     );
     println!(
@@ -139,7 +139,7 @@ pub fn run(a: &AnalyzeArgs) -> Result<()> {
     );
     println!("{}", r.centering);
     for (name, meaning) in GEOMETRY_COLUMNS {
-        let v = r.get(name).map_or("-".to_string(), seli_io::report::num);
+        let v = r.get(name).map_or("-".to_string(), seli_run::report::num);
         println!("  {name:<16} {v:>14}   {meaning}");
     }
     if let Some(p) = &a.json {

@@ -57,7 +57,7 @@ pub fn compute(args: &GeometryArgs) -> Result<(Geometry, GeometryRecord)> {
 /// Runs `seli geometry`.
 pub fn run(args: &GeometryArgs) -> Result<()> {
     let (geometry, record) = compute(args)?;
-    print!("{}", seli_io::report::geometry_summary(&record));
+    print!("{}", seli_run::report::geometry_summary(&record));
     if let Some(path) = &args.json {
         seli_io::write_json_atomic(path, "geometry record", &record)?;
         println!("\nwrote {}", path.display());

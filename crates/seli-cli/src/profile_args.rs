@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Args;
 use seli_core::Profile;
-pub use seli_io::spec::{DEFAULT_STEP, LongTailSpec, StepSpec, parse_long_tail, parse_step};
+pub use seli_run::spec::{DEFAULT_STEP, LongTailSpec, StepSpec, parse_long_tail, parse_step};
 
 /// Class counts from `--counts` (a newtype so that clap takes the list as one value).
 #[derive(Debug, Clone, PartialEq)]
@@ -58,7 +58,7 @@ impl ProfileArgs {
 
     /// [`ProfileArgs::resolve`] with another default STEP profile.
     pub fn resolve_or(&self, default: StepSpec) -> Result<(Profile, Option<PathBuf>)> {
-        seli_io::spec::resolve(
+        seli_run::spec::resolve(
             self.step,
             self.long_tail,
             self.counts.as_ref().map(|c| c.0.as_slice()),
@@ -72,5 +72,5 @@ impl ProfileArgs {
 
 /// Parses `N0,N1,...`.
 pub fn parse_counts(s: &str) -> Result<CountList, String> {
-    seli_io::spec::parse_counts(s).map(CountList)
+    seli_run::spec::parse_counts(s).map(CountList)
 }

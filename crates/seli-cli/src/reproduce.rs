@@ -15,9 +15,7 @@ use seli_core::solve::Termination;
 use seli_core::{Geometry, Profile};
 use seli_io::csvlog::read_csv;
 use seli_io::record::ProfileRecord;
-use seli_io::run::{UFM_CONFIG_SCHEMA, UfmRunConfig};
-
-use crate::ufm::{Outcome, start_run_dir, train_any};
+use seli_run::ufm::{UfmDir, UfmOutcome as Outcome, UfmParams, UfmRunConfig};
 
 /// Flags of `seli reproduce`.
 #[derive(Debug, Args)]
@@ -44,26 +42,14 @@ pub const RATIOS: [f64; 3] = [1.0, 10.0, 100.0];
 /// The run configuration of the experiment for ratio `r`.
 pub fn experiment_config(r: f64, iters: u64, threads: usize) -> Result<UfmRunConfig> {
     let profile = Profile::step(10, r, 0.5, 5)?;
-    Ok(UfmRunConfig {
-        schema: UFM_CONFIG_SCHEMA.into(),
-        seli_version: env!("CARGO_PKG_VERSION").into(),
-        profile: ProfileRecord::new(&profile, None),
+    let params = UfmParams {
         d: 32,
         iters,
-        lr: 0.01,
-        schedule: "norm-grad".into(),
-        lambda_w: 0.0,
-        lambda_h: 0.0,
-        bias: false,
-        loss_reduction: "sum".into(),
-        dtype: "f64".into(),
-        seed: 0,
-        init_scale: 0.1,
-        grad_tol: None,
-        record: "log:10".into(),
         checkpoint_every: 10_000,
         threads,
-    })
+        ..UfmParams::new(ProfileRecord::new(&profile, None))
+    };
+    Ok(params.check()?)
 }
 
 /// Value of `col` at the last row with `iter <= t`.
@@ -104,8 +90,9 @@ pub fn run(args: &ReproduceArgs) -> Result<ExitCode> {
     for r in RATIOS {
         let cfg = experiment_config(r, args.iters, args.threads)?;
         let dir = args.out.join(format!("R{r}"));
-        start_run_dir(&cfg, &dir, true)?;
-        let outcome = train_any(&cfg, &dir, false)?;
+        let run = UfmDir(dir.clone());
+        run.start(&cfg, true)?;
+        let outcome = crate::ufm::execute(&cfg, &run, false)?;
         let interrupted = outcome.termination == Termination::Interrupted;
         results.push((r, dir, outcome));
         if interrupted {

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Result, bail};
 use clap::Args;
-use seli_io::solutions::{RidgePoint, RidgeRecord, ridge_path, ridge_record};
+use seli_run::solutions::{RidgePoint, RidgeRecord, ridge_path, ridge_record};
 
 use crate::profile_args::ProfileArgs;
 use crate::ufm::LossReduction;
@@ -69,9 +69,14 @@ pub struct RidgePathArgs {
     #[arg(long, default_value_t = 1e-4)]
     pub min_fraction: f64,
 
-    /// CSV file for the path (columns in docs/formats.md); a JSON twin is written beside it.
+    /// CSV file for the path (columns in docs/formats.md).
     #[arg(long, default_value = "ridge-path.csv")]
     pub out: PathBuf,
+
+    /// The path's JSON record (seli.ridge-path.v1), like every other command's --json
+    /// [default: beside --out, with the extension .json].
+    #[arg(long, value_name = "PATH")]
+    pub json: Option<PathBuf>,
 
     /// Also draw the path (distances, norm ratio and cosines against lambda, thresholds
     /// marked) as SVG files in DIR.
@@ -115,7 +120,7 @@ pub fn run(args: &RidgeArgs) -> Result<()> {
     let rec = compute(args)?;
     let (th, pt) = (&rec.thresholds, &rec.solution);
     let why = &pt.termination;
-    let num = seli_io::report::num;
+    let num = seli_run::report::num;
     let opt = |x: Option<f64>| x.map_or("-".to_string(), num);
     println!(
         "ridge optimum at class level: lambda = {} (sqrt(lambda_w lambda_h)), {} loss",
@@ -215,9 +220,14 @@ pub fn compute_path(args: &RidgePathArgs) -> Result<(serde_json::Value, Vec<Ridg
     Ok(out)
 }
 
-/// Writes the path as CSV to `out` and its record as JSON beside it (same stem); returns the
-/// JSON's path.
-pub fn write_path(out: &Path, rec: &serde_json::Value, points: &[RidgePoint]) -> Result<PathBuf> {
+/// Writes the path as CSV to `out` and its record as JSON to `json` (default: beside `out`,
+/// same stem); returns the JSON's path.
+pub fn write_path(
+    out: &Path,
+    json: Option<&Path>,
+    rec: &serde_json::Value,
+    points: &[RidgePoint],
+) -> Result<PathBuf> {
     let mut csv = seli_io::csvlog::CsvLog::create(out, &PATH_COLUMNS)?;
     for pt in points {
         csv.append(&[
@@ -235,7 +245,7 @@ pub fn write_path(out: &Path, rec: &serde_json::Value, points: &[RidgePoint]) ->
             Some(pt.gap),
         ])?;
     }
-    let json_path = out.with_extension("json");
+    let json_path = json.map_or_else(|| out.with_extension("json"), Path::to_path_buf);
     seli_io::write_json_atomic(&json_path, "ridge path", rec)?;
     Ok(json_path)
 }
@@ -243,7 +253,7 @@ pub fn write_path(out: &Path, rec: &serde_json::Value, points: &[RidgePoint]) ->
 /// Runs `seli ridge-path`.
 pub fn run_path(args: &RidgePathArgs) -> Result<()> {
     let (rec, points) = compute_path(args)?;
-    let json_path = write_path(&args.out, &rec, &points)?;
+    let json_path = write_path(&args.out, args.json.as_deref(), &rec, &points)?;
     println!(
         "{:>12}{:>14}{:>14}{:>14}{:>6}{:>11}",
         "lambda", "dist_gw_seli", "dist_gw_etf", "cos_w_mn_mn", "rank", "collapsed"

@@ -35,8 +35,13 @@ pub struct SvmArgs {
 /// Runs `seli svm`.
 pub fn run(args: &SvmArgs) -> Result<()> {
     let (p, source) = args.profile.resolve()?;
-    let rec =
-        seli_io::solutions::svm_record(&p, source.as_deref(), args.tol, args.max_iters, args.seed)?;
+    let rec = seli_run::solutions::svm_record(
+        &p,
+        source.as_deref(),
+        args.tol,
+        args.max_iters,
+        args.seed,
+    )?;
     let f = |k: &str| rec[k].as_f64().unwrap_or(f64::NAN);
     let certified = rec["certified"].as_bool().unwrap_or(false);
     println!("max-margin (nuclear-norm SVM) solution at class level, k = {}, n = {}", p.k(), p.n());

@@ -12,15 +12,16 @@ use anyhow::{Context, Result, anyhow, bail};
 use clap::{Args, CommandFactory, Parser, Subcommand};
 use rayon::prelude::*;
 use seli_io::dataset::{Dataset, DatasetKind};
-use seli_io::run::UfmRunConfig;
 use seli_io::sweep::{Point, SWEEP_SCHEMA, SweepSpec, Table, Value, parse_shard};
+use seli_run::Command;
+use seli_run::ufm::{UfmDir, UfmRunConfig};
 use seli_train::TrainConfig;
 use serde::{Deserialize, Serialize};
 
 use crate::geometry::GeometryArgs;
-use crate::profile_args::{DEFAULT_STEP, StepSpec};
+use crate::profile_args::StepSpec;
 use crate::ridge::{RidgeArgs, RidgePathArgs};
-use crate::train::{TRAIN_DEFAULT_STEP, TrainArgs};
+use crate::train::TrainArgs;
 use crate::ufm::{UfmArgs, interrupt_flag};
 
 /// Flags of `seli sweep`.
@@ -123,26 +124,28 @@ const STEP_KEYS: [&str; 4] = ["k", "ratio", "rho", "n_min"];
 
 /// The keys a sweep of `command` takes: the command's flags but the managed ones, and the
 /// STEP parts.
-pub fn keys(command: &str) -> Option<Vec<String>> {
+pub fn keys(command: &str) -> std::result::Result<Vec<String>, String> {
+    let command: Command = command.parse()?;
     let cli = PointCli::command();
-    let sub = cli.find_subcommand(command)?;
+    let sub = cli.find_subcommand(command.name()).expect("every Command is a PointCli subcommand");
     let mut out: Vec<String> = sub
         .get_arguments()
         .map(|a| a.get_id().as_str().to_string())
         .filter(|id| !MANAGED.contains(&id.as_str()))
         .collect();
     out.extend(STEP_KEYS.iter().map(|s| s.to_string()));
-    Some(out)
+    Ok(out)
 }
 
 fn print_keys(command: &str) -> Result<()> {
-    let cli = PointCli::command();
-    let sub = cli.find_subcommand(command).ok_or_else(|| {
+    let command: Command = command.parse().map_err(|_: String| {
         anyhow!(
             "--keys {command}: not a sweep command (one of {})",
-            seli_io::sweep::COMMANDS.join(", ")
+            Command::ALL.map(Command::name).join(", ")
         )
     })?;
+    let cli = PointCli::command();
+    let sub = cli.find_subcommand(command.name()).expect("every Command is a PointCli subcommand");
     println!("keys of a {command} sweep (the flags of seli {command}, without --):");
     for a in sub.get_arguments() {
         let id = a.get_id().as_str();
@@ -153,7 +156,7 @@ fn print_keys(command: &str) -> Result<()> {
         let first = help.lines().next().unwrap_or("");
         println!("  {id:<18} {first}");
     }
-    let default = if command == "train" { TRAIN_DEFAULT_STEP } else { DEFAULT_STEP };
+    let default = command.default_step();
     println!(
         "  k, ratio, rho, n_min  parts of --step K,R,RHO,N_MIN, each sweepable (default {},{},{},{})",
         default.k, default.ratio, default.rho, default.n_min
@@ -162,8 +165,8 @@ fn print_keys(command: &str) -> Result<()> {
 }
 
 /// The command line of a point (after `seli`), without the run directory.
-fn argv(command: &str, point: &Point) -> Result<Vec<String>> {
-    let mut args = vec![command.to_string()];
+fn argv(command: Command, point: &Point) -> Result<Vec<String>> {
+    let mut args = vec![command.name().to_string()];
     let mut step: Vec<(&str, String)> = Vec::new();
     for (k, v) in &point.params {
         if STEP_KEYS.contains(&k.as_str()) {
@@ -190,7 +193,7 @@ fn argv(command: &str, point: &Point) -> Result<Vec<String>> {
                 );
             }
         }
-        let d: StepSpec = if command == "train" { TRAIN_DEFAULT_STEP } else { DEFAULT_STEP };
+        let d: StepSpec = command.default_step();
         let get = |key: &str, default: String| {
             step.iter().find(|(k, _)| *k == key).map_or(default, |(_, v)| v.clone())
         };
@@ -216,7 +219,7 @@ enum Job {
 }
 
 /// Parses a point's flags like the CLI would and checks them.
-fn job(command: &str, point: &Point, inner_threads: usize) -> Result<(Job, Vec<String>)> {
+fn job(command: Command, point: &Point, inner_threads: usize) -> Result<(Job, Vec<String>)> {
     let args = argv(command, point)?;
     let parsed = PointCli::try_parse_from(&args).map_err(|e| {
         let text = e.to_string();
@@ -245,8 +248,7 @@ fn job(command: &str, point: &Point, inner_threads: usize) -> Result<(Job, Vec<S
             Job::RidgePath(a)
         }
         PointCli::Ufm(a) => {
-            let mut cfg = a.run_config()?;
-            cfg.threads = inner_threads;
+            let cfg = a.run_config()?.resumed_with(None, inner_threads)?;
             Job::Ufm(Box::new(cfg))
         }
         PointCli::Train(a) => {
@@ -265,7 +267,7 @@ fn job(command: &str, point: &Point, inner_threads: usize) -> Result<(Job, Vec<S
 #[derive(Debug, Serialize, Deserialize, PartialEq)]
 struct PointRecord {
     schema: String,
-    command: String,
+    command: Command,
     index: usize,
     name: String,
     params: Vec<(String, Value)>,
@@ -297,18 +299,6 @@ enum State {
     NotStarted,
     /// Failed with this message.
     Failed(String),
-}
-
-/// Whether the point in `dir` is complete.
-fn complete(command: &str, dir: &Path) -> bool {
-    match command {
-        "geometry" => dir.join("geometry.json").is_file(),
-        "ridge" => dir.join("ridge.json").is_file(),
-        "ridge-path" => dir.join("ridge-path.json").is_file(),
-        "ufm" => read_json(&dir.join("summary.json"))
-            .is_ok_and(|s| s["termination"].as_str().is_some_and(|t| t != "interrupted")),
-        _ => dir.join("summary.json").is_file(),
-    }
 }
 
 fn read_json(path: &Path) -> Result<serde_json::Value> {
@@ -345,25 +335,28 @@ fn run_point(job: &Job, dir: &Path, data: &DataCache) -> Result<bool> {
         }
         Job::RidgePath(a) => {
             let (rec, points) = crate::ridge::compute_path(a)?;
-            crate::ridge::write_path(&dir.join("ridge-path.csv"), &rec, &points)?;
+            crate::ridge::write_path(&dir.join("ridge-path.csv"), None, &rec, &points)?;
         }
         Job::Ufm(cfg) => {
-            let resumable = dir.join("checkpoint.safetensors").is_file()
-                && crate::ufm::read_run_config(dir).is_ok_and(|mut old| {
-                    old.threads = cfg.threads;
-                    old == **cfg
-                });
+            let run = UfmDir(dir.to_path_buf());
+            let resumable = run.resumable_by(cfg);
             if !resumable {
-                crate::ufm::start_run_dir(cfg, dir, true)?;
+                run.start(cfg, true)?;
             }
-            let outcome = crate::ufm::train_any(cfg, dir, resumable)?;
+            let outcome = seli_run::ufm::execute(
+                cfg,
+                Some(&run),
+                resumable,
+                &mut seli_run::watch::Quiet,
+                interrupt_flag(),
+            )?;
             return Ok(outcome.termination != seli_core::solve::Termination::Interrupted);
         }
         Job::Train(cfg) => {
             let run = seli_train::run::RunDir { dir: dir.to_path_buf() };
             let resume = run.checkpoint().is_file() && run.config().is_file();
             if !resume {
-                crate::ufm::prepare_run_dir(dir, true, "train", &crate::train::STALE)?;
+                seli_run::prepare_run_dir(dir, true, Command::Train, &crate::train::STALE)?;
             }
             let d = dataset(data, cfg)?;
             let run_data = seli_train::RunData::new(cfg, &d)?;
@@ -385,7 +378,7 @@ fn run_point(job: &Job, dir: &Path, data: &DataCache) -> Result<bool> {
 }
 
 /// Whether `dir/point.json` records `point` of a `command` sweep (`None`: no point.json).
-fn recorded(command: &str, point: &Point, dir: &Path) -> Option<bool> {
+fn recorded(command: Command, point: &Point, dir: &Path) -> Option<bool> {
     let path = dir.join("point.json");
     if !path.is_file() {
         return None;
@@ -397,7 +390,7 @@ fn recorded(command: &str, point: &Point, dir: &Path) -> Option<bool> {
 
 /// Prepares `dir` for `point` and runs it unless it is complete.
 fn point_state(
-    command: &str,
+    command: Command,
     point: &Point,
     job: &Job,
     args: &[String],
@@ -421,7 +414,7 @@ fn point_state(
     });
     let rec = PointRecord {
         schema: POINT_SCHEMA.into(),
-        command: command.into(),
+        command,
         index: point.index,
         name: point.name.clone(),
         params: point.params.clone(),
@@ -436,7 +429,7 @@ fn point_state(
         Some(false) => {
             std::fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
         }
-        Some(true) if complete(command, dir) => return Ok(State::Done),
+        Some(true) if command.is_complete(dir) => return Ok(State::Done),
         _ => {}
     }
     seli_io::write_json_atomic(&dir.join("point.json"), "sweep point", &rec)?;
@@ -452,97 +445,19 @@ fn shell_word(s: &str) -> String {
     }
 }
 
-/// Formats a JSON number or scalar for a CSV cell.
-fn cell(v: &serde_json::Value) -> String {
-    match v {
-        serde_json::Value::Null => String::new(),
-        serde_json::Value::Bool(b) => b.to_string(),
-        serde_json::Value::Number(n) => match (n.as_i64(), n.as_f64()) {
-            (Some(i), _) => i.to_string(),
-            (None, Some(f)) => format!("{f:?}"),
-            _ => n.to_string(),
-        },
-        serde_json::Value::String(s) => s.clone(),
-        _ => String::new(),
-    }
-}
-
-/// Appends the scalars of `v` (objects flattened with `_`, arrays skipped).
-fn flatten(prefix: &str, v: &serde_json::Value, out: &mut Vec<(String, String)>) {
-    match v {
-        serde_json::Value::Object(m) => {
-            for (k, x) in m {
-                let name = if prefix.is_empty() { k.clone() } else { format!("{prefix}_{k}") };
-                flatten(&name, x, out);
-            }
-        }
-        serde_json::Value::Array(_) => {}
-        scalar => out.push((prefix.to_string(), cell(scalar))),
-    }
-}
-
-/// The results of the complete point in `dir`, as `(column, cell)` pairs.
-fn result_cells(command: &str, dir: &Path) -> Result<Vec<(String, String)>> {
-    let mut out = Vec::new();
-    let profile = |v: &serde_json::Value, out: &mut Vec<(String, String)>| {
-        out.push(("k".into(), cell(&v["k"])));
-        out.push(("n".into(), cell(&v["n"])));
-    };
-    match command {
-        "geometry" => {
-            let r = read_json(&dir.join("geometry.json"))?;
-            profile(&r["profile"], &mut out);
-            flatten("", &r["sel"], &mut out);
-            flatten("", &r["distances"], &mut out);
-            flatten("", &r["groups"], &mut out);
-        }
-        "ridge" => {
-            let r = read_json(&dir.join("ridge.json"))?;
-            profile(&r["profile"], &mut out);
-            flatten("", &r["thresholds"], &mut out);
-            flatten("", &r["solution"], &mut out);
-        }
-        "ridge-path" => {
-            let r = read_json(&dir.join("ridge-path.json"))?;
-            profile(&r["profile"], &mut out);
-            flatten("", &r["thresholds"], &mut out);
-            flatten("", &r["reference"], &mut out);
-            let pts = r["points"].as_array().map_or(0, Vec::len);
-            out.push(("lambdas".into(), pts.to_string()));
-            if let Some(last) = r["points"].as_array().and_then(|p| p.last()) {
-                flatten("last", last, &mut out);
-            }
-        }
-        "ufm" => {
-            let c = read_json(&dir.join("config.json"))?;
-            profile(&c["profile"], &mut out);
-            let s = read_json(&dir.join("summary.json"))?;
-            out.push(("termination".into(), cell(&s["termination"])));
-            out.push(("iters_done".into(), cell(&s["iters_done"])));
-            flatten("", &s["final_metrics"], &mut out);
-            flatten("", &s["targets"], &mut out);
-        }
-        _ => {
-            let c = read_json(&dir.join("config.json"))?;
-            profile(&c["profile"], &mut out);
-            let s = read_json(&dir.join("summary.json"))?;
-            for key in ["epochs", "n_train", "n_test", "d", "parameters"] {
-                out.push((key.into(), cell(&s[key])));
-            }
-            flatten("", &s["last"], &mut out);
-        }
-    }
-    Ok(out)
-}
-
 /// The results row of a point: its name, index and varying flags, then its results.
-fn row(spec: &SweepSpec, point: &Point, dir: &Path) -> Result<Vec<(String, String)>> {
+fn row(
+    spec: &SweepSpec,
+    command: Command,
+    point: &Point,
+    dir: &Path,
+) -> Result<Vec<(String, String)>> {
     let mut r =
         vec![("point".to_string(), point.name.clone()), ("index".into(), point.index.to_string())];
     for k in &spec.varying {
         r.push((k.clone(), point.get(k).map(Value::text).unwrap_or_default()));
     }
-    for (c, v) in result_cells(&spec.command, dir)? {
+    for (c, v) in seli_run::results::results(command, dir)? {
         if !r.iter().any(|(k, _)| *k == c) {
             r.push((c, v));
         }
@@ -563,13 +478,14 @@ fn write_results(
     csv: &Path,
     report: Option<&Path>,
 ) -> Result<(Table, usize)> {
+    let command = command_of(spec)?;
     let mut rows = Vec::new();
     let mut found = Vec::new();
     for p in points {
         if let Some(d) =
-            dirs.iter().map(|d| points_dir(d).join(&p.name)).find(|d| complete(&spec.command, d))
+            dirs.iter().map(|d| points_dir(d).join(&p.name)).find(|d| command.is_complete(d))
         {
-            rows.push(row(spec, p, &d).with_context(|| format!("point {}", d.display()))?);
+            rows.push(row(spec, command, p, &d).with_context(|| format!("point {}", d.display()))?);
             found.push(d);
         }
     }
@@ -582,6 +498,11 @@ fn write_results(
             .map_err(|e| anyhow!(e))?;
     }
     Ok((table, found.len()))
+}
+
+/// The command of a sweep (its file names it; the format does not know commands).
+fn command_of(spec: &SweepSpec) -> Result<Command> {
+    spec.command.parse().map_err(|e: String| anyhow!(e))
 }
 
 /// Runs `seli sweep` (or `seli sweep merge`).
@@ -600,8 +521,8 @@ pub fn run(args: &SweepArgs) -> Result<ExitCode> {
             spec_path.file_stem().map_or("sweep".into(), |s| s.to_string_lossy().into_owned());
         PathBuf::from("runs").join(stem)
     });
-    let default_jobs = if spec.command == "train" { 1 } else { 0 };
-    let jobs = args.jobs.or(spec.jobs).unwrap_or(default_jobs);
+    let command = command_of(&spec)?;
+    let jobs = args.jobs.or(spec.jobs).or(command.default_jobs()).unwrap_or(0);
     let jobs =
         if jobs == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { jobs };
     // Points share the cores: one thread each when several run at once.
@@ -610,7 +531,7 @@ pub fn run(args: &SweepArgs) -> Result<ExitCode> {
     // Every point is checked before any runs, in every shard alike.
     let mut jobs_of = Vec::with_capacity(spec.points.len());
     for p in &spec.points {
-        let j = job(&spec.command, p, inner)
+        let j = job(command, p, inner)
             .with_context(|| format!("{}: point {} ({})", spec_path.display(), p.index, p.name))?;
         jobs_of.push(j);
     }
@@ -620,7 +541,7 @@ pub fn run(args: &SweepArgs) -> Result<ExitCode> {
         println!("{:>6} {:>6} {:>10}  name", "index", "shard", "state");
         for p in &spec.points {
             let shard = args.shard.map_or(0, |(_, n)| p.index % n);
-            let state = if complete(&spec.command, &dir_of(p)) {
+            let state = if command.is_complete(&dir_of(p)) {
                 "done"
             } else if dir_of(p).join("point.json").is_file() {
                 "started"
@@ -660,14 +581,14 @@ pub fn run(args: &SweepArgs) -> Result<ExitCode> {
             .map(|p| {
                 let dir = dir_of(p);
                 let (job, argv) = &jobs_of[p.index];
-                if recorded(&spec.command, p, &dir) == Some(true) && complete(&spec.command, &dir) {
+                if recorded(command, p, &dir) == Some(true) && command.is_complete(&dir) {
                     bar.inc(1);
                     return State::Done;
                 }
                 if flag.load(Ordering::Relaxed) || started.fetch_add(1, Ordering::SeqCst) >= limit {
                     return State::NotStarted;
                 }
-                let s = point_state(&spec.command, p, job, argv, &dir, args.force, &data)
+                let s = point_state(command, p, job, argv, &dir, args.force, &data)
                     .unwrap_or_else(|e| State::Failed(format!("{e:#}")));
                 bar.inc(1);
                 if let State::Failed(msg) = &s {
@@ -745,12 +666,13 @@ fn merge(m: &MergeArgs) -> Result<()> {
         }
     }
     let (spec, _) = spec.ok_or_else(|| anyhow!("no directories to merge"))?;
+    let command = command_of(&spec)?;
     let out = m.out.clone().unwrap_or_else(|| m.dirs[0].clone());
     let all: Vec<&Point> = spec.points.iter().collect();
     let missing: Vec<&Point> = all
         .iter()
         .copied()
-        .filter(|p| !m.dirs.iter().any(|d| complete(&spec.command, &points_dir(d).join(&p.name))))
+        .filter(|p| !m.dirs.iter().any(|d| command.is_complete(&points_dir(d).join(&p.name))))
         .collect();
     if !missing.is_empty() && !m.allow_missing {
         let names: Vec<String> =
@@ -804,7 +726,7 @@ mod tests {
             assert!(!k.iter().any(|x| x == managed), "{managed}");
         }
         assert!(keys("train").unwrap().iter().any(|x| x == "epochs"));
-        assert!(keys("fit").is_none());
+        assert!(keys("fit").unwrap_err().contains("'fit'"));
         assert_eq!(normalize_key("lambda-w"), "lambda_w");
     }
 
@@ -818,38 +740,32 @@ mod tests {
             ("counts_unused", Value::Bool(false)),
         ]);
         assert_eq!(
-            argv("ufm", &p).unwrap(),
+            argv(Command::Ufm, &p).unwrap(),
             ["ufm", "--d", "8", "--bias", "--lambda-w", "0.001", "--step", "10,100,0.5,500"]
         );
         let p = point(&[("k", Value::Int(4)), ("counts", Value::List(vec![Value::Int(1)]))]);
-        assert!(argv("geometry", &p).unwrap_err().to_string().contains("either them or counts"));
+        assert!(
+            argv(Command::Geometry, &p).unwrap_err().to_string().contains("either them or counts")
+        );
         let t = point(&[("rho", Value::Str("1/3".into()))]);
-        assert_eq!(argv("train", &t).unwrap()[2], "10,10,1/3,200");
+        assert_eq!(argv(Command::Train, &t).unwrap()[2], "10,10,1/3,200");
     }
 
     #[test]
     fn bad_values_are_named_before_anything_runs() {
         let p = point(&[("d", Value::Str("many".into()))]);
-        let e = job("ufm", &p, 0).err().unwrap().to_string();
+        let e = job(Command::Ufm, &p, 0).err().unwrap().to_string();
         assert!(e.contains("'many'") && e.contains("--d"), "{e}");
         let p = point(&[("ratio", Value::Int(-1))]);
-        let e = format!("{:#}", job("geometry", &p, 0).err().unwrap());
+        let e = format!("{:#}", job(Command::Geometry, &p, 0).err().unwrap());
         assert!(e.contains("-1"), "{e}");
         let p = point(&[("lambda", Value::Float(-1.0))]);
-        let e = format!("{:#}", job("ridge", &p, 0).err().unwrap());
+        let e = format!("{:#}", job(Command::Ridge, &p, 0).err().unwrap());
         assert!(e.contains("--step") || e.contains("lambda"), "{e}");
     }
 
     #[test]
-    fn json_flattens_to_cells() {
-        let v = serde_json::json!({"a": {"b": 1, "c": [1, 2], "d": null}, "e": 0.5, "f": "x"});
-        let mut out = Vec::new();
-        flatten("", &v, &mut out);
-        let want: Vec<(String, String)> = [("a_b", "1"), ("a_d", ""), ("e", "0.5"), ("f", "x")]
-            .iter()
-            .map(|(a, b)| (a.to_string(), b.to_string()))
-            .collect();
-        assert_eq!(out, want);
+    fn shell_words_are_quoted_when_needed() {
         assert_eq!(shell_word("a b"), "'a b'");
         assert_eq!(shell_word("runs/x=1,y=2"), "runs/x=1,y=2");
     }

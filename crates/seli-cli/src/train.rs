@@ -14,13 +14,13 @@ use seli_train::{
     default_milestones,
 };
 
-use crate::profile_args::{ProfileArgs, StepSpec};
-use crate::ufm::{interrupt_flag, prepare_run_dir, progress_bar};
+use crate::profile_args::ProfileArgs;
+use crate::ufm::{interrupt_flag, progress_bar};
 
-/// The training profile when no profile flag is given: STEP k = 10, R = 10, rho = 1/2 with
-/// 200 images per minority class (5 x 2000 + 5 x 200 = 11000 images), sized so that the
-/// default run (350 epochs, the paper's recipe) finishes in about ten minutes on two cores.
-pub const TRAIN_DEFAULT_STEP: StepSpec = StepSpec { k: 10, ratio: 10.0, rho: 0.5, n_min: 200 };
+/// The training profile when no profile flag is given (`seli_run::command::TRAIN_DEFAULT_STEP`:
+/// 5 x 2000 + 5 x 200 = 11000 images, sized so that the default run, 350 epochs of the
+/// paper's recipe, finishes in about ten minutes on two cores).
+use seli_run::command::TRAIN_DEFAULT_STEP;
 
 /// The files of an earlier run that a fresh run in the same directory removes.
 pub const STALE: [&str; 5] =
@@ -355,7 +355,7 @@ pub fn run(args: &TrainArgs) -> Result<ExitCode> {
         Some(dir) => (read_config(dir)?, dir.clone(), true),
         None => {
             let cfg = args.config()?;
-            prepare_run_dir(&args.out, args.force, "train", &STALE)?;
+            seli_run::prepare_run_dir(&args.out, args.force, seli_run::Command::Train, &STALE)?;
             (cfg, args.out.clone(), false)
         }
     };

@@ -6,19 +6,15 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
 
-use anyhow::{Context, Result, bail};
+use anyhow::Result;
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use seli_core::solve::ufm::{UfmSolver, UfmState};
-use seli_core::solve::{Executor, InterruptFlag, Observer, Schedule, Termination};
-use seli_core::track::{Tracker, UfmMetrics};
-use seli_core::{Geometry, Scalar};
-use seli_io::checkpoint::{load_checkpoint, save_checkpoint};
-use seli_io::csvlog::CsvLog;
+use seli_core::solve::ufm::{Reduction, StepRule};
+use seli_core::solve::{InterruptFlag, Termination};
 use seli_io::record::ProfileRecord;
-use seli_io::run::{TargetRecord, UFM_CONFIG_SCHEMA, UFM_SUMMARY_SCHEMA, UfmRunConfig, UfmSummary};
+use seli_run::ufm::{DEFAULT_ITERS, UfmDir, UfmOutcome, UfmParams, UfmRunConfig, record_schedule};
+use seli_run::watch::Watch;
 
 use crate::profile_args::ProfileArgs;
 
@@ -41,11 +37,11 @@ impl LossReduction {
     }
 }
 
-impl From<LossReduction> for seli_core::solve::ufm::Reduction {
+impl From<LossReduction> for Reduction {
     fn from(r: LossReduction) -> Self {
         match r {
-            LossReduction::Sum => seli_core::solve::ufm::Reduction::Sum,
-            LossReduction::Mean => seli_core::solve::ufm::Reduction::Mean,
+            LossReduction::Sum => Reduction::Sum,
+            LossReduction::Mean => Reduction::Mean,
         }
     }
 }
@@ -57,6 +53,15 @@ pub enum Dtype {
     F32,
     /// Double precision.
     F64,
+}
+
+impl From<Dtype> for seli_run::ufm::Dtype {
+    fn from(d: Dtype) -> Self {
+        match d {
+            Dtype::F32 => seli_run::ufm::Dtype::F32,
+            Dtype::F64 => seli_run::ufm::Dtype::F64,
+        }
+    }
 }
 
 const RUN_FLAGS: [&str; 16] = [
@@ -174,63 +179,33 @@ pub struct UfmArgs {
     pub resume: Option<PathBuf>,
 }
 
-/// Default iteration limit.
-pub const DEFAULT_ITERS: u64 = 10_000;
-
 impl UfmArgs {
-    /// The run configuration these flags describe (validated by the solver when it starts).
+    /// The checked run configuration these flags describe.
+    ///
+    /// # Errors
+    /// An invalid profile or parameter, named.
     pub fn run_config(&self) -> Result<UfmRunConfig> {
         let (profile, source) = self.profile.resolve()?;
-        let record = match (self.every, self.log_every) {
-            (Some(n), _) => format!("every:{n}"),
-            (None, Some(p)) => format!("log:{p}"),
-            (None, None) => "log:10".to_string(),
-        };
-        let cfg = UfmRunConfig {
-            schema: UFM_CONFIG_SCHEMA.into(),
-            seli_version: env!("CARGO_PKG_VERSION").into(),
-            profile: ProfileRecord::new(&profile, source.as_deref()),
+        let params = UfmParams {
             d: self.d,
             iters: self.iters.unwrap_or(DEFAULT_ITERS),
             lr: self.lr,
-            schedule: self.schedule.clone(),
+            step_rule: StepRule::parse(&self.schedule)?,
             lambda_w: self.lambda_w,
             lambda_h: self.lambda_h,
             bias: self.bias,
-            loss_reduction: match self.loss_reduction {
-                LossReduction::Sum => "sum",
-                LossReduction::Mean => "mean",
-            }
-            .into(),
-            dtype: match self.dtype {
-                Dtype::F32 => "f32",
-                Dtype::F64 => "f64",
-            }
-            .into(),
+            loss_reduction: self.loss_reduction.into(),
+            dtype: self.dtype.into(),
             seed: self.seed,
             init_scale: self.init_scale,
             grad_tol: self.grad_tol,
-            record,
+            record: record_schedule(self.every, self.log_every)?,
             checkpoint_every: self.checkpoint_every,
             threads: self.threads,
+            ..UfmParams::new(ProfileRecord::new(&profile, source.as_deref()))
         };
-        check_run_config(&cfg)?;
-        Ok(cfg)
+        Ok(params.check()?)
     }
-}
-
-/// Validates everything a run configuration says before any file is written.
-pub fn check_run_config(cfg: &UfmRunConfig) -> Result<()> {
-    let profile = cfg.profile.to_profile().context("invalid profile")?;
-    cfg.ufm_config()?.check(profile.k())?;
-    cfg.record_schedule()?;
-    if cfg.checkpoint_every == 0 {
-        bail!("--checkpoint-every = 0: must be at least 1");
-    }
-    if !matches!(cfg.dtype.as_str(), "f32" | "f64") {
-        bail!("dtype = {}: must be f32 or f64", cfg.dtype);
-    }
-    Ok(())
 }
 
 /// The process-wide Ctrl-C flag (the handler is installed once).
@@ -277,161 +252,54 @@ pub fn points_bar(len: u64, pos: u64) -> ProgressBar {
     bar
 }
 
-/// Saves the variables every so often and at the end (also on Ctrl-C).
-struct Checkpointer {
-    path: PathBuf,
-}
+/// A progress bar that follows the run and shows its latest distances.
+pub struct Bar(pub ProgressBar);
 
-impl<T: Scalar> Observer<UfmState<T>> for Checkpointer {
-    fn observe_iter(&mut self, s: &UfmState<T>) -> seli_core::Result<()> {
-        save_checkpoint(&self.path, &s.params, s.iter)
-            .map_err(|e| seli_core::Error::Observer(format!("{e:#}")))
+impl Watch for Bar {
+    fn started(&mut self, total: u64, done: u64) {
+        self.0.set_length(total);
+        self.0.set_position(done);
     }
-    fn observe_final(&mut self, s: &UfmState<T>, _why: &Termination) -> seli_core::Result<()> {
-        self.observe_iter(s)
-    }
-}
-
-/// Moves the progress bar.
-struct Ticker(ProgressBar);
-
-impl<S: seli_core::solve::IterState> Observer<S> for Ticker {
-    fn observe_iter(&mut self, s: &S) -> seli_core::Result<()> {
-        self.0.set_position(s.iter());
+    fn progress(&mut self, done: u64) -> std::result::Result<(), String> {
+        self.0.set_position(done);
         Ok(())
     }
-}
-
-/// What a finished (or interrupted) run reports.
-pub struct Outcome {
-    /// How it ended.
-    pub termination: Termination,
-    /// Its summary, as written to summary.json.
-    pub summary: UfmSummary,
-}
-
-/// Trains the run in `dir` (fresh, or resumed from its checkpoint) and writes its files.
-pub fn train<T: Scalar>(cfg: &UfmRunConfig, dir: &Path, resume: bool) -> Result<Outcome> {
-    let profile = cfg.profile.to_profile()?;
-    let geometry = Geometry::new(&profile)?;
-    let mut solver = UfmSolver::<T>::new(cfg.ufm_config()?, &profile, cfg.threads)?;
-    let labels = solver.labels().to_vec();
-    let ckpt = dir.join("checkpoint.safetensors");
-    let (mut state, resumed_from) = if resume {
-        let (params, iter) =
-            load_checkpoint::<T>(&ckpt, cfg.d, profile.k(), labels.len(), cfg.bias)?;
-        (solver.state_at(params, iter)?, Some(iter))
-    } else {
-        (solver.init_state()?, None)
-    };
-    let header: Vec<&str> = UfmMetrics::columns().iter().map(|(c, _)| *c).collect();
-    let csv_path = dir.join("metrics.csv");
-    let mut csv = match resumed_from {
-        Some(it) => CsvLog::resume(&csv_path, &header, it as f64)?,
-        None => CsvLog::create(&csv_path, &header)?,
-    };
-    let bar = progress_bar(cfg.iters, state.iter);
-    let bar_msg = bar.clone();
-    let mut tracker = Tracker::new(&labels, &geometry, |m: &UfmMetrics| {
-        csv.append(&m.values).map_err(|e| format!("{e:#}"))?;
-        let f = |name| m.get(name).map_or("-".to_string(), |v| format!("{v:.4}"));
-        bar_msg.set_message(format!(
+    fn row(
+        &mut self,
+        columns: &[(&str, &str)],
+        values: &[Option<f64>],
+    ) -> std::result::Result<(), String> {
+        let f = |name: &str| {
+            columns
+                .iter()
+                .position(|(c, _)| *c == name)
+                .and_then(|i| values[i])
+                .map_or("-".to_string(), |v| format!("{v:.4}"))
+        };
+        self.0.set_message(format!(
             "dist_gw_seli {} dist_gw_etf {}",
             f("dist_gw_seli"),
             f("dist_gw_etf")
         ));
         Ok(())
-    });
-    let tick = (cfg.iters / 500).max(1);
-    let start = Instant::now();
-    let start_iter = state.iter;
-    let why = Executor::new(solver, cfg.iters)
-        .observe(&mut tracker, cfg.record_schedule()?)
-        .observe(Checkpointer { path: ckpt }, Schedule::Every(cfg.checkpoint_every))
-        .observe(Ticker(bar.clone()), Schedule::Every(tick))
-        .interrupt_on(interrupt_flag())
-        .run(&mut state)
-        .with_context(|| format!("run in {}", dir.display()))?;
-    bar.finish_and_clear();
-    let wall = start.elapsed().as_secs_f64();
-    let last = tracker.last.clone().expect("the final state is always recorded");
-    let summary = UfmSummary {
-        schema: UFM_SUMMARY_SCHEMA.into(),
-        seli_version: env!("CARGO_PKG_VERSION").into(),
-        termination: why.name().into(),
-        message: why.to_string(),
-        iters_done: state.iter,
-        resumed_from,
-        wall_seconds: wall,
-        iters_per_second: (state.iter - start_iter) as f64 / wall.max(1e-9),
-        final_metrics: UfmMetrics::columns()
-            .iter()
-            .map(|(c, _)| (c.to_string(), last.get(c)))
-            .collect(),
-        targets: TargetRecord {
-            dist_gw_seli_etf: geometry.dist_gram_w_etf(),
-            dist_gm_seli_etf: geometry.dist_gram_m_etf(),
-            nuclear_norm: geometry.nuclear_norm(),
-        },
-    };
-    seli_io::write_json_atomic(&dir.join("summary.json"), "run summary", &summary)?;
-    Ok(Outcome { termination: why, summary })
-}
-
-/// Trains in the run's dtype.
-pub fn train_any(cfg: &UfmRunConfig, dir: &Path, resume: bool) -> Result<Outcome> {
-    match cfg.dtype.as_str() {
-        "f32" => train::<f32>(cfg, dir, resume),
-        _ => train::<f64>(cfg, dir, resume),
     }
 }
 
-/// Creates a fresh run directory for `cfg`, refusing to overwrite a run unless `force`.
-pub fn start_run_dir(cfg: &UfmRunConfig, dir: &Path, force: bool) -> Result<()> {
-    prepare_run_dir(dir, force, "ufm", &["metrics.csv", "checkpoint.safetensors", "summary.json"])?;
-    seli_io::write_json_atomic(&dir.join("config.json"), "run config", cfg)?;
-    Ok(())
-}
-
-/// Creates a run directory for `seli COMMAND`, refusing one that already holds a run unless
-/// `force`, in which case the `stale` files of the old run are removed.
-pub fn prepare_run_dir(dir: &Path, force: bool, command: &str, stale: &[&str]) -> Result<()> {
-    if dir.join("config.json").exists() && !force {
-        bail!(
-            "{} already holds a run (config.json); continue it with seli {command} --resume {}, \
-             or pass --force to start over",
-            dir.display(),
-            dir.display()
-        );
-    }
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    for name in stale {
-        let p = dir.join(name);
-        if p.exists() {
-            std::fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
-        }
-    }
-    Ok(())
-}
-
-/// Reads a run's config.json.
-pub fn read_run_config(dir: &Path) -> Result<UfmRunConfig> {
-    let path = dir.join("config.json");
-    let text =
-        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    let cfg: UfmRunConfig = serde_json::from_str(&text)
-        .with_context(|| format!("{}: not a seli ufm config", path.display()))?;
-    if cfg.schema != UFM_CONFIG_SCHEMA {
-        bail!("{}: schema '{}' is not {UFM_CONFIG_SCHEMA}", path.display(), cfg.schema);
-    }
-    check_run_config(&cfg).with_context(|| format!("{}", path.display()))?;
-    Ok(cfg)
+/// Runs `cfg` in `dir` (fresh or resumed) with a progress bar; Ctrl-C stops it.
+///
+/// # Errors
+/// Those of [`seli_run::ufm::execute`], with the directory named.
+pub fn execute(cfg: &UfmRunConfig, dir: &UfmDir, resume: bool) -> Result<UfmOutcome> {
+    let mut bar = Bar(progress_bar(cfg.iters, 0));
+    let out = seli_run::ufm::execute(cfg, Some(dir), resume, &mut bar, interrupt_flag());
+    bar.0.finish_and_clear();
+    out.map_err(|e| anyhow::Error::new(e).context(format!("run in {}", dir.0.display())))
 }
 
 /// Prints the end of a run and chooses the exit code (130 when interrupted).
-pub fn report(outcome: &Outcome, dir: &Path) -> ExitCode {
+pub fn report(outcome: &UfmOutcome, dir: &Path) -> ExitCode {
     let m = &outcome.summary.final_metrics;
-    let get = |c: &str| m.get(c).copied().flatten().map_or("-".to_string(), seli_io::report::num);
+    let get = |c: &str| m.get(c).copied().flatten().map_or("-".to_string(), seli_run::report::num);
     println!(
         "{} after {} iterations ({:.0} it/s)",
         outcome.summary.message, outcome.summary.iters_done, outcome.summary.iters_per_second
@@ -470,21 +338,19 @@ pub fn report(outcome: &Outcome, dir: &Path) -> ExitCode {
 /// Runs `seli ufm`.
 pub fn run(args: &UfmArgs) -> Result<ExitCode> {
     let (cfg, dir, resume) = match &args.resume {
-        Some(dir) => {
-            let mut cfg = read_run_config(dir)?;
-            if let Some(iters) = args.iters {
-                cfg.iters = iters;
-            }
-            cfg.threads = args.threads;
-            seli_io::write_json_atomic(&dir.join("config.json"), "run config", &cfg)?;
-            (cfg, dir.clone(), true)
+        Some(path) => {
+            let dir = UfmDir(path.clone());
+            let cfg = dir.read_config()?.resumed_with(args.iters, args.threads)?;
+            dir.write_config(&cfg)?;
+            (cfg, dir, true)
         }
         None => {
             let cfg = args.run_config()?;
-            start_run_dir(&cfg, &args.out, args.force)?;
-            (cfg, args.out.clone(), false)
+            let dir = UfmDir(args.out.clone());
+            dir.start(&cfg, args.force)?;
+            (cfg, dir, false)
         }
     };
-    let outcome = train_any(&cfg, &dir, resume)?;
-    Ok(report(&outcome, &dir))
+    let outcome = execute(&cfg, &dir, resume)?;
+    Ok(report(&outcome, &dir.0))
 }

@@ -204,6 +204,13 @@ fn ridge_solves_with_a_certificate_and_thresholds() {
     assert!(text.starts_with("lambda,dist_gw_seli,dist_gw_etf,"), "{text}");
     assert_eq!(text.lines().count(), 6);
     assert_eq!(json(&csv.with_extension("json"))["schema"], "seli.ridge-path.v1");
+    // --json PATH like every other command: the same record where asked.
+    let rec = dir.path().join("elsewhere.json");
+    let csv2 = dir.path().join("p2.csv");
+    let (c2, r2) = (csv2.to_str().unwrap(), rec.to_str().unwrap());
+    ok(&["ridge-path", "--step", "4,10,0.5", "--points", "5", "--out", c2, "--json", r2]);
+    assert_eq!(json(&rec), json(&csv.with_extension("json")));
+    assert!(!csv2.with_extension("json").exists());
 }
 
 #[test]

@@ -196,7 +196,7 @@ fn parse_npy_header(b: &[u8]) -> std::result::Result<NpyHeader, String> {
 }
 
 /// A matrix read a block of rows at a time, as `f64`, row-major: a memory-mapped [`Array`], or
-/// an in-memory array (the Python module's NumPy views). [`crate::analyze::analyze`] reads
+/// an in-memory array (the Python module's NumPy views). `seli_run::analyze::analyze` reads
 /// through it, so every source gives the same numbers.
 pub trait RowSource {
     /// The name used in messages (a file path, or an argument name).

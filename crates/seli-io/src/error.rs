@@ -43,7 +43,8 @@ pub enum Error {
 }
 
 impl Error {
-    pub(crate) fn io(path: &std::path::Path, cause: std::io::Error) -> Self {
+    /// An I/O error on `path` (the OS error alone, without a temporary file's name).
+    pub fn io(path: &std::path::Path, cause: std::io::Error) -> Self {
         // tempfile's errors repeat the temporary file's path; the OS error alone is enough.
         let cause = match cause.raw_os_error() {
             Some(code) => std::io::Error::from_raw_os_error(code),
@@ -52,7 +53,8 @@ impl Error {
         Error::Io { path: path.to_path_buf(), cause }
     }
 
-    pub(crate) fn format(path: &std::path::Path, reason: impl Into<String>) -> Self {
+    /// A [`Error::Format`] for `path`.
+    pub fn format(path: &std::path::Path, reason: impl Into<String>) -> Self {
         Error::Format { path: path.to_path_buf(), reason: reason.into() }
     }
 }

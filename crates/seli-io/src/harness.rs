@@ -97,7 +97,7 @@ pub fn run(target: &str, bytes: &[u8]) -> bool {
         "sweep" => {
             let Ok(text) = std::str::from_utf8(bytes) else { return false };
             // The CLI passes each command's flags; a fixed set exercises the same paths.
-            let keys = |_: &str| Some(SWEEP_KEYS.map(String::from).to_vec());
+            let keys = |_: &str| Ok(SWEEP_KEYS.map(String::from).to_vec());
             crate::sweep::SweepSpec::parse(text, Path::new(name), &keys).is_ok()
         }
         "results_csv" => {

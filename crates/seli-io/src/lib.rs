@@ -1,11 +1,11 @@
 //! # seli-io
 //!
-//! File formats for seli: label files (text and `.npy`), the JSON records and CSV logs the
-//! tool writes (each documented next to its type), UFM checkpoints (safetensors), plain-text
-//! summaries, and atomic output.
+//! File formats for seli, and nothing else: datasets (IDX, CIFAR-10), arrays (`.npy`, `.npz`,
+//! `.safetensors`), label files, the JSON records and CSV logs the tool writes (each documented
+//! next to its type), checkpoints (safetensors), sweep files, and atomic output. Formats know no
+//! commands: running them is `seli-run`'s.
 #![warn(missing_docs)]
 
-pub mod analyze;
 pub mod arrays;
 pub mod atomic;
 pub mod checkpoint;
@@ -15,10 +15,6 @@ pub mod error;
 pub mod harness;
 pub mod labels;
 pub mod record;
-pub mod report;
-pub mod run;
-pub mod solutions;
-pub mod spec;
 pub mod sweep;
 
 pub use atomic::{write_atomic, write_json_atomic};

@@ -36,8 +36,9 @@ use crate::error::{Error, Result};
 /// Schema tag of `sweep.json`.
 pub const SWEEP_SCHEMA: &str = "seli.sweep.v1";
 
-/// The commands a sweep can run.
-pub const COMMANDS: [&str; 5] = ["geometry", "ufm", "ridge", "ridge-path", "train"];
+/// The keys a command takes, or why the name is not a command (the caller knows the
+/// commands; formats do not).
+pub type KeysOf<'a> = &'a dyn Fn(&str) -> std::result::Result<Vec<String>, String>;
 
 /// Most points one sweep may expand to.
 pub const MAX_POINTS: usize = 1_000_000;
@@ -388,11 +389,11 @@ fn canonical(params: &[(String, Value)]) -> String {
 
 impl SweepSpec {
     /// Reads and expands the sweep file at `path`; `keys(command)` lists the keys a command
-    /// takes (`None`: not a command).
+    /// takes, or says why the name is not a command.
     ///
     /// # Errors
     /// An unreadable file, or any error of [`SweepSpec::parse`].
-    pub fn read(path: &Path, keys: &dyn Fn(&str) -> Option<Vec<String>>) -> Result<SweepSpec> {
+    pub fn read(path: &Path, keys: KeysOf<'_>) -> Result<SweepSpec> {
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
         let text = std::str::from_utf8(&bytes)
             .map_err(|e| Error::format(path, format!("not UTF-8 text: {e}")))?;
@@ -404,11 +405,7 @@ impl SweepSpec {
     /// # Errors
     /// Invalid TOML, unknown keys, keys set twice, empty grids, bad ranges, duplicate points,
     /// more than [`MAX_POINTS`] points: each with the line and the key.
-    pub fn parse(
-        text: &str,
-        path: &Path,
-        keys: &dyn Fn(&str) -> Option<Vec<String>>,
-    ) -> Result<SweepSpec> {
+    pub fn parse(text: &str, path: &Path, keys: KeysOf<'_>) -> Result<SweepSpec> {
         let cx = Ctx { text, path };
         let doc = DeTable::parse(text).map_err(|e| {
             let at = e.span().map_or(0, |s| s.start);
@@ -423,14 +420,15 @@ impl SweepSpec {
         for (k, v) in entries(doc) {
             match k.get_ref().as_ref() {
                 "command" => match v.get_ref() {
-                    DeValue::String(s) if COMMANDS.contains(&s.as_ref()) => {
-                        command = Some(s.to_string());
-                    }
-                    _ => {
+                    DeValue::String(s) => match keys(s) {
+                        Ok(allowed) => command = Some((s.to_string(), allowed)),
+                        Err(why) => return Err(cx.err(v.span(), "command", why)),
+                    },
+                    other => {
                         return Err(cx.err(
                             v.span(),
                             "command",
-                            format!("must be one of {}", COMMANDS.join(", ")),
+                            format!("must be a string, not {}", kind(other)),
                         ));
                     }
                 },
@@ -468,10 +466,10 @@ impl SweepSpec {
                 }
             }
         }
-        let command = command.ok_or_else(|| {
-            cx.err(0..0, "command", format!("missing: one of {}", COMMANDS.join(", ")))
+        let (command, allowed) = command.ok_or_else(|| {
+            let why = keys("").err().unwrap_or_default();
+            cx.err(0..0, "command", format!("missing ({why})"))
         })?;
-        let allowed = keys(&command).unwrap_or_default();
         let known = |k: &str| allowed.iter().any(|a| a == k);
 
         let base = match base {
@@ -760,13 +758,14 @@ impl Table {
 mod tests {
     use super::*;
 
-    fn keys(cmd: &str) -> Option<Vec<String>> {
+    fn keys(cmd: &str) -> std::result::Result<Vec<String>, String> {
         let k: &[&str] = match cmd {
             "ufm" => &["d", "iters", "ratio", "seed", "lambda_w", "schedule", "counts", "k"],
             "geometry" => &["ratio", "rho", "k", "n_min", "counts"],
-            _ => &["ratio", "seed"],
+            "train" => &["ratio", "seed"],
+            _ => return Err("must be one of ufm, geometry, train".into()),
         };
-        Some(k.iter().map(|s| s.to_string()).collect())
+        Ok(k.iter().map(|s| s.to_string()).collect())
     }
 
     fn parse(text: &str) -> Result<SweepSpec> {

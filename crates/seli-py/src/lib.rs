@@ -14,13 +14,15 @@ use numpy::{PyArray1, PyArray2, PyReadonlyArray2, PyUntypedArrayMethods};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyString};
-use seli_core::solve::ufm::{Reduction, StepRule, UfmConfig, UfmSolver};
-use seli_core::solve::{Executor, InterruptFlag, Observer, Schedule, Termination};
-use seli_core::track::{Tracker, UfmMetrics};
-use seli_core::{Geometry, Profile, Scalar};
-use seli_io::analyze::{Layout, analyze, classifier_matrix};
+use seli_core::solve::InterruptFlag;
+use seli_core::solve::ufm::{Reduction, StepRule};
+use seli_core::track::UfmMetrics;
+use seli_core::{Geometry, Profile};
 use seli_io::arrays::RowSource;
-use seli_io::spec::{DEFAULT_STEP, parse_counts, parse_long_tail, parse_step};
+use seli_io::record::ProfileRecord;
+use seli_run::analyze::{Layout, analyze, classifier_matrix};
+use seli_run::spec::{DEFAULT_STEP, parse_counts, parse_long_tail, parse_step};
+use seli_run::ufm::{Dtype, UfmParams, record_schedule};
 
 /// A `ValueError` with `e`'s message (its whole chain).
 fn value_error(e: impl std::fmt::Display) -> PyErr {
@@ -70,7 +72,7 @@ fn profile(
             return Ok((p, None));
         }
     }
-    seli_io::spec::resolve(
+    seli_run::spec::resolve(
         step,
         long_tail,
         counts.as_deref(),
@@ -392,7 +394,7 @@ fn ridge<'py>(
     let red = reduction(loss_reduction)?;
     let rec = py
         .detach(|| {
-            seli_io::solutions::ridge_record(&p, source.as_deref(), red, lambdas, tol, max_iters)
+            seli_run::solutions::ridge_record(&p, source.as_deref(), red, lambdas, tol, max_iters)
         })
         .map_err(value_error)?;
     record(py, &rec)
@@ -420,7 +422,7 @@ fn ridge_path<'py>(
     let red = reduction(loss_reduction)?;
     let (rec, _) = py
         .detach(|| {
-            seli_io::solutions::ridge_path(
+            seli_run::solutions::ridge_path(
                 &p,
                 source.as_deref(),
                 red,
@@ -454,7 +456,7 @@ fn svm<'py>(
 ) -> PyResult<Bound<'py, PyAny>> {
     let (p, source) = profile(py, counts, step, long_tail, labels, classes)?;
     let rec = py
-        .detach(|| seli_io::solutions::svm_record(&p, source.as_deref(), tol, max_iters, seed))
+        .detach(|| seli_run::solutions::svm_record(&p, source.as_deref(), tol, max_iters, seed))
         .map_err(value_error)?;
     to_py(py, &rec)
 }
@@ -467,8 +469,8 @@ struct Signals {
     error: std::sync::Arc<Mutex<Option<PyErr>>>,
 }
 
-impl<S: seli_core::solve::IterState> Observer<S> for Signals {
-    fn observe_iter(&mut self, _: &S) -> seli_core::Result<()> {
+impl Signals {
+    fn poll(&mut self) {
         if self.last.elapsed() >= Duration::from_millis(50) {
             self.last = Instant::now();
             if let Err(e) = Python::attach(|py| py.check_signals()) {
@@ -478,41 +480,28 @@ impl<S: seli_core::solve::IterState> Observer<S> for Signals {
                 self.flag.store(true, std::sync::atomic::Ordering::Relaxed);
             }
         }
-        Ok(())
     }
 }
 
-struct UfmRun {
+/// Collects the metrics rows of an in-memory run and polls for Ctrl-C.
+struct Collect {
     rows: Vec<Vec<Option<f64>>>,
-    termination: Termination,
-    iters_done: u64,
+    signals: Signals,
 }
 
-fn run_ufm<T: Scalar>(
-    cfg: UfmConfig,
-    p: &Profile,
-    iters: u64,
-    record: Schedule,
-    threads: usize,
-    signals: Signals,
-) -> seli_core::Result<UfmRun> {
-    let geometry = Geometry::new(p)?;
-    let mut solver = UfmSolver::<T>::new(cfg, p, threads)?;
-    let labels = solver.labels().to_vec();
-    let mut state = solver.init_state()?;
-    let mut rows = Vec::new();
-    let flag = signals.flag.clone();
-    let mut tracker = Tracker::new(&labels, &geometry, |m: &UfmMetrics| {
-        rows.push(m.values.clone());
+impl seli_run::watch::Watch for Collect {
+    fn progress(&mut self, _done: u64) -> std::result::Result<(), String> {
+        self.signals.poll();
         Ok(())
-    });
-    let why = Executor::new(solver, iters)
-        .observe(&mut tracker, record)
-        .observe(signals, Schedule::Every(1))
-        .interrupt_on(flag)
-        .run(&mut state)?;
-    drop(tracker);
-    Ok(UfmRun { rows, termination: why, iters_done: state.iter })
+    }
+    fn row(
+        &mut self,
+        _: &[(&str, &str)],
+        values: &[Option<f64>],
+    ) -> std::result::Result<(), String> {
+        self.rows.push(values.to_vec());
+        Ok(())
+    }
 }
 
 /// Gradient descent on the unconstrained-features model (UFM), tracked against SELI and the
@@ -554,62 +543,55 @@ fn ufm<'py>(
     grad_tol: Option<f64>,
     threads: usize,
 ) -> PyResult<Bound<'py, PyAny>> {
-    let (p, _) = profile(py, counts, step, long_tail, labels, classes)?;
-    let cfg = UfmConfig {
+    let (p, source) = profile(py, counts, step, long_tail, labels, classes)?;
+    let params = UfmParams {
         d,
+        iters,
         lr,
         step_rule: StepRule::parse(schedule).map_err(value_error)?,
         lambda_w,
         lambda_h,
         bias,
-        reduction: reduction(loss_reduction)?,
-        init_scale,
+        loss_reduction: seli_run::ufm::parse_reduction(loss_reduction).map_err(value_error)?,
+        dtype: match dtype {
+            "f32" => Dtype::F32,
+            "f64" => Dtype::F64,
+            other => return Err(value_error(format!("dtype = {other}: must be f32 or f64"))),
+        },
         seed,
+        init_scale,
         grad_tol,
+        record: record_schedule(every, log_every).map_err(value_error)?,
+        threads,
+        ..UfmParams::new(ProfileRecord::new(&p, source.as_deref()))
     };
-    cfg.check(p.k()).map_err(value_error)?;
-    let record = match (every, log_every) {
-        (Some(_), Some(_)) => return Err(value_error("give every or log_every, not both")),
-        (Some(n), None) => format!("every:{n}"),
-        (None, Some(q)) => format!("log:{q}"),
-        (None, None) => "log:10".into(),
-    };
-    let record = seli_io::run::parse_record(&record).map_err(value_error)?;
+    let cfg = params.check().map_err(value_error)?;
     let error = std::sync::Arc::new(Mutex::new(None));
-    let signals = Signals {
-        last: Instant::now(),
-        flag: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
-        error: error.clone(),
-    };
-    let geometry = Geometry::new(&p).map_err(value_error)?;
-    let run = py
-        .detach(|| match dtype {
-            "f32" => run_ufm::<f32>(cfg, &p, iters, record, threads, signals),
-            "f64" => run_ufm::<f64>(cfg, &p, iters, record, threads, signals),
-            other => Err(seli_core::Error::InvalidParameter {
-                name: "dtype",
-                value: other.into(),
-                rule: "must be f32 or f64",
-            }),
-        })
+    let flag: InterruptFlag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let signals = Signals { last: Instant::now(), flag: flag.clone(), error: error.clone() };
+    let mut collect = Collect { rows: Vec::new(), signals };
+    let outcome = py
+        .detach(|| seli_run::ufm::execute(&cfg, None, false, &mut collect, flag))
         .map_err(value_error)?;
     if let Some(e) = error.lock().ok().and_then(|mut e| e.take()) {
         return Err(e);
     }
+    let run = (collect.rows, outcome);
     let out = PyDict::new(py);
     let metrics = PyDict::new(py);
     for (j, (name, _)) in UfmMetrics::columns().iter().enumerate() {
-        let col: Vec<f64> = run.rows.iter().map(|r| r[j].unwrap_or(f64::NAN)).collect();
+        let col: Vec<f64> = run.0.iter().map(|r| r[j].unwrap_or(f64::NAN)).collect();
         metrics.set_item(*name, PyArray1::from_vec(py, col))?;
     }
     out.set_item("metrics", metrics)?;
-    out.set_item("termination", run.termination.name())?;
-    out.set_item("message", run.termination.to_string())?;
-    out.set_item("iters_done", run.iters_done)?;
+    let summary = &run.1.summary;
+    out.set_item("termination", &summary.termination)?;
+    out.set_item("message", &summary.message)?;
+    out.set_item("iters_done", summary.iters_done)?;
     let targets = PyDict::new(py);
-    targets.set_item("dist_gw_seli_etf", geometry.dist_gram_w_etf())?;
-    targets.set_item("dist_gm_seli_etf", geometry.dist_gram_m_etf())?;
-    targets.set_item("nuclear_norm", geometry.nuclear_norm())?;
+    targets.set_item("dist_gw_seli_etf", summary.targets.dist_gw_seli_etf)?;
+    targets.set_item("dist_gm_seli_etf", summary.targets.dist_gm_seli_etf)?;
+    targets.set_item("nuclear_norm", summary.targets.nuclear_norm)?;
     out.set_item("targets", targets)?;
     Ok(out.into_any())
 }

@@ -390,7 +390,7 @@ fn last_row_table(run: &Run) -> String {
     let mut t = String::from("<table><tr><th>column</th><th>last value</th></tr>");
     if let Some(r) = run.rows.last() {
         for (h, v) in run.header.iter().zip(r) {
-            let v = v.map_or("–".to_string(), seli_io::report::num);
+            let v = v.map_or("–".to_string(), seli_run::report::num);
             let _ = write!(t, "<tr><td>{}</td><td>{}</td></tr>", escape(h), v);
         }
     }

@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use seli_io::sweep::{SweepSpec, Table};
+use seli_run::Command;
 
 use crate::figures::{Dash, Series, line_chart};
 use crate::report::{Figure, Run, compare_figures, escape, figure_html, html_head, save_figures};
@@ -17,15 +18,9 @@ pub const MAX_SERIES: usize = 8;
 /// each; more would cover the curves: `seli report --compare` draws any chosen subset).
 pub const MAX_COMPARE: usize = 4;
 
-/// The results plotted for each command.
-pub fn key_results(command: &str) -> &'static [&'static str] {
-    match command {
-        "geometry" => &["dist_gw_seli_etf", "dist_gm_seli_etf", "norm_ratio_w", "cos_w_min_min"],
-        "ridge" => &["dist_gw_seli", "dist_gw_etf", "norm_ratio_w", "cos_w_min_min"],
-        "ridge-path" => &["lambda_star", "lambda_mc", "last_dist_gw_seli", "last_dist_gw_etf"],
-        "ufm" => &["dist_gw_seli", "dist_gw_etf", "dist_gm_seli", "dist_gm_etf"],
-        _ => &["dist_gw_seli", "dist_gw_etf", "test_acc", "dist_gmc_seli"],
-    }
+/// The command of a sweep record.
+fn command(spec: &SweepSpec) -> Result<Command, String> {
+    spec.command.parse()
 }
 
 fn column(table: &Table, name: &str) -> Option<usize> {
@@ -90,7 +85,7 @@ pub fn sweep_figures(spec: &SweepSpec, table: &Table) -> Result<Vec<Figure>, Str
     let log_x = positive && hi / lo >= 50.0;
     let seeds = spec.varying.iter().any(|k| k == "seed");
     let mut out = Vec::new();
-    for metric in key_results(&spec.command) {
+    for metric in command(spec)?.key_results() {
         let Some(yc) = column(table, metric) else { continue };
         let series: Vec<Series> = groups[..shown]
             .iter()
@@ -152,7 +147,7 @@ fn table_html(table: &Table, max_rows: usize) -> String {
         h.push_str("<tr>");
         for c in r {
             let cell = c.parse::<f64>().ok().filter(|_| c.contains('.') || c.contains('e'));
-            let text = cell.map_or_else(|| c.clone(), seli_io::report::num);
+            let text = cell.map_or_else(|| c.clone(), seli_run::report::num);
             let _ = write!(h, "<td>{}</td>", escape(&text));
         }
         h.push_str("</tr>\n");
@@ -180,7 +175,7 @@ pub fn write_sweep_report(
     dirs: &[PathBuf],
 ) -> Result<PathBuf, String> {
     let mut figs = sweep_figures(spec, table)?;
-    if matches!(spec.command.as_str(), "ufm" | "train") && (2..=MAX_COMPARE).contains(&dirs.len()) {
+    if command(spec)?.has_run_dir() && (2..=MAX_COMPARE).contains(&dirs.len()) {
         let runs = dirs.iter().map(|d| Run::load(d)).collect::<Result<Vec<_>, _>>()?;
         figs.extend(compare_figures(&runs)?);
     }

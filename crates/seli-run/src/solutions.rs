@@ -13,7 +13,14 @@ use seli_core::solve::ufm::Reduction;
 use seli_core::{Geometry, Profile, ProfileKind};
 use serde::Serialize;
 
-use crate::record::{ProfileRecord, rows};
+use seli_io::record::{ProfileRecord, rows};
+
+/// Schema tag of the `seli ridge` record.
+pub const RIDGE_SCHEMA: &str = "seli.ridge.v1";
+/// Schema tag of the `seli ridge-path` record.
+pub const RIDGE_PATH_SCHEMA: &str = "seli.ridge-path.v1";
+/// Schema tag of the `seli svm` record.
+pub const SVM_SCHEMA: &str = "seli.svm.v1";
 
 /// One solved λ, as recorded (schema `seli.ridge.v1` for a single solve).
 #[derive(Debug, Serialize)]
@@ -172,7 +179,7 @@ pub fn ridge_record(
     let g = Geometry::new(p)?;
     let (sol, why) = solve(p, red, lambdas, tol, max_iters)?;
     Ok(RidgeRecord {
-        schema: "seli.ridge.v1",
+        schema: RIDGE_SCHEMA,
         seli_version: env!("CARGO_PKG_VERSION"),
         profile: ProfileRecord::new(p, source),
         loss_reduction: red.name(),
@@ -228,7 +235,7 @@ pub fn ridge_path(
         tick();
     }
     let rec = serde_json::json!({
-        "schema": "seli.ridge-path.v1",
+        "schema": RIDGE_PATH_SCHEMA,
         "seli_version": env!("CARGO_PKG_VERSION"),
         "profile": ProfileRecord::new(p, source),
         "loss_reduction": red.name(),
@@ -255,7 +262,7 @@ pub fn svm_record(
     let k = p.k();
     let logits = faer::Mat::from_fn(k, k, |i, j| sol.B[(i, j)] / (p.counts()[j] as f64).sqrt());
     Ok(serde_json::json!({
-        "schema": "seli.svm.v1",
+        "schema": SVM_SCHEMA,
         "seli_version": env!("CARGO_PKG_VERSION"),
         "profile": ProfileRecord::new(p, source),
         "primal": sol.primal,

@@ -3,7 +3,7 @@
 
 use std::fmt::Write;
 
-use crate::record::{CosinePairs, GeometryRecord, GroupPair};
+use seli_io::record::{CosinePairs, GeometryRecord, GroupPair};
 
 /// At most this many classes get a per-class table.
 const PER_CLASS_MAX: usize = 12;

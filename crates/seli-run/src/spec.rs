@@ -53,7 +53,7 @@ pub fn resolve(
         return Err("give at most one of step, long_tail, counts, labels".into());
     }
     if let Some(path) = labels {
-        let p = crate::profile_from_label_file(path, classes).map_err(|e| e.to_string())?;
+        let p = seli_io::profile_from_label_file(path, classes).map_err(|e| e.to_string())?;
         return Ok((p, Some(path.to_path_buf())));
     }
     if classes.is_some() {

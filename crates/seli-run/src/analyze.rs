@@ -10,10 +10,10 @@ use seli_core::features::{FeatureGeometry, GEOMETRY_COLUMNS};
 use seli_core::{Geometry, Profile};
 use serde::Serialize;
 
-use crate::arrays::{Array, RowSource};
-use crate::error::{Error, Result};
-use crate::labels::read_labels;
-use crate::record::ProfileRecord;
+use seli_io::arrays::{Array, RowSource};
+use seli_io::error::{Error, Result};
+use seli_io::labels::read_labels;
+use seli_io::record::ProfileRecord;
 
 /// Format tag of the JSON record.
 pub const ANALYZE_FORMAT: &str = "seli.analyze.v1";

@@ -1,0 +1,149 @@
+//! The results-table row of a complete run: what `seli sweep` writes to `results.csv` for each
+//! point, by [`Command`]. Cells hold Rust's shortest round-trip notation for numbers (a value
+//! read back is the value written), whole numbers without a decimal point, empty where a value
+//! is undefined; nested records are flattened with `_` in field order; timing is left out, so
+//! an interrupted and an uninterrupted sweep give identical rows.
+
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::command::Command;
+use crate::error::{Error, Result};
+use crate::ufm::{UfmDir, UfmSummary};
+
+/// A number for a cell: shortest round-trip notation, as `f64`'s `Debug` writes it.
+pub fn num(v: f64) -> String {
+    format!("{v:?}")
+}
+
+/// Formats a JSON scalar for a cell.
+fn cell(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::Null => String::new(),
+        serde_json::Value::Bool(b) => b.to_string(),
+        serde_json::Value::Number(n) => match (n.as_i64(), n.as_f64()) {
+            (Some(i), _) => i.to_string(),
+            (None, Some(f)) => num(f),
+            _ => n.to_string(),
+        },
+        serde_json::Value::String(s) => s.clone(),
+        _ => String::new(),
+    }
+}
+
+/// Appends the scalars of `v` (objects flattened with `_`, arrays left out).
+fn flatten(prefix: &str, v: &serde_json::Value, out: &mut Vec<(String, String)>) {
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, x) in m {
+                let name = if prefix.is_empty() { k.clone() } else { format!("{prefix}_{k}") };
+                flatten(&name, x, out);
+            }
+        }
+        serde_json::Value::Array(_) => {}
+        scalar => out.push((prefix.to_string(), cell(scalar))),
+    }
+}
+
+/// The class counts every record carries.
+#[derive(Deserialize)]
+struct Counts {
+    k: usize,
+    n: u64,
+}
+
+/// A record file of `command`, checked for its schema tag (`schema`, or `format` in files of
+/// seli 0.1), kept as JSON for flattening.
+fn record(command: Command, path: &Path, schema: &str) -> Result<serde_json::Value> {
+    let v: serde_json::Value = crate::read_record(path, &format!("a seli {command} record"))?;
+    let tag = v.get("schema").or_else(|| v.get("format")).and_then(|t| t.as_str());
+    if tag != Some(schema) {
+        return Err(Error::record(path, format!("schema {tag:?} is not {schema}")));
+    }
+    Ok(v)
+}
+
+fn counts(path: &Path, v: &serde_json::Value) -> Result<Vec<(String, String)>> {
+    let c = Counts::deserialize(&v["profile"])
+        .map_err(|e| Error::record(path, format!("profile: {e}")))?;
+    Ok(vec![("k".into(), c.k.to_string()), ("n".into(), c.n.to_string())])
+}
+
+/// The results of the complete run of `command` in `dir`, as `(column, cell)` pairs: `k`,
+/// `n`, then per command (docs/formats.md, "seli sweep output directory").
+///
+/// # Errors
+/// A record file missing, unreadable or of another kind.
+pub fn results(command: Command, dir: &Path) -> Result<Vec<(String, String)>> {
+    let path = dir.join(command.record_file());
+    let mut out;
+    match command {
+        Command::Geometry => {
+            let r = record(command, &path, seli_io::record::GEOMETRY_SCHEMA)?;
+            out = counts(&path, &r)?;
+            flatten("", &r["sel"], &mut out);
+            flatten("", &r["distances"], &mut out);
+            flatten("", &r["groups"], &mut out);
+        }
+        Command::Ridge => {
+            let r = record(command, &path, crate::solutions::RIDGE_SCHEMA)?;
+            out = counts(&path, &r)?;
+            flatten("", &r["thresholds"], &mut out);
+            flatten("", &r["solution"], &mut out);
+        }
+        Command::RidgePath => {
+            let r = record(command, &path, crate::solutions::RIDGE_PATH_SCHEMA)?;
+            out = counts(&path, &r)?;
+            flatten("", &r["thresholds"], &mut out);
+            flatten("", &r["reference"], &mut out);
+            let pts = r["points"].as_array().map_or(0, Vec::len);
+            out.push(("lambdas".into(), pts.to_string()));
+            if let Some(last) = r["points"].as_array().and_then(|p| p.last()) {
+                flatten("last", last, &mut out);
+            }
+        }
+        Command::Ufm => {
+            let run = UfmDir(dir.to_path_buf());
+            let cfg = run.read_config()?;
+            out = vec![
+                ("k".into(), cfg.profile.k.to_string()),
+                ("n".into(), cfg.profile.n.to_string()),
+            ];
+            out.extend(UfmSummary::read(&run.summary())?.results());
+        }
+        Command::Train => {
+            let c = record(command, &dir.join("config.json"), TRAIN_CONFIG_SCHEMA)?;
+            out = counts(&dir.join("config.json"), &c)?;
+            let s = record(command, &path, TRAIN_SUMMARY_SCHEMA)?;
+            for key in ["epochs", "n_train", "n_test", "d", "parameters"] {
+                out.push((key.into(), cell(&s[key])));
+            }
+            flatten("", &s["last"], &mut out);
+        }
+    }
+    Ok(out)
+}
+
+/// Schema of a training run's `config.json` (written by `seli-train`).
+pub const TRAIN_CONFIG_SCHEMA: &str = "seli.train-config.v1";
+/// Schema of a training run's `summary.json` (written by `seli-train`).
+pub const TRAIN_SUMMARY_SCHEMA: &str = "seli.train-summary.v1";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_flattens_to_cells() {
+        let v = serde_json::json!({"a": {"b": 1, "c": [1, 2], "d": null}, "e": 0.5, "f": "x"});
+        let mut out = Vec::new();
+        flatten("", &v, &mut out);
+        let want: Vec<(String, String)> = [("a_b", "1"), ("a_d", ""), ("e", "0.5"), ("f", "x")]
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect();
+        assert_eq!(out, want);
+        assert_eq!(num(1.0), "1.0");
+    }
+}
