@@ -172,6 +172,13 @@ pub enum Error {
     /// An observer (file writer, checkpointer) failed; the message is its error chain.
     #[error("{0}")]
     Observer(String),
+    /// The interrupt flag was raised in the middle of an iteration, which is left unfinished
+    /// (solvers whose iterations are long, such as a training epoch, check it themselves).
+    #[error("interrupted during iteration {iter}")]
+    Interrupted {
+        /// The unfinished iteration.
+        iter: u64,
+    },
     /// A decomposition from the linear-algebra backend failed to converge.
     #[error("{what} did not converge")]
     Decomposition {

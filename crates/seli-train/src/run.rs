@@ -5,6 +5,7 @@
 //! the model (with batch-norm running statistics) and the optimizer's momentum, so resuming
 //! from a checkpoint continues exactly as the uninterrupted run would have.
 
+use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
@@ -13,12 +14,13 @@ use burn::module::Module;
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::decay::WeightDecayConfig;
 use burn::optim::momentum::MomentumConfig;
-use burn::optim::{GradientsParams, SgdConfig};
+use burn::optim::{GradientsParams, ModuleOptimizer, SgdConfig};
 use burn::store::ModuleRecord;
 use burn::tensor::{Bytes, Device};
 use faer::Mat;
 use seli_core::Geometry;
 use seli_core::random::{rng_from_seed, shuffle};
+use seli_core::solve::{Executor, IterState, Observer, Schedule, Solver};
 use seli_io::csvlog::CsvLog;
 use seli_io::dataset::Dataset;
 use seli_io::write_json_atomic;
@@ -199,12 +201,277 @@ impl RunData {
     }
 }
 
+/// A training run after `epoch` epochs: the network, the optimizer, and what the last epoch
+/// did. One iteration of the executor is one epoch.
+pub struct TrainState {
+    epoch: usize,
+    /// Taken out while an epoch updates it (burn's optimizer consumes the module).
+    net: Option<Net>,
+    optim: ModuleOptimizer,
+    /// Learning rate and mean training loss of the epoch just completed.
+    last_epoch: Option<(f64, f64)>,
+    train_seconds: f64,
+    trained_samples: usize,
+}
+
+impl IterState for TrainState {
+    fn iter(&self) -> u64 {
+        self.epoch as u64
+    }
+}
+
+impl TrainState {
+    fn net(&self) -> &Net {
+        self.net.as_ref().expect("the network is back after every epoch")
+    }
+}
+
+/// The solver: one epoch of mini-batch SGD per iteration. It polls the interrupt flag before
+/// the epoch and after every mini-batch, so that Ctrl-C does not wait for the end of a long
+/// epoch; an interrupted epoch is abandoned and the run resumes from its last checkpoint.
+struct Epochs<'a, 'p> {
+    cfg: &'a TrainConfig,
+    data: &'a RunData,
+    device: Device,
+    loss_fn: burn::nn::loss::CrossEntropyLoss,
+    progress: &'a RefCell<&'p mut dyn Progress>,
+    interrupt: &'a AtomicBool,
+}
+
+impl Solver for Epochs<'_, '_> {
+    type State = TrainState;
+
+    fn next_iter(&mut self, s: &mut TrainState) -> seli_core::Result<()> {
+        let (cfg, data) = (self.cfg, self.data);
+        let epoch = s.epoch + 1;
+        if self.interrupt.load(Ordering::SeqCst) {
+            return Err(seli_core::Error::Interrupted { iter: epoch as u64 });
+        }
+        let lr = cfg.lr_at(epoch);
+        let n = data.train.len();
+        let mut order: Vec<usize> = (0..n).collect();
+        shuffle(&mut order, &mut rng_from_seed(epoch_seed(cfg.seed, epoch)));
+        self.progress.borrow_mut().epoch_start(epoch, n.div_ceil(cfg.batch_size));
+        let t = Instant::now();
+        let (mut loss_sum, mut correct) = (0.0f64, 0usize);
+        let mut net = s.net.take().expect("the network is back after every epoch");
+        for (b, rows) in order.chunks(cfg.batch_size).enumerate() {
+            let (x, y) = data.train.batch(rows, &self.device);
+            let logits = net.forward(x);
+            let loss = self.loss_fn.forward(logits.clone(), y.clone());
+            let value = f64::from(loss.clone().into_scalar::<f32>());
+            if !value.is_finite() {
+                return Err(seli_core::Error::Diverged {
+                    iter: epoch as u64,
+                    quantity: "the training loss",
+                    value,
+                });
+            }
+            let hits: i64 = logits.argmax(1).flatten::<1>(0, 1).equal(y).int().sum().into_scalar();
+            let grads = GradientsParams::from_grads(loss.backward(), &net);
+            net = s.optim.step(lr, net, grads);
+            loss_sum += value * rows.len() as f64;
+            correct += hits as usize;
+            let seen = (b * cfg.batch_size + rows.len()) as f64;
+            self.progress.borrow_mut().batch(loss_sum / seen, correct as f64 / seen);
+            if self.interrupt.load(Ordering::SeqCst) {
+                return Err(seli_core::Error::Interrupted { iter: epoch as u64 });
+            }
+        }
+        s.net = Some(net);
+        s.epoch = epoch;
+        s.last_epoch = Some((lr, loss_sum / n as f64));
+        s.train_seconds += t.elapsed().as_secs_f64();
+        s.trained_samples += n;
+        Ok(())
+    }
+}
+
+/// The first error of an observer, kept with its type (the executor carries only text).
+type Failure = RefCell<Option<Error>>;
+
+fn fail(slot: &Failure, e: Error) -> seli_core::Error {
+    let text = e.to_string();
+    slot.borrow_mut().get_or_insert(e);
+    seli_core::Error::Observer(text)
+}
+
+/// Measures the geometry (`metrics.csv` row, `grams.json`) at epoch 0 of a fresh run, every
+/// `every` epochs and after the last (fired every epoch, it picks those itself so that the
+/// last epoch's row is there before the epoch's other observers run).
+struct MetricsLog<'a> {
+    every: usize,
+    epochs: usize,
+    data: &'a RunData,
+    run: &'a RunDir,
+    log: CsvLog,
+    d: usize,
+    eval_batch: usize,
+    /// The last row written, and the epoch it belongs to.
+    last: &'a RefCell<Option<(usize, Vec<Option<f64>>)>>,
+    eval_seconds: f64,
+    failure: &'a Failure,
+}
+
+impl MetricsLog<'_> {
+    fn measure(&mut self, s: &TrainState) -> Result<()> {
+        if self.last.borrow().as_ref().is_some_and(|(e, _)| *e == s.epoch) {
+            return Ok(());
+        }
+        let t = Instant::now();
+        let device = Device::flex();
+        let probe = Probe {
+            net: s.net().valid(),
+            train: &self.data.train,
+            test: &self.data.test,
+            device: &device,
+            d: self.d,
+        };
+        let data = self.data;
+        let m = eval::evaluate(
+            &probe,
+            &data.train.labels,
+            &data.test.labels,
+            &data.target,
+            self.eval_batch,
+        )
+        .map_err(|e| match e {
+            Error::Diverged { what, value, .. } => Error::Diverged { epoch: s.epoch, what, value },
+            other => other,
+        })?;
+        let grams = serde_json::json!({
+            "format": GRAMS_FORMAT,
+            "epoch": s.epoch,
+            "gram_w": m.grams.gram_w.as_ref().map(|g| seli_io::record::rows(g.as_ref())),
+            "gram_m": seli_io::record::rows(m.grams.gram_m.as_ref()),
+            "gram_mc": seli_io::record::rows(m.grams.gram_mc.as_ref()),
+        });
+        write_json_atomic(&self.run.grams(), "class-level Grams", &grams)?;
+        let (lr, loss) = s.last_epoch.map_or((None, None), |(lr, loss)| (Some(lr), Some(loss)));
+        let mut row = vec![Some(s.epoch as f64), lr, loss];
+        row.extend(m.values);
+        self.log.append(&row)?;
+        self.eval_seconds += t.elapsed().as_secs_f64();
+        *self.last.borrow_mut() = Some((s.epoch, row));
+        Ok(())
+    }
+}
+
+impl Observer<TrainState> for MetricsLog<'_> {
+    fn observe_init(&mut self, s: &TrainState) -> seli_core::Result<()> {
+        if s.epoch == 0 { self.measure(s).map_err(|e| fail(self.failure, e)) } else { Ok(()) }
+    }
+    fn observe_iter(&mut self, s: &TrainState) -> seli_core::Result<()> {
+        if s.epoch.is_multiple_of(self.every) || s.epoch == self.epochs {
+            self.measure(s).map_err(|e| fail(self.failure, e))?;
+        }
+        Ok(())
+    }
+}
+
+/// Saves the network and the optimizer every `every` epochs and after the last (fired every
+/// epoch, like [`MetricsLog`]).
+struct Checkpoints<'a> {
+    path: PathBuf,
+    every: usize,
+    epochs: usize,
+    failure: &'a Failure,
+}
+
+impl Observer<TrainState> for Checkpoints<'_> {
+    fn observe_iter(&mut self, s: &TrainState) -> seli_core::Result<()> {
+        if s.epoch.is_multiple_of(self.every) || s.epoch == self.epochs {
+            save_checkpoint(&self.path, s.net(), &s.optim, s.epoch)
+                .map_err(|e| fail(self.failure, e))?;
+        }
+        Ok(())
+    }
+}
+
+/// Tells the caller's [`Progress`] that an epoch ended, with its metrics row when one was
+/// measured at that epoch.
+struct EpochEnds<'a, 'p> {
+    progress: &'a RefCell<&'p mut dyn Progress>,
+    last: &'a RefCell<Option<(usize, Vec<Option<f64>>)>>,
+}
+
+impl EpochEnds<'_, '_> {
+    fn tell(&self, s: &TrainState) {
+        let last = self.last.borrow();
+        let row = last.as_ref().filter(|(e, _)| *e == s.epoch).map(|(_, r)| r.as_slice());
+        self.progress.borrow_mut().epoch_end(s.epoch, row);
+    }
+}
+
+impl Observer<TrainState> for EpochEnds<'_, '_> {
+    fn observe_init(&mut self, s: &TrainState) -> seli_core::Result<()> {
+        if s.epoch == 0 {
+            self.tell(s);
+        }
+        Ok(())
+    }
+    fn observe_iter(&mut self, s: &TrainState) -> seli_core::Result<()> {
+        self.tell(s);
+        Ok(())
+    }
+}
+
+/// Checks a resumed run's directory against `cfg` and loads its checkpoint into `net` and
+/// `optim`; returns the checkpoint's epoch.
+fn restore(
+    run: &RunDir,
+    cfg: &TrainConfig,
+    net: Net,
+    optim: ModuleOptimizer,
+) -> Result<(usize, Net, ModuleOptimizer)> {
+    let text = std::fs::read_to_string(run.config())
+        .map_err(|e| seli_io::Error::Io { path: run.config(), cause: e })?;
+    let on_disk: TrainConfig = serde_json::from_str(&text).map_err(|e| seli_io::Error::Format {
+        path: run.config(),
+        reason: format!("not a train config: {e}"),
+    })?;
+    if &on_disk != cfg {
+        return Err(Error::Config(format!(
+            "{} was written for another configuration; resume with the same flags, or \
+             start a new --out directory",
+            run.config().display()
+        )));
+    }
+    let path = run.checkpoint();
+    let (meta, blobs) = seli_io::checkpoint::load_blobs(&path, CHECKPOINT_FORMAT)?;
+    let start: usize = meta
+        .get("epoch")
+        .and_then(|e| e.parse().ok())
+        .ok_or_else(|| ckpt_err(&path, "no epoch in its metadata"))?;
+    if start > cfg.epochs {
+        return Err(ckpt_err(&path, format!("epoch {start} is past the run's {}", cfg.epochs)));
+    }
+    let blob = |name: &str| {
+        blobs
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, b)| Bytes::from_bytes_vec(b.clone()))
+            .ok_or_else(|| ckpt_err(&path, format!("no '{name}' blob")))
+    };
+    let record = ModuleRecord::from_bytes(blob("model")?)
+        .map_err(|e| ckpt_err(&path, format!("model record: {e}")))?;
+    let net = net
+        .try_load_record(record)
+        .map_err(|e| ckpt_err(&path, format!("model record does not fit the network: {e}")))?;
+    let optim = optim
+        .from_bytes(blob("optimizer")?)
+        .map_err(|e| ckpt_err(&path, format!("optimizer record: {e}")))?;
+    Ok((start, net, optim))
+}
+
 /// Runs (or, with `resume`, continues) the training run `cfg` in `dir` on `data`.
 ///
-/// Writes `config.json`, `subset.json`, a `metrics.csv` row at epoch 0 and every `every`
-/// epochs, a checkpoint every `checkpoint_every` epochs, and `summary.json` at the end.
-/// `interrupt` is polled after each mini-batch: when set, the run stops and returns
-/// [`Error::Interrupted`]; the last checkpoint stays for `resume`.
+/// The loop is seli-core's executor over [`Epochs`] (one epoch per iteration) with observers
+/// for the metrics log (a `metrics.csv` row and `grams.json` at epoch 0 and every `every`
+/// epochs and after the last), the checkpoints (every `checkpoint_every` epochs and at the
+/// end) and the caller's [`Progress`]. It writes `config.json`, `subset.json` and, at the end,
+/// `summary.json`. `interrupt` is polled after each mini-batch: when set, the run stops and
+/// returns [`Error::Interrupted`]; the last checkpoint stays for `resume`.
 ///
 /// # Errors
 /// An invalid config; on resume, a directory whose `config.json` differs from `cfg` or whose
@@ -220,10 +487,9 @@ pub fn train(
     cfg.validate()?;
     let run = RunDir { dir: dir.to_path_buf() };
     let k = data.target.k();
-    let device = Device::flex();
-    let train_device = device.clone().autodiff();
-    let mut net = Net::seeded(&cfg.model, data.train.shape, k, &train_device, cfg.seed)?;
-    let mut optim = SgdConfig::new()
+    let train_device = Device::flex().autodiff();
+    let net = Net::seeded(&cfg.model, data.train.shape, k, &train_device, cfg.seed)?;
+    let optim = SgdConfig::new()
         .with_momentum(Some(MomentumConfig {
             momentum: cfg.momentum,
             dampening: 0.0,
@@ -232,137 +498,82 @@ pub fn train(
         .with_weight_decay(Some(WeightDecayConfig { penalty: cfg.weight_decay as f32 }))
         .init();
     let header = eval::header();
-    let mut start = 0usize;
-    let mut log = if resume {
-        let text = std::fs::read_to_string(run.config())
-            .map_err(|e| seli_io::Error::Io { path: run.config(), cause: e })?;
-        let on_disk: TrainConfig =
-            serde_json::from_str(&text).map_err(|e| seli_io::Error::Format {
-                path: run.config(),
-                reason: format!("not a train config: {e}"),
-            })?;
-        if &on_disk != cfg {
-            return Err(Error::Config(format!(
-                "{} was written for another configuration; resume with the same flags, or \
-                 start a new --out directory",
-                run.config().display()
-            )));
-        }
-        let path = run.checkpoint();
-        let (meta, blobs) = seli_io::checkpoint::load_blobs(&path, CHECKPOINT_FORMAT)?;
-        start = meta
-            .get("epoch")
-            .and_then(|e| e.parse().ok())
-            .ok_or_else(|| ckpt_err(&path, "no epoch in its metadata"))?;
-        if start > cfg.epochs {
-            return Err(ckpt_err(&path, format!("epoch {start} is past the run's {}", cfg.epochs)));
-        }
-        let blob = |name: &str| {
-            blobs
-                .iter()
-                .find(|(n, _)| n == name)
-                .map(|(_, b)| Bytes::from_bytes_vec(b.clone()))
-                .ok_or_else(|| ckpt_err(&path, format!("no '{name}' blob")))
-        };
-        let record = ModuleRecord::from_bytes(blob("model")?)
-            .map_err(|e| ckpt_err(&path, format!("model record: {e}")))?;
-        net = net
-            .try_load_record(record)
-            .map_err(|e| ckpt_err(&path, format!("model record does not fit the network: {e}")))?;
-        optim = optim
-            .from_bytes(blob("optimizer")?)
-            .map_err(|e| ckpt_err(&path, format!("optimizer record: {e}")))?;
-        CsvLog::resume(&run.metrics(), &header, start as f64 + 0.5)?
+    let (start, net, optim, log) = if resume {
+        let (start, net, optim) = restore(&run, cfg, net, optim)?;
+        (start, net, optim, CsvLog::resume(&run.metrics(), &header, start as f64 + 0.5)?)
     } else {
         std::fs::create_dir_all(dir)
             .map_err(|e| seli_io::Error::Io { path: dir.to_path_buf(), cause: e })?;
         write_json_atomic(&run.config(), "train config", cfg)?;
         write_json_atomic(&run.subset(), "subset record", &data.subset)?;
-        CsvLog::create(&run.metrics(), &header)?
+        (0, net, optim, CsvLog::create(&run.metrics(), &header)?)
+    };
+    let mut state = TrainState {
+        epoch: start,
+        net: Some(net),
+        optim,
+        last_epoch: None,
+        train_seconds: 0.0,
+        trained_samples: 0,
     };
     let d = cfg.model.feature_dim();
-    let eval_batch = cfg.eval_batch;
-    let measure = |net: &Net, epoch: usize| -> Result<Vec<Option<f64>>> {
-        let probe =
-            Probe { net: net.valid(), train: &data.train, test: &data.test, device: &device, d };
-        let m =
-            eval::evaluate(&probe, &data.train.labels, &data.test.labels, &data.target, eval_batch)
-                .map_err(|e| match e {
-                    Error::Diverged { what, value, .. } => Error::Diverged { epoch, what, value },
-                    other => other,
-                })?;
-        let grams = serde_json::json!({
-            "format": GRAMS_FORMAT,
-            "epoch": epoch,
-            "gram_w": m.grams.gram_w.as_ref().map(|g| seli_io::record::rows(g.as_ref())),
-            "gram_m": seli_io::record::rows(m.grams.gram_m.as_ref()),
-            "gram_mc": seli_io::record::rows(m.grams.gram_mc.as_ref()),
-        });
-        write_json_atomic(&run.grams(), "class-level Grams", &grams)?;
-        Ok(m.values)
+    let failure: Failure = RefCell::new(None);
+    // On resume, the kept row of the checkpoint's epoch (if it was measured) is the last one.
+    let kept = if resume { seli_io::csvlog::read_csv(&run.metrics())?.1.pop() } else { None };
+    let last = RefCell::new(
+        kept.filter(|r| r.first().copied().flatten() == Some(start as f64)).map(|r| (start, r)),
+    );
+    let progress = RefCell::new(progress);
+    let mut metrics = MetricsLog {
+        every: cfg.every,
+        epochs: cfg.epochs,
+        data,
+        run: &run,
+        log,
+        d,
+        eval_batch: cfg.eval_batch,
+        last: &last,
+        eval_seconds: 0.0,
+        failure: &failure,
     };
-    let (mut train_seconds, mut eval_seconds) = (0.0, 0.0);
-    let mut last_row: Option<Vec<Option<f64>>> = None;
-    if start == 0 {
-        let t = Instant::now();
-        let mut row = vec![Some(0.0), None, None];
-        row.extend(measure(&net, 0)?);
-        eval_seconds += t.elapsed().as_secs_f64();
-        log.append(&row)?;
-        progress.epoch_end(0, Some(&row));
-        last_row = Some(row);
+    let epochs = Epochs {
+        cfg,
+        data,
+        device: train_device.clone(),
+        loss_fn: CrossEntropyLossConfig::new().init(&train_device),
+        progress: &progress,
+        interrupt,
+    };
+    let outcome = Executor::new(epochs, cfg.epochs as u64)
+        .observe(&mut metrics, Schedule::Every(1))
+        .observe(
+            Checkpoints {
+                path: run.checkpoint(),
+                every: cfg.checkpoint_every,
+                epochs: cfg.epochs,
+                failure: &failure,
+            },
+            Schedule::Every(1),
+        )
+        .observe(EpochEnds { progress: &progress, last: &last }, Schedule::Every(1))
+        .run(&mut state);
+    if let Some(e) = failure.borrow_mut().take() {
+        return Err(e);
     }
-    let loss_fn = CrossEntropyLossConfig::new().init(&train_device);
-    let n = data.train.len();
-    let batches = n.div_ceil(cfg.batch_size);
-    let mut trained_samples = 0usize;
-    for epoch in start + 1..=cfg.epochs {
-        let lr = cfg.lr_at(epoch);
-        let mut order: Vec<usize> = (0..n).collect();
-        shuffle(&mut order, &mut rng_from_seed(epoch_seed(cfg.seed, epoch)));
-        progress.epoch_start(epoch, batches);
-        let t = Instant::now();
-        let (mut loss_sum, mut correct) = (0.0f64, 0usize);
-        for (b, rows) in order.chunks(cfg.batch_size).enumerate() {
-            let (x, y) = data.train.batch(rows, &train_device);
-            let logits = net.forward(x);
-            let loss = loss_fn.forward(logits.clone(), y.clone());
-            let value = f64::from(loss.clone().into_scalar::<f32>());
-            if !value.is_finite() {
-                return Err(Error::Diverged { epoch, what: "the training loss", value });
-            }
-            let hits: i64 = logits.argmax(1).flatten::<1>(0, 1).equal(y).int().sum().into_scalar();
-            let grads = GradientsParams::from_grads(loss.backward(), &net);
-            net = optim.step(lr, net, grads);
-            loss_sum += value * rows.len() as f64;
-            correct += hits as usize;
-            let seen = (b * cfg.batch_size + rows.len()) as f64;
-            progress.batch(loss_sum / seen, correct as f64 / seen);
-            if interrupt.load(Ordering::SeqCst) {
-                return Err(Error::Interrupted { epoch: epoch - 1 });
-            }
+    match outcome {
+        Err(seli_core::Error::Interrupted { iter }) => {
+            return Err(Error::Interrupted { epoch: iter as usize - 1 });
         }
-        train_seconds += t.elapsed().as_secs_f64();
-        trained_samples += n;
-        let mut row = None;
-        if epoch % cfg.every == 0 || epoch == cfg.epochs {
-            let t = Instant::now();
-            let mut r = vec![Some(epoch as f64), Some(lr), Some(loss_sum / n as f64)];
-            r.extend(measure(&net, epoch)?);
-            eval_seconds += t.elapsed().as_secs_f64();
-            log.append(&r)?;
-            row = Some(r);
+        Err(seli_core::Error::Diverged { iter, quantity, value }) => {
+            return Err(Error::Diverged { epoch: iter as usize, what: quantity, value });
         }
-        if epoch % cfg.checkpoint_every == 0 || epoch == cfg.epochs {
-            save_checkpoint(&run.checkpoint(), &net, &optim, epoch)?;
-        }
-        progress.epoch_end(epoch, row.as_deref());
-        if row.is_some() {
-            last_row = row;
-        }
+        Err(e) => return Err(e.into()),
+        Ok(_) => {}
     }
-    let last = match last_row {
-        Some(r) => r,
+    let eval_seconds = metrics.eval_seconds;
+    drop(metrics);
+    let last = match last.into_inner() {
+        Some((_, r)) => r,
         None => {
             // Resumed after the end: the last logged row.
             let (_, rows) = seli_io::csvlog::read_csv(&run.metrics())?;
@@ -372,14 +583,15 @@ pub fn train(
     let summary = TrainSummary {
         format: SUMMARY_FORMAT.into(),
         epochs: cfg.epochs,
-        n_train: n,
+        n_train: data.train.len(),
         n_test: data.test.len(),
         counts: data.subset.counts.clone(),
         d,
-        parameters: net.num_params(),
-        train_seconds,
+        parameters: state.net().num_params(),
+        train_seconds: state.train_seconds,
         eval_seconds,
-        samples_per_second: (train_seconds > 0.0).then(|| trained_samples as f64 / train_seconds),
+        samples_per_second: (state.train_seconds > 0.0)
+            .then(|| state.trained_samples as f64 / state.train_seconds),
         last: header
             .iter()
             .zip(&last)
@@ -400,12 +612,7 @@ fn epoch_seed(seed: u64, epoch: usize) -> u64 {
     seed ^ (epoch as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)
 }
 
-fn save_checkpoint(
-    path: &Path,
-    net: &Net,
-    optim: &burn::optim::ModuleOptimizer,
-    epoch: usize,
-) -> Result<()> {
+fn save_checkpoint(path: &Path, net: &Net, optim: &ModuleOptimizer, epoch: usize) -> Result<()> {
     let model = net
         .clone()
         .into_record()
