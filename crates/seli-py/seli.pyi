@@ -49,7 +49,7 @@ def metrics(
     chunk: int = 4096,
 ) -> dict[str, Any]:
     """Features (n, d) float32/float64 (any layout, not copied) against SELI and the ETF
-    (format seli.analyze.v1), as ``seli analyze --json``.
+    (schema seli.analyze.v1), as ``seli analyze --json``.
 
     >>> m = seli.metrics(H, y, model.fc.weight.detach().cpu().numpy())
     >>> m["values"]["dist_gw_seli"], m["values"]["dist_gw_etf"], m["values"]["nc1"]

@@ -250,7 +250,7 @@ fn bench_train(a: &BenchTrainArgs) -> Result<()> {
     use seli_train::ModelConfig;
     use seli_train::bench::training_throughput;
     let mlp = |depth: usize, width: usize, batch_norm: bool| ModelConfig {
-        kind: "mlp".into(),
+        kind: seli_train::ModelKind::Mlp,
         depth,
         width,
         batch_norm,
@@ -272,7 +272,7 @@ fn bench_train(a: &BenchTrainArgs) -> Result<()> {
     }
     if a.resnet_steps > 0 {
         let cfg = ModelConfig {
-            kind: "resnet18".into(),
+            kind: seli_train::ModelKind::ResNet18,
             depth: 0,
             width: resnet_width,
             batch_norm: true,

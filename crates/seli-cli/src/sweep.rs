@@ -254,7 +254,7 @@ fn job(command: Command, point: &Point, inner_threads: usize) -> Result<(Job, Ve
         PointCli::Train(a) => {
             let mut cfg = a.config()?;
             cfg.threads = 0;
-            if cfg.device != "cpu" {
+            if cfg.device != seli_train::Device::Cpu {
                 bail!("device = {}: sweeps train on the CPU", cfg.device);
             }
             Job::Train(Box::new(cfg))
@@ -308,16 +308,15 @@ fn read_json(path: &Path) -> Result<serde_json::Value> {
 }
 
 /// Datasets loaded once per (kind, directory) and shared by the training points.
-type DataCache = Mutex<HashMap<(String, String), Arc<Dataset>>>;
+type DataCache = Mutex<HashMap<(DatasetKind, String), Arc<Dataset>>>;
 
 fn dataset(cache: &DataCache, cfg: &TrainConfig) -> Result<Arc<Dataset>> {
-    let key = (cfg.dataset.clone(), cfg.data_dir.clone());
+    let key = (cfg.dataset, cfg.data_dir.clone());
     let mut c = cache.lock().map_err(|_| anyhow!("dataset cache poisoned"))?;
     if let Some(d) = c.get(&key) {
         return Ok(d.clone());
     }
-    let kind = DatasetKind::parse(&cfg.dataset).map_err(anyhow::Error::msg)?;
-    let d = Arc::new(seli_io::dataset::load(kind, Path::new(&cfg.data_dir))?);
+    let d = Arc::new(seli_io::dataset::load(cfg.dataset, Path::new(&cfg.data_dir))?);
     c.insert(key, d.clone());
     Ok(d)
 }
@@ -353,7 +352,7 @@ fn run_point(job: &Job, dir: &Path, data: &DataCache) -> Result<bool> {
             return Ok(outcome.termination != seli_core::solve::Termination::Interrupted);
         }
         Job::Train(cfg) => {
-            let run = seli_train::run::RunDir { dir: dir.to_path_buf() };
+            let run = seli_train::TrainDir { dir: dir.to_path_buf() };
             let resume = run.checkpoint().is_file() && run.config().is_file();
             if !resume {
                 seli_run::prepare_run_dir(dir, true, Command::Train, &crate::train::STALE)?;

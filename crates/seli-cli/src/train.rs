@@ -10,7 +10,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use seli_io::dataset::{DatasetKind, default_data_dir};
 use seli_io::record::ProfileRecord;
 use seli_train::{
-    ModelConfig, Progress, RunData, TRAIN_CONFIG_FORMAT, TrainConfig, TrainSummary,
+    ModelConfig, ModelKind, Progress, RunData, TRAIN_CONFIG_SCHEMA, TrainConfig, TrainSummary,
     default_milestones,
 };
 
@@ -210,18 +210,18 @@ impl TrainArgs {
         let (profile, source) = self.profile.resolve_or(TRAIN_DEFAULT_STEP)?;
         let kind = self.dataset.kind();
         let model = match self.model {
-            ModelArg::Mlp => "mlp",
-            ModelArg::Resnet18 => "resnet18",
+            ModelArg::Mlp => ModelKind::Mlp,
+            ModelArg::Resnet18 => ModelKind::ResNet18,
         };
         let cfg = TrainConfig {
-            format: TRAIN_CONFIG_FORMAT.into(),
-            dataset: kind.name().into(),
+            schema: TRAIN_CONFIG_SCHEMA.into(),
+            dataset: kind,
             data_dir: self.data_dir.clone().unwrap_or_else(default_data_dir).display().to_string(),
             profile: ProfileRecord::new(&profile, source.as_deref()),
             model: ModelConfig {
-                kind: model.into(),
+                kind: model,
                 depth: self.depth,
-                width: self.width.unwrap_or(if model == "mlp" { 512 } else { 64 }),
+                width: self.width.unwrap_or(if model == ModelKind::Mlp { 512 } else { 64 }),
                 batch_norm: !self.no_batch_norm,
                 last_bias: self.last_bias,
             },
@@ -237,10 +237,9 @@ impl TrainArgs {
             eval_batch: self.eval_batch,
             seed: self.seed,
             device: match self.device {
-                DeviceArg::Cpu => "cpu",
-                DeviceArg::Cuda => "cuda",
-            }
-            .into(),
+                DeviceArg::Cpu => seli_train::Device::Cpu,
+                DeviceArg::Cuda => seli_train::Device::Cuda(0),
+            },
             threads: self.threads,
         };
         cfg.validate()?;
@@ -295,13 +294,7 @@ impl Progress for Bars {
 }
 
 fn read_config(dir: &Path) -> Result<TrainConfig> {
-    let path = dir.join("config.json");
-    let text =
-        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    let cfg: TrainConfig = serde_json::from_str(&text)
-        .with_context(|| format!("{}: not a seli train config", path.display()))?;
-    cfg.validate().with_context(|| format!("{}", path.display()))?;
-    Ok(cfg)
+    Ok(seli_train::TrainDir { dir: dir.to_path_buf() }.read_config()?)
 }
 
 fn report(s: &TrainSummary, cfg: &TrainConfig, dir: &Path) {
@@ -309,10 +302,10 @@ fn report(s: &TrainSummary, cfg: &TrainConfig, dir: &Path) {
     let f = |c: &str| get(c).map_or("-".to_string(), |v| format!("{v:.4}"));
     println!(
         "{}{} on {} images of {} ({} epochs, d = {}, {} parameters)",
-        cfg.model.kind,
+        cfg.model.kind.name(),
         if cfg.model.last_bias { " with last-layer bias" } else { "" },
         s.n_train,
-        cfg.dataset,
+        cfg.dataset.name(),
         s.epochs,
         s.d,
         s.parameters
@@ -365,8 +358,7 @@ pub fn run(args: &TrainArgs) -> Result<ExitCode> {
             .build_global()
             .context("setting the thread count")?;
     }
-    let kind = DatasetKind::parse(&cfg.dataset).map_err(anyhow::Error::msg)?;
-    let data = seli_io::dataset::load(kind, Path::new(&cfg.data_dir))?;
+    let data = seli_io::dataset::load(cfg.dataset, Path::new(&cfg.data_dir))?;
     let run_data = RunData::new(&cfg, &data)?;
     let flag = interrupt_flag();
     let mut bars = Bars { epochs: cfg.epochs, bar: None };

@@ -78,7 +78,7 @@ fn seli_features_are_at_distance_zero_and_nc1_matches_the_noise() {
     assert!(v["dist_z"].as_f64().unwrap() < 1e-12, "{}", v["dist_z"]);
     assert_eq!(v["accuracy"], 1.0);
     assert!((v["dist_gw_etf"].as_f64().unwrap() - c.geometry.dist_gram_w_etf()).abs() < 1e-9);
-    assert_eq!(r["format"], "seli.analyze.v1");
+    assert_eq!(r["schema"], "seli.analyze.v1");
     assert_eq!(r["profile"]["counts"], serde_json::json!([200, 200, 40, 40]));
 
     // Isotropic noise sigma^2 I: NC1 = sigma^2 sum_j 1/s_j^2 over the k-1 singular values of

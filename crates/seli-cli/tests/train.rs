@@ -71,7 +71,7 @@ fn trains_an_mlp_writes_the_run_and_resumes_a_finished_run() {
     let stdout = ok(&args);
     assert!(stdout.contains("train accuracy") && stdout.contains("dist G_W"), "{stdout}");
     let cfg = json(&out.join("config.json"));
-    assert_eq!(cfg["format"], "seli.train-config.v1");
+    assert_eq!(cfg["schema"], "seli.train-config.v1");
     assert_eq!(cfg["model"]["last_bias"], false);
     assert_eq!(cfg["milestones"], serde_json::json!([1, 2]));
     let subset = json(&out.join("subset.json"));
@@ -94,7 +94,7 @@ fn trains_an_mlp_writes_the_run_and_resumes_a_finished_run() {
     }
     let grams = json(&out.join("grams.json"));
     assert_eq!(
-        (grams["format"].as_str(), grams["epoch"].as_u64()),
+        (grams["schema"].as_str(), grams["epoch"].as_u64()),
         (Some("seli.train-grams.v1"), Some(3))
     );
     assert!(html.contains("last measurement"), "the trained network's Grams are drawn");

@@ -297,7 +297,7 @@ fn geometry<'py>(
 /// `nn.Linear.weight` (`layout="kd"`) or (d, k) (`layout="dk"`); `bias`: k values; `logits`:
 /// (n, k), used instead of classifier @ h + bias when given.
 ///
-/// Returns a dict (format seli.analyze.v1) whose `values` hold the distances of G_W, G_M,
+/// Returns a dict (schema seli.analyze.v1) whose `values` hold the distances of G_W, G_M,
 /// W^T M and the logits to SELI and the ETF, NC1 (both centerings), NC2-NC4, accuracy and
 /// norms/cosines by majority/minority group.
 ///

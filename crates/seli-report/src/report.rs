@@ -10,7 +10,7 @@ use seli_core::features::FeatureMoments;
 use seli_core::metrics::{centering_projector, gram, normalized};
 use seli_core::{Geometry, Profile};
 use seli_io::csvlog::{Row, read_csv};
-use seli_io::record::ProfileRecord;
+use seli_run::{Command, RunConfig};
 
 use crate::figures::{Dash, Series, bar_chart, heatmaps, line_chart};
 
@@ -42,8 +42,8 @@ pub struct Run {
     pub dir: PathBuf,
     /// Its kind.
     pub kind: RunKind,
-    /// `config.json`.
-    pub config: serde_json::Value,
+    /// `config.json`, checked.
+    pub config: RunConfig,
     /// `summary.json`, when the run finished or was interrupted.
     pub summary: Option<serde_json::Value>,
     /// `metrics.csv` header.
@@ -75,19 +75,14 @@ impl Run {
     /// # Errors
     /// A directory without `config.json` / `metrics.csv`, or of an unknown kind.
     pub fn load(dir: &Path) -> Result<Run, String> {
-        let config = read_json(&dir.join("config.json"))?;
-        let kind = if config["schema"] == "seli.ufm-config.v1" {
-            RunKind::Ufm
-        } else if config["format"] == "seli.train-config.v1" {
-            RunKind::Train
-        } else {
-            return Err(format!("{}: not a seli ufm or train run (config.json)", dir.display()));
+        let config = RunConfig::read(dir).map_err(|e| e.to_string())?;
+        let kind = match config.command() {
+            Command::Ufm => RunKind::Ufm,
+            _ => RunKind::Train,
         };
         let (header, rows) = read_csv(&dir.join("metrics.csv")).map_err(|e| e.to_string())?;
         let summary = read_json(&dir.join("summary.json")).ok();
-        let profile: ProfileRecord = serde_json::from_value(config["profile"].clone())
-            .map_err(|e| format!("{}: profile: {e}", dir.display()))?;
-        let profile = profile.to_profile().map_err(|e| e.to_string())?;
+        let profile = config.profile().to_profile().map_err(|e| e.to_string())?;
         let geometry = Geometry::new(&profile).map_err(|e| e.to_string())?;
         Ok(Run { dir: dir.to_path_buf(), kind, config, summary, header, rows, geometry })
     }
@@ -144,13 +139,12 @@ fn run_grams(run: &Run) -> Option<(Mat<f64>, Mat<f64>)> {
 }
 
 fn ufm_grams(run: &Run) -> Option<(Mat<f64>, Mat<f64>)> {
-    let c = &run.config;
-    let d = c["d"].as_u64()? as usize;
-    let bias = c["bias"].as_bool()?;
+    let RunConfig::Ufm(c) = &run.config else { return None };
+    let (d, bias) = (c.d, c.bias);
     let p = run.profile();
     let (k, n) = (p.k(), p.n() as usize);
-    let path = run.dir.join("checkpoint.safetensors");
-    let (W, H) = if c["dtype"] == "f32" {
+    let path = seli_run::ufm::UfmDir(run.dir.clone()).checkpoint();
+    let (W, H) = if c.dtype == seli_run::ufm::Dtype::F32 {
         let (q, _) = seli_io::checkpoint::load_checkpoint::<f32>(&path, d, k, n, bias).ok()?;
         (
             Mat::from_fn(d, k, |i, j| f64::from(q.W[(i, j)])),
@@ -458,7 +452,7 @@ pub fn html(title: &str, runs: &[Run], figures: &[Figure]) -> String {
         let _ = writeln!(
             h,
             "<h3>config.json</h3><pre>{}</pre>",
-            escape(&serde_json::to_string_pretty(&run.config).unwrap_or_default())
+            escape(&serde_json::to_string_pretty(&run.config.to_json()).unwrap_or_default())
         );
     }
     h.push_str("</body></html>\n");

@@ -15,8 +15,8 @@ use seli_io::error::{Error, Result};
 use seli_io::labels::read_labels;
 use seli_io::record::ProfileRecord;
 
-/// Format tag of the JSON record.
-pub const ANALYZE_FORMAT: &str = "seli.analyze.v1";
+/// Schema tag of the JSON record.
+pub const ANALYZE_SCHEMA: &str = "seli.analyze.v1";
 
 /// Reads labels from a text or `.npy` label file, or an integer vector of a `.npz` /
 /// `.safetensors` file (`key` names it when the file holds several arrays).
@@ -95,8 +95,8 @@ pub enum LogitSource {
 /// The result of [`analyze`], and the JSON record `seli analyze --json` writes.
 #[derive(Debug, Clone, Serialize)]
 pub struct Analysis {
-    /// [`ANALYZE_FORMAT`].
-    pub format: String,
+    /// [`ANALYZE_SCHEMA`].
+    pub schema: String,
     /// Samples.
     pub n: usize,
     /// Feature dimension.
@@ -237,7 +237,7 @@ pub fn analyze(
     }
     let values = geo.values(W.map(|w| w.as_ref()), &target).map_err(content)?;
     Ok(Analysis {
-        format: ANALYZE_FORMAT.into(),
+        schema: ANALYZE_SCHEMA.into(),
         n,
         d,
         k,

@@ -7,8 +7,10 @@
 //! - [`Command`]: the commands that produce runs, defined once (names, defaults, record
 //!   files, completeness, key results).
 //! - Checked configurations: [`ufm::UfmParams`] → [`ufm::UfmRunConfig`] (typed step rule,
-//!   loss reduction, dtype, record schedule; checked once, when built or read back).
-//! - Run directories that own their file names ([`ufm::UfmDir`]), and [`ufm::execute`],
+//!   loss reduction, dtype, record schedule; checked once, when built or read back), and
+//!   [`train::TrainConfig`] (typed dataset, model and device) with its records.
+//! - Run directories that own their file names ([`ufm::UfmDir`], [`train::TrainDir`]), and
+//!   [`ufm::execute`],
 //!   the one driver of UFM runs, with a [`watch::Watch`] for progress.
 //! - Summaries and their results-table rows ([`results`]).
 //! - The drivers of the one-shot commands: the analysis of exported features ([`analyze`]),
@@ -23,6 +25,7 @@ pub mod report;
 pub mod results;
 pub mod solutions;
 pub mod spec;
+pub mod train;
 pub mod ufm;
 pub mod watch;
 
@@ -62,4 +65,61 @@ pub fn prepare_run_dir(dir: &Path, force: bool, command: Command, outputs: &[&st
         }
     }
     Ok(())
+}
+
+/// The configuration of a run directory, of whichever command wrote it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RunConfig {
+    /// A `seli ufm` run.
+    Ufm(ufm::UfmRunConfig),
+    /// A `seli train` run.
+    Train(train::TrainConfig),
+}
+
+impl RunConfig {
+    /// Reads and checks `dir/config.json`, recognizing the command by its schema tag.
+    ///
+    /// # Errors
+    /// Unreadable, not a run configuration seli writes, or invalid (the bad value named).
+    pub fn read(dir: &Path) -> Result<RunConfig> {
+        let path = dir.join("config.json");
+        let v: serde_json::Value = read_record(&path, "a seli run config")?;
+        let tag = v.get("schema").or_else(|| v.get("format")).and_then(|t| t.as_str());
+        match tag {
+            Some(ufm::UFM_CONFIG_SCHEMA) => {
+                Ok(RunConfig::Ufm(ufm::UfmDir(dir.to_path_buf()).read_config()?))
+            }
+            Some(train::TRAIN_CONFIG_SCHEMA) => {
+                Ok(RunConfig::Train(train::TrainDir { dir: dir.to_path_buf() }.read_config()?))
+            }
+            other => {
+                Err(Error::record(&path, format!("schema {other:?}: not a seli ufm or train run")))
+            }
+        }
+    }
+
+    /// The command that writes such runs.
+    pub fn command(&self) -> Command {
+        match self {
+            RunConfig::Ufm(_) => Command::Ufm,
+            RunConfig::Train(_) => Command::Train,
+        }
+    }
+
+    /// The class counts of the run.
+    pub fn profile(&self) -> &seli_io::record::ProfileRecord {
+        match self {
+            RunConfig::Ufm(c) => &c.profile,
+            RunConfig::Train(c) => &c.profile,
+        }
+    }
+
+    /// The configuration as JSON, as `config.json` holds it.
+    pub fn to_json(&self) -> serde_json::Value {
+        match self {
+            RunConfig::Ufm(c) => serde_json::to_value(c),
+            RunConfig::Train(c) => serde_json::to_value(c),
+        }
+        .unwrap_or_default()
+    }
 }

@@ -10,6 +10,7 @@ use serde::Deserialize;
 
 use crate::command::Command;
 use crate::error::{Error, Result};
+use crate::train::TrainDir;
 use crate::ufm::{UfmDir, UfmSummary};
 
 /// A number for a cell: shortest round-trip notation, as `f64`'s `Debug` writes it.
@@ -53,11 +54,10 @@ struct Counts {
     n: u64,
 }
 
-/// A record file of `command`, checked for its schema tag (`schema`, or `format` in files of
-/// seli 0.1), kept as JSON for flattening.
+/// A record file of `command`, checked for its schema tag, kept as JSON for flattening.
 fn record(command: Command, path: &Path, schema: &str) -> Result<serde_json::Value> {
     let v: serde_json::Value = crate::read_record(path, &format!("a seli {command} record"))?;
-    let tag = v.get("schema").or_else(|| v.get("format")).and_then(|t| t.as_str());
+    let tag = v.get("schema").and_then(|t| t.as_str());
     if tag != Some(schema) {
         return Err(Error::record(path, format!("schema {tag:?} is not {schema}")));
     }
@@ -113,22 +113,27 @@ pub fn results(command: Command, dir: &Path) -> Result<Vec<(String, String)>> {
             out.extend(UfmSummary::read(&run.summary())?.results());
         }
         Command::Train => {
-            let c = record(command, &dir.join("config.json"), TRAIN_CONFIG_SCHEMA)?;
-            out = counts(&dir.join("config.json"), &c)?;
-            let s = record(command, &path, TRAIN_SUMMARY_SCHEMA)?;
-            for key in ["epochs", "n_train", "n_test", "d", "parameters"] {
-                out.push((key.into(), cell(&s[key])));
+            let run = TrainDir { dir: dir.to_path_buf() };
+            let cfg = run.read_config()?;
+            out = vec![
+                ("k".into(), cfg.profile.k.to_string()),
+                ("n".into(), cfg.profile.n.to_string()),
+            ];
+            let s = run.read_summary()?;
+            for (key, v) in [
+                ("epochs", s.epochs),
+                ("n_train", s.n_train),
+                ("n_test", s.n_test),
+                ("d", s.d),
+                ("parameters", s.parameters),
+            ] {
+                out.push((key.into(), v.to_string()));
             }
-            flatten("", &s["last"], &mut out);
+            flatten("", &serde_json::Value::Object(s.last), &mut out);
         }
     }
     Ok(out)
 }
-
-/// Schema of a training run's `config.json` (written by `seli-train`).
-pub const TRAIN_CONFIG_SCHEMA: &str = "seli.train-config.v1";
-/// Schema of a training run's `summary.json` (written by `seli-train`).
-pub const TRAIN_SUMMARY_SCHEMA: &str = "seli.train-summary.v1";
 
 #[cfg(test)]
 mod tests {

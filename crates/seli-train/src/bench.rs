@@ -8,8 +8,9 @@ use burn::optim::{GradientsParams, SgdConfig};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use seli_core::random::{gaussian_matrix, rng_from_seed};
 
+use crate::config::ModelConfig;
 use crate::error::Result;
-use crate::model::{ModelConfig, Net};
+use crate::model::Net;
 
 /// Samples per second of SGD steps (forward, backward, momentum update) of `cfg` on one
 /// random batch of `batch` images of shape `image` with `classes` classes: `warmup` untimed

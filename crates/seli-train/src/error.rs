@@ -41,5 +41,15 @@ pub enum Error {
     },
 }
 
+impl From<seli_run::Error> for Error {
+    fn from(e: seli_run::Error) -> Self {
+        match e {
+            seli_run::Error::Core(e) => Error::Math(e),
+            seli_run::Error::Io(e) => Error::Io(e),
+            other => Error::Config(other.to_string()),
+        }
+    }
+}
+
 /// Result alias for `seli-train`.
 pub type Result<T> = std::result::Result<T, Error>;

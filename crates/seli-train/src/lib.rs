@@ -18,7 +18,9 @@ pub mod eval;
 pub mod model;
 pub mod run;
 
-pub use config::{TRAIN_CONFIG_FORMAT, TrainConfig, default_milestones};
+pub use config::{
+    Device, ModelConfig, ModelKind, TRAIN_CONFIG_SCHEMA, TrainConfig, default_milestones,
+};
 pub use error::{Error, Result};
-pub use model::ModelConfig;
-pub use run::{Progress, Quiet, RunData, TrainSummary, train};
+pub use run::{Progress, Quiet, RunData, train};
+pub use seli_run::train::{SubsetRecord, TrainDir, TrainSummary};

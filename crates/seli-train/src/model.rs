@@ -7,55 +7,9 @@ use burn::nn::pool::{AdaptiveAvgPool2d, AdaptiveAvgPool2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig, PaddingConfig2d};
 use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
-use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
-
-/// Which network, and its size (recorded in `config.json`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ModelConfig {
-    /// `mlp` or `resnet18`.
-    pub kind: String,
-    /// MLP: number of hidden layers (the last one's output are the features). Unused by
-    /// ResNet-18.
-    pub depth: usize,
-    /// MLP: hidden width (= feature dimension d). ResNet-18: channels of the first stage (64 in
-    /// the standard network; the features have 8 × width dimensions).
-    pub width: usize,
-    /// MLP: batch normalization after each hidden linear layer (ResNet-18 always has it).
-    pub batch_norm: bool,
-    /// A bias in the last (classifier) layer.
-    pub last_bias: bool,
-}
-
-impl ModelConfig {
-    /// Checks the kind and the sizes.
-    ///
-    /// # Errors
-    /// An unknown kind, zero depth or width.
-    pub fn validate(&self) -> Result<()> {
-        match self.kind.as_str() {
-            "mlp" | "resnet18" => {}
-            other => {
-                return Err(Error::Config(format!(
-                    "unknown model {other:?}: expected mlp or resnet18"
-                )));
-            }
-        }
-        if self.width == 0 {
-            return Err(Error::Config("model width must be at least 1".into()));
-        }
-        if self.kind == "mlp" && self.depth == 0 {
-            return Err(Error::Config("MLP depth must be at least 1 hidden layer".into()));
-        }
-        Ok(())
-    }
-
-    /// Feature dimension d of the penultimate layer.
-    pub fn feature_dim(&self) -> usize {
-        if self.kind == "mlp" { self.width } else { 8 * self.width }
-    }
-}
+use crate::config::{ModelConfig, ModelKind};
+use crate::error::Result;
 
 /// A hidden layer of the MLP: linear, optional batch norm, ReLU.
 #[derive(Module, Debug)]
@@ -248,9 +202,9 @@ impl Net {
 
     fn new(cfg: &ModelConfig, image: [usize; 3], classes: usize, device: &Device) -> Result<Self> {
         cfg.validate()?;
-        let backbone = match cfg.kind.as_str() {
-            "mlp" => Backbone::Mlp(Mlp::new(image.iter().product(), cfg, device)),
-            _ => Backbone::ResNet18(ResNet18::new(image[0], cfg.width, device)),
+        let backbone = match cfg.kind {
+            ModelKind::Mlp => Backbone::Mlp(Mlp::new(image.iter().product(), cfg, device)),
+            ModelKind::ResNet18 => Backbone::ResNet18(ResNet18::new(image[0], cfg.width, device)),
         };
         let classifier =
             LinearConfig::new(cfg.feature_dim(), classes).with_bias(cfg.last_bias).init(device);

@@ -24,22 +24,16 @@ use seli_core::solve::{Executor, IterState, Observer, Schedule, Solver};
 use seli_io::csvlog::CsvLog;
 use seli_io::dataset::Dataset;
 use seli_io::write_json_atomic;
-use serde::{Deserialize, Serialize};
 
 use crate::config::TrainConfig;
 use crate::data::{Prepared, subsample};
 use crate::error::{Error, Result};
 use crate::eval::{self, FeatureModel, Split};
 use crate::model::Net;
-
-/// Format tag of the checkpoint file.
-pub const CHECKPOINT_FORMAT: &str = "seli.train-checkpoint.v1";
-/// Format tag of `summary.json`.
-pub const SUMMARY_FORMAT: &str = "seli.train-summary.v1";
-/// Format tag of `grams.json`.
-pub const GRAMS_FORMAT: &str = "seli.train-grams.v1";
-/// Format tag of `subset.json`.
-pub const SUBSET_FORMAT: &str = "seli.train-subset.v1";
+use seli_run::train::{
+    SubsetRecord, TRAIN_CHECKPOINT_FORMAT, TRAIN_GRAMS_SCHEMA, TRAIN_SUBSET_SCHEMA,
+    TRAIN_SUMMARY_SCHEMA, TrainDir, TrainSummary,
+};
 
 /// Receives progress: a bar in the CLI, nothing in tests.
 pub trait Progress {
@@ -54,81 +48,6 @@ pub trait Progress {
 /// Progress that goes nowhere.
 pub struct Quiet;
 impl Progress for Quiet {}
-
-/// The subset drawn for a run, `subset.json`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SubsetRecord {
-    /// [`SUBSET_FORMAT`].
-    pub format: String,
-    /// Dataset name.
-    pub dataset: String,
-    /// Seed of the draw.
-    pub seed: u64,
-    /// Realized images per class.
-    pub counts: Vec<u64>,
-    /// Indices into the training split, grouped by class.
-    pub indices: Vec<usize>,
-}
-
-/// `summary.json`: the last metrics row and how the run went.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TrainSummary {
-    /// [`SUMMARY_FORMAT`].
-    pub format: String,
-    /// Epochs completed.
-    pub epochs: usize,
-    /// Training samples (the subset), test samples.
-    pub n_train: usize,
-    /// Test samples.
-    pub n_test: usize,
-    /// Realized class counts of the training subset.
-    pub counts: Vec<u64>,
-    /// Feature dimension.
-    pub d: usize,
-    /// Trainable parameters.
-    pub parameters: usize,
-    /// Seconds spent in training steps in this process (excluding evaluation).
-    pub train_seconds: f64,
-    /// Seconds spent measuring the geometry in this process.
-    pub eval_seconds: f64,
-    /// Training throughput in this process, samples per second.
-    pub samples_per_second: Option<f64>,
-    /// The last metrics row, by column name.
-    pub last: serde_json::Map<String, serde_json::Value>,
-}
-
-/// The files of a run directory.
-pub struct RunDir {
-    /// The directory.
-    pub dir: PathBuf,
-}
-
-impl RunDir {
-    /// `config.json`.
-    pub fn config(&self) -> PathBuf {
-        self.dir.join("config.json")
-    }
-    /// `subset.json`.
-    pub fn subset(&self) -> PathBuf {
-        self.dir.join("subset.json")
-    }
-    /// `metrics.csv`.
-    pub fn metrics(&self) -> PathBuf {
-        self.dir.join("metrics.csv")
-    }
-    /// `checkpoint.safetensors`.
-    pub fn checkpoint(&self) -> PathBuf {
-        self.dir.join("checkpoint.safetensors")
-    }
-    /// `summary.json`.
-    pub fn summary(&self) -> PathBuf {
-        self.dir.join("summary.json")
-    }
-    /// `grams.json`: the class-level Grams of the last measurement.
-    pub fn grams(&self) -> PathBuf {
-        self.dir.join("grams.json")
-    }
-}
 
 /// A network in evaluation mode over the run's two splits.
 struct Probe<'a> {
@@ -191,8 +110,8 @@ impl RunData {
         let test = Prepared::new(&data.test, data.kind, None);
         let target = Geometry::new(&profile)?;
         let subset = SubsetRecord {
-            format: SUBSET_FORMAT.into(),
-            dataset: cfg.dataset.clone(),
+            schema: TRAIN_SUBSET_SCHEMA.into(),
+            dataset: cfg.dataset,
             seed: cfg.seed,
             counts: profile.counts().to_vec(),
             indices,
@@ -303,7 +222,7 @@ struct MetricsLog<'a> {
     every: usize,
     epochs: usize,
     data: &'a RunData,
-    run: &'a RunDir,
+    run: &'a TrainDir,
     log: CsvLog,
     d: usize,
     eval_batch: usize,
@@ -340,7 +259,7 @@ impl MetricsLog<'_> {
             other => other,
         })?;
         let grams = serde_json::json!({
-            "format": GRAMS_FORMAT,
+            "schema": TRAIN_GRAMS_SCHEMA,
             "epoch": s.epoch,
             "gram_w": m.grams.gram_w.as_ref().map(|g| seli_io::record::rows(g.as_ref())),
             "gram_m": seli_io::record::rows(m.grams.gram_m.as_ref()),
@@ -419,7 +338,7 @@ impl Observer<TrainState> for EpochEnds<'_, '_> {
 /// Checks a resumed run's directory against `cfg` and loads its checkpoint into `net` and
 /// `optim`; returns the checkpoint's epoch.
 fn restore(
-    run: &RunDir,
+    run: &TrainDir,
     cfg: &TrainConfig,
     net: Net,
     optim: ModuleOptimizer,
@@ -438,7 +357,7 @@ fn restore(
         )));
     }
     let path = run.checkpoint();
-    let (meta, blobs) = seli_io::checkpoint::load_blobs(&path, CHECKPOINT_FORMAT)?;
+    let (meta, blobs) = seli_io::checkpoint::load_blobs(&path, TRAIN_CHECKPOINT_FORMAT)?;
     let start: usize = meta
         .get("epoch")
         .and_then(|e| e.parse().ok())
@@ -485,7 +404,7 @@ pub fn train(
     interrupt: &AtomicBool,
 ) -> Result<TrainSummary> {
     cfg.validate()?;
-    let run = RunDir { dir: dir.to_path_buf() };
+    let run = TrainDir { dir: dir.to_path_buf() };
     let k = data.target.k();
     let train_device = Device::flex().autodiff();
     let net = Net::seeded(&cfg.model, data.train.shape, k, &train_device, cfg.seed)?;
@@ -581,7 +500,7 @@ pub fn train(
         }
     };
     let summary = TrainSummary {
-        format: SUMMARY_FORMAT.into(),
+        schema: TRAIN_SUMMARY_SCHEMA.into(),
         epochs: cfg.epochs,
         n_train: data.train.len(),
         n_test: data.test.len(),
@@ -623,7 +542,7 @@ fn save_checkpoint(path: &Path, net: &Net, optim: &ModuleOptimizer, epoch: usize
         .map_err(|e| ckpt_err(path, format!("cannot encode the optimizer: {e}")))?;
     seli_io::checkpoint::save_blobs(
         path,
-        CHECKPOINT_FORMAT,
+        TRAIN_CHECKPOINT_FORMAT,
         &[("epoch", epoch.to_string())],
         &[("model", &model[..]), ("optimizer", &opt[..])],
     )?;

@@ -7,16 +7,19 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use seli_io::csvlog::read_csv;
 use seli_io::dataset::{Dataset, DatasetKind, ImageSet};
 use seli_io::record::ProfileRecord;
-use seli_train::{ModelConfig, Progress, Quiet, RunData, TRAIN_CONFIG_FORMAT, TrainConfig, train};
+use seli_train::{
+    Device, ModelConfig, ModelKind, Progress, Quiet, RunData, TRAIN_CONFIG_SCHEMA, TrainConfig,
+    train,
+};
 
 fn config(profile: &seli_core::Profile, epochs: usize) -> TrainConfig {
     TrainConfig {
-        format: TRAIN_CONFIG_FORMAT.into(),
-        dataset: "mnist".into(),
+        schema: TRAIN_CONFIG_SCHEMA.into(),
+        dataset: DatasetKind::Mnist,
         data_dir: "synthetic".into(),
         profile: ProfileRecord::new(profile, None),
         model: ModelConfig {
-            kind: "mlp".into(),
+            kind: ModelKind::Mlp,
             depth: 2,
             width: 32,
             batch_norm: true,
@@ -33,7 +36,7 @@ fn config(profile: &seli_core::Profile, epochs: usize) -> TrainConfig {
         checkpoint_every: 1,
         eval_batch: 50,
         seed: 3,
-        device: "cpu".into(),
+        device: Device::Cpu,
         threads: 0,
     }
 }

@@ -30,7 +30,8 @@ pub fn default_data_dir() -> PathBuf {
 }
 
 /// The datasets `seli train` knows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum DatasetKind {
     /// MNIST digits, 1×28×28.
     Mnist,
