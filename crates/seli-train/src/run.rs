@@ -206,6 +206,9 @@ impl Solver for Epochs<'_, '_> {
     }
 }
 
+/// The last metrics row written, with the epoch it belongs to.
+type LastRow = RefCell<Option<(usize, Vec<Option<f64>>)>>;
+
 /// The first error of an observer, kept with its type (the executor carries only text).
 type Failure = RefCell<Option<Error>>;
 
@@ -227,7 +230,7 @@ struct MetricsLog<'a> {
     d: usize,
     eval_batch: usize,
     /// The last row written, and the epoch it belongs to.
-    last: &'a RefCell<Option<(usize, Vec<Option<f64>>)>>,
+    last: &'a LastRow,
     eval_seconds: f64,
     failure: &'a Failure,
 }
@@ -311,7 +314,7 @@ impl Observer<TrainState> for Checkpoints<'_> {
 /// measured at that epoch.
 struct EpochEnds<'a, 'p> {
     progress: &'a RefCell<&'p mut dyn Progress>,
-    last: &'a RefCell<Option<(usize, Vec<Option<f64>>)>>,
+    last: &'a LastRow,
 }
 
 impl EpochEnds<'_, '_> {
@@ -385,7 +388,7 @@ fn restore(
 
 /// Runs (or, with `resume`, continues) the training run `cfg` in `dir` on `data`.
 ///
-/// The loop is seli-core's executor over [`Epochs`] (one epoch per iteration) with observers
+/// The loop is seli-core's executor over `Epochs` (one epoch per iteration) with observers
 /// for the metrics log (a `metrics.csv` row and `grams.json` at epoch 0 and every `every`
 /// epochs and after the last), the checkpoints (every `checkpoint_every` epochs and at the
 /// end) and the caller's [`Progress`]. It writes `config.json`, `subset.json` and, at the end,
