@@ -11,9 +11,11 @@ use std::sync::{Arc, Mutex};
 use anyhow::{Context, Result, anyhow, bail};
 use clap::{Args, CommandFactory, Parser, Subcommand};
 use rayon::prelude::*;
+use seli_io::csv::Table;
 use seli_io::dataset::{Dataset, DatasetKind};
-use seli_io::sweep::{Point, SWEEP_SCHEMA, SweepSpec, Table, Value, parse_shard};
+use seli_io::sweep::Value;
 use seli_run::Command;
+use seli_run::sweep::{Point, SWEEP_SCHEMA, SweepSpec, parse_shard};
 use seli_run::ufm::{UfmDir, UfmRunConfig};
 use seli_train::TrainConfig;
 use serde::{Deserialize, Serialize};
@@ -477,7 +479,7 @@ fn write_results(
     csv: &Path,
     report: Option<&Path>,
 ) -> Result<(Table, usize)> {
-    let command = command_of(spec)?;
+    let command = spec.command;
     let mut rows = Vec::new();
     let mut found = Vec::new();
     for p in points {
@@ -499,11 +501,6 @@ fn write_results(
     Ok((table, found.len()))
 }
 
-/// The command of a sweep (its file names it; the format does not know commands).
-fn command_of(spec: &SweepSpec) -> Result<Command> {
-    spec.command.parse().map_err(|e: String| anyhow!(e))
-}
-
 /// Runs `seli sweep` (or `seli sweep merge`).
 pub fn run(args: &SweepArgs) -> Result<ExitCode> {
     if let Some(SweepCommand::Merge(m)) = &args.merge {
@@ -520,7 +517,7 @@ pub fn run(args: &SweepArgs) -> Result<ExitCode> {
             spec_path.file_stem().map_or("sweep".into(), |s| s.to_string_lossy().into_owned());
         PathBuf::from("runs").join(stem)
     });
-    let command = command_of(&spec)?;
+    let command = spec.command;
     let jobs = args.jobs.or(spec.jobs).or(command.default_jobs()).unwrap_or(0);
     let jobs =
         if jobs == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { jobs };
@@ -665,7 +662,7 @@ fn merge(m: &MergeArgs) -> Result<()> {
         }
     }
     let (spec, _) = spec.ok_or_else(|| anyhow!("no directories to merge"))?;
-    let command = command_of(&spec)?;
+    let command = spec.command;
     let out = m.out.clone().unwrap_or_else(|| m.dirs[0].clone());
     let all: Vec<&Point> = spec.points.iter().collect();
     let missing: Vec<&Point> = all

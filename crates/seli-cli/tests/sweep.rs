@@ -49,7 +49,7 @@ fn results(dir: &Path) -> String {
 
 /// The cell of `results.csv` in row `row` (0: the first point) and column `col`.
 fn cell(dir: &Path, row: usize, col: &str) -> String {
-    let t = seli_io::sweep::Table::from_csv(&results(dir), Path::new("results.csv")).unwrap();
+    let t = seli_io::csv::Table::from_csv(&results(dir), Path::new("results.csv")).unwrap();
     let c = t.header.iter().position(|h| h == col).unwrap_or_else(|| panic!("no column {col}"));
     t.rows[row][c].clone()
 }

@@ -23,7 +23,9 @@ use crate::error::{Error, Result};
 /// Format tag stored in the metadata.
 pub const CHECKPOINT_FORMAT: &str = "seli.ufm-checkpoint.v1";
 
-pub(crate) fn fnv1a(parts: &[&[u8]]) -> u64 {
+/// FNV-1a, 64 bits, over the concatenation of `parts`: the checksum of checkpoint files and a
+/// stable short hash for names.
+pub fn fnv1a(parts: &[&[u8]]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for part in parts {
         for &b in *part {

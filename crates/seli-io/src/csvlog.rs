@@ -1,4 +1,5 @@
-//! Append-only CSV logs of numeric rows (`metrics.csv`).
+//! Append-only CSV logs of numeric rows (`metrics.csv`), on the one CSV codec
+//! ([`crate::csv::Table`]).
 //!
 //! The first line is the header; every later line is one row, values in Rust's shortest
 //! round-trip notation (so a value read back is the value written), empty where undefined.
@@ -92,34 +93,31 @@ pub type Row = Vec<Option<f64>>;
 /// header's.
 pub fn read_csv(path: &Path) -> Result<(Vec<String>, Vec<Row>)> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    let mut lines = text.split_inclusive('\n');
-    let header: Vec<String> =
-        lines.next().unwrap_or("").trim_end().split(',').map(str::to_string).collect();
-    let mut rows = Vec::new();
-    for (i, l) in lines.enumerate() {
-        let Some(l) = l.strip_suffix('\n') else { break };
-        let l = l.strip_suffix('\r').unwrap_or(l);
-        if l.split(',').count() != header.len() {
-            return Err(Error::format(
-                path,
-                format!(
-                    "line {}: {} cells, the header has {}",
-                    i + 2,
-                    l.split(',').count(),
-                    header.len()
-                ),
-            ));
-        }
-        let row = l
-            .split(',')
-            .map(|c| if c.is_empty() { Ok(None) } else { c.parse::<f64>().map(Some) })
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(|_| {
-                Error::format(path, format!("line {}: a cell is not a number: '{l}'", i + 2))
-            })?;
-        rows.push(row);
-    }
-    Ok((header, rows))
+    // A last line without its newline is a row being written: leave it out.
+    let complete = match text.rfind('\n') {
+        Some(end) if !text.ends_with('\n') => &text[..=end],
+        Some(_) => &text[..],
+        None => "",
+    };
+    let table =
+        crate::csv::Table::from_csv(if complete.is_empty() { &text } else { complete }, path)?;
+    let rows = table
+        .rows
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            r.iter()
+                .map(|c| if c.is_empty() { Ok(None) } else { c.parse::<f64>().map(Some) })
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(|_| {
+                    Error::format(
+                        path,
+                        format!("line {}: a cell is not a number: '{}'", i + 2, r.join(",")),
+                    )
+                })
+        })
+        .collect::<Result<Vec<Row>>>()?;
+    Ok((table.header, rows))
 }
 
 #[cfg(test)]

@@ -98,11 +98,11 @@ pub fn run(target: &str, bytes: &[u8]) -> bool {
             let Ok(text) = std::str::from_utf8(bytes) else { return false };
             // The CLI passes each command's flags; a fixed set exercises the same paths.
             let keys = |_: &str| Ok(SWEEP_KEYS.map(String::from).to_vec());
-            crate::sweep::SweepSpec::parse(text, Path::new(name), &keys).is_ok()
+            crate::sweep::SweepFile::parse(text, Path::new(name), &keys).is_ok()
         }
         "results_csv" => {
             let Ok(text) = std::str::from_utf8(bytes) else { return false };
-            crate::sweep::Table::from_csv(text, Path::new(name)).is_ok()
+            crate::csv::Table::from_csv(text, Path::new(name)).is_ok()
         }
         _ => {
             let path = scratch(name, bytes);

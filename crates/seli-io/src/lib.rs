@@ -9,6 +9,7 @@
 pub mod arrays;
 pub mod atomic;
 pub mod checkpoint;
+pub mod csv;
 pub mod csvlog;
 pub mod dataset;
 pub mod error;

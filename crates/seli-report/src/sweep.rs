@@ -5,8 +5,8 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use seli_io::sweep::{SweepSpec, Table};
-use seli_run::Command;
+use seli_io::csv::Table;
+use seli_run::sweep::SweepSpec;
 
 use crate::figures::{Dash, Series, line_chart};
 use crate::report::{Figure, Run, compare_figures, escape, figure_html, html_head, save_figures};
@@ -17,11 +17,6 @@ pub const MAX_SERIES: usize = 8;
 /// Most runs overlaid in the comparison figures of a UFM or training sweep (two legend entries
 /// each; more would cover the curves: `seli report --compare` draws any chosen subset).
 pub const MAX_COMPARE: usize = 4;
-
-/// The command of a sweep record.
-fn command(spec: &SweepSpec) -> Result<Command, String> {
-    spec.command.parse()
-}
 
 fn column(table: &Table, name: &str) -> Option<usize> {
     table.header.iter().position(|h| h == name)
@@ -85,7 +80,7 @@ pub fn sweep_figures(spec: &SweepSpec, table: &Table) -> Result<Vec<Figure>, Str
     let log_x = positive && hi / lo >= 50.0;
     let seeds = spec.varying.iter().any(|k| k == "seed");
     let mut out = Vec::new();
-    for metric in command(spec)?.key_results() {
+    for metric in spec.command.key_results() {
         let Some(yc) = column(table, metric) else { continue };
         let series: Vec<Series> = groups[..shown]
             .iter()
@@ -175,7 +170,7 @@ pub fn write_sweep_report(
     dirs: &[PathBuf],
 ) -> Result<PathBuf, String> {
     let mut figs = sweep_figures(spec, table)?;
-    if command(spec)?.has_run_dir() && (2..=MAX_COMPARE).contains(&dirs.len()) {
+    if spec.command.has_run_dir() && (2..=MAX_COMPARE).contains(&dirs.len()) {
         let runs = dirs.iter().map(|d| Run::load(d)).collect::<Result<Vec<_>, _>>()?;
         figs.extend(compare_figures(&runs)?);
     }
@@ -206,7 +201,7 @@ pub fn write_sweep_report(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use seli_io::sweep::Point;
+    use seli_run::sweep::Point;
 
     fn table(rows: &[[&str; 4]]) -> Table {
         Table {
@@ -218,7 +213,7 @@ mod tests {
     #[test]
     fn sweep_figures_average_seeds_against_the_swept_key() {
         let spec = SweepSpec {
-            command: "geometry".into(),
+            command: seli_run::Command::Geometry,
             jobs: None,
             varying: vec!["ratio".into(), "seed".into()],
             points: Vec::<Point>::new(),

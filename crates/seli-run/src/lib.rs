@@ -25,6 +25,7 @@ pub mod report;
 pub mod results;
 pub mod solutions;
 pub mod spec;
+pub mod sweep;
 pub mod train;
 pub mod ufm;
 pub mod watch;
