@@ -181,17 +181,31 @@ fn line_figure(
 /// # Errors
 /// A drawing failure.
 pub fn figures(run: &Run) -> Result<Vec<Figure>, String> {
+    let stats = run.geometry.stats();
+    let mut out = vec![distance_figure(run)?];
+    if let Some(g) = &stats.by_group {
+        out.extend(group_curves(run, g)?);
+    }
+    let grams = run_grams(run).filter(|(gw, _)| gw.nrows() == run.geometry.k());
+    if let Some((gw, gm)) = &grams {
+        out.extend(last_measurement_bars(run, &stats, gw, gm)?);
+    }
+    out.extend(gram_heatmaps(run, grams.as_ref())?);
+    Ok(out)
+}
+
+/// A curve of metrics column `col` of `run`.
+fn series(run: &Run, label: &str, col: &str, color: usize, dash: Dash) -> Series {
+    Series { label: label.to_string(), points: run.curve(col), color, dash }
+}
+
+/// The distances of G_W, G_M, the logits and W^T M to SELI and the ETF over the run.
+fn distance_figure(run: &Run) -> Result<Figure, String> {
     let (_, x_label, log_x) = run.x();
-    let (gm, mu, means) = run.kind.means();
-    let mut out = Vec::new();
-    let s = |label: &str, col: &str, color: usize, dash: Dash| Series {
-        label: label.to_string(),
-        points: run.curve(col),
-        color,
-        dash,
-    };
+    let (gm, _, means) = run.kind.means();
     let wtm = if gm == "gm" { "dist_wtm" } else { "dist_wtmc" };
-    out.push(line_figure(
+    let s = |label: &str, col: &str, color: usize, dash: Dash| series(run, label, col, color, dash);
+    line_figure(
         "distances",
         &format!(
             "Normalized distances to the SELI targets (solid) and to the ETF (dashed); logits and W^T M share one target. M: {means}."
@@ -207,18 +221,25 @@ pub fn figures(run: &Run) -> Result<Vec<Figure>, String> {
             s("W^T M to P", wtm, 3, Dash::Solid),
         ],
         &[],
-    )?);
-    let stats = run.geometry.stats();
-    if let Some(g) = &stats.by_group {
-        let flat = |v: Option<f64>, color: usize, label: &str| Series {
-            label: label.to_string(),
-            points: v.map_or_else(Vec::new, |v| {
-                run.curve("norm_ratio_w").iter().map(|&(x, _)| (x, v)).collect()
-            }),
-            color,
-            dash: Dash::Dashed,
-        };
-        out.push(line_figure(
+    )
+}
+
+/// Norm ratios against their SELI values, and classifier cosines by group pair, over the run
+/// (profiles with majority and minority groups).
+fn group_curves(run: &Run, g: &seli_core::metrics::GroupStats) -> Result<Vec<Figure>, String> {
+    let (_, x_label, log_x) = run.x();
+    let (_, mu, _) = run.kind.means();
+    let s = |label: &str, col: &str, color: usize, dash: Dash| series(run, label, col, color, dash);
+    let flat = |v: Option<f64>, color: usize, label: &str| Series {
+        label: label.to_string(),
+        points: v.map_or_else(Vec::new, |v| {
+            run.curve("norm_ratio_w").iter().map(|&(x, _)| (x, v)).collect()
+        }),
+        color,
+        dash: Dash::Dashed,
+    };
+    Ok(vec![
+        line_figure(
             "norm-ratios",
             "Majority/minority squared-norm ratios; dashed: the SELI values (the ETF's are 1).",
             "Norm ratios ||maj||^2 / ||min||^2",
@@ -230,8 +251,8 @@ pub fn figures(run: &Run) -> Result<Vec<Figure>, String> {
                 flat(g.norm_ratio_m, 1, "class means at SELI"),
             ],
             &[],
-        )?);
-        out.push(line_figure(
+        )?,
+        line_figure(
             "cosines",
             "Mean classifier cosines by group pair; the ETF has -1/(k-1) for every pair.",
             "Classifier cosines by group",
@@ -242,88 +263,104 @@ pub fn figures(run: &Run) -> Result<Vec<Figure>, String> {
                 s("majority-minority", "cos_w_maj_min", 2, Dash::Solid),
             ],
             &[],
-        )?);
-    }
+        )?,
+    ])
+}
+
+/// Norms by class and cosines by group pair at the last measurement, beside SELI (and the
+/// ETF): bar charts from the last classifier and class-mean Grams.
+fn last_measurement_bars(
+    run: &Run,
+    stats: &seli_core::ClassStats,
+    gw: &Mat<f64>,
+    gm: &Mat<f64>,
+) -> Result<Vec<Figure>, String> {
     let k = run.geometry.k();
-    let P = centering_projector(k);
+    let (_, _, means) = run.kind.means();
+    let (wn, mn) = (
+        seli_core::metrics::norms_from_gram(gw.as_ref()),
+        seli_core::metrics::norms_from_gram(gm.as_ref()),
+    );
+    let (sw, sm) = (&stats.w_norms, &stats.m_norms);
+    let scale = |v: &[f64]| {
+        let t: f64 = v.iter().map(|x| x * x).sum::<f64>().sqrt();
+        v.iter().map(|x| x / t).collect::<Vec<_>>()
+    };
+    let cats: Vec<String> = (0..k).map(|c| c.to_string()).collect();
+    let mut out = vec![Figure {
+        name: "norms".into(),
+        caption: "Classifier and class-mean norms by class (each set scaled to unit total), last measurement beside SELI.".into(),
+        svg: bar_chart(
+            "Norms by class (scaled)",
+            "||w_c||, ||mu_c||",
+            &cats,
+            &[("w last", scale(&wn)), ("w SELI", scale(sw)), ("mu last", scale(&mn)), ("mu SELI", scale(sm))],
+        )?,
+    }];
+    if let (Some(groups), Some(target)) = (run.profile().groups(), stats.by_group.as_ref()) {
+        let pairs = |g: &Mat<f64>| {
+            seli_core::metrics::cosines_from_gram(g.as_ref(), "a class")
+                .map(|c| seli_core::metrics::pair_means(c.as_ref(), groups))
+                .ok()
+        };
+        let v = |p: Option<seli_core::metrics::PairMeans>| {
+            p.map_or(vec![f64::NAN; 3], |p| {
+                [p.maj_maj, p.min_min, p.maj_min].iter().map(|x| x.unwrap_or(f64::NAN)).collect()
+            })
+        };
+        let etf = -1.0 / (k as f64 - 1.0);
+        out.push(Figure {
+            name: "cosines-by-group".into(),
+            caption: format!("Mean cosines by group pair at the last measurement, beside SELI and the ETF (-1/(k-1)); {means}."),
+            svg: bar_chart(
+                "Cosines by group pair",
+                "mean cosine",
+                &["maj-maj".into(), "min-min".into(), "maj-min".into()],
+                &[
+                    ("w last", v(pairs(gw))),
+                    ("w SELI", v(Some(target.cos_w))),
+                    ("mu last", v(pairs(gm))),
+                    ("mu SELI", v(Some(target.cos_m))),
+                    ("ETF", vec![etf; 3]),
+                ],
+            )?,
+        });
+    }
+    Ok(out)
+}
+
+/// The normalized classifier and class-mean Grams (the last measurement's, when there is
+/// one) beside the SELI and ETF targets.
+fn gram_heatmaps(run: &Run, grams: Option<&(Mat<f64>, Mat<f64>)>) -> Result<Vec<Figure>, String> {
+    let (_, _, means) = run.kind.means();
+    let P = centering_projector(run.geometry.k());
     let norm = |m: faer::MatRef<'_, f64>| {
         normalized(m, "gram").map(|x| rows_of(x.as_ref())).unwrap_or_default()
     };
     let mut panels_w = Vec::new();
     let mut panels_m = Vec::new();
-    if let Some((gw, gm)) = run_grams(run).filter(|(gw, _)| gw.nrows() == k) {
+    if let Some((gw, gm)) = grams {
         panels_w.push(("last measurement", norm(gw.as_ref())));
         panels_m.push(("last measurement", norm(gm.as_ref())));
-        let (wn, mn) = (
-            seli_core::metrics::norms_from_gram(gw.as_ref()),
-            seli_core::metrics::norms_from_gram(gm.as_ref()),
-        );
-        let (sw, sm) = (&stats.w_norms, &stats.m_norms);
-        let scale = |v: &[f64]| {
-            let t: f64 = v.iter().map(|x| x * x).sum::<f64>().sqrt();
-            v.iter().map(|x| x / t).collect::<Vec<_>>()
-        };
-        let cats: Vec<String> = (0..k).map(|c| c.to_string()).collect();
-        out.push(Figure {
-            name: "norms".into(),
-            caption: "Classifier and class-mean norms by class (each set scaled to unit total), last measurement beside SELI.".into(),
-            svg: bar_chart(
-                "Norms by class (scaled)",
-                "||w_c||, ||mu_c||",
-                &cats,
-                &[("w last", scale(&wn)), ("w SELI", scale(sw)), ("mu last", scale(&mn)), ("mu SELI", scale(sm))],
-            )?,
-        });
-        if let (Some(groups), Some(target)) = (run.profile().groups(), stats.by_group.as_ref()) {
-            let pairs = |g: &Mat<f64>| {
-                seli_core::metrics::cosines_from_gram(g.as_ref(), "a class")
-                    .map(|c| seli_core::metrics::pair_means(c.as_ref(), groups))
-                    .ok()
-            };
-            let v = |p: Option<seli_core::metrics::PairMeans>| {
-                p.map_or(vec![f64::NAN; 3], |p| {
-                    [p.maj_maj, p.min_min, p.maj_min]
-                        .iter()
-                        .map(|x| x.unwrap_or(f64::NAN))
-                        .collect()
-                })
-            };
-            let etf = -1.0 / (k as f64 - 1.0);
-            out.push(Figure {
-                name: "cosines-by-group".into(),
-                caption: format!("Mean cosines by group pair at the last measurement, beside SELI and the ETF (-1/(k-1)); {means}."),
-                svg: bar_chart(
-                    "Cosines by group pair",
-                    "mean cosine",
-                    &["maj-maj".into(), "min-min".into(), "maj-min".into()],
-                    &[
-                        ("w last", v(pairs(&gw))),
-                        ("w SELI", v(Some(target.cos_w))),
-                        ("mu last", v(pairs(&gm))),
-                        ("mu SELI", v(Some(target.cos_m))),
-                        ("ETF", vec![etf; 3]),
-                    ],
-                )?,
-            });
-        }
     }
     panels_w.push(("SELI", norm(run.geometry.gram_w())));
     panels_w.push(("ETF", norm(P.as_ref())));
     panels_m.push(("SELI", norm(run.geometry.gram_m())));
     panels_m.push(("ETF", norm(P.as_ref())));
-    out.push(Figure {
-        name: "gram-w".into(),
-        caption: "Normalized classifier Gram W^T W: the run's (when its checkpoint holds W) beside the SELI and ETF targets.".into(),
-        svg: heatmaps("Classifier Gram W^T W (normalized)", &panels_w)?,
-    });
-    out.push(Figure {
-        name: "gram-m".into(),
-        caption: format!(
-            "Normalized class-mean Gram M^T M ({means}) beside the SELI and ETF targets."
-        ),
-        svg: heatmaps("Class-mean Gram M^T M (normalized)", &panels_m)?,
-    });
-    Ok(out)
+    Ok(vec![
+        Figure {
+            name: "gram-w".into(),
+            caption: "Normalized classifier Gram W^T W: the run's (when its checkpoint holds W) beside the SELI and ETF targets.".into(),
+            svg: heatmaps("Classifier Gram W^T W (normalized)", &panels_w)?,
+        },
+        Figure {
+            name: "gram-m".into(),
+            caption: format!(
+                "Normalized class-mean Gram M^T M ({means}) beside the SELI and ETF targets."
+            ),
+            svg: heatmaps("Class-mean Gram M^T M (normalized)", &panels_m)?,
+        },
+    ])
 }
 
 /// Figures overlaying several runs: G_W and G_M distances to SELI (solid) and ETF (dashed).

@@ -137,51 +137,49 @@ fn utf8(b: &[u8]) -> Result<String, String> {
     String::from_utf8(b.to_vec()).map_err(|_| "a unicode string is not valid UTF-8".to_string())
 }
 
-/// Decodes a pickle.
-///
-/// # Errors
-/// A truncated stream, an unknown or unsupported opcode (named with its offset), a malformed
-/// NumPy array, a stack underflow.
-pub fn parse(bytes: &[u8]) -> Result<Value, String> {
-    let mut r = Reader { bytes, pos: 0 };
-    let mut stack: Vec<Value> = Vec::new();
-    let mut memo: std::collections::HashMap<u64, Value> = std::collections::HashMap::new();
-    let pop = |stack: &mut Vec<Value>, at: usize| {
-        stack.pop().ok_or_else(|| format!("stack underflow at offset {at}"))
-    };
-    let pop_mark = |stack: &mut Vec<Value>, at: usize| -> Result<Vec<Value>, String> {
-        let m = stack
+/// The pickle virtual machine: the stream, the stack and the memo.
+struct Machine<'a> {
+    r: Reader<'a>,
+    stack: Vec<Value>,
+    memo: std::collections::HashMap<u64, Value>,
+}
+
+impl Machine<'_> {
+    fn pop(&mut self, at: usize) -> Result<Value, String> {
+        self.stack.pop().ok_or_else(|| format!("stack underflow at offset {at}"))
+    }
+
+    /// The items above the topmost mark, mark removed.
+    fn pop_mark(&mut self, at: usize) -> Result<Vec<Value>, String> {
+        let m = self
+            .stack
             .iter()
             .rposition(|v| matches!(v, Value::Mark))
             .ok_or_else(|| format!("no mark on the stack at offset {at}"))?;
-        let items = stack.split_off(m + 1);
-        stack.pop();
+        let items = self.stack.split_off(m + 1);
+        self.stack.pop();
         Ok(items)
-    };
-    loop {
-        let at = r.pos;
-        let op = r.u8()?;
-        match op {
-            0x80 => {
-                let proto = r.u8()?;
-                if proto > 5 {
-                    return Err(format!("unsupported pickle protocol {proto}"));
-                }
-            }
-            0x95 => {
-                r.u64()?; // FRAME: a length hint only.
-            }
-            b'.' => return pop(&mut stack, at),
-            b'(' => stack.push(Value::Mark),
-            b'}' => stack.push(Value::Dict(Vec::new())),
-            b']' => stack.push(Value::List(Vec::new())),
-            b')' => stack.push(Value::Tuple(Vec::new())),
-            b'N' => stack.push(Value::None),
-            0x88 => stack.push(Value::Bool(true)),
-            0x89 => stack.push(Value::Bool(false)),
-            b'K' => stack.push(Value::Int(i64::from(r.u8()?))),
-            b'M' => stack.push(Value::Int(i64::from(r.u16()?))),
-            b'J' => stack.push(Value::Int(i64::from(r.u32()? as i32))),
+    }
+
+    fn top(&self, what: &str) -> Result<Value, String> {
+        self.stack.last().cloned().ok_or_else(|| format!("{what} on an empty stack"))
+    }
+
+    /// Opcodes that push a literal: the mark, empty containers, None, booleans, integers,
+    /// floats, byte and text strings. `None` for any other opcode.
+    fn literal(&mut self, op: u8, at: usize) -> Result<Option<Value>, String> {
+        let r = &mut self.r;
+        Ok(Some(match op {
+            b'(' => Value::Mark,
+            b'}' => Value::Dict(Vec::new()),
+            b']' => Value::List(Vec::new()),
+            b')' => Value::Tuple(Vec::new()),
+            b'N' => Value::None,
+            0x88 => Value::Bool(true),
+            0x89 => Value::Bool(false),
+            b'K' => Value::Int(i64::from(r.u8()?)),
+            b'M' => Value::Int(i64::from(r.u16()?)),
+            b'J' => Value::Int(i64::from(r.u32()? as i32)),
             0x8a => {
                 let n = r.u8()? as usize;
                 let b = r.take(n)?;
@@ -195,168 +193,223 @@ pub fn parse(bytes: &[u8]) -> Result<Value, String> {
                 if n > 0 && n < 8 && b[n - 1] & 0x80 != 0 {
                     v -= 1i64 << (8 * n);
                 }
-                stack.push(Value::Int(v));
+                Value::Int(v)
             }
             b'I' | b'L' => {
                 let line = r.line()?;
-                let t = line.trim_end_matches('L');
-                let v = match t {
+                match line.trim_end_matches('L') {
                     "01" => Value::Bool(true),
                     "00" => Value::Bool(false),
-                    _ => Value::Int(t.parse().map_err(|_| format!("bad integer {line:?}"))?),
-                };
-                stack.push(v);
+                    t => Value::Int(t.parse().map_err(|_| format!("bad integer {line:?}"))?),
+                }
             }
-            b'G' => {
-                let b = r.take(8)?;
-                stack.push(Value::Float(f64::from_be_bytes(b.try_into().expect("8 bytes"))));
-            }
+            b'G' => Value::Float(f64::from_be_bytes(r.take(8)?.try_into().expect("8 bytes"))),
             b'F' => {
                 let line = r.line()?;
-                stack.push(Value::Float(line.parse().map_err(|_| format!("bad float {line:?}"))?));
+                Value::Float(line.parse().map_err(|_| format!("bad float {line:?}"))?)
             }
             b'U' | b'C' => {
                 let n = r.u8()? as usize;
-                stack.push(Value::Bytes(r.take(n)?.into()));
+                Value::Bytes(r.take(n)?.into())
             }
             b'T' | b'B' => {
                 let n = r.u32()? as usize;
-                stack.push(Value::Bytes(r.take(n)?.into()));
+                Value::Bytes(r.take(n)?.into())
             }
             0x8e | 0x96 => {
                 let n = r.len_u64()?;
-                stack.push(Value::Bytes(r.take(n)?.into()));
+                Value::Bytes(r.take(n)?.into())
             }
             0x8c => {
                 let n = r.u8()? as usize;
-                stack.push(Value::Str(utf8(r.take(n)?)?));
+                Value::Str(utf8(r.take(n)?)?)
             }
             b'X' => {
                 let n = r.u32()? as usize;
-                stack.push(Value::Str(utf8(r.take(n)?)?));
+                Value::Str(utf8(r.take(n)?)?)
             }
             0x8d => {
                 let n = r.len_u64()?;
-                stack.push(Value::Str(utf8(r.take(n)?)?));
+                Value::Str(utf8(r.take(n)?)?)
             }
-            b'q' => {
-                let i = u64::from(r.u8()?);
-                memo.insert(i, stack.last().cloned().ok_or("BINPUT on an empty stack")?);
-            }
-            b'r' => {
-                let i = u64::from(r.u32()?);
-                memo.insert(i, stack.last().cloned().ok_or("LONG_BINPUT on an empty stack")?);
-            }
-            b'p' => {
-                let i: u64 = r.line()?.parse().map_err(|_| "bad PUT index")?;
-                memo.insert(i, stack.last().cloned().ok_or("PUT on an empty stack")?);
-            }
-            0x94 => {
-                let i = memo.len() as u64;
-                memo.insert(i, stack.last().cloned().ok_or("MEMOIZE on an empty stack")?);
-            }
+            _ => return Ok(None),
+        }))
+    }
+
+    /// The memo opcodes (PUT, GET and their binary forms, MEMOIZE); `false` for others.
+    fn memo_op(&mut self, op: u8) -> Result<bool, String> {
+        let put = match op {
+            b'q' => Some(u64::from(self.r.u8()?)),
+            b'r' => Some(u64::from(self.r.u32()?)),
+            b'p' => Some(self.r.line()?.parse().map_err(|_| "bad PUT index")?),
+            0x94 => Some(self.memo.len() as u64),
             b'h' | b'j' | b'g' => {
                 let i = match op {
-                    b'h' => u64::from(r.u8()?),
-                    b'j' => u64::from(r.u32()?),
-                    _ => r.line()?.parse().map_err(|_| "bad GET index")?,
+                    b'h' => u64::from(self.r.u8()?),
+                    b'j' => u64::from(self.r.u32()?),
+                    _ => self.r.line()?.parse().map_err(|_| "bad GET index")?,
                 };
-                stack.push(memo.get(&i).cloned().ok_or_else(|| format!("memo {i} unset"))?);
+                let v = self.memo.get(&i).cloned().ok_or_else(|| format!("memo {i} unset"))?;
+                self.stack.push(v);
+                return Ok(true);
             }
+            _ => None,
+        };
+        let Some(i) = put else { return Ok(false) };
+        let what = match op {
+            b'q' => "BINPUT",
+            b'r' => "LONG_BINPUT",
+            b'p' => "PUT",
+            _ => "MEMOIZE",
+        };
+        let top = self.top(what)?;
+        self.memo.insert(i, top);
+        Ok(true)
+    }
+
+    /// Opcodes that build or fill lists, tuples and dicts; `false` for others.
+    fn collection(&mut self, op: u8, at: usize) -> Result<bool, String> {
+        match op {
             b'a' => {
-                let v = pop(&mut stack, at)?;
-                match stack.last_mut() {
+                let v = self.pop(at)?;
+                match self.stack.last_mut() {
                     Some(Value::List(l)) => l.push(v),
                     _ => return Err(format!("APPEND to a non-list at offset {at}")),
                 }
             }
             b'e' => {
-                let items = pop_mark(&mut stack, at)?;
-                match stack.last_mut() {
+                let items = self.pop_mark(at)?;
+                match self.stack.last_mut() {
                     Some(Value::List(l)) => l.extend(items),
                     _ => return Err(format!("APPENDS to a non-list at offset {at}")),
                 }
             }
             b's' => {
-                let v = pop(&mut stack, at)?;
-                let k = pop(&mut stack, at)?;
-                match stack.last_mut() {
+                let v = self.pop(at)?;
+                let k = self.pop(at)?;
+                match self.stack.last_mut() {
                     Some(Value::Dict(d)) => d.push((k, v)),
                     _ => return Err(format!("SETITEM on a non-dict at offset {at}")),
                 }
             }
             b'u' => {
-                let items = pop_mark(&mut stack, at)?;
+                let items = self.pop_mark(at)?;
                 if !items.len().is_multiple_of(2) {
                     return Err(format!("SETITEMS with an odd item count at offset {at}"));
                 }
-                match stack.last_mut() {
-                    Some(Value::Dict(d)) => {
-                        let mut it = items.into_iter();
-                        while let (Some(k), Some(v)) = (it.next(), it.next()) {
-                            d.push((k, v));
-                        }
-                    }
+                match self.stack.last_mut() {
+                    Some(Value::Dict(d)) => d.extend(pairs(items)),
                     _ => return Err(format!("SETITEMS on a non-dict at offset {at}")),
                 }
             }
             b't' => {
-                let items = pop_mark(&mut stack, at)?;
-                stack.push(Value::Tuple(items));
+                let items = self.pop_mark(at)?;
+                self.stack.push(Value::Tuple(items));
             }
             b'l' => {
-                let items = pop_mark(&mut stack, at)?;
-                stack.push(Value::List(items));
+                let items = self.pop_mark(at)?;
+                self.stack.push(Value::List(items));
             }
             b'd' => {
-                let items = pop_mark(&mut stack, at)?;
-                let mut d = Vec::new();
-                let mut it = items.into_iter();
-                while let (Some(k), Some(v)) = (it.next(), it.next()) {
-                    d.push((k, v));
-                }
-                stack.push(Value::Dict(d));
+                let items = self.pop_mark(at)?;
+                self.stack.push(Value::Dict(pairs(items)));
             }
             0x85..=0x87 => {
                 let n = (op - 0x84) as usize;
-                if stack.len() < n {
+                if self.stack.len() < n {
                     return Err(format!("stack underflow at offset {at}"));
                 }
-                let items = stack.split_off(stack.len() - n);
-                stack.push(Value::Tuple(items));
+                let items = self.stack.split_off(self.stack.len() - n);
+                self.stack.push(Value::Tuple(items));
             }
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    /// Globals, calls (REDUCE, NEWOBJ), BUILD, and the stack's POP and DUP; `false` for
+    /// others.
+    fn object(&mut self, op: u8, at: usize) -> Result<bool, String> {
+        match op {
             b'c' => {
-                let module = r.line()?.to_string();
-                let name = r.line()?.to_string();
-                stack.push(Value::Global(module, name));
+                let module = self.r.line()?.to_string();
+                let name = self.r.line()?.to_string();
+                self.stack.push(Value::Global(module, name));
             }
             0x93 => {
-                let name = pop(&mut stack, at)?;
-                let module = pop(&mut stack, at)?;
+                let name = self.pop(at)?;
+                let module = self.pop(at)?;
                 match (module, name) {
-                    (Value::Str(m), Value::Str(n)) => stack.push(Value::Global(m, n)),
+                    (Value::Str(m), Value::Str(n)) => self.stack.push(Value::Global(m, n)),
                     _ => return Err(format!("STACK_GLOBAL without names at offset {at}")),
                 }
             }
             b'R' | 0x81 => {
-                let args = pop(&mut stack, at)?;
-                let callable = pop(&mut stack, at)?;
-                stack.push(reduce(callable, args).map_err(|e| format!("{e} (offset {at})"))?);
+                let args = self.pop(at)?;
+                let callable = self.pop(at)?;
+                let v = reduce(callable, args).map_err(|e| format!("{e} (offset {at})"))?;
+                self.stack.push(v);
             }
             b'b' => {
-                let state = pop(&mut stack, at)?;
-                let obj = pop(&mut stack, at)?;
-                stack.push(build(obj, state).map_err(|e| format!("{e} (offset {at})"))?);
+                let state = self.pop(at)?;
+                let obj = self.pop(at)?;
+                let v = build(obj, state).map_err(|e| format!("{e} (offset {at})"))?;
+                self.stack.push(v);
             }
             b'0' => {
-                pop(&mut stack, at)?;
+                self.pop(at)?;
             }
             b'2' => {
-                let top = stack.last().cloned().ok_or("DUP on an empty stack")?;
-                stack.push(top);
+                let top = self.top("DUP")?;
+                self.stack.push(top);
             }
-            other => {
-                return Err(format!("unsupported pickle opcode 0x{other:02x} at offset {at}"));
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+}
+
+/// Key-value pairs of a flat list `[k0, v0, k1, v1, ...]` (an odd last item is dropped).
+fn pairs(items: Vec<Value>) -> Vec<(Value, Value)> {
+    let mut d = Vec::with_capacity(items.len() / 2);
+    let mut it = items.into_iter();
+    while let (Some(k), Some(v)) = (it.next(), it.next()) {
+        d.push((k, v));
+    }
+    d
+}
+
+/// Decodes a pickle.
+///
+/// # Errors
+/// A truncated stream, an unknown or unsupported opcode (named with its offset), a malformed
+/// NumPy array, a stack underflow.
+pub fn parse(bytes: &[u8]) -> Result<Value, String> {
+    let mut m = Machine {
+        r: Reader { bytes, pos: 0 },
+        stack: Vec::new(),
+        memo: std::collections::HashMap::new(),
+    };
+    loop {
+        let at = m.r.pos;
+        let op = m.r.u8()?;
+        match op {
+            0x80 => {
+                let proto = m.r.u8()?;
+                if proto > 5 {
+                    return Err(format!("unsupported pickle protocol {proto}"));
+                }
+            }
+            0x95 => {
+                m.r.u64()?; // FRAME: a length hint only.
+            }
+            b'.' => return m.pop(at),
+            _ => {
+                if let Some(v) = m.literal(op, at)? {
+                    m.stack.push(v);
+                } else if !(m.memo_op(op)? || m.collection(op, at)? || m.object(op, at)?) {
+                    return Err(format!("unsupported pickle opcode 0x{op:02x} at offset {at}"));
+                }
             }
         }
     }
