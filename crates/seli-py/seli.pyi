@@ -128,7 +128,8 @@ def ufm(
     threads: int = 0,
 ) -> dict[str, Any]:
     """UFM gradient descent in memory; ``metrics`` maps each metrics.csv column to a float64
-    array (one entry per recorded iteration). Releases the GIL; Ctrl-C raises KeyboardInterrupt.
+    array (one entry per recorded iteration), ``config`` is the checked configuration as
+    ``seli ufm`` writes it to config.json. Releases the GIL; Ctrl-C raises KeyboardInterrupt.
 
     >>> r = seli.ufm(step="10,10,0.5,5", d=32, iters=2000)
     >>> r["metrics"]["dist_gw_seli"][-1] < r["metrics"]["dist_gw_etf"][-1]

@@ -511,7 +511,8 @@ impl seli_run::watch::Watch for Collect {
 /// default 10 per decade).
 ///
 /// Returns a dict: `metrics` (column name -> float64 array, one entry per recorded iteration,
-/// NaN where undefined; the columns of metrics.csv), `termination`, `message`, `iters_done`,
+/// NaN where undefined; the columns of metrics.csv), `config` (the checked configuration, as
+/// `seli ufm` writes it to config.json), `termination`, `message`, `iters_done`,
 /// `targets` (`dist_gw_seli_etf`, `dist_gm_seli_etf`, `nuclear_norm`). Runs without the GIL;
 /// Ctrl-C raises KeyboardInterrupt within about 50 ms.
 ///
@@ -584,6 +585,7 @@ fn ufm<'py>(
         metrics.set_item(*name, PyArray1::from_vec(py, col))?;
     }
     out.set_item("metrics", metrics)?;
+    out.set_item("config", record(py, &cfg)?)?;
     let summary = &run.1.summary;
     out.set_item("termination", &summary.termination)?;
     out.set_item("message", &summary.message)?;

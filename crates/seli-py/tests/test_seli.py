@@ -268,6 +268,28 @@ def test_ufm_tracker_cli_analyze_and_python_metrics_agree(tmp_path):
         assert np.allclose(values, values[0], rtol=1e-9, atol=1e-12), (name, values)
 
 
+def test_cli_sweep_and_python_build_the_same_ufm_config(tmp_path):
+    # One configuration from the same flags, whoever builds it: `seli ufm`'s config.json, a
+    # sweep point's run directory, and seli.ufm's "config" (threads left at their default: a
+    # sweep manages them).
+    flags = ["--step", "4,10,0.5,3", "--d", "6", "--iters", "20", "--lr", "0.05", "--schedule",
+             "step:0.5@10", "--loss-reduction", "mean", "--dtype", "f32", "--every", "5"]
+    subprocess.run([SELI_BIN, "ufm", *flags, "--out", str(tmp_path / "cli")], check=True, capture_output=True)
+    cli = json.loads((tmp_path / "cli" / "config.json").read_text())
+    spec = tmp_path / "s.toml"
+    spec.write_text(
+        'command = "ufm"\njobs = 1\n[base]\nstep = "4,10,0.5,3"\nd = 6\niters = 20\nlr = 0.05\n'
+        'schedule = "step:0.5@10"\nloss_reduction = "mean"\ndtype = "f32"\nevery = 5\n'
+    )
+    subprocess.run([SELI_BIN, "sweep", str(spec), "--out", str(tmp_path / "sw")], check=True, capture_output=True)
+    (point,) = (tmp_path / "sw" / "points").iterdir()
+    swept = json.loads((point / "config.json").read_text())
+    py = plain(seli.ufm(step="4,10,0.5,3", d=6, iters=20, lr=0.05, schedule="step:0.5@10",
+                        loss_reduction="mean", dtype="f32", every=5)["config"])
+    assert cli == swept == py
+    assert cli["step_rule"] == "step:0.5@10" and cli["record"] == "every:5"
+
+
 def test_ufm_releases_the_gil():
     ticks = []
     done = threading.Event()
