@@ -127,13 +127,13 @@ fn run_grams(run: &Run) -> Option<(Mat<f64>, Mat<f64>)> {
     match run.kind {
         RunKind::Ufm => ufm_grams(run),
         RunKind::Train => {
-            let g = read_json(&run.dir.join("grams.json")).ok()?;
-            let mat = |v: &serde_json::Value| -> Option<Mat<f64>> {
-                let rows: Vec<Vec<f64>> = serde_json::from_value(v.clone()).ok()?;
+            let g = seli_run::train::TrainDir { dir: run.dir.clone() }.read_grams().ok()?;
+            let mat = |rows: &[Vec<f64>]| -> Option<Mat<f64>> {
                 let k = rows.len();
                 rows.iter().all(|r| r.len() == k).then(|| Mat::from_fn(k, k, |i, j| rows[i][j]))
             };
-            Some((mat(&g["gram_w"])?, mat(&g["gram_mc"])?))
+            // Files of seli 0.1 have no gram_mc: their gram_m was the centered one.
+            Some((mat(&g.gram_w)?, mat(g.gram_mc.as_deref().unwrap_or(&g.gram_m))?))
         }
     }
 }

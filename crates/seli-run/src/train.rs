@@ -292,6 +292,24 @@ pub struct TrainSummary {
     pub last: serde_json::Map<String, serde_json::Value>,
 }
 
+/// `grams.json`: the class-level Grams of the last measurement, k×k, as arrays of rows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainGrams {
+    /// [`TRAIN_GRAMS_SCHEMA`] (`format` in files of seli 0.1).
+    #[serde(alias = "format")]
+    pub schema: String,
+    /// The epoch of the measurement.
+    pub epoch: usize,
+    /// `WᵀW` of the last layer.
+    pub gram_w: Vec<Vec<f64>>,
+    /// `MᵀM` of the raw class means.
+    pub gram_m: Vec<Vec<f64>>,
+    /// `M̃ᵀM̃` of the class means centered by their mean (absent in files of seli 0.1, whose
+    /// `gram_m` was this one).
+    #[serde(default)]
+    pub gram_mc: Option<Vec<Vec<f64>>>,
+}
+
 /// The files of a training run directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TrainDir {
@@ -337,6 +355,14 @@ impl TrainDir {
         let cfg: TrainConfig = crate::read_record(&self.config(), "a seli train config")?;
         cfg.validate().map_err(|e| Error::record(&self.config(), e.to_string()))?;
         Ok(cfg)
+    }
+
+    /// Reads `grams.json`.
+    ///
+    /// # Errors
+    /// Unreadable, or not a training run's Grams.
+    pub fn read_grams(&self) -> Result<TrainGrams> {
+        crate::read_record(&self.grams(), "a seli train grams record")
     }
 
     /// Reads `summary.json`.

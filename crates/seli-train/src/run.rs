@@ -32,7 +32,7 @@ use crate::eval::{self, FeatureModel, Split};
 use crate::model::Net;
 use seli_run::train::{
     SubsetRecord, TRAIN_CHECKPOINT_FORMAT, TRAIN_GRAMS_SCHEMA, TRAIN_SUBSET_SCHEMA,
-    TRAIN_SUMMARY_SCHEMA, TrainDir, TrainSummary,
+    TRAIN_SUMMARY_SCHEMA, TrainDir, TrainGrams, TrainSummary,
 };
 
 /// Receives progress: a bar in the CLI, nothing in tests.
@@ -261,13 +261,15 @@ impl MetricsLog<'_> {
             Error::Diverged { what, value, .. } => Error::Diverged { epoch: s.epoch, what, value },
             other => other,
         })?;
-        let grams = serde_json::json!({
-            "schema": TRAIN_GRAMS_SCHEMA,
-            "epoch": s.epoch,
-            "gram_w": m.grams.gram_w.as_ref().map(|g| seli_io::record::rows(g.as_ref())),
-            "gram_m": seli_io::record::rows(m.grams.gram_m.as_ref()),
-            "gram_mc": seli_io::record::rows(m.grams.gram_mc.as_ref()),
-        });
+        let grams = TrainGrams {
+            schema: TRAIN_GRAMS_SCHEMA.into(),
+            epoch: s.epoch,
+            gram_w: seli_io::record::rows(
+                m.grams.gram_w.as_ref().expect("the evaluation passes W").as_ref(),
+            ),
+            gram_m: seli_io::record::rows(m.grams.gram_m.as_ref()),
+            gram_mc: Some(seli_io::record::rows(m.grams.gram_mc.as_ref())),
+        };
         write_json_atomic(&self.run.grams(), "class-level Grams", &grams)?;
         let (lr, loss) = s.last_epoch.map_or((None, None), |(lr, loss)| (Some(lr), Some(loss)));
         let mut row = vec![Some(s.epoch as f64), lr, loss];
