@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Result, bail};
 use clap::Args;
-use seli_run::solutions::{RidgePoint, RidgeRecord, ridge_path, ridge_record};
+use seli_run::solutions::{RidgePathRecord, RidgePoint, RidgeRecord, ridge_path, ridge_record};
 
 use crate::profile_args::ProfileArgs;
 use crate::ufm::LossReduction;
@@ -193,9 +193,9 @@ const PATH_COLUMNS: [&str; 12] = [
     "gap",
 ];
 
-/// Solves the path the flags describe; returns its record (schema seli.ridge-path.v1) and its
-/// points. Nothing is printed or written.
-pub fn compute_path(args: &RidgePathArgs) -> Result<(serde_json::Value, Vec<RidgePoint>)> {
+/// Solves the path the flags describe; returns its record (schema seli.ridge-path.v1, with its
+/// points). Nothing is printed or written.
+pub fn compute_path(args: &RidgePathArgs) -> Result<RidgePathRecord> {
     let (p, source) = args.common.profile.resolve()?;
     let c = &args.common;
     let bar = crate::ufm::progress_bar(args.points as u64, 0);
@@ -216,20 +216,15 @@ pub fn compute_path(args: &RidgePathArgs) -> Result<(serde_json::Value, Vec<Ridg
         e => e.into(),
     })?;
     bar.finish_and_clear();
-    out.1.iter().for_each(warn_unconverged);
+    out.points.iter().for_each(warn_unconverged);
     Ok(out)
 }
 
 /// Writes the path as CSV to `out` and its record as JSON to `json` (default: beside `out`,
 /// same stem); returns the JSON's path.
-pub fn write_path(
-    out: &Path,
-    json: Option<&Path>,
-    rec: &serde_json::Value,
-    points: &[RidgePoint],
-) -> Result<PathBuf> {
+pub fn write_path(out: &Path, json: Option<&Path>, rec: &RidgePathRecord) -> Result<PathBuf> {
     let mut csv = seli_io::csvlog::CsvLog::create(out, &PATH_COLUMNS)?;
-    for pt in points {
+    for pt in &rec.points {
         csv.append(&[
             Some(pt.lambda),
             pt.dist_gw_seli,
@@ -252,13 +247,13 @@ pub fn write_path(
 
 /// Runs `seli ridge-path`.
 pub fn run_path(args: &RidgePathArgs) -> Result<()> {
-    let (rec, points) = compute_path(args)?;
-    let json_path = write_path(&args.out, args.json.as_deref(), &rec, &points)?;
+    let rec = compute_path(args)?;
+    let json_path = write_path(&args.out, args.json.as_deref(), &rec)?;
     println!(
         "{:>12}{:>14}{:>14}{:>14}{:>6}{:>11}",
         "lambda", "dist_gw_seli", "dist_gw_etf", "cos_w_mn_mn", "rank", "collapsed"
     );
-    for pt in &points {
+    for pt in &rec.points {
         let f = |x: Option<f64>| x.map_or("-".into(), |v| format!("{v:.6}"));
         println!(
             "{:>12.4e}{:>14}{:>14}{:>14}{:>6}{:>11}",
@@ -276,9 +271,9 @@ pub fn run_path(args: &RidgePathArgs) -> Result<()> {
             println!("figure {}", f.display());
         }
     }
-    let th = &rec["thresholds"];
-    let sci = |v: &serde_json::Value| v.as_f64().map_or("-".into(), |v| format!("{v:.6e}"));
-    println!("lambda* = {}; lambda_mc = {}", sci(&th["lambda_star"]), sci(&th["lambda_mc"]));
+    let th = &rec.thresholds;
+    let sci = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.6e}"));
+    println!("lambda* = {}; lambda_mc = {}", sci(Some(th.lambda_star)), sci(th.lambda_mc));
     println!("wrote {} and {}", args.out.display(), json_path.display());
     Ok(())
 }

@@ -335,8 +335,8 @@ fn run_point(job: &Job, dir: &Path, data: &DataCache) -> Result<bool> {
             seli_io::write_json_atomic(&dir.join("ridge.json"), "ridge record", &rec)?;
         }
         Job::RidgePath(a) => {
-            let (rec, points) = crate::ridge::compute_path(a)?;
-            crate::ridge::write_path(&dir.join("ridge-path.csv"), None, &rec, &points)?;
+            let rec = crate::ridge::compute_path(a)?;
+            crate::ridge::write_path(&dir.join("ridge-path.csv"), None, &rec)?;
         }
         Job::Ufm(cfg) => {
             let run = UfmDir(dir.to_path_buf());

@@ -286,7 +286,7 @@ fn geometry<'py>(
             serde_json::to_value(&rec).map_err(|e| e.to_string())
         })
         .map_err(value_error)?;
-    to_py(py, &rec)
+    record(py, &rec)
 }
 
 /// The metric set of a model's penultimate features against SELI and the ETF, as
@@ -420,7 +420,7 @@ fn ridge_path<'py>(
 ) -> PyResult<Bound<'py, PyAny>> {
     let (p, source) = profile(py, counts, step, long_tail, labels, classes)?;
     let red = reduction(loss_reduction)?;
-    let (rec, _) = py
+    let rec = py
         .detach(|| {
             seli_run::solutions::ridge_path(
                 &p,
@@ -434,7 +434,7 @@ fn ridge_path<'py>(
             )
         })
         .map_err(value_error)?;
-    to_py(py, &rec)
+    record(py, &rec)
 }
 
 /// The max-margin (nuclear-norm SVM) solution at class level with its dual certificate, as
@@ -458,7 +458,7 @@ fn svm<'py>(
     let rec = py
         .detach(|| seli_run::solutions::svm_record(&p, source.as_deref(), tol, max_iters, seed))
         .map_err(value_error)?;
-    to_py(py, &rec)
+    record(py, &rec)
 }
 
 /// Polls Python's signal handlers (with the GIL) every 50 ms; a pending KeyboardInterrupt

@@ -10,6 +10,7 @@ use seli_core::features::FeatureMoments;
 use seli_core::metrics::{centering_projector, gram, normalized};
 use seli_core::{Geometry, Profile};
 use seli_io::csvlog::{Row, read_csv};
+use seli_run::solutions::{RidgePathRecord, RidgePoint};
 use seli_run::{Command, RunConfig};
 
 use crate::figures::{Dash, Series, bar_chart, heatmaps, line_chart};
@@ -536,22 +537,22 @@ pub fn write_compare(dirs: &[PathBuf], out: &Path) -> Result<PathBuf, String> {
 ///
 /// # Errors
 /// A record without points; a drawing failure.
-pub fn ridge_path_figures(record: &serde_json::Value) -> Result<Vec<Figure>, String> {
-    let points = record["points"].as_array().ok_or("the ridge-path record has no points")?;
-    let curve = |col: &str| -> Vec<(f64, f64)> {
-        points.iter().filter_map(|p| Some((p["lambda"].as_f64()?, p[col].as_f64()?))).collect()
-    };
-    let th = &record["thresholds"];
-    let mut markers: Vec<(f64, &str)> = Vec::new();
-    if let Some(l) = th["lambda_star"].as_f64() {
-        markers.push((l, "λ*"));
+pub fn ridge_path_figures(record: &RidgePathRecord) -> Result<Vec<Figure>, String> {
+    if record.points.is_empty() {
+        return Err("the ridge-path record has no points".into());
     }
-    if let Some(l) = th["lambda_mc"].as_f64() {
+    type Field = fn(&RidgePoint) -> Option<f64>;
+    let curve = |f: Field| -> Vec<(f64, f64)> {
+        record.points.iter().filter_map(|p| Some((p.lambda, f(p)?))).collect()
+    };
+    let th = &record.thresholds;
+    let mut markers: Vec<(f64, &str)> = vec![(th.lambda_star, "λ*")];
+    if let Some(l) = th.lambda_mc {
         markers.push((l, "λ_mc"));
     }
-    let s = |label: &str, col: &str, color: usize, dash: Dash| Series {
+    let s = |label: &str, f: Field, color: usize, dash: Dash| Series {
         label: label.into(),
-        points: curve(col),
+        points: curve(f),
         color,
         dash,
     };
@@ -565,10 +566,10 @@ pub fn ridge_path_figures(record: &serde_json::Value) -> Result<Vec<Figure>, Str
             "Ridge optimum: distance to SELI (solid) and ETF (dashed)",
             "normalized distance",
             &[
-                s("G_W to SELI", "dist_gw_seli", 0, Dash::Solid),
-                s("G_W to ETF", "dist_gw_etf", 0, Dash::Dashed),
-                s("G_M to SELI", "dist_gm_seli", 1, Dash::Solid),
-                s("G_M to ETF", "dist_gm_etf", 1, Dash::Dashed),
+                s("G_W to SELI", |p| p.dist_gw_seli, 0, Dash::Solid),
+                s("G_W to ETF", |p| p.dist_gw_etf, 0, Dash::Dashed),
+                s("G_M to SELI", |p| p.dist_gm_seli, 1, Dash::Solid),
+                s("G_M to ETF", |p| p.dist_gm_etf, 1, Dash::Dashed),
             ],
         )?,
         figure(
@@ -577,9 +578,9 @@ pub fn ridge_path_figures(record: &serde_json::Value) -> Result<Vec<Figure>, Str
             "Ridge optimum: classifier cosines by group",
             "mean cos(w_c, w_c')",
             &[
-                s("min-min", "cos_w_min_min", 1, Dash::Solid),
-                s("maj-maj", "cos_w_maj_maj", 0, Dash::Solid),
-                s("maj-min", "cos_w_maj_min", 2, Dash::Solid),
+                s("min-min", |p| p.cos_w_min_min, 1, Dash::Solid),
+                s("maj-maj", |p| p.cos_w_maj_maj, 0, Dash::Solid),
+                s("maj-min", |p| p.cos_w_maj_min, 2, Dash::Solid),
             ],
         )?,
         figure(
@@ -589,7 +590,7 @@ pub fn ridge_path_figures(record: &serde_json::Value) -> Result<Vec<Figure>, Str
             "ratio",
             &[Series {
                 label: "norm ratio".into(),
-                points: curve("norm_ratio_w").into_iter().filter(|&(_, v)| v < 1e6).collect(),
+                points: curve(|p| p.norm_ratio_w).into_iter().filter(|&(_, v)| v < 1e6).collect(),
                 color: 0,
                 dash: Dash::Solid,
             }],

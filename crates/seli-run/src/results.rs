@@ -47,6 +47,11 @@ fn flatten(prefix: &str, v: &serde_json::Value, out: &mut Vec<(String, String)>)
     }
 }
 
+/// A typed record as a JSON value, for flattening into cells (object keys in sorted order).
+fn json<T: serde::Serialize>(v: &T) -> serde_json::Value {
+    serde_json::to_value(v).unwrap_or_default()
+}
+
 /// The class counts every record carries.
 #[derive(Deserialize)]
 struct Counts {
@@ -93,14 +98,21 @@ pub fn results(command: Command, dir: &Path) -> Result<Vec<(String, String)>> {
             flatten("", &r["solution"], &mut out);
         }
         Command::RidgePath => {
-            let r = record(command, &path, crate::solutions::RIDGE_PATH_SCHEMA)?;
-            out = counts(&path, &r)?;
-            flatten("", &r["thresholds"], &mut out);
-            flatten("", &r["reference"], &mut out);
-            let pts = r["points"].as_array().map_or(0, Vec::len);
-            out.push(("lambdas".into(), pts.to_string()));
-            if let Some(last) = r["points"].as_array().and_then(|p| p.last()) {
-                flatten("last", last, &mut out);
+            let r: crate::solutions::RidgePathRecord =
+                crate::read_record(&path, "a seli ridge-path record")?;
+            if r.schema != crate::solutions::RIDGE_PATH_SCHEMA {
+                return Err(Error::record(
+                    &path,
+                    format!("schema '{}' is not a ridge path", r.schema),
+                ));
+            }
+            out =
+                vec![("k".into(), r.profile.k.to_string()), ("n".into(), r.profile.n.to_string())];
+            flatten("", &json(&r.thresholds), &mut out);
+            flatten("", &json(&r.reference), &mut out);
+            out.push(("lambdas".into(), r.points.len().to_string()));
+            if let Some(last) = r.points.last() {
+                flatten("last", &json(last), &mut out);
             }
         }
         Command::Ufm => {

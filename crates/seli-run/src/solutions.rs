@@ -11,7 +11,7 @@ use seli_core::solve::ridge::{
 use seli_core::solve::svm::solve_svm;
 use seli_core::solve::ufm::Reduction;
 use seli_core::{Geometry, Profile, ProfileKind};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use seli_io::record::{ProfileRecord, rows};
 
@@ -23,7 +23,7 @@ pub const RIDGE_PATH_SCHEMA: &str = "seli.ridge-path.v1";
 pub const SVM_SCHEMA: &str = "seli.svm.v1";
 
 /// One solved λ, as recorded (schema `seli.ridge.v1` for a single solve).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RidgePoint {
     /// Effective λ.
     pub lambda: f64,
@@ -102,7 +102,7 @@ pub fn point(sol: &RidgeSolution, why: &str, g: &Geometry, p: &Profile) -> Ridge
 }
 
 /// Thresholds of a profile.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Thresholds {
     /// X = 0 iff λ >= lambda_star.
     pub lambda_star: f64,
@@ -209,7 +209,7 @@ pub fn ridge_path(
     points: usize,
     min_fraction: f64,
     mut tick: impl FnMut(),
-) -> seli_core::Result<(serde_json::Value, Vec<RidgePoint>)> {
+) -> seli_core::Result<RidgePathRecord> {
     if points < 2 {
         return Err(seli_core::Error::InvalidParameter {
             name: "points",
@@ -234,16 +234,47 @@ pub fn ridge_path(
         out.push(point(&sol, &why, &g, p));
         tick();
     }
-    let rec = serde_json::json!({
-        "schema": RIDGE_PATH_SCHEMA,
-        "seli_version": env!("CARGO_PKG_VERSION"),
-        "profile": ProfileRecord::new(p, source),
-        "loss_reduction": red.name(),
-        "thresholds": th,
-        "reference": { "dist_gw_seli_etf": g.dist_gram_w_etf(), "dist_gm_seli_etf": g.dist_gram_m_etf() },
-        "points": out,
-    });
-    Ok((rec, out))
+    Ok(RidgePathRecord {
+        schema: RIDGE_PATH_SCHEMA.into(),
+        seli_version: env!("CARGO_PKG_VERSION").into(),
+        profile: ProfileRecord::new(p, source),
+        loss_reduction: red.name().into(),
+        thresholds: th,
+        reference: SeliVsEtf {
+            dist_gw_seli_etf: g.dist_gram_w_etf(),
+            dist_gm_seli_etf: g.dist_gram_m_etf(),
+        },
+        points: out,
+    })
+}
+
+/// Where the ETF distances sit when the geometry is exactly SELI.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SeliVsEtf {
+    /// `dist(SELI G_W, ETF)`.
+    pub dist_gw_seli_etf: f64,
+    /// `dist(SELI G_M, ETF)`.
+    pub dist_gm_seli_etf: f64,
+}
+
+/// The `seli ridge-path` record (schema `seli.ridge-path.v1`): the exact ridge optimum along a
+/// log-spaced λ grid from λ* down.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RidgePathRecord {
+    /// [`RIDGE_PATH_SCHEMA`].
+    pub schema: String,
+    /// Version of the tool.
+    pub seli_version: String,
+    /// The class counts.
+    pub profile: ProfileRecord,
+    /// `sum` or `mean`.
+    pub loss_reduction: String,
+    /// λ* and λ_mc.
+    pub thresholds: Thresholds,
+    /// The SELI-vs-ETF distances of the profile.
+    pub reference: SeliVsEtf,
+    /// One solved λ each, from λ* down.
+    pub points: Vec<RidgePoint>,
 }
 
 /// The max-margin solution of `p` with its certificate (schema `seli.svm.v1`).
