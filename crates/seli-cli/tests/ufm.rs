@@ -144,6 +144,9 @@ fn ctrl_c_checkpoints_and_resumes_to_the_same_result() {
     ok(&["ufm", "--resume", cut.to_str().unwrap(), "--iters", &target]);
     ok(&[&base[..], &["--iters", &target, "--out", full.to_str().unwrap()]].concat());
     assert_eq!(last_row(&cut), last_row(&full));
+    // The whole log, too: the row written at the interruption is not in the uninterrupted log.
+    let log = |d: &Path| std::fs::read_to_string(d.join("metrics.csv")).unwrap();
+    assert_eq!(log(&cut), log(&full));
 }
 
 #[test]

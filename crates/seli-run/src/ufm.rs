@@ -496,6 +496,27 @@ impl<T: Scalar> Observer<UfmState<T>> for Checkpointer {
     }
 }
 
+/// Passes everything to `inner` but the row at the start of a resumed run, unless the
+/// recording schedule fires there: the uninterrupted run has a row at that iteration only
+/// then, and the resumed log must equal it after any kind of stop (the rows at and after the
+/// checkpoint were dropped when the log was reopened).
+struct Resumed<O> {
+    inner: O,
+    record_start: bool,
+}
+
+impl<S, O: Observer<S>> Observer<S> for Resumed<O> {
+    fn observe_init(&mut self, s: &S) -> seli_core::Result<()> {
+        if self.record_start { self.inner.observe_init(s) } else { Ok(()) }
+    }
+    fn observe_iter(&mut self, s: &S) -> seli_core::Result<()> {
+        self.inner.observe_iter(s)
+    }
+    fn observe_final(&mut self, s: &S, why: &Termination) -> seli_core::Result<()> {
+        self.inner.observe_final(s, why)
+    }
+}
+
 /// Hands every iteration to the caller's [`Watch`] (shared with the metrics recorder, which
 /// hands it the rows; observers fire one at a time).
 struct Ticks<'a, 'w>(&'a RefCell<&'w mut dyn Watch>);
@@ -569,8 +590,9 @@ fn execute_as<T: Scalar>(
             }
             watch.borrow_mut().row(UfmMetrics::columns(), &m.values)
         });
+        let record_start = resumed_from.is_none_or(|it| cfg.record.fires(it));
         let mut exec = Executor::new(solver, cfg.iters)
-            .observe(&mut tracker, cfg.record)
+            .observe(Resumed { inner: &mut tracker, record_start }, cfg.record)
             .observe(Ticks(&watch), Schedule::Every(1));
         if let Some(d) = dir {
             exec = exec.observe(
@@ -701,5 +723,52 @@ mod tests {
         assert_eq!(rows, mem.0);
         assert!(Command::Ufm.is_complete(&dir.0));
         use crate::Command;
+    }
+
+    #[test]
+    fn a_resumed_log_equals_the_uninterrupted_one_after_any_stop() {
+        // Log-spaced rows (10 per decade) and a checkpoint at 300, an iteration where the
+        // schedule does not fire. A run stopped there (Ctrl-C writes a row at the stop; a
+        // SIGKILL after the periodic checkpoint leaves rows past it) and resumed must end with
+        // the uninterrupted run's metrics.csv, row for row.
+        let mut p = params();
+        p.d = 6;
+        p.iters = 400;
+        p.checkpoint_every = 150;
+        let full = p.clone().check().unwrap();
+        assert!(!full.record.fires(300), "the test needs a checkpoint off the schedule");
+        let flag = || std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let tmp = tempfile::tempdir().unwrap();
+        let a = UfmDir(tmp.path().join("a"));
+        a.start(&full, false).unwrap();
+        execute(&full, Some(&a), false, &mut crate::watch::Quiet, flag()).unwrap();
+        let (_, want) = seli_io::csvlog::read_csv(&a.metrics()).unwrap();
+        for killed in [false, true] {
+            let b = UfmDir(tmp.path().join(format!("b{killed}")));
+            let mut first = p.clone();
+            first.iters = 300;
+            let first = first.check().unwrap();
+            b.start(&first, false).unwrap();
+            execute(&first, Some(&b), false, &mut crate::watch::Quiet, flag()).unwrap();
+            if killed {
+                // Rows written after the checkpoint by a process that then died.
+                let text = std::fs::read_to_string(b.metrics()).unwrap();
+                let extra: String = std::fs::read_to_string(a.metrics())
+                    .unwrap()
+                    .lines()
+                    .skip(1)
+                    .filter(|l| l.split(',').next().unwrap().parse::<f64>().unwrap() > 300.0)
+                    .map(|l| format!("{l}\n"))
+                    .collect();
+                std::fs::write(b.metrics(), text + &extra).unwrap();
+            }
+            let resumed = b.read_config().unwrap().resumed_with(Some(400), 0).unwrap();
+            execute(&resumed, Some(&b), true, &mut crate::watch::Quiet, flag()).unwrap();
+            let (_, got) = seli_io::csvlog::read_csv(&b.metrics()).unwrap();
+            let iters =
+                |r: &[Vec<Option<f64>>]| r.iter().map(|r| r[0].unwrap()).collect::<Vec<_>>();
+            assert_eq!(iters(&got), iters(&want), "killed: {killed}");
+            assert_eq!(got, want, "killed: {killed}");
+        }
     }
 }
