@@ -7,7 +7,7 @@ use anyhow::Result;
 use clap::{Args, ValueEnum};
 use seli_core::features::GEOMETRY_COLUMNS;
 use seli_io::arrays::Array;
-use seli_run::analyze::{Layout, analyze, classifier_matrix, read_label_array};
+use seli_run::analyze::{Layout, analyze, check_labels, classifier_matrix, read_label_array};
 
 /// Classifier storage.
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -83,10 +83,8 @@ pub fn run(a: &AnalyzeArgs) -> Result<()> {
     let features = Array::open(&a.features, a.features_key.as_deref())?;
     let (_, d) = features.matrix_shape()?;
     let labels = read_label_array(&a.labels, a.labels_key.as_deref())?;
-    let k = match a.classes {
-        Some(k) => k,
-        None => labels.iter().copied().max().map_or(0, |m| (m.max(0) + 1) as usize),
-    };
+    // The labels are checked first, so that their errors name their own file.
+    let k = check_labels(&features, &labels, &a.labels, a.classes)?.k();
     let layout = match a.classifier_layout {
         LayoutArg::Kd => Layout::Kd,
         LayoutArg::Dk => Layout::Dk,
@@ -115,6 +113,7 @@ pub fn run(a: &AnalyzeArgs) -> Result<()> {
     let r = analyze(
         &features,
         &labels,
+        &a.labels,
         a.classes,
         W.as_ref(),
         bias.as_deref(),

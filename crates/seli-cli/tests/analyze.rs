@@ -231,9 +231,20 @@ fn bad_inputs_are_named() {
         "{e}"
     );
     let e = run(&["--features", &h, "--labels", &y, "--classes", "3"]);
-    assert!(e.contains("out of range"), "{e}");
+    assert!(e.contains("out of range") && e.contains("y.npy"), "{e}");
     let e = run(&["--features", &h, "--labels", &y, "--classes", "5"]);
-    assert!(e.contains("class 4 is empty"), "{e}");
+    assert!(e.contains("class 4 is empty") && e.contains("y.npy"), "{e}");
+    // A huge label: the labels file is named, not the features or the classifier.
+    let mut big: Vec<f64> = c.labels.iter().map(|&v| f64::from(v)).collect();
+    big[5] = 1e9;
+    let big = write(dir.path(), "big.npy", &encode_npy(&[n], &big, Dtype::Int(8), false));
+    for extra in [&[][..], &["--classifier", w.as_str()][..]] {
+        let mut args = vec!["--features", h.as_str(), "--labels", big.as_str()];
+        args.extend_from_slice(extra);
+        let e = run(&args);
+        assert!(e.contains("big.npy") && e.contains("1000000001"), "{e}");
+        assert!(!e.contains("h.npy") && !e.contains("w.npy"), "{e}");
+    }
     let e =
         run(&["--features", &h, "--labels", &y, "--classifier", &w, "--classifier-layout", "dk"]);
     assert!(e.contains("w.npy") && e.contains("the other --classifier-layout fits"), "{e}");

@@ -5,7 +5,7 @@
 //! become `ValueError`. Long computations run with the GIL released; `ufm` stops on Ctrl-C.
 #![allow(non_snake_case)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -20,7 +20,7 @@ use seli_core::track::UfmMetrics;
 use seli_core::{Geometry, Profile};
 use seli_io::arrays::RowSource;
 use seli_io::record::ProfileRecord;
-use seli_run::analyze::{Layout, analyze, classifier_matrix};
+use seli_run::analyze::{Layout, analyze, check_labels, classifier_matrix};
 use seli_run::spec::{DEFAULT_STEP, parse_counts, parse_long_tail, parse_step};
 use seli_run::ufm::{Dtype, UfmParams, record_schedule};
 
@@ -339,15 +339,13 @@ fn metrics<'py>(
     let zr = z.as_ref().map(|z| z.rows("logits"));
     let out = py
         .detach(|| -> seli_io::Result<serde_json::Value> {
-            let k = match classes {
-                Some(k) => k,
-                None => y.iter().copied().max().map_or(0, |m| (m.max(-1) + 1) as usize),
-            };
+            let k = check_labels(&hr, &y, Path::new("labels"), classes)?.k();
             let W =
                 wr.as_ref().map(|w| classifier_matrix(w, layout, hr.shape[1], k)).transpose()?;
             let a = analyze(
                 &hr,
                 &y,
+                Path::new("labels"),
                 classes,
                 W.as_ref(),
                 b.as_deref(),

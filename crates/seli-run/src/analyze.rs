@@ -122,26 +122,21 @@ impl Analysis {
     }
 }
 
-/// Measures `features` (an n×d array) with `labels` (in `0..k`, every class present).
-///
-/// `W` (d×k) and `bias` (k) describe the last layer when known; `logits` (an n×k array) are
-/// used when given, else computed as `Wᵀh + b` when `W` is. Rows are processed `chunk` at a
-/// time in one pass (two with logits); memory is `O(chunk·d + d²)`.
+/// Checks that `features` is n×d with one label each, and returns the class counts of
+/// `labels` (read from `labels_from`): what [`analyze`] checks first, for callers that need k
+/// before (to read a classifier).
 ///
 /// # Errors
-/// Shapes that disagree (the arrays named), a non-finite feature or logit (file, sample and
-/// column named), an empty class, a label out of range.
-pub fn analyze(
+/// Features that are not a matrix or whose row count differs from the labels' (the features
+/// named); a negative label, one out of `0..classes`, or an empty class (the labels named).
+pub fn check_labels(
     features: &dyn RowSource,
     labels: &[i64],
+    labels_from: &Path,
     classes: Option<usize>,
-    W: Option<&Mat<f64>>,
-    bias: Option<&[f64]>,
-    logits: Option<&dyn RowSource>,
-    chunk: usize,
-) -> Result<Analysis> {
+) -> Result<Profile> {
     let fpath = Path::new(features.name());
-    let [n, d] = features.shape()[..] else {
+    let [n, _] = features.shape()[..] else {
         return Err(Error::format(
             fpath,
             format!("features of shape {:?}: expected (n, d)", features.shape()),
@@ -150,8 +145,35 @@ pub fn analyze(
     if labels.len() != n {
         return Err(Error::format(fpath, format!("{n} feature rows but {} labels", labels.len())));
     }
-    let profile = Profile::from_labels(labels.to_vec(), classes)
-        .map_err(|cause| Error::Content { path: fpath.to_path_buf(), cause })?;
+    Profile::from_labels(labels.to_vec(), classes)
+        .map_err(|cause| Error::Content { path: labels_from.to_path_buf(), cause })
+}
+
+/// Measures `features` (an n×d array) with `labels` (in `0..k`, every class present; read from
+/// `labels_from`, which errors about them name).
+///
+/// `W` (d×k) and `bias` (k) describe the last layer when known; `logits` (an n×k array) are
+/// used when given, else computed as `Wᵀh + b` when `W` is. Rows are processed `chunk` at a
+/// time in one pass (two with logits); memory is `O(chunk·d + d²)`.
+///
+/// # Errors
+/// Shapes that disagree (the arrays named), a non-finite feature or logit (file, sample and
+/// column named), an empty class, a label out of range.
+#[allow(clippy::too_many_arguments)]
+pub fn analyze(
+    features: &dyn RowSource,
+    labels: &[i64],
+    labels_from: &Path,
+    classes: Option<usize>,
+    W: Option<&Mat<f64>>,
+    bias: Option<&[f64]>,
+    logits: Option<&dyn RowSource>,
+    chunk: usize,
+) -> Result<Analysis> {
+    let fpath = Path::new(features.name());
+    let profile = check_labels(features, labels, labels_from, classes)?;
+    // check_labels saw an n×d matrix.
+    let (n, d) = (features.shape()[0], features.shape()[1]);
     let k = profile.k();
     let target = Geometry::new(&profile)
         .map_err(|cause| Error::Content { path: fpath.to_path_buf(), cause })?;
