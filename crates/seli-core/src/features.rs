@@ -397,19 +397,18 @@ fn group_columns(g: MatRef<'_, f64>, groups: Option<&[Group]>) -> [Option<f64>; 
     ]
 }
 
-/// `[dist_gm_seli, dist_gm_etf, dist_wtm]` of class means `M` (raw or centered) with the
-/// classifier `W` when there is one.
+/// `[dist_gm_seli, dist_gm_etf, dist_wtm]` of class means `M` (raw or centered) and their Gram
+/// `gm`, with the classifier `W` when there is one, against the SELI `G_M` and the ETF `P`.
 fn mean_distances(
-    M: MatRef<'_, f64>,
+    (M, gm): (MatRef<'_, f64>, MatRef<'_, f64>),
     W: Option<MatRef<'_, f64>>,
-    target: &Geometry,
+    seli_gm: MatRef<'_, f64>,
+    P: MatRef<'_, f64>,
 ) -> [Option<f64>; 3] {
-    let gm = gram(M);
-    let P = centering_projector(target.k());
     [
-        normalized_distance(gm.as_ref(), target.gram_m()).ok(),
-        normalized_distance(gm.as_ref(), P.as_ref()).ok(),
-        W.and_then(|W| normalized_distance((W.transpose() * M).as_ref(), P.as_ref()).ok()),
+        normalized_distance(gm, seli_gm).ok(),
+        normalized_distance(gm, P).ok(),
+        W.and_then(|W| normalized_distance((W.transpose() * M).as_ref(), P).ok()),
     ]
 }
 
@@ -667,8 +666,10 @@ impl FeatureGeometry {
         values
             .push(gw.as_ref().and_then(|g| normalized_distance(g.as_ref(), target.gram_w()).ok()));
         values.push(gw.as_ref().and_then(|g| normalized_distance(g.as_ref(), P.as_ref()).ok()));
-        values.extend(mean_distances(M.as_ref(), W, target));
-        values.extend(mean_distances(Mc.as_ref(), W, target));
+        let (gm, gmc) = (gram(M.as_ref()), gram(Mc.as_ref()));
+        for means in [(M.as_ref(), gm.as_ref()), (Mc.as_ref(), gmc.as_ref())] {
+            values.extend(mean_distances(means, W, target.gram_m(), P.as_ref()));
+        }
         let second = self.second_pass();
         values.push(match second {
             Some((_, exact)) if self.zz > 0.0 => Some(exact),
@@ -701,8 +702,8 @@ impl FeatureGeometry {
             Some(g) => values.extend(group_columns(g.as_ref(), groups)),
             None => values.extend([None; 6]),
         }
-        values.extend(group_columns(gram(M.as_ref()).as_ref(), groups));
-        values.extend(group_columns(gram(Mc.as_ref()).as_ref(), groups));
+        values.extend(group_columns(gm.as_ref(), groups));
+        values.extend(group_columns(gmc.as_ref(), groups));
         debug_assert_eq!(values.len(), GEOMETRY_COLUMNS.len());
         Ok(values)
     }
