@@ -5,8 +5,9 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use clap::{Args, CommandFactory, Parser, Subcommand};
@@ -15,6 +16,7 @@ use seli_io::csv::Table;
 use seli_io::dataset::{Dataset, DatasetKind};
 use seli_io::sweep::Value;
 use seli_run::Command;
+use seli_run::claim::{Attempt, ClaimState, Claims};
 use seli_run::sweep::{Point, SWEEP_SCHEMA, SweepSpec, parse_shard};
 use seli_run::ufm::{UfmDir, UfmRunConfig};
 use seli_train::TrainConfig;
@@ -41,7 +43,13 @@ A sweep file names a command and its flags (without --): [base] for every point,
 every combination (arrays, or ranges { from, to, step } / { from, to, num, log }), [[list]]
 for explicit points; format in docs/formats.md. Each point runs in OUT/points/NAME; a point
 already complete there is skipped, an interrupted one resumes from its checkpoint. Ctrl-C
-stops after the running points save their state (exit code 130); the same command continues."
+stops after the running points save their state (exit code 130); the same command continues.
+
+Several workers may run one sweep into one directory at once (pods, array tasks, two users on
+a shared disk): each point is claimed (OUT/claims/NAME.json) before it runs, and a worker skips
+a point another live worker holds (\"held elsewhere\"). A claim whose worker is gone (its
+process ended on this machine, or its heartbeat is older than --lease) is taken over and the
+point resumes from its checkpoint."
 )]
 pub struct SweepArgs {
     #[command(subcommand)]
@@ -77,9 +85,23 @@ pub struct SweepArgs {
     #[arg(long)]
     pub force: bool,
 
+    /// Seconds after which a claim without a heartbeat is taken over by another worker
+    /// (heartbeats every sixth of it; hosts' clocks must agree well within it).
+    #[arg(long, value_name = "SECONDS", default_value_t = 120.0, value_parser = parse_lease)]
+    pub lease: f64,
+
     /// Print the keys a sweep of COMMAND takes, with their help, and exit.
     #[arg(long, value_name = "COMMAND", conflicts_with = "spec")]
     pub keys: Option<String>,
+}
+
+fn parse_lease(s: &str) -> std::result::Result<f64, String> {
+    let v: f64 = s.trim().parse().map_err(|_| format!("'{s}': not a number of seconds"))?;
+    let min = seli_run::claim::MIN_LEASE.as_secs_f64();
+    if !(v.is_finite() && v >= min) {
+        return Err(format!("'{s}': must be at least {min} seconds"));
+    }
+    Ok(v)
 }
 
 /// `seli sweep merge`.
@@ -301,6 +323,8 @@ enum State {
     NotStarted,
     /// Failed with this message.
     Failed(String),
+    /// Skipped: another live worker holds its claim (described).
+    Held(String),
 }
 
 fn read_json(path: &Path) -> Result<serde_json::Value> {
@@ -470,6 +494,11 @@ fn points_dir(out: &Path) -> PathBuf {
     out.join("points")
 }
 
+/// Where the claims of a sweep's points (and of its results file) live.
+fn claims_dir(out: &Path) -> PathBuf {
+    out.join("claims")
+}
+
 /// Writes results (and, for a whole sweep, the report) from the complete points found in
 /// `dirs`; returns the table and the directories of the points in it.
 fn write_results(
@@ -533,18 +562,28 @@ pub fn run(args: &SweepArgs) -> Result<ExitCode> {
     }
     let mine: Vec<&Point> = spec.shard(args.shard);
     let dir_of = |p: &Point| points_dir(&out).join(&p.name);
+    let claims = Claims::new(Duration::from_secs_f64(args.lease))?;
+    let claim_of = |p: &Point| claims_dir(&out).join(format!("{}.json", p.name));
     if args.list {
         println!("{:>6} {:>6} {:>10}  name", "index", "shard", "state");
+        let now = seli_run::claim::now();
         for p in &spec.points {
             let shard = args.shard.map_or(0, |(_, n)| p.index % n);
-            let state = if command.is_complete(&dir_of(p)) {
-                "done"
+            let claim = claims.inspect(&claim_of(p))?;
+            let (state, note) = if command.is_complete(&dir_of(p)) {
+                ("done", String::new())
+            } else if let ClaimState::Live(h) = &claim {
+                ("held", format!("  (by {})", h.describe(now)))
             } else if dir_of(p).join("point.json").is_file() {
-                "started"
+                let note = match &claim {
+                    ClaimState::Stale(_, why) => format!("  (stale claim: {why})"),
+                    _ => String::new(),
+                };
+                ("started", note)
             } else {
-                "pending"
+                ("pending", String::new())
             };
-            println!("{:>6} {:>6} {:>10}  {}", p.index, shard, state, p.name);
+            println!("{:>6} {:>6} {:>10}  {}{note}", p.index, shard, state, p.name);
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -571,28 +610,60 @@ pub fn run(args: &SweepArgs) -> Result<ExitCode> {
         .build()
         .context("building the sweep's thread pool")?;
     tracing::info!(points = mine.len(), jobs, out = %out.display(), "sweep starting");
-    let states: Vec<State> = pool.install(|| {
-        mine.par_iter()
-            .with_max_len(1)
-            .map(|p| {
-                let dir = dir_of(p);
-                let (job, argv) = &jobs_of[p.index];
-                if recorded(command, p, &dir) == Some(true) && command.is_complete(&dir) {
-                    bar.inc(1);
-                    return State::Done;
-                }
-                if flag.load(Ordering::Relaxed) || started.fetch_add(1, Ordering::SeqCst) >= limit {
-                    return State::NotStarted;
-                }
-                let s = point_state(command, p, job, argv, &dir, args.force, &data)
-                    .unwrap_or_else(|e| State::Failed(format!("{e:#}")));
-                bar.inc(1);
-                if let State::Failed(msg) = &s {
-                    bar.suspend(|| eprintln!("point {} ({}) failed: {msg}", p.index, p.name));
-                }
-                s
-            })
-            .collect()
+    let complete = |p: &Point| {
+        let dir = dir_of(p);
+        recorded(command, p, &dir) == Some(true) && command.is_complete(&dir)
+    };
+    let states: Vec<State> = with_heartbeat(&claims, || {
+        pool.install(|| {
+            mine.par_iter()
+                .with_max_len(1)
+                .map(|p| {
+                    if complete(p) {
+                        bar.inc(1);
+                        return State::Done;
+                    }
+                    if flag.load(Ordering::Relaxed) {
+                        return State::NotStarted;
+                    }
+                    let claim = claim_of(p);
+                    match claims.try_claim(&claim) {
+                        Err(e) => return State::Failed(format!("{e:#}")),
+                        Ok(Attempt::Held(h)) => {
+                            bar.inc(1);
+                            return State::Held(h.describe(seli_run::claim::now()));
+                        }
+                        Ok(Attempt::Acquired { took_over: Some((h, why)) }) => tracing::warn!(
+                            point = %p.name,
+                            "took over the claim of pid {} on {} ({why}); the point resumes",
+                            h.pid,
+                            h.host
+                        ),
+                        Ok(Attempt::Acquired { took_over: None }) => {}
+                    }
+                    let s = if complete(p) {
+                        // Another worker finished it between the check and the claim.
+                        State::Done
+                    } else if started.fetch_add(1, Ordering::SeqCst) >= limit {
+                        State::NotStarted
+                    } else {
+                        let (job, argv) = &jobs_of[p.index];
+                        point_state(command, p, job, argv, &dir_of(p), args.force, &data)
+                            .unwrap_or_else(|e| State::Failed(format!("{e:#}")))
+                    };
+                    if let Err(e) = claims.release(&claim) {
+                        tracing::warn!(point = %p.name, "releasing its claim: {e}");
+                    }
+                    if s != State::NotStarted {
+                        bar.inc(1);
+                    }
+                    if let State::Failed(msg) = &s {
+                        bar.suspend(|| eprintln!("point {} ({}) failed: {msg}", p.index, p.name));
+                    }
+                    s
+                })
+                .collect()
+        })
     });
     bar.finish_and_clear();
 
@@ -602,14 +673,23 @@ pub fn run(args: &SweepArgs) -> Result<ExitCode> {
     let interrupted = count(&|s| *s == State::Interrupted);
     let not_started = count(&|s| *s == State::NotStarted);
     let failed = count(&|s| matches!(s, State::Failed(_)));
+    let held = count(&|s| matches!(s, State::Held(_)));
     let (csv, report) = match args.shard {
         None => (out.join("results.csv"), Some(out.join("report.html"))),
         Some((i, n)) => (out.join(format!("results-shard-{i}-of-{n}.csv")), None),
     };
-    let (_, rows) =
-        write_results(&spec, &mine, std::slice::from_ref(&out), &csv, report.as_deref())?;
+    // One writer of the results at a time, each reading the points after the previous one
+    // wrote: the last worker to finish writes the table with every point it saw complete.
+    let results_claim = claims_dir(&out).join(format!(
+        "{}.json",
+        csv.file_name().map_or("results".into(), |n| n.to_string_lossy())
+    ));
+    claims.claim_waiting(&results_claim, Duration::from_millis(20), &|| false)?;
+    let written = write_results(&spec, &mine, std::slice::from_ref(&out), &csv, report.as_deref());
+    claims.release(&results_claim)?;
+    let (_, rows) = written?;
     println!(
-        "{} sweep{}: {} points; {} complete before, {} run now, {} interrupted, {} not started, {} failed",
+        "{} sweep{}: {} points; {} complete before, {} run now, {} interrupted, {} not started, {} failed, {} held elsewhere",
         spec.command,
         args.shard.map_or(String::new(), |(i, n)| format!(" (shard {i} of {n})")),
         mine.len(),
@@ -617,8 +697,14 @@ pub fn run(args: &SweepArgs) -> Result<ExitCode> {
         ran,
         interrupted,
         not_started,
-        failed
+        failed,
+        held
     );
+    for (p, s) in mine.iter().zip(&states) {
+        if let State::Held(by) = s {
+            println!("point {} ({}) is held elsewhere: {by}", p.index, p.name);
+        }
+    }
     println!("results: {} ({rows} rows)", csv.display());
     if let Some(r) = report
         && rows > 0
@@ -635,7 +721,46 @@ pub fn run(args: &SweepArgs) -> Result<ExitCode> {
     if not_started > 0 {
         println!("{not_started} point(s) left for the next invocation (--max-points)");
     }
+    if held > 0 && rows < mine.len() {
+        println!(
+            "{held} point(s) were running in other workers; the last worker to finish writes \
+             their rows into {} (seli sweep --list shows their state)",
+            csv.display()
+        );
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Runs `work` while a thread rewrites the heartbeat of every claim held.
+fn with_heartbeat<T>(claims: &Claims, work: impl FnOnce() -> T) -> T {
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let mut last = Instant::now();
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(100));
+                if last.elapsed() < claims.heartbeat_every() {
+                    continue;
+                }
+                last = Instant::now();
+                match claims.refresh() {
+                    Ok(lost) => {
+                        for p in lost {
+                            tracing::warn!(
+                                claim = %p.display(),
+                                "claim taken over by another worker (no heartbeat within the \
+                                 lease): two workers may now write this point"
+                            );
+                        }
+                    }
+                    Err(e) => tracing::warn!("refreshing claims: {e}"),
+                }
+            }
+        });
+        let out = work();
+        stop.store(true, Ordering::Relaxed);
+        out
+    })
 }
 
 /// Runs `seli sweep merge`.

@@ -138,23 +138,90 @@ fn killed_sweep_restarts_without_losing_work() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    // Kill it (SIGKILL: no chance to clean up) once the first point is complete.
+    // Kill it (SIGKILL: no chance to clean up) once a point is complete and another is held
+    // mid-run (claimed, with a checkpoint and no summary).
     let start = Instant::now();
-    let first_done = |d: &Path| {
+    let points = |d: &Path| -> Vec<PathBuf> {
         std::fs::read_dir(d.join("points"))
-            .map(|it| it.flatten().any(|e| e.path().join("summary.json").is_file()))
-            .unwrap_or(false)
+            .map(|it| it.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default()
     };
-    while !first_done(&killed) && start.elapsed() < Duration::from_secs(120) {
-        std::thread::sleep(Duration::from_millis(5));
+    let claimed_mid_run = |d: &Path, p: &Path| {
+        let name = p.file_name().unwrap().to_str().unwrap();
+        d.join("claims").join(format!("{name}.json")).is_file()
+            && p.join("checkpoint.safetensors").is_file()
+            && !p.join("summary.json").is_file()
+    };
+    let ready = |d: &Path| {
+        let ps = points(d);
+        ps.iter().any(|p| p.join("summary.json").is_file())
+            && ps.iter().any(|p| claimed_mid_run(d, p))
+    };
+    while !ready(&killed) && start.elapsed() < Duration::from_secs(120) {
+        std::thread::sleep(Duration::from_millis(2));
     }
     child.kill().unwrap();
     child.wait().unwrap();
     let listing = ok(&["sweep", s(&spec), "--out", s(&killed), "--list"]);
     assert!(listing.contains("done"), "{listing}");
-    let out = ok(&["sweep", s(&spec), "--out", s(&killed)]);
-    assert!(!out.contains(" 0 complete before"), "{out}");
+    assert!(
+        listing.contains("started")
+            && listing.contains("(stale claim: process ")
+            && listing.contains("has ended)"),
+        "{listing}"
+    );
+    let out = seli(&["sweep", s(&spec), "--out", s(&killed)]);
+    assert!(out.status.success());
+    let (stdout, stderr) =
+        (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(!stdout.contains(" 0 complete before"), "{stdout}");
+    assert!(stdout.contains(" 0 held elsewhere"), "{stdout}");
+    assert!(stderr.contains("took over the claim of pid"), "{stderr}");
     assert_eq!(results(&killed), results(&whole));
+    // Every claim released.
+    assert_eq!(std::fs::read_dir(killed.join("claims")).unwrap().count(), 0);
+}
+
+/// The count before `what` in a sweep summary (`... 4 run now, ...`).
+fn count(summary: &str, what: &str) -> usize {
+    let line = summary.lines().find(|l| l.contains(" points; ")).expect("a summary line");
+    let at = line.find(what).unwrap_or_else(|| panic!("no '{what}' in {line}"));
+    line[..at].trim_end().rsplit([' ', ';', ',']).next().unwrap().parse().unwrap()
+}
+
+#[test]
+fn concurrent_sweeps_on_one_directory_run_each_point_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let spec =
+        write_spec(tmp.path(), "ufm.toml", &UFM_SWEEP.replace("iters = 400", "iters = 1500"));
+    let whole = tmp.path().join("whole");
+    ok(&["sweep", s(&spec), "--out", s(&whole), "--jobs", "1"]);
+    let shared = tmp.path().join("shared");
+    let worker = || {
+        Command::new(env!("CARGO_BIN_EXE_seli"))
+            .args(["sweep", s(&spec), "--out", s(&shared), "--jobs", "1"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (worker(), worker());
+    let outs = [a.wait_with_output().unwrap(), b.wait_with_output().unwrap()];
+    let mut ran = 0;
+    for o in &outs {
+        let text = String::from_utf8_lossy(&o.stdout);
+        assert!(o.status.success(), "{text}{}", String::from_utf8_lossy(&o.stderr));
+        // Each worker accounts for every point: run, found complete, or held by the other.
+        let seen = count(&text, "complete before")
+            + count(&text, "run now")
+            + count(&text, "held elsewhere");
+        assert_eq!(seen, 12, "{text}");
+        assert_eq!(count(&text, "failed") + count(&text, "interrupted"), 0, "{text}");
+        ran += count(&text, "run now");
+    }
+    assert_eq!(ran, 12, "every point ran exactly once between the two workers");
+    assert_eq!(results(&shared), results(&whole));
+    assert_eq!(std::fs::read_dir(shared.join("claims")).unwrap().count(), 0);
 }
 
 #[test]

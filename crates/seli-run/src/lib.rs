@@ -13,12 +13,15 @@
 //!   [`ufm::execute`],
 //!   the one driver of UFM runs, with a [`watch::Watch`] for progress.
 //! - Summaries and their results-table rows ([`results`]).
+//! - Sweep planning ([`sweep`]) and the claims that give each sweep point one writer among
+//!   concurrent workers ([`claim`]).
 //! - The drivers of the one-shot commands: the analysis of exported features ([`analyze`]),
 //!   the exact solvers' records ([`solutions`]), profile specifications ([`spec`]) and plain
 //!   text summaries ([`report`]).
 #![warn(missing_docs)]
 
 pub mod analyze;
+pub mod claim;
 pub mod command;
 pub mod error;
 pub mod report;
