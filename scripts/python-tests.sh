@@ -12,5 +12,41 @@ fi
 "$venv/bin/pip" install -q --disable-pip-version-check "maturin==1.16.0" numpy pytest
 rm -f target/wheels/seli-*.whl
 "$venv/bin/maturin" build --release -m crates/seli-py/Cargo.toml -i "$venv/bin/python" -o target/wheels
-"$venv/bin/pip" install -q --disable-pip-version-check --force-reinstall --no-deps target/wheels/seli-*.whl
+# One wheel for every CPython >= 3.9: the stable ABI, and its tag in the file name.
+wheels=(target/wheels/seli-*-cp39-abi3-*.whl)
+if [[ ! -f "${wheels[0]}" ]]; then
+    echo "python-tests: expected an abi3 wheel (seli-*-cp39-abi3-*.whl), found: $(ls target/wheels)" >&2
+    exit 1
+fi
+"$venv/bin/pip" install -q --disable-pip-version-check --force-reinstall --no-deps "${wheels[0]}"
 SELI_BIN="$PWD/target/release/seli" "$venv/bin/python" -m pytest -q crates/seli-py/tests
+
+# The same wheel imported and used by the oldest and newest other CPythons on this machine
+# (pyenv's, where present), each in its own virtual environment with NumPy from the registry.
+for version in 3.9 3.13; do
+    python="$(ls -d "${PYENV_ROOT:-$HOME/.pyenv}"/versions/"$version".*/bin/python3 2>/dev/null | tail -n 1 || true)"
+    if [[ -z "$python" ]]; then
+        echo "python-tests: no CPython $version here; the abi3 wheel was tested on $("$venv/bin/python" -V) only"
+        continue
+    fi
+    other="target/py-venv-$version"
+    [[ -x "$other/bin/python" ]] || "$python" -m venv "$other"
+    "$other/bin/pip" install -q --disable-pip-version-check numpy
+    "$other/bin/pip" install -q --disable-pip-version-check --force-reinstall --no-deps "${wheels[0]}"
+    "$other/bin/python" - <<'PY'
+import sys
+from pathlib import Path
+import numpy as np
+import seli
+ext = [p.name for p in Path(seli.__file__).parent.glob("*.so")]
+assert len(ext) == 1 and ext[0].endswith(".abi3.so"), ext
+# Reference values: the README's first table (STEP k = 10, R = 100); balanced counts give the ETF.
+g = seli.geometry(step="10,100,0.5")
+assert abs(g["distances"]["dist_gw_seli_etf"] - 0.633919) < 1e-6, g["distances"]
+assert seli.geometry(counts=[5] * 4)["distances"]["dist_gw_seli_etf"] < 1e-12
+rng = np.random.default_rng(0)
+m = seli.metrics(rng.standard_normal((40, 6)).astype(np.float32), np.arange(40) % 4)
+assert m["n"] == 40, m.keys()
+print(f"python-tests: abi3 wheel works on Python {sys.version.split()[0]}, NumPy {np.__version__}")
+PY
+done
