@@ -29,6 +29,11 @@ fn fixtures(dir: &Path) {
     w("labels5.npy", &encode_npy(&[5], &[0.0, 1.0, 2.0, 0.0, 1.0], Dtype::Int(8), false));
     w("labels6.npy", &encode_npy(&[6], &[0.0, 1.0, 2.0, 0.0, 1.0, 2.0], Dtype::Int(8), false));
     w("labels-float.npy", &encode_npy(&[6], &[0.0; 6], Dtype::F32, false));
+    w(
+        "labels-column.npy",
+        &encode_npy(&[6, 1], &[0.0, 1.0, 2.0, 0.0, 1.0, 2.0], Dtype::Int(8), false),
+    );
+    w("labels-huge.npy", &encode_npy(&[6], &[0.0, 1.0, 2.0, 0.0, 1.0, 1e9], Dtype::Int(8), false));
     w("classifier-bad.npy", &encode_npy(&[4, 4], &[0.5; 16], Dtype::F64, false));
     w("garbage.safetensors", b"\xff\xff\xff\xff\xff\xff\xff\x7f{not json");
     w("mnist/mnist/train-images-idx3-ubyte", &idx::encode_idx(&[3, 28, 28], &[7; 3 * 784])[..900]);

@@ -452,21 +452,18 @@ impl Array {
         format!("{order}{kind}{}", self.dtype.size())
     }
 
-    /// The whole array as integers (labels): shape `(n,)`, `(n, 1)` or `(1, n)`.
+    /// The whole array as integers (labels): a vector, shape `(n,)`.
     ///
     /// # Errors
-    /// A float dtype; another shape; an unsigned value above `i64::MAX`.
+    /// A float dtype; another shape (a column `(n, 1)` too: it is named, with how to flatten
+    /// it); an unsigned value above `i64::MAX`.
     pub fn integers(&self) -> Result<Vec<i64>> {
         let n = match self.shape[..] {
-            [n] | [n, 1] | [1, n] => n,
+            [n] => n,
             _ => {
                 return Err(Error::format(
                     &self.path,
-                    format!(
-                        "{}label array has shape {:?}; expected a vector (n,), (n, 1) or (1, n)",
-                        self.member(),
-                        self.shape
-                    ),
+                    format!("{}{}", self.member(), label_shape_error(&self.shape)),
                 ));
             }
         };
@@ -601,6 +598,16 @@ pub fn f64_to_f16(v: f64) -> u16 {
         h += 1;
     }
     sign | h as u16
+}
+
+/// Why a label array of `shape` (not a vector) is refused, and what to do.
+pub fn label_shape_error(shape: &[usize]) -> String {
+    let hint = match shape {
+        [_, 1] | [1, _] => "; flatten it when saving (y.reshape(-1), y.squeeze(), y.view(-1))",
+        [_, k] if *k > 1 => "; one-hot labels? save y.argmax(1)",
+        _ => "",
+    };
+    format!("label array has shape {shape:?}; labels must be a vector of shape (n,){hint}")
 }
 
 #[cfg(test)]

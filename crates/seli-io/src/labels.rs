@@ -1,8 +1,9 @@
 //! Label files: one integer label per line (text), or a 1-D integer `.npy` array.
 //!
 //! Text: leading and trailing blanks are ignored, as are empty lines and lines starting with
-//! `#`. NumPy: any integer dtype (`i1..i8`, `u1..u8`, either byte order), shape `(n,)`,
-//! `(n, 1)` or `(1, n)`. The format is recognized by the `.npy` magic bytes, not the file name.
+//! `#`. NumPy: any integer dtype (`i1..i8`, `u1..u8`, either byte order), shape `(n,)` (a
+//! column `(n, 1)` is refused with how to flatten it, so that a wrong export is not read as
+//! something else). The format is recognized by the `.npy` magic bytes, not the file name.
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
@@ -137,9 +138,9 @@ mod tests {
         let p = write(&dir, "a.npy", &npy_bytes("<i8", "(4,)", &le));
         assert_eq!(read_labels(&p).unwrap(), vec![3, 0, 1, 1]);
         let be: Vec<u8> = [2i32, 0, 1].iter().flat_map(|v| v.to_be_bytes()).collect();
-        let p = write(&dir, "b.npy", &npy_bytes(">i4", "(3, 1)", &be));
+        let p = write(&dir, "b.npy", &npy_bytes(">i4", "(3,)", &be));
         assert_eq!(read_labels(&p).unwrap(), vec![2, 0, 1]);
-        let p = write(&dir, "c.bin", &npy_bytes("|u1", "(1, 3)", &[1, 0, 1]));
+        let p = write(&dir, "c.bin", &npy_bytes("|u1", "(3,)", &[1, 0, 1]));
         assert_eq!(read_labels(&p).unwrap(), vec![1, 0, 1]);
         let u: Vec<u8> = [5u16, 4].iter().flat_map(|v| v.to_le_bytes()).collect();
         let p = write(&dir, "d.npy", &npy_bytes("<u2", "(2,)", &u));
@@ -154,7 +155,19 @@ mod tests {
         let e = read_labels(&p).unwrap_err().to_string();
         assert!(e.contains("f.npy") && e.contains("<f8") && e.contains("not an integer"), "{e}");
         let p = write(&dir, "m.npy", &npy_bytes("<i8", "(2, 2)", &[0; 32]));
-        assert!(read_labels(&p).unwrap_err().to_string().contains("shape [2, 2]"));
+        let e = read_labels(&p).unwrap_err().to_string();
+        assert!(e.contains("m.npy") && e.contains("shape [2, 2]") && e.contains("one-hot"), "{e}");
+        // Columns and rows are refused too, with how to flatten them.
+        for shape in ["(3, 1)", "(1, 3)"] {
+            let p = write(&dir, "col.npy", &npy_bytes("|u1", shape, &[1, 0, 1]));
+            let e = read_labels(&p).unwrap_err().to_string();
+            assert!(
+                e.contains("col.npy")
+                    && e.contains("must be a vector of shape (n,)")
+                    && e.contains("reshape(-1)"),
+                "{shape}: {e}"
+            );
+        }
         let p = write(&dir, "t.npy", &npy_bytes("<i8", "(4,)", &[0; 20]));
         let e = read_labels(&p).unwrap_err().to_string();
         assert!(

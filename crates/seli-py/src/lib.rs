@@ -95,10 +95,8 @@ fn label_vector(py: Python<'_>, obj: &Bound<'_, PyAny>) -> PyResult<Vec<i64>> {
         )));
     }
     let shape: Vec<usize> = a.getattr("shape")?.extract()?;
-    if !matches!(shape[..], [_] | [_, 1] | [1, _]) {
-        return Err(value_error(format!(
-            "labels: shape {shape:?}; expected a vector (n,), (n, 1) or (1, n)"
-        )));
+    if shape.len() != 1 {
+        return Err(value_error(format!("labels: {}", seli_io::arrays::label_shape_error(&shape))));
     }
     let flat = a.call_method1("reshape", (-1,))?;
     let as64 = flat.call_method1("astype", ("int64",))?;

@@ -204,6 +204,14 @@ def test_label_errors_name_the_value(tmp_path):
         seli.geometry(step="4,2,0.5", counts=[1, 2])
     with pytest.raises(ValueError, match="give lam, or lambda_w and lambda_h"):
         seli.ridge(step="4,2,0.5")
+    # Labels are vectors: a column, a row or one-hot labels are refused with how to fix them.
+    y = np.arange(12) % 3
+    with pytest.raises(ValueError, match=r"shape \[12, 1\]; labels must be a vector of shape \(n,\); flatten it"):
+        seli.geometry(labels=y[:, None])
+    with pytest.raises(ValueError, match=r"shape \[1, 12\]"):
+        seli.metrics(np.ones((12, 4)), y[None, :])
+    with pytest.raises(ValueError, match=r"one-hot labels\? save y.argmax\(1\)"):
+        seli.metrics(np.ones((12, 4)), np.eye(3, dtype=np.int64)[y])
 
 
 # --- UFM, the GIL and Ctrl-C -----------------------------------------------------------------
