@@ -5,7 +5,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{fails, json, ok};
+use common::{fails, json, kill_at_random_moments, ok, summary_without_timing};
 use seli_io::dataset::cifar::{IMAGE_BYTES, encode_binary};
 use seli_io::dataset::idx::encode_idx;
 
@@ -185,6 +185,58 @@ fn bad_inputs_are_named() {
     let e =
         fails(&["train", "--data-dir", "/nonexistent", "--out", out.to_str().unwrap(), "--force"]);
     assert!(e.contains("not found") && e.contains("fetch-data.sh"), "{e}");
+}
+
+/// `seli train` killed with SIGKILL at random moments and resumed, over and over, ends with the
+/// uninterrupted run's files byte for byte: the metrics log, the Grams, the checkpoint (network,
+/// batch-norm statistics, optimizer state), the subset, and the summary (timing fields aside).
+#[test]
+fn sigkill_at_random_moments_then_resume_gives_the_uninterrupted_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_mnist(tmp.path(), 30);
+    let data = tmp.path().to_str().unwrap();
+    let (full, cut) = (tmp.path().join("full"), tmp.path().join("cut"));
+    let args = |dir: &Path| -> Vec<String> {
+        [
+            "train",
+            "--data-dir",
+            data,
+            "--step",
+            "10,4,0.5,6",
+            "--depth",
+            "1",
+            "--width",
+            "16",
+            "--batch-size",
+            "16",
+            "--epochs",
+            "1500",
+            "--every",
+            "100",
+            "--checkpoint-every",
+            "7",
+            "--out",
+            dir.to_str().unwrap(),
+            "--force",
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let start = args(&cut);
+    let start: Vec<&str> = start.iter().map(String::as_str).collect();
+    let resume = ["train", "--resume", cut.to_str().unwrap()];
+    let landed = kill_at_random_moments(&start, &resume, &cut, 6, (20, 500), 11);
+    assert!(landed >= 3, "only {landed} kills landed on a running process");
+    let whole = args(&full);
+    ok(&whole.iter().map(String::as_str).collect::<Vec<_>>());
+    for f in ["metrics.csv", "grams.json", "checkpoint.safetensors", "subset.json", "config.json"] {
+        let read = |d: &Path| std::fs::read(d.join(f)).unwrap();
+        assert!(read(&cut) == read(&full), "{f} differs after {landed} kills");
+    }
+    assert_eq!(
+        summary_without_timing(&cut.join("summary.json")),
+        summary_without_timing(&full.join("summary.json"))
+    );
 }
 
 /// A training sweep killed while a point is mid-run (SIGKILL once a checkpoint exists without a

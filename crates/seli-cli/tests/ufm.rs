@@ -5,7 +5,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{fails, json, ok, seli};
+use common::{fails, json, kill_at_random_moments, ok, seli, summary_without_timing};
 
 fn last_row(dir: &Path) -> String {
     std::fs::read_to_string(dir.join("metrics.csv")).unwrap().lines().last().unwrap().to_string()
@@ -147,6 +147,50 @@ fn ctrl_c_checkpoints_and_resumes_to_the_same_result() {
     // The whole log, too: the row written at the interruption is not in the uninterrupted log.
     let log = |d: &Path| std::fs::read_to_string(d.join("metrics.csv")).unwrap();
     assert_eq!(log(&cut), log(&full));
+}
+
+/// SIGKILL (no chance to save anything) at random moments, then `--resume`, over and over: the
+/// log, the checkpoint and the summary end equal to the uninterrupted run's, byte for byte
+/// (timing fields aside). Kills land before the first checkpoint too (the run starts over),
+/// between checkpoints (rows past the checkpoint are rewritten) and at off-schedule
+/// checkpoints.
+#[test]
+fn sigkill_at_random_moments_then_resume_gives_the_uninterrupted_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (full, cut) = (tmp.path().join("full"), tmp.path().join("cut"));
+    let run = |dir: &Path| -> Vec<String> {
+        [
+            "ufm",
+            "--step",
+            "10,100,0.5,5",
+            "--d",
+            "32",
+            "--iters",
+            "12000",
+            "--checkpoint-every",
+            "700",
+            "--out",
+            dir.to_str().unwrap(),
+            "--force",
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let start = run(&cut);
+    let start: Vec<&str> = start.iter().map(String::as_str).collect();
+    let resume = ["ufm", "--resume", cut.to_str().unwrap()];
+    let landed = kill_at_random_moments(&start, &resume, &cut, 6, (20, 900), 7);
+    assert!(landed >= 3, "only {landed} kills landed on a running process");
+    let whole = run(&full);
+    ok(&whole.iter().map(String::as_str).collect::<Vec<_>>());
+    for f in ["metrics.csv", "checkpoint.safetensors", "config.json"] {
+        let read = |d: &Path| std::fs::read(d.join(f)).unwrap();
+        assert!(read(&cut) == read(&full), "{f} differs after {landed} kills");
+    }
+    assert_eq!(
+        summary_without_timing(&cut.join("summary.json")),
+        summary_without_timing(&full.join("summary.json"))
+    );
 }
 
 #[test]

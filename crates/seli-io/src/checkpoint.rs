@@ -101,7 +101,7 @@ pub fn save_checkpoint<T: Scalar>(path: &Path, params: &Params<T>, iter: u64) ->
         tensors.push(("b".to_string(), TensorView::new(dtype_of::<T>(), vec![k], b).map_err(bad)?));
     }
     let bytes = safetensors::tensor::serialize(tensors, Some(meta)).map_err(bad)?;
-    write_atomic(path, &bytes)
+    write_atomic(path, &canonical_header(path, bytes)?)
 }
 
 /// Reads a checkpoint for a run with dimensions `d`, `k`, `n` and the given bias setting.
@@ -200,6 +200,27 @@ fn verify_checksum(path: &Path, meta: &HashMap<String, String>, parts: &[&[u8]])
     Ok(())
 }
 
+/// The safetensors file `bytes` with its JSON header's keys sorted (the metadata comes from a
+/// hash map, whose order changes from process to process): equal checkpoints are then equal
+/// files, byte for byte, whichever process wrote them. The header keeps the format's padding
+/// (spaces up to a multiple of 8 bytes), and the data that follows is unchanged.
+fn canonical_header(path: &Path, bytes: Vec<u8>) -> Result<Vec<u8>> {
+    let bad = |why: &str| Error::format(path, format!("cannot encode checkpoint: {why}"));
+    let len = u64::from_le_bytes(bytes[..8].try_into().map_err(|_| bad("no header"))?) as usize;
+    let header: serde_json::Value =
+        serde_json::from_slice(&bytes[8..8 + len]).map_err(|e| bad(&e.to_string()))?;
+    // serde_json's map is ordered by key.
+    let mut text = serde_json::to_vec(&header).map_err(|e| bad(&e.to_string()))?;
+    while text.len() % 8 != 0 {
+        text.push(b' ');
+    }
+    let mut out = Vec::with_capacity(8 + text.len() + bytes.len() - 8 - len);
+    out.extend_from_slice(&(text.len() as u64).to_le_bytes());
+    out.extend_from_slice(&text);
+    out.extend_from_slice(&bytes[8 + len..]);
+    Ok(out)
+}
+
 /// Writes named byte blobs (stored as `U8` tensors) and string metadata to a checksummed
 /// safetensors file, atomically. `format` tags the file; `checksum` (FNV-1a 64 over the
 /// blobs in the given order) is added to the metadata. Used by training checkpoints, whose
@@ -235,7 +256,7 @@ pub fn save_blobs(
         })
         .collect::<Result<Vec<_>>>()?;
     let bytes = safetensors::tensor::serialize(tensors, Some(m)).map_err(bad)?;
-    write_atomic(path, &bytes)
+    write_atomic(path, &canonical_header(path, bytes)?)
 }
 
 /// A named blob of a [`save_blobs`] file.
@@ -285,6 +306,32 @@ mod tests {
         let a = params::<f32>(false);
         save_checkpoint(&p, &a, 7).unwrap();
         assert_eq!(load_checkpoint::<f32>(&p, 3, 4, 7, false).unwrap(), (a, 7));
+    }
+
+    #[test]
+    fn equal_checkpoints_are_equal_files() {
+        // The metadata passes through hash maps (a new random order each time); the header is
+        // written sorted, so the bytes depend on the content only.
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        let meta = [("epoch", "3".to_string()), ("seed", "9".to_string()), ("z", "1".into())];
+        for _ in 0..16 {
+            save_checkpoint(&a, &params::<f64>(true), 42).unwrap();
+            save_checkpoint(&b, &params::<f64>(true), 42).unwrap();
+            assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+            save_blobs(&a, "x.v1", &meta, &[("m", b"abc"), ("o", b"defgh")]).unwrap();
+            save_blobs(&b, "x.v1", &meta, &[("m", b"abc"), ("o", b"defgh")]).unwrap();
+            assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+        }
+        let bytes = std::fs::read(&a).unwrap();
+        let len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        assert_eq!(len % 8, 0, "header padded to 8 bytes");
+        let (m, blobs) = load_blobs(&a, "x.v1").unwrap();
+        assert_eq!(m.get("seed").map(String::as_str), Some("9"));
+        assert_eq!(
+            blobs,
+            [("m".to_string(), b"abc".to_vec()), ("o".to_string(), b"defgh".to_vec())]
+        );
     }
 
     #[test]

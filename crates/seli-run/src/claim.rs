@@ -534,7 +534,7 @@ mod tests {
         let mut other = c.new_holder();
         other.host = "elsewhere".into();
         write(&path, &other);
-        assert_eq!(c.refresh().unwrap(), [path.clone()]);
+        assert_eq!(c.refresh().unwrap(), std::slice::from_ref(&path));
         assert!(c.held_paths().is_empty());
         assert!(!c.release(&path).unwrap());
         assert_eq!(read_holder(&path).unwrap().unwrap(), other, "the other's claim stays");

@@ -560,7 +560,9 @@ fn execute_as<T: Scalar>(
     let geometry = Geometry::new(&profile)?;
     let mut solver = UfmSolver::<T>::new(cfg.solver_config(), &profile, cfg.threads)?;
     let labels = solver.labels().to_vec();
-    let (mut state, resumed_from) = match dir.filter(|_| resume) {
+    // A run stopped before its first checkpoint has nothing to resume: it starts over (its
+    // start is seeded, so the log and the end are those of an uninterrupted run).
+    let (mut state, resumed_from) = match dir.filter(|d| resume && d.checkpoint().is_file()) {
         Some(dir) => {
             let (params, iter) = load_checkpoint::<T>(
                 &dir.checkpoint(),

@@ -1,7 +1,7 @@
 //! The networks: an MLP and a CIFAR-style ResNet-18, each split into a feature extractor
 //! (everything up to the penultimate layer) and a linear classifier, bias-free by default.
 
-use burn::module::{Module, ModuleVisitor, Param};
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId, RunningState};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::pool::{AdaptiveAvgPool2d, AdaptiveAvgPool2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig, PaddingConfig2d};
@@ -173,7 +173,60 @@ impl ModuleVisitor for Materialize {
     }
 }
 
+/// Numbers every parameter in traversal order (from 1).
+struct StableIds(u64);
+
+impl StableIds {
+    fn next(&mut self) -> ParamId {
+        self.0 += 1;
+        ParamId::from(self.0)
+    }
+
+    /// Batch-norm running statistics: buffers that a mapper cannot renumber.
+    fn batch_norm(&mut self, bn: &mut BatchNorm) {
+        bn.running_mean = RunningState::with_id(self.next(), bn.running_mean.value());
+        bn.running_var = RunningState::with_id(self.next(), bn.running_var.value());
+    }
+}
+
+impl ModuleMapper for StableIds {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let (_, value, mapper) = param.consume();
+        Param::from_mapped_value(self.next(), value, mapper)
+    }
+}
+
 impl Net {
+    /// The network with its parameters numbered in traversal order instead of burn's random
+    /// ids. Checkpoints record the ids (of the model's tensors and, as keys, of the
+    /// optimizer's state), so with random ids two runs that computed the same numbers wrote
+    /// different files; numbered, an interrupted and resumed run ends with the uninterrupted
+    /// run's checkpoint, byte for byte.
+    fn with_stable_ids(self) -> Self {
+        let mut ids = StableIds(0);
+        let mut net = self.map(&mut ids);
+        match &mut net.backbone {
+            Backbone::Mlp(m) => {
+                for h in &mut m.hidden {
+                    if let Some(bn) = &mut h.norm {
+                        ids.batch_norm(bn);
+                    }
+                }
+            }
+            Backbone::ResNet18(r) => {
+                ids.batch_norm(&mut r.stem_bn);
+                for b in &mut r.blocks {
+                    ids.batch_norm(&mut b.bn1);
+                    ids.batch_norm(&mut b.bn2);
+                    if let Some(s) = &mut b.shortcut {
+                        ids.batch_norm(&mut s.bn);
+                    }
+                }
+            }
+        }
+        net
+    }
+
     /// A freshly initialized network for `channels × height × width` images and `classes`
     /// classes, its parameters drawn from `device`'s generator seeded with `seed`.
     ///
@@ -197,7 +250,7 @@ impl Net {
         device.seed(seed);
         let net = Self::new(cfg, image, classes, device)?;
         net.visit(&mut Materialize);
-        Ok(net)
+        Ok(net.with_stable_ids())
     }
 
     fn new(cfg: &ModelConfig, image: [usize; 3], classes: usize, device: &Device) -> Result<Self> {
@@ -241,5 +294,46 @@ impl Net {
             .as_ref()
             .map(|b| b.val().into_data().try_into_vec::<f32>().expect("f32 bias"));
         (values, dims, b)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::module::Module;
+
+    #[test]
+    fn one_seed_gives_one_checkpoint_encoding() {
+        // Parameters and batch-norm statistics are numbered, not given burn's random ids, so
+        // two networks of one seed encode to the same bytes.
+        let cfg = ModelConfig {
+            kind: ModelKind::Mlp,
+            depth: 2,
+            width: 8,
+            batch_norm: true,
+            last_bias: false,
+        };
+        let device = Device::flex();
+        let bytes = || {
+            let net = Net::seeded(&cfg, [1, 4, 4], 3, &device, 5).unwrap();
+            net.into_record().into_bytes().unwrap().to_vec()
+        };
+        assert_eq!(bytes(), bytes());
+        let net = Net::seeded(&cfg, [1, 4, 4], 3, &device, 5).unwrap();
+        let mut ids = Vec::new();
+        struct Ids<'a>(&'a mut Vec<u64>);
+        impl ModuleVisitor for Ids<'_> {
+            fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<D>>) {
+                self.0.push(p.id.val());
+            }
+        }
+        net.visit(&mut Ids(&mut ids));
+        // Two linear weights, two batch norms (gamma, beta, running mean, running var), the
+        // classifier: 11 small distinct numbers (the mapper numbers every tensor it meets,
+        // then the running statistics get their own).
+        ids.sort_unstable();
+        ids.dedup();
+        assert_eq!(ids.len(), 11);
+        assert!(ids.iter().all(|&i| (1..=15).contains(&i)), "{ids:?}");
     }
 }

@@ -399,7 +399,7 @@ fn restore(
 ///
 /// # Errors
 /// An invalid config; on resume, a directory whose `config.json` differs from `cfg` or whose
-/// checkpoint is missing or damaged; divergence (non-finite loss, named with its epoch); I/O.
+/// checkpoint is damaged (a run stopped before its first checkpoint starts over); divergence (non-finite loss, named with its epoch); I/O.
 pub fn train(
     dir: &Path,
     cfg: &TrainConfig,
@@ -422,6 +422,9 @@ pub fn train(
         .with_weight_decay(Some(WeightDecayConfig { penalty: cfg.weight_decay as f32 }))
         .init();
     let header = eval::header();
+    // A run stopped before its first checkpoint has nothing to resume: it starts over (seeded,
+    // so it retraces the uninterrupted run).
+    let resume = resume && run.checkpoint().is_file();
     let (start, net, optim, log) = if resume {
         let (start, net, optim) = restore(&run, cfg, net, optim)?;
         (start, net, optim, CsvLog::resume(&run.metrics(), &header, start as f64 + 0.5)?)
@@ -536,7 +539,33 @@ fn epoch_seed(seed: u64, epoch: usize) -> u64 {
     seed ^ (epoch as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)
 }
 
+/// burn's optimizer record (a burnpack) with its tensors in name order. burn lists them in the
+/// order of a hash map, which changes from process to process; sorted, equal optimizer states
+/// are equal bytes, and a resumed run ends with the uninterrupted run's checkpoint. Loading
+/// finds tensors by name, so the order is free.
+fn in_name_order(bytes: Bytes) -> std::result::Result<Vec<u8>, String> {
+    let reader = burn_pack::Reader::from_bytes(bytes).map_err(|e| e.to_string())?;
+    let scalars = reader.scalars().clone();
+    let metadata = reader.metadata().clone();
+    let mut tensors = reader.into_tensors().map_err(|e| e.to_string())?;
+    tensors.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut writer = burn_pack::Writer::new(tensors);
+    for (k, v) in &scalars {
+        writer = writer.with_scalar(k, *v);
+    }
+    for (k, v) in &metadata {
+        writer = writer.with_metadata(k, v);
+    }
+    Ok(writer.into_bytes().map_err(|e| e.to_string())?.to_vec())
+}
+
 fn save_checkpoint(path: &Path, net: &Net, optim: &ModuleOptimizer, epoch: usize) -> Result<()> {
+    // Batch-norm running statistics keep their latest updates aside until synced, and a record
+    // reads only the synced value: without this, a checkpoint taken between measurements held
+    // stale statistics, and a resumed run measured different features until they were
+    // averaged away (found by killing runs at random moments). `valid()` syncs them (the
+    // statistics are shared with `net`) without changing what training computes.
+    drop(net.valid());
     let model = net
         .clone()
         .into_record()
@@ -544,6 +573,8 @@ fn save_checkpoint(path: &Path, net: &Net, optim: &ModuleOptimizer, epoch: usize
         .map_err(|e| ckpt_err(path, format!("cannot encode the model: {e}")))?;
     let opt = optim
         .into_bytes()
+        .map_err(|e| e.to_string())
+        .and_then(in_name_order)
         .map_err(|e| ckpt_err(path, format!("cannot encode the optimizer: {e}")))?;
     seli_io::checkpoint::save_blobs(
         path,
