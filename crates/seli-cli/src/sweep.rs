@@ -598,6 +598,11 @@ pub fn run(args: &SweepArgs) -> Result<ExitCode> {
         std::fs::read(spec_path).with_context(|| format!("reading {}", spec_path.display()))?;
     seli_io::write_atomic(&out.join("sweep.toml"), &spec_copy)?;
 
+    // Temporaries of workers killed while creating or refreshing a claim.
+    let cleaned = seli_run::claim::remove_leftovers(&claims_dir(&out), claims.lease())?;
+    if cleaned > 0 {
+        tracing::info!(files = cleaned, "removed leftovers of killed workers from the claims");
+    }
     crate::ufm::hide_progress();
     let flag = interrupt_flag();
     let started = AtomicUsize::new(0);

@@ -333,6 +333,36 @@ fn held_here() -> std::sync::MutexGuard<'static, std::collections::BTreeSet<Stri
     HELD.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// Removes what workers killed mid-operation left in the claims directory `dir`: temporary
+/// files of a claim being created or refreshed (`.seli-*`) and claims moved aside by a takeover
+/// (`.*.stale`), once older than `age` (a live worker's are seconds old). Returns how many.
+///
+/// # Errors
+/// A directory that exists but cannot be listed.
+pub fn remove_leftovers(dir: &Path, age: Duration) -> Result<usize> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(seli_io::Error::io(dir, e).into()),
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let leftover =
+            name.starts_with(".seli-") || (name.starts_with('.') && name.ends_with(".stale"));
+        let old = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|e| e > age);
+        if leftover && old && std::fs::remove_file(entry.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
 fn claim_bytes(h: &Holder) -> Result<Vec<u8>> {
     let mut b = serde_json::to_vec_pretty(h)
         .map_err(|cause| seli_io::Error::Serialize { what: "claim", cause })?;
@@ -562,6 +592,24 @@ mod tests {
             hs.into_iter().map(|h| h.join().unwrap()).sum()
         });
         assert_eq!(won, 1);
+    }
+
+    #[test]
+    fn leftovers_of_killed_workers_are_removed_once_old() {
+        let tmp = tempfile::tempdir().unwrap();
+        for name in [".seli-abc.tmp", ".p.json.77-0.stale", "p.json", "other.txt"] {
+            std::fs::write(tmp.path().join(name), "x").unwrap();
+        }
+        assert_eq!(remove_leftovers(tmp.path(), Duration::from_secs(3600)).unwrap(), 0);
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(remove_leftovers(tmp.path(), Duration::from_millis(10)).unwrap(), 2);
+        let mut left: Vec<String> = std::fs::read_dir(tmp.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["other.txt", "p.json"]);
+        assert_eq!(remove_leftovers(&tmp.path().join("none"), Duration::ZERO).unwrap(), 0);
     }
 
     #[test]
