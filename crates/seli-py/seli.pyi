@@ -48,12 +48,54 @@ def metrics(
     layout: Literal["kd", "dk"] = "kd",
     chunk: int = 4096,
 ) -> dict[str, Any]:
-    """Features (n, d) float32/float64 (any layout, not copied) against SELI and the ETF
+    """Features (n, d) float16/32/64 or a CPU torch tensor (any layout, not copied) against SELI and the ETF
     (schema seli.analyze.v1), as ``seli analyze --json``.
 
     >>> m = seli.metrics(H, y, model.fc.weight.detach().cpu().numpy())
     >>> m["values"]["dist_gw_seli"], m["values"]["dist_gw_etf"], m["values"]["nc1"]
     """
+
+class Accumulator:
+    """``seli.metrics`` accumulated batch by batch (a training loop, or several workers), in
+    memory O(k*d + d^2) whatever n. Batches: features (b, d) as NumPy float16/32/64 or CPU
+    torch tensors (bfloat16 too; CUDA tensors are refused: pass ``x.cpu()``), labels (b,),
+    logits (b, k) if you have them, else ``W^T h + b`` from the classifier given here.
+
+    ``merge`` combines accumulators of other samples (``to_bytes``/``from_bytes`` or pickle to
+    send them): any batching and merge order give the single-pass values. ``ncc_mismatch``
+    (NC4) and the exact ``dist_z`` need the final class means: feed the same samples again
+    with ``add_second`` (after merging first passes); without it they are None / streaming.
+
+    >>> acc = seli.Accumulator(10, 512, model.fc.weight)
+    >>> for x, y in loader:
+    ...     acc.add(model.features(x), y)
+    >>> acc.metrics()["values"]["dist_gw_seli"]
+    """
+
+    def __init__(
+        self,
+        k: int,
+        d: int,
+        classifier: Optional[npt.ArrayLike] = None,
+        *,
+        bias: Optional[npt.ArrayLike] = None,
+        layout: Literal["kd", "dk"] = "kd",
+    ) -> None: ...
+    def add(self, features: Any, labels: Any, logits: Optional[Any] = None) -> None: ...
+    def add_second(self, features: Any, labels: Any, logits: Optional[Any] = None) -> None: ...
+    def merge(self, other: "Accumulator") -> None: ...
+    def metrics(self) -> dict[str, Any]: ...
+    def to_bytes(self) -> bytes: ...
+    @staticmethod
+    def from_bytes(data: bytes) -> "Accumulator": ...
+    @property
+    def n(self) -> int: ...
+    @property
+    def k(self) -> int: ...
+    @property
+    def d(self) -> int: ...
+    @property
+    def counts(self) -> list[int]: ...
 
 def ridge(
     counts: Optional[Sequence[int]] = None,

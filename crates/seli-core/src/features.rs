@@ -109,18 +109,42 @@ impl FeatureMoments {
                 }
             }
         }
-        // Within-batch scatter about the batch class means, in one d×B by B×d product.
+        // Within-batch scatter about the batch class means, in one d×B by B×d product, then
+        // the batch merged in as any other moments.
         let X = Mat::from_fn(d, labels.len(), |r, i| H[(r, i)] - bmean[(r, labels[i] as usize)]);
-        self.scatter += &X * X.transpose();
-        // Merge each class's batch moments into the running ones (Chan et al.).
+        let batch = FeatureMoments { counts: bcount, means: bmean, scatter: &X * X.transpose() };
+        self.merge(&batch)?;
+        Ok(())
+    }
+
+    /// Merges `other` (moments of other samples) into these: the result equals the moments
+    /// of both sample sets pushed into one accumulator, up to rounding (Chan, Golub and
+    /// LeVeque's pairwise update, the same as between batches).
+    ///
+    /// # Errors
+    /// Moments of another dimension or class count (both named).
+    pub fn merge(&mut self, other: &FeatureMoments) -> Result<()> {
+        let (d, k) = (self.dim(), self.classes());
+        if other.dim() != d || other.classes() != k {
+            return Err(Error::ShapeMismatch {
+                left: "accumulator (d, k)",
+                lr: d,
+                lc: k,
+                right: "the one merged into it",
+                rr: other.dim(),
+                rc: other.classes(),
+            });
+        }
+        self.scatter += &other.scatter;
         for c in 0..k {
-            let (na, nb) = (self.counts[c] as f64, bcount[c] as f64);
+            let (na, nb) = (self.counts[c] as f64, other.counts[c] as f64);
             if nb == 0.0 {
                 continue;
             }
-            let delta: Vec<f64> = (0..d).map(|r| bmean[(r, c)] - self.means[(r, c)]).collect();
-            let w = na * nb / (na + nb);
+            let delta: Vec<f64> =
+                (0..d).map(|r| other.means[(r, c)] - self.means[(r, c)]).collect();
             if na > 0.0 {
+                let w = na * nb / (na + nb);
                 for j in 0..d {
                     let dj = w * delta[j];
                     for i in 0..d {
@@ -131,7 +155,7 @@ impl FeatureMoments {
             for r in 0..d {
                 self.means[(r, c)] += delta[r] * nb / (na + nb);
             }
-            self.counts[c] += bcount[c];
+            self.counts[c] += other.counts[c];
         }
         Ok(())
     }
@@ -470,7 +494,159 @@ pub struct FeatureGeometry {
     second: Option<(u64, u64, f64)>,
 }
 
+/// Everything a [`FeatureGeometry`] holds, to serialize it (workers and ranks send their
+/// accumulators to one another) and rebuild it with [`FeatureGeometry::from_state`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct GeometryState {
+    /// Samples per class.
+    pub counts: Vec<u64>,
+    /// Running class means (d×k; a class without samples has a zero column).
+    pub means: Mat<f64>,
+    /// Total within-class scatter about the running means (d×d).
+    pub scatter: Mat<f64>,
+    /// Samples with logits predicted correctly, per class.
+    pub correct: Vec<u64>,
+    /// Samples with logits, per class.
+    pub total: Vec<u64>,
+    /// `Σ z²` over every logit.
+    pub zz: f64,
+    /// `Σ z ẑ` (logits against the SEL matrix).
+    pub zs: f64,
+    /// Samples that came with logits.
+    pub logit_samples: u64,
+    /// Pass 2 so far: NCC disagreements, samples seen, `Σ (z/‖Z‖ − ẑ/‖Ẑ‖)²`.
+    pub second: Option<(u64, u64, f64)>,
+}
+
 impl FeatureGeometry {
+    /// Everything this measurement holds.
+    pub fn state(&self) -> GeometryState {
+        GeometryState {
+            counts: self.moments.counts.clone(),
+            means: self.moments.means.clone(),
+            scatter: self.moments.scatter.clone(),
+            correct: self.correct.clone(),
+            total: self.total.clone(),
+            zz: self.zz,
+            zs: self.zs,
+            logit_samples: self.logit_samples,
+            second: self.second,
+        }
+    }
+
+    /// A measurement from its state, checked: shapes that agree (d×k means, d×d scatter, k
+    /// counts), finite sums, `correct <= total <= counts` per class and `Σ total` equal to the
+    /// logit samples, a second pass over no more samples than the first.
+    ///
+    /// # Errors
+    /// The first inconsistency, named.
+    pub fn from_state(s: GeometryState) -> Result<Self> {
+        let (d, k) = (s.means.nrows(), s.means.ncols());
+        let bad = |what: &str| Error::InvalidParameter {
+            name: "accumulator state",
+            value: what.to_string(),
+            rule: "consistent (as written by FeatureGeometry::state)",
+        };
+        if s.counts.len() != k || s.correct.len() != k || s.total.len() != k {
+            return Err(bad(&format!(
+                "{} counts, {} correct, {} totals for k = {k} classes",
+                s.counts.len(),
+                s.correct.len(),
+                s.total.len()
+            )));
+        }
+        if s.scatter.nrows() != d || s.scatter.ncols() != d {
+            return Err(bad(&format!(
+                "scatter {}x{} for d = {d}",
+                s.scatter.nrows(),
+                s.scatter.ncols()
+            )));
+        }
+        let finite =
+            |m: &Mat<f64>| (0..m.nrows()).all(|i| (0..m.ncols()).all(|j| m[(i, j)].is_finite()));
+        if !finite(&s.means) || !finite(&s.scatter) || !s.zz.is_finite() || !s.zs.is_finite() {
+            return Err(bad("a non-finite sum"));
+        }
+        for c in 0..k {
+            if s.correct[c] > s.total[c] || s.total[c] > s.counts[c] {
+                return Err(bad(&format!(
+                    "class {c}: {} correct of {} with logits of {} samples",
+                    s.correct[c], s.total[c], s.counts[c]
+                )));
+            }
+        }
+        if s.total.iter().sum::<u64>() != s.logit_samples {
+            return Err(bad(&format!(
+                "{} samples with logits, per-class totals add to {}",
+                s.logit_samples,
+                s.total.iter().sum::<u64>()
+            )));
+        }
+        let n: u64 = s.counts.iter().sum();
+        if let Some((mismatch, seen, sq)) = s.second
+            && (mismatch > seen || seen > n || !sq.is_finite())
+        {
+            return Err(bad(&format!(
+                "second pass: {mismatch} disagreements in {seen} samples of {n}, sum {sq}"
+            )));
+        }
+        Ok(FeatureGeometry {
+            moments: FeatureMoments { counts: s.counts, means: s.means, scatter: s.scatter },
+            correct: s.correct,
+            total: s.total,
+            zz: s.zz,
+            zs: s.zs,
+            logit_samples: s.logit_samples,
+            second: s.second,
+        })
+    }
+
+    /// Merges `other`, a measurement of other samples, into this one.
+    ///
+    /// First passes merge as moments do ([`FeatureMoments::merge`]) and their counts and sums
+    /// add. Second passes need the final class means, so they merge only between
+    /// measurements whose first passes are identical (every worker's second pass starts from
+    /// the merged first pass); their counts and sums add.
+    ///
+    /// # Errors
+    /// Another dimension or class count; one side in its second pass and the other not; second
+    /// passes over different first passes.
+    pub fn merge(&mut self, other: &FeatureGeometry) -> Result<()> {
+        match (&self.second, &other.second) {
+            (None, None) => {
+                self.moments.merge(&other.moments)?;
+                for c in 0..self.correct.len() {
+                    self.correct[c] += other.correct[c];
+                    self.total[c] += other.total[c];
+                }
+                self.zz += other.zz;
+                self.zs += other.zs;
+                self.logit_samples += other.logit_samples;
+                Ok(())
+            }
+            (Some(a), Some(b)) => {
+                let (mut x, mut y) = (self.state(), other.state());
+                x.second = None;
+                y.second = None;
+                if x != y {
+                    return Err(Error::InvalidParameter {
+                        name: "second-pass accumulators",
+                        value: "built on different first passes".into(),
+                        rule: "merged only when every second pass started from the same \
+                               (merged) first pass",
+                    });
+                }
+                self.second = Some((a.0 + b.0, a.1 + b.1, a.2 + b.2));
+                Ok(())
+            }
+            _ => Err(Error::InvalidParameter {
+                name: "accumulators",
+                value: "one in its second pass, the other not".into(),
+                rule: "merged in the same pass (first passes before any second pass starts)",
+            }),
+        }
+    }
+
     /// Empty measurement of d-dimensional features of k classes.
     pub fn new(d: usize, k: usize) -> Self {
         FeatureGeometry {
@@ -494,6 +670,11 @@ impl FeatureGeometry {
         geo.push(H, Some(Z), labels)?;
         geo.push_second(H, Z, labels)?;
         Ok(geo)
+    }
+
+    /// Samples seen by the second pass, once it has begun.
+    pub fn second_seen(&self) -> Option<u64> {
+        self.second.map(|s| s.1)
     }
 
     /// The moments accumulated so far.
@@ -840,6 +1021,127 @@ mod tests {
         let mut one = FeatureGeometry::new(2, 3);
         one.push(H.as_ref(), Some(z.as_ref()), &y).unwrap();
         assert!((col(&one) - want).abs() < 1e-12);
+    }
+
+    /// Features far from the origin with small within-class spread (the terminal phase, where
+    /// cancellation shows), logits, labels covering every class.
+    fn sample(d: usize, k: usize, n: usize, seed: u64) -> (Mat<f64>, Mat<f64>, Vec<u32>) {
+        let mut rng = rng_from_seed(seed);
+        let g: Mat<f64> = gaussian_matrix(d, n, 1.0, &mut rng);
+        let labels: Vec<u32> = (0..n).map(|i| ((i * 7 + i / 5) % k) as u32).collect();
+        let H = Mat::from_fn(d, n, |r, i| {
+            100.0 * ((r * 3 + labels[i] as usize) % 4) as f64 + 1e-2 * g[(r, i)]
+        });
+        let W: Mat<f64> = gaussian_matrix(d, k, 1.0, &mut rng);
+        let Z = W.transpose() * &H;
+        (H, Z, labels)
+    }
+
+    /// Splits `0..n` at pseudo-random points.
+    fn cuts(n: usize, seed: u64) -> Vec<usize> {
+        let mut x = seed | 1;
+        let mut out = vec![0];
+        while *out.last().unwrap() < n {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            out.push((out.last().unwrap() + 1 + (x % 37) as usize).min(n));
+        }
+        out
+    }
+
+    fn close(a: &[Option<f64>], b: &[Option<f64>]) -> bool {
+        a.iter().zip(b).all(|(x, y)| match (x, y) {
+            (Some(x), Some(y)) => (x - y).abs() <= 1e-10 * x.abs().max(y.abs()).max(1e-6),
+            (None, None) => true,
+            _ => false,
+        })
+    }
+
+    #[test]
+    fn any_batching_and_merge_order_give_the_single_pass_values() {
+        let (d, k, n) = (6, 4, 317);
+        let (H, Z, labels) = sample(d, k, n, 9);
+        let target = crate::Geometry::new(
+            &crate::Profile::from_labels(
+                labels.iter().map(|&l| i64::from(l)).collect::<Vec<_>>(),
+                Some(k),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        let whole = FeatureGeometry::of_matrices(H.as_ref(), Z.as_ref(), &labels).unwrap();
+        let want = whole.values(None, &target).unwrap();
+        for seed in 1..6u64 {
+            // Each batch its own accumulator (a worker), merged in a seed-dependent order.
+            let bounds = cuts(n, seed);
+            let mut parts: Vec<FeatureGeometry> = bounds
+                .windows(2)
+                .map(|w| {
+                    let mut g = FeatureGeometry::new(d, k);
+                    let cols = w[0]..w[1];
+                    g.push(
+                        H.subcols(w[0], w[1] - w[0]),
+                        Some(Z.subcols(w[0], w[1] - w[0])),
+                        &labels[cols],
+                    )
+                    .unwrap();
+                    g
+                })
+                .collect();
+            let rot = seed as usize % parts.len();
+            parts.rotate_left(rot);
+            if seed % 2 == 0 {
+                parts.reverse();
+            }
+            let mut merged = parts.remove(0);
+            for p in &parts {
+                merged.merge(p).unwrap();
+            }
+            // Second pass, split across two workers that both start from the merged first
+            // pass, then merged.
+            let (mut a, mut b) = (merged.clone(), merged);
+            let half = n / 2;
+            a.push_second(H.subcols(0, half), Z.subcols(0, half), &labels[..half]).unwrap();
+            b.push_second(H.subcols(half, n - half), Z.subcols(half, n - half), &labels[half..])
+                .unwrap();
+            a.merge(&b).unwrap();
+            let got = a.values(None, &target).unwrap();
+            assert!(close(&got, &want), "seed {seed}: {got:?} vs {want:?}");
+            assert_eq!(a.moments().counts(), whole.moments().counts());
+            // A state survives its round trip exactly.
+            let back = FeatureGeometry::from_state(a.state()).unwrap();
+            assert_eq!(back.state(), a.state());
+        }
+    }
+
+    #[test]
+    fn merging_mismatched_accumulators_is_refused() {
+        let (H, Z, labels) = sample(3, 3, 30, 2);
+        let mut a = FeatureGeometry::new(3, 3);
+        a.push(H.as_ref(), Some(Z.as_ref()), &labels).unwrap();
+        let e = a.merge(&FeatureGeometry::new(4, 3)).unwrap_err().to_string();
+        assert!(e.contains("accumulator (d, k)") && e.contains('4'), "{e}");
+        let e = a.merge(&FeatureGeometry::new(3, 5)).unwrap_err().to_string();
+        assert!(e.contains('5'), "{e}");
+        let mut second = a.clone();
+        second.push_second(H.as_ref(), Z.as_ref(), &labels).unwrap();
+        let e = a.merge(&second).unwrap_err().to_string();
+        assert!(e.contains("one in its second pass"), "{e}");
+        let mut s2 = FeatureGeometry::new(3, 3);
+        s2.push(H.as_ref(), Some(Z.as_ref()), &labels).unwrap();
+        s2.push(H.subcols(0, 1), Some(Z.subcols(0, 1)), &labels[..1]).unwrap();
+        s2.push_second(H.as_ref(), Z.as_ref(), &labels).unwrap();
+        let e = second.merge(&s2).unwrap_err().to_string();
+        assert!(e.contains("different first passes"), "{e}");
+        // Inconsistent states are refused, named.
+        let mut st = a.state();
+        st.correct[0] = st.total[0] + 1;
+        let e = FeatureGeometry::from_state(st).unwrap_err().to_string();
+        assert!(e.contains("class 0") && e.contains("correct"), "{e}");
+        let mut st = a.state();
+        st.zz = f64::NAN;
+        assert!(FeatureGeometry::from_state(st).unwrap_err().to_string().contains("non-finite"));
     }
 
     #[test]

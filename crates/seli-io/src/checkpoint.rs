@@ -234,6 +234,19 @@ pub fn save_blobs(
     meta: &[(&str, String)],
     blobs: &[(&str, &[u8])],
 ) -> Result<()> {
+    write_atomic(path, &encode_blobs(path, format, meta, blobs)?)
+}
+
+/// The bytes [`save_blobs`] writes, in memory (`path` names the data in errors).
+///
+/// # Errors
+/// A metadata key named `format`, `checksum` or `order`; an encoding failure.
+pub fn encode_blobs(
+    path: &Path,
+    format: &str,
+    meta: &[(&str, String)],
+    blobs: &[(&str, &[u8])],
+) -> Result<Vec<u8>> {
     let parts: Vec<&[u8]> = blobs.iter().map(|(_, b)| *b).collect();
     let mut m: HashMap<String, String> =
         meta.iter().map(|(k, v)| ((*k).to_string(), v.clone())).collect();
@@ -256,7 +269,7 @@ pub fn save_blobs(
         })
         .collect::<Result<Vec<_>>>()?;
     let bytes = safetensors::tensor::serialize(tensors, Some(m)).map_err(bad)?;
-    write_atomic(path, &canonical_header(path, bytes)?)
+    canonical_header(path, bytes)
 }
 
 /// A named blob of a [`save_blobs`] file.
@@ -270,7 +283,19 @@ pub type Blob = (String, Vec<u8>);
 /// names the file.
 pub fn load_blobs(path: &Path, format: &str) -> Result<(HashMap<String, String>, Vec<Blob>)> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let (st, mut meta) = open_checked(path, &bytes, format)?;
+    decode_blobs(path, &bytes, format)
+}
+
+/// Decodes bytes written by [`encode_blobs`] (`path` names them in errors).
+///
+/// # Errors
+/// Truncated or corrupt bytes; another format; a checksum mismatch.
+pub fn decode_blobs(
+    path: &Path,
+    bytes: &[u8],
+    format: &str,
+) -> Result<(HashMap<String, String>, Vec<Blob>)> {
+    let (st, mut meta) = open_checked(path, bytes, format)?;
     let order = meta_get(path, &meta, "order")?;
     let mut blobs = Vec::new();
     for name in order.split(',').filter(|n| !n.is_empty()) {

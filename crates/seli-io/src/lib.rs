@@ -6,6 +6,7 @@
 //! commands: running them is `seli-run`'s.
 #![warn(missing_docs)]
 
+pub mod accumulator;
 pub mod arrays;
 pub mod atomic;
 pub mod checkpoint;

@@ -83,9 +83,10 @@ fn profile(
     .map_err(value_error)
 }
 
-/// Labels as integers: any integer array or sequence, one dimension.
+/// Labels as integers: any integer array or sequence (a CPU tensor too), one dimension.
 fn label_vector(py: Python<'_>, obj: &Bound<'_, PyAny>) -> PyResult<Vec<i64>> {
     let np = py.import("numpy")?;
+    let (obj, _) = from_torch(py, "labels", obj)?;
     let a = np.call_method1("asarray", (obj,))?;
     let kind: String = a.getattr("dtype")?.getattr("kind")?.extract()?;
     if kind != "i" && kind != "u" {
@@ -109,10 +110,31 @@ fn label_vector(py: Python<'_>, obj: &Bound<'_, PyAny>) -> PyResult<Vec<i64>> {
     as64.extract::<Vec<i64>>()
 }
 
-/// A 2-D float array viewed without copying (any strides: C, Fortran, slices).
+/// A 2-D float array viewed without copying (any strides: C, Fortran, slices). Half
+/// precision comes as its bits: IEEE float16, or bfloat16 (the top half of a float32).
 enum View<'a> {
+    F16(ArrayView2<'a, u16>),
+    BF16(ArrayView2<'a, u16>),
     F32(ArrayView2<'a, f32>),
     F64(ArrayView2<'a, f64>),
+}
+
+/// An IEEE 754 binary16 value from its bits (exact: every float16 is a float32).
+fn f16_to_f32(h: u16) -> f32 {
+    let sign = u32::from(h >> 15) << 31;
+    let exp = u32::from((h >> 10) & 0x1f);
+    let frac = u32::from(h & 0x3ff);
+    let bits = match (exp, frac) {
+        (0, 0) => sign,
+        // Subnormal: frac · 2^-24, normalized for float32.
+        (0, f) => {
+            let shift = f.leading_zeros() - 21;
+            sign | ((113 - shift) << 23) | (((f << shift) & 0x3ff) << 13)
+        }
+        (0x1f, f) => sign | 0x7f80_0000 | (f << 13),
+        (e, f) => sign | ((e + 112) << 23) | (f << 13),
+    };
+    f32::from_bits(bits)
 }
 
 /// A NumPy matrix as a row source for the streaming metrics.
@@ -132,6 +154,18 @@ impl RowSource for NumpyRows<'_> {
     fn rows(&self, start: usize, end: usize) -> seli_io::Result<Vec<f64>> {
         let mut out = Vec::with_capacity((end - start) * self.shape[1]);
         match &self.view {
+            View::F16(v) => {
+                for r in start..end {
+                    out.extend(v.row(r).iter().map(|&x| f64::from(f16_to_f32(x))));
+                }
+            }
+            View::BF16(v) => {
+                for r in start..end {
+                    out.extend(
+                        v.row(r).iter().map(|&x| f64::from(f32::from_bits(u32::from(x) << 16))),
+                    );
+                }
+            }
             View::F32(v) => {
                 for r in start..end {
                     out.extend(v.row(r).iter().map(|&x| f64::from(x)));
@@ -147,8 +181,10 @@ impl RowSource for NumpyRows<'_> {
     }
 }
 
-/// Borrowed float32/float64 matrices (kept alive while their views are used).
+/// Borrowed float matrices (kept alive while their views are used).
 enum Held<'py> {
+    F16(PyReadonlyArray2<'py, u16>),
+    BF16(PyReadonlyArray2<'py, u16>),
     F32(PyReadonlyArray2<'py, f32>),
     F64(PyReadonlyArray2<'py, f64>),
 }
@@ -156,6 +192,8 @@ enum Held<'py> {
 impl Held<'_> {
     fn rows(&self, name: &str) -> NumpyRows<'_> {
         let (shape, view) = match self {
+            Held::F16(a) => (a.shape(), View::F16(a.as_array())),
+            Held::BF16(a) => (a.shape(), View::BF16(a.as_array())),
             Held::F32(a) => (a.shape(), View::F32(a.as_array())),
             Held::F64(a) => (a.shape(), View::F64(a.as_array())),
         };
@@ -163,13 +201,47 @@ impl Held<'_> {
     }
 }
 
-/// `obj` as a float32/float64 matrix (lists are converted; arrays are not copied).
+/// A PyTorch tensor as a NumPy array sharing its memory (`bfloat16` as its 16-bit patterns,
+/// with `true`); other objects unchanged. A tensor off the CPU is refused.
+fn from_torch<'py>(
+    py: Python<'py>,
+    name: &str,
+    obj: &Bound<'py, PyAny>,
+) -> PyResult<(Bound<'py, PyAny>, bool)> {
+    let module: String = obj.get_type().getattr("__module__")?.extract().unwrap_or_default();
+    if !module.starts_with("torch") || !obj.hasattr("numpy")? {
+        return Ok((obj.clone(), false));
+    }
+    let device = obj.getattr("device")?.getattr("type")?.str()?.to_string();
+    if device != "cpu" {
+        return Err(value_error(format!(
+            "{name}: a tensor on device '{}': seli reads tensors in CPU memory; pass \
+             {name}.cpu() (a copy per batch), or accumulate on the GPU with a CUDA build of \
+             seli",
+            obj.getattr("device")?.str()?
+        )));
+    }
+    let t = obj.call_method0("detach")?;
+    let torch = py.import("torch")?;
+    if t.getattr("dtype")?.eq(torch.getattr("bfloat16")?)? {
+        let bits = t.call_method1("view", (torch.getattr("int16")?,))?.call_method0("numpy")?;
+        return Ok((bits.call_method1("view", ("uint16",))?, true));
+    }
+    Ok((t.call_method0("numpy")?, false))
+}
+
+/// `obj` as a float matrix: NumPy float16/32/64 arrays and CPU PyTorch tensors (bfloat16 too)
+/// are viewed without a copy whatever their strides; lists are converted.
 fn matrix<'py>(py: Python<'py>, name: &str, obj: &Bound<'py, PyAny>) -> PyResult<Held<'py>> {
+    let (obj, bf16) = from_torch(py, name, obj)?;
     let a = py.import("numpy")?.call_method1("asarray", (obj,))?;
     let ndim: usize = a.getattr("ndim")?.extract()?;
     if ndim != 2 {
         let shape: Vec<usize> = a.getattr("shape")?.extract()?;
         return Err(value_error(format!("{name} of shape {shape:?}: expected a matrix (2-D)")));
+    }
+    if bf16 {
+        return Ok(Held::BF16(a.extract()?));
     }
     if let Ok(x) = a.extract::<PyReadonlyArray2<'py, f64>>() {
         return Ok(Held::F64(x));
@@ -178,8 +250,12 @@ fn matrix<'py>(py: Python<'py>, name: &str, obj: &Bound<'py, PyAny>) -> PyResult
         return Ok(Held::F32(x));
     }
     let dtype = a.getattr("dtype")?.str()?.to_string();
+    if dtype == "float16" {
+        return Ok(Held::F16(a.call_method1("view", ("uint16",))?.extract()?));
+    }
     Err(value_error(format!(
-        "{name}: dtype {dtype} is not supported (use float32 or float64, e.g. x.astype('float32'))"
+        "{name}: dtype {dtype} is not supported (float16, bfloat16, float32 or float64; e.g. \
+         x.astype('float32'))"
     )))
 }
 
@@ -594,6 +670,205 @@ fn ufm<'py>(
     Ok(out.into_any())
 }
 
+/// A classifier `W` (d×k) and its bias, each optional.
+type LastLayer = (Option<faer::Mat<f64>>, Option<Vec<f64>>);
+
+/// The classifier `W` (d×k) from a matrix in `layout` ("kd": rows are classes, as
+/// `nn.Linear.weight`; "dk"), and the bias as float64.
+fn last_layer(
+    py: Python<'_>,
+    classifier: Option<&Bound<'_, PyAny>>,
+    bias: Option<&Bound<'_, PyAny>>,
+    layout: &str,
+    d: usize,
+    k: usize,
+) -> PyResult<LastLayer> {
+    let layout = match layout {
+        "kd" => Layout::Kd,
+        "dk" => Layout::Dk,
+        other => return Err(value_error(format!("layout = '{other}': must be 'kd' or 'dk'"))),
+    };
+    let W = match classifier {
+        None => None,
+        Some(c) => {
+            let held = matrix(py, "classifier", c)?;
+            Some(classifier_matrix(&held.rows("classifier"), layout, d, k).map_err(value_error)?)
+        }
+    };
+    let b: Option<Vec<f64>> = bias
+        .map(|b| {
+            let (b, _) = from_torch(py, "bias", b)?;
+            py.import("numpy")?
+                .call_method1("asarray", (b, "float64"))?
+                .call_method1("reshape", (-1,))?
+                .extract()
+        })
+        .transpose()?;
+    Ok((W, b))
+}
+
+/// Accumulates the metrics of `seli.metrics` batch by batch, inside a training loop or across
+/// workers, in memory O(k·d + d²) whatever the number of samples.
+///
+/// ``add(features, labels, logits=None)`` takes a batch: features (b, d) as NumPy float16/32/64
+/// arrays or CPU PyTorch tensors (bfloat16 too), in any layout, read without a copy; labels
+/// (b,) integers in 0..k; logits (b, k) when you have them, else ``W^T h + b`` from the
+/// classifier given here. ``merge(other)`` adds another accumulator (another worker's, or one
+/// sent as ``to_bytes()``; pickling works too): any batching and any merge order give the
+/// single-pass values. ``metrics()`` returns the record ``seli.metrics`` returns for all the
+/// samples at once.
+///
+/// Two columns need the final class means and so a second pass over the same samples:
+/// ``ncc_mismatch`` (NC4) and the exact ``dist_z`` (pass 1 gives its streaming form). Feed
+/// the samples again with ``add_second`` (after merging the first passes, when workers
+/// share the work; second passes then merge too). Without it they are None and approximate.
+///
+/// >>> acc = seli.Accumulator(10, 512, model.fc.weight)
+/// >>> for x, y in loader:
+/// ...     acc.add(model.features(x), y)
+/// >>> acc.metrics()["values"]["dist_gw_seli"]
+#[pyclass(name = "Accumulator", module = "seli")]
+struct PyAccumulator {
+    inner: seli_run::analyze::Accumulator,
+}
+
+#[pymethods]
+impl PyAccumulator {
+    #[new]
+    #[pyo3(signature = (k, d, classifier=None, *, bias=None, layout="kd"))]
+    fn new(
+        py: Python<'_>,
+        k: usize,
+        d: usize,
+        classifier: Option<&Bound<'_, PyAny>>,
+        bias: Option<&Bound<'_, PyAny>>,
+        layout: &str,
+    ) -> PyResult<Self> {
+        let (W, b) = last_layer(py, classifier, bias, layout, d, k)?;
+        let inner = seli_run::analyze::Accumulator::new(k, d, W, b).map_err(value_error)?;
+        Ok(PyAccumulator { inner })
+    }
+
+    /// Adds a batch to the first pass.
+    #[pyo3(signature = (features, labels, logits=None))]
+    fn add(
+        &mut self,
+        py: Python<'_>,
+        features: &Bound<'_, PyAny>,
+        labels: &Bound<'_, PyAny>,
+        logits: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        self.feed(py, features, labels, logits, false)
+    }
+
+    /// Adds a batch to the second pass (the same samples again, any batching).
+    #[pyo3(signature = (features, labels, logits=None))]
+    fn add_second(
+        &mut self,
+        py: Python<'_>,
+        features: &Bound<'_, PyAny>,
+        labels: &Bound<'_, PyAny>,
+        logits: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        self.feed(py, features, labels, logits, true)
+    }
+
+    /// Merges another accumulator (of other samples) into this one.
+    fn merge(&mut self, other: PyRef<'_, PyAccumulator>) -> PyResult<()> {
+        self.inner.merge(&other.inner).map_err(value_error)
+    }
+
+    /// The record of ``seli.metrics`` for every sample added (schema seli.analyze.v1).
+    fn metrics<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let out = py
+            .detach(|| -> seli_io::Result<serde_json::Value> {
+                let a = self.inner.analysis()?;
+                serde_json::to_value(&a)
+                    .map_err(|cause| seli_io::Error::Serialize { what: "analysis", cause })
+            })
+            .map_err(value_error)?;
+        to_py(py, &out)
+    }
+
+    /// The accumulator as bytes (format seli.accumulator.v1), to send to another process.
+    fn to_bytes<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, pyo3::types::PyBytes>> {
+        let b = self.inner.to_bytes().map_err(value_error)?;
+        Ok(pyo3::types::PyBytes::new(py, &b))
+    }
+
+    /// An accumulator from ``to_bytes()``.
+    #[staticmethod]
+    fn from_bytes(data: &[u8]) -> PyResult<Self> {
+        let inner =
+            seli_run::analyze::Accumulator::from_bytes(data, Path::new("accumulator bytes"))
+                .map_err(value_error)?;
+        Ok(PyAccumulator { inner })
+    }
+
+    fn __reduce__<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        let bytes = slf.borrow().to_bytes(py)?;
+        let rebuild = slf.get_type().getattr("from_bytes")?;
+        Ok((rebuild, (bytes,)).into_pyobject(py)?.into_any())
+    }
+
+    /// Samples in the first pass.
+    #[getter]
+    fn n(&self) -> u64 {
+        self.inner.n()
+    }
+
+    /// Classes.
+    #[getter]
+    fn k(&self) -> usize {
+        self.inner.classes()
+    }
+
+    /// Feature dimension.
+    #[getter]
+    fn d(&self) -> usize {
+        self.inner.dim()
+    }
+
+    /// Samples per class so far.
+    #[getter]
+    fn counts(&self) -> Vec<u64> {
+        self.inner.counts().to_vec()
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "seli.Accumulator(k={}, d={}, n={})",
+            self.inner.classes(),
+            self.inner.dim(),
+            self.inner.n()
+        )
+    }
+}
+
+impl PyAccumulator {
+    fn feed(
+        &mut self,
+        py: Python<'_>,
+        features: &Bound<'_, PyAny>,
+        labels: &Bound<'_, PyAny>,
+        logits: Option<&Bound<'_, PyAny>>,
+        second: bool,
+    ) -> PyResult<()> {
+        let h = matrix(py, "features", features)?;
+        let y = label_vector(py, labels)?;
+        let z = logits.map(|z| matrix(py, "logits", z)).transpose()?;
+        let hr = h.rows("features");
+        let zr = z.as_ref().map(|z| z.rows("logits"));
+        let inner = &mut self.inner;
+        py.detach(|| {
+            let z = zr.as_ref().map(|z| z as &dyn RowSource);
+            if second { inner.add_second(&hr, &y, z) } else { inner.add(&hr, &y, z) }
+        })
+        .map_err(value_error)
+    }
+}
+
 /// SELI geometry (Simplex-Encoded-Labels Interpolation) of classifiers under class imbalance:
 /// exact targets, metrics of a model's features, exact solvers and UFM runs on NumPy arrays.
 #[pymodule]
@@ -601,6 +876,7 @@ fn seli(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_function(wrap_pyfunction!(geometry, m)?)?;
     m.add_function(wrap_pyfunction!(metrics, m)?)?;
+    m.add_class::<PyAccumulator>()?;
     m.add_function(wrap_pyfunction!(ridge, m)?)?;
     m.add_function(wrap_pyfunction!(ridge_path, m)?)?;
     m.add_function(wrap_pyfunction!(svm, m)?)?;

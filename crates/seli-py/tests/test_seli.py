@@ -152,8 +152,11 @@ def test_metrics_take_every_dtype_and_layout():
 
 def test_unsupported_arrays_get_clear_errors():
     H, y, W = features()
-    with pytest.raises(ValueError, match=r"features: dtype float16 is not supported \(use float32 or float64"):
-        seli.metrics(H.astype(np.float16), y)
+    with pytest.raises(ValueError, match=r"features: dtype complex128 is not supported \(float16, bfloat16, float32 or float64"):
+        seli.metrics(H.astype(np.complex128), y)
+    # float16 is read as it is (exactly).
+    h16 = H.astype(np.float16)
+    assert seli.metrics(h16, y)["values"] == seli.metrics(h16.astype(np.float64), y)["values"]
     with pytest.raises(ValueError, match=r"features of shape \[2, 48, 6\]: expected a matrix"):
         seli.metrics(H.reshape(2, 48, 6), y)
     with pytest.raises(ValueError, match=r"labels: dtype float64 is not an integer type"):
@@ -333,3 +336,115 @@ def test_whole_number_lists_stay_lists():
     assert pairs == [[2, 3]] and isinstance(pairs[0][0], int)
     assert isinstance(r["profile"]["counts"], list)
     assert isinstance(r["gram_w"], np.ndarray) and r["gram_w"].dtype == np.float64
+
+
+# --- Accumulators ----------------------------------------------------------------------------
+
+
+def _collapsing(k=4, d=6, n=600, seed=0):
+    """Features near their class means (far from the origin), a classifier and a bias."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, k, n)
+    H = 10 * rng.standard_normal((k, d))[y] + 0.05 * rng.standard_normal((n, d))
+    return H, y, rng.standard_normal((k, d)), rng.standard_normal(k)
+
+
+def _close(got, want, rel=1e-10):
+    bad = {}
+    for c, w in want.items():
+        g = got[c]
+        if (g is None) != (w is None) or (w is not None and abs(g - w) > rel * max(abs(w), 1e-6)):
+            bad[c] = (g, w)
+    return bad
+
+
+def test_accumulators_in_any_batching_and_merge_order_equal_one_pass():
+    H, y, W, b = _collapsing()
+    n, (k, d) = len(y), W.shape
+    want = seli.metrics(H, y, W, bias=b)["values"]
+    rng = np.random.default_rng(1)
+    for trial in range(4):
+        cuts = np.unique(np.r_[0, rng.integers(1, n, 7), n])
+        parts = []
+        for lo, hi in zip(cuts[:-1], cuts[1:]):
+            a = seli.Accumulator(k, d, W, bias=b)
+            # Any layout: every other batch arrives as a Fortran-order float32 copy.
+            a.add(np.asfortranarray(H[lo:hi]) if trial % 2 else H[lo:hi], y[lo:hi])
+            parts.append(a)
+        order = rng.permutation(len(parts))
+        merged = parts[order[0]]
+        for i in order[1:]:
+            # Workers send their accumulators as bytes.
+            merged.merge(seli.Accumulator.from_bytes(parts[i].to_bytes()))
+        assert merged.n == n and merged.counts == list(np.bincount(y, minlength=k))
+        # Second pass: two workers start from the merged first pass, then merge.
+        first = merged.to_bytes()
+        w1, w2 = seli.Accumulator.from_bytes(first), seli.Accumulator.from_bytes(first)
+        w1.add_second(H[: n // 3], y[: n // 3])
+        w2.add_second(H[n // 3 :], y[n // 3 :])
+        w1.merge(w2)
+        assert _close(w1.metrics()["values"], want) == {}, trial
+    # Without a second pass, NC4 is missing and dist_z is its streaming form.
+    one = seli.Accumulator(k, d, W, bias=b)
+    one.add(H, y)
+    v = one.metrics()["values"]
+    assert v["ncc_mismatch"] is None and abs(v["dist_z"] - want["dist_z"]) < 1e-6
+    one_pass = [c for c in want if c not in ("ncc_mismatch", "dist_z")]
+    assert _close({c: v[c] for c in one_pass}, {c: want[c] for c in one_pass}) == {}
+    # Pickling goes through the same bytes.
+    import pickle
+
+    again = pickle.loads(pickle.dumps(one))
+    assert again.metrics()["values"] == v
+    assert repr(again) == f"seli.Accumulator(k={k}, d={d}, n={n})"
+
+
+def test_accumulators_take_half_precision_and_given_logits():
+    H, y, W, b = _collapsing(seed=3)
+    k, d = W.shape
+    h16 = H.astype(np.float16)
+    a = seli.Accumulator(k, d)
+    a.add(h16, y)
+    # float16 is read exactly: the same as its float64 values.
+    assert _close(a.metrics()["values"], seli.metrics(h16.astype(np.float64), y)["values"], 1e-12) == {}
+    Z = H @ W.T + b
+    g = seli.Accumulator(k, d, W)
+    g.add(H, y, logits=Z)
+    g.add_second(H, y, logits=Z)
+    assert _close(g.metrics()["values"], seli.metrics(H, y, W, logits=Z)["values"]) == {}
+    assert g.metrics()["logits"] == "file"
+
+
+def test_accumulator_errors_name_the_value():
+    H, y, W, b = _collapsing(seed=4)
+    k, d = W.shape
+    a = seli.Accumulator(k, d, W)
+    a.add(H[:50], y[:50])
+    with pytest.raises(ValueError, match=rf"shape \[10, {d - 1}\]: expected \(b, d\)"):
+        a.add(H[:10, :-1], y[:10])
+    with pytest.raises(ValueError, match=rf"label {k + 3} at position 1 of the batch is outside 0..{k}"):
+        a.add(H[:2], [0, k + 3])
+    with pytest.raises(ValueError, match=r"3 feature rows but 2 labels"):
+        a.add(H[:3], y[:2])
+    bad = H[:5].copy()
+    bad[2, 1] = np.nan
+    with pytest.raises(ValueError, match=r"non-finite value nan at sample 2, feature 1|non-finite value NaN at sample 2, feature 1"):
+        a.add(bad, y[:5])
+    with pytest.raises(ValueError, match=rf"cannot merge an accumulator of k = {k}, d = {d + 1}"):
+        a.merge(seli.Accumulator(k, d + 1))
+    with pytest.raises(ValueError, match=r"different classifiers"):
+        a.merge(seli.Accumulator(k, d, -W))
+    with pytest.raises(ValueError, match=r"logits.*with every batch or with none"):
+        a.add(H[:4], y[:4], logits=H[:4] @ W.T)
+    with pytest.raises(ValueError, match=r"classifier of shape \[4, 6\], expected \(5, 6\)"):
+        seli.Accumulator(5, d, W)
+    with pytest.raises(ValueError, match=r"class 1 has no samples"):
+        e = seli.Accumulator(k, d)
+        e.add(H[y != 1][:20], y[y != 1][:20])
+        e.metrics()
+    raw = bytearray(a.to_bytes())
+    raw[-3] ^= 1
+    with pytest.raises(ValueError, match=r"accumulator bytes: checksum mismatch"):
+        seli.Accumulator.from_bytes(bytes(raw))
+    with pytest.raises(ValueError, match=r"dtype int64 is not supported"):
+        a.add(np.ones((2, d), dtype=np.int64), y[:2])

@@ -10,6 +10,7 @@ use seli_core::features::{FeatureGeometry, GEOMETRY_COLUMNS};
 use seli_core::{Geometry, Profile};
 use serde::Serialize;
 
+use seli_io::accumulator::AccumulatorRecord;
 use seli_io::arrays::{Array, RowSource};
 use seli_io::error::{Error, Result};
 use seli_io::labels::read_labels;
@@ -177,7 +178,6 @@ pub fn analyze(
     let k = profile.k();
     let target = Geometry::new(&profile)
         .map_err(|cause| Error::Content { path: fpath.to_path_buf(), cause })?;
-    let y: Vec<u32> = labels.iter().map(|&l| l as u32).collect();
     if let Some(b) = bias
         && b.len() != k
     {
@@ -196,8 +196,153 @@ pub fn analyze(
         (None, Some(_)) => LogitSource::Classifier,
         (None, None) => LogitSource::None,
     };
+    let mut acc = Accumulator::new(k, d, W.cloned(), bias.map(<[f64]>::to_vec))?;
+    acc.name = fpath.to_path_buf();
     let chunk = chunk.max(1);
-    let batch = |start: usize, end: usize| -> Result<(Mat<f64>, Option<Mat<f64>>)> {
+    for start in (0..n).step_by(chunk) {
+        let end = (start + chunk).min(n);
+        acc.add_rows(features, logits, &labels[start..end], start, end)?;
+    }
+    if source != LogitSource::None {
+        for start in (0..n).step_by(chunk) {
+            let end = (start + chunk).min(n);
+            acc.add_second_rows(features, logits, &labels[start..end], start, end)?;
+        }
+    }
+    let mut out = acc.analysis()?;
+    out.profile = ProfileRecord::new(&profile, None);
+    out.seli_vs_etf = [target.dist_gram_w_etf(), target.dist_gram_m_etf()];
+    Ok(out)
+}
+
+/// The centering conventions of the measurement, as recorded.
+const CENTERING: &str = "mu, gm, wtm columns use the raw class means; muc, gmc, wtmc and the \
+                         Papyan statistics the means centered by mu_G, the mean of class means \
+                         (zero at SELI); nc1 centers Sigma_B by mu_G, nc1_global by the sample \
+                         mean";
+
+/// The measurement of [`analyze`] fed batch by batch (from a training loop, or by several
+/// workers whose accumulators [`Accumulator::merge`] into the single-pass result), in memory
+/// `O(d² + dk)` whatever the number of samples.
+///
+/// Pass 1 ([`Accumulator::add`]) takes features, labels and, when available, logits (else
+/// `Wᵀh + b` from the classifier given at construction): class means, NC1, the Grams and
+/// their distances, accuracy. Two columns need the final class means, hence a second pass
+/// over the same samples ([`Accumulator::add_second`], any batching): `ncc_mismatch` (NC4)
+/// and the exact form of `dist_z` (pass 1 alone gives its streaming form, equal up to about
+/// 1e-8 near an exact match). Accumulators serialize ([`Accumulator::to_bytes`]) so that
+/// ranks can send them.
+#[derive(Debug, Clone)]
+pub struct Accumulator {
+    d: usize,
+    k: usize,
+    W: Option<Mat<f64>>,
+    bias: Option<Vec<f64>>,
+    geo: FeatureGeometry,
+    /// Where the logits of the batches came from (set by the first batch).
+    source: Option<LogitSource>,
+    /// Names the features in errors.
+    pub name: std::path::PathBuf,
+}
+
+impl Accumulator {
+    /// An empty accumulator for `d`-dimensional features of `k` classes, with the classifier
+    /// `W` (d×k) and its bias when known.
+    ///
+    /// # Errors
+    /// `k < 2` or `d = 0`; a classifier or bias of another shape, or not finite (named).
+    pub fn new(k: usize, d: usize, W: Option<Mat<f64>>, bias: Option<Vec<f64>>) -> Result<Self> {
+        let name = std::path::PathBuf::from("accumulator");
+        let bad = |why: String| Error::format(&name, why);
+        if k < 2 || d == 0 {
+            return Err(bad(format!("k = {k}, d = {d}: need k >= 2 classes and d >= 1")));
+        }
+        if let Some(w) = &W {
+            if (w.nrows(), w.ncols()) != (d, k) {
+                return Err(bad(format!(
+                    "classifier of shape ({}, {}) as d x k, expected ({d}, {k})",
+                    w.nrows(),
+                    w.ncols()
+                )));
+            }
+            if (0..d).any(|r| (0..k).any(|c| !w[(r, c)].is_finite())) {
+                return Err(bad("classifier has a non-finite entry".into()));
+            }
+        }
+        if let Some(b) = &bias {
+            if b.len() != k {
+                return Err(bad(format!("bias of length {}, expected k = {k}", b.len())));
+            }
+            if W.is_none() {
+                return Err(bad("a bias without a classifier".into()));
+            }
+            if let Some(v) = b.iter().find(|v| !v.is_finite()) {
+                return Err(bad(format!("bias has the non-finite entry {v}")));
+            }
+        }
+        Ok(Accumulator { d, k, W, bias, geo: FeatureGeometry::new(d, k), source: None, name })
+    }
+
+    /// Feature dimension.
+    pub fn dim(&self) -> usize {
+        self.d
+    }
+
+    /// Classes.
+    pub fn classes(&self) -> usize {
+        self.k
+    }
+
+    /// Samples of pass 1 so far.
+    pub fn n(&self) -> u64 {
+        self.geo.moments().n()
+    }
+
+    /// Samples per class so far.
+    pub fn counts(&self) -> &[u64] {
+        self.geo.moments().counts()
+    }
+
+    fn labels(&self, labels: &[i64]) -> Result<Vec<u32>> {
+        labels
+            .iter()
+            .enumerate()
+            .map(|(i, &l)| {
+                u32::try_from(l).ok().filter(|&v| (v as usize) < self.k).ok_or_else(|| {
+                    Error::format(
+                        Path::new("labels"),
+                        format!(
+                            "label {l} at position {i} of the batch is outside 0..{} (k = {})",
+                            self.k, self.k
+                        ),
+                    )
+                })
+            })
+            .collect()
+    }
+
+    /// Rows `start..end` of `features` (and of `logits`) as d×b and k×b matrices, checked.
+    fn batch(
+        &self,
+        features: &dyn RowSource,
+        logits: Option<&dyn RowSource>,
+        start: usize,
+        end: usize,
+    ) -> Result<(Mat<f64>, Option<Mat<f64>>)> {
+        let (d, k) = (self.d, self.k);
+        let fpath = Path::new(features.name());
+        match features.shape()[..] {
+            [_, c] if c == d => {}
+            _ => {
+                return Err(Error::format(
+                    fpath,
+                    format!(
+                        "shape {:?}: expected (b, d), a batch of d = {d} features per row",
+                        features.shape()
+                    ),
+                ));
+            }
+        }
         let rows = features.rows(start, end)?;
         if let Some(p) = rows.iter().position(|v| !v.is_finite()) {
             return Err(Error::format(
@@ -211,8 +356,18 @@ pub fn analyze(
             ));
         }
         let H = Mat::from_fn(d, end - start, |r, i| rows[i * d + r]);
-        let Z = match (logits, W) {
+        let Z = match (logits, &self.W) {
             (Some(z), _) => {
+                if z.shape() != [features.shape()[0], k] {
+                    return Err(Error::format(
+                        Path::new(z.name()),
+                        format!(
+                            "logits of shape {:?}, expected (n, k) = ({}, {k})",
+                            z.shape(),
+                            features.shape()[0]
+                        ),
+                    ));
+                }
                 let zr = z.rows(start, end)?;
                 if let Some(p) = zr.iter().position(|v| !v.is_finite()) {
                     return Err(Error::format(
@@ -229,7 +384,7 @@ pub fn analyze(
             }
             (None, Some(W)) => {
                 let mut Z = W.transpose() * &H;
-                if let Some(b) = bias {
+                if let Some(b) = &self.bias {
                     for i in 0..end - start {
                         for c in 0..k {
                             Z[(c, i)] += b[c];
@@ -241,44 +396,270 @@ pub fn analyze(
             (None, None) => None,
         };
         Ok((H, Z))
-    };
-    let content = |cause| Error::Content { path: fpath.to_path_buf(), cause };
-    let mut geo = FeatureGeometry::new(d, k);
-    for start in (0..n).step_by(chunk) {
-        let end = (start + chunk).min(n);
-        let (H, Z) = batch(start, end)?;
-        geo.push(H.as_ref(), Z.as_ref().map(|z| z.as_ref()), &y[start..end]).map_err(content)?;
     }
-    if source != LogitSource::None {
-        for start in (0..n).step_by(chunk) {
-            let end = (start + chunk).min(n);
-            let (H, Z) = batch(start, end)?;
-            geo.push_second(H.as_ref(), Z.expect("logits").as_ref(), &y[start..end])
-                .map_err(content)?;
+
+    /// A batch checked and converted: features (d×b), logits (k×b), labels, the features' name.
+    #[allow(clippy::type_complexity)]
+    fn prepared(
+        &mut self,
+        features: &dyn RowSource,
+        logits: Option<&dyn RowSource>,
+        labels: &[i64],
+        start: usize,
+        end: usize,
+    ) -> Result<(Mat<f64>, Option<Mat<f64>>, Vec<u32>, std::path::PathBuf)> {
+        self.source_of(logits.is_some())?;
+        let y = self.labels(labels)?;
+        let (H, Z) = self.batch(features, logits, start, end)?;
+        Ok((H, Z, y, Path::new(features.name()).to_path_buf()))
+    }
+
+    fn source_of(&mut self, logits: bool) -> Result<LogitSource> {
+        let now = match (logits, self.W.is_some()) {
+            (true, _) => LogitSource::File,
+            (false, true) => LogitSource::Classifier,
+            (false, false) => LogitSource::None,
+        };
+        match self.source {
+            None => self.source = Some(now),
+            Some(s) if s != now => {
+                return Err(Error::format(
+                    &self.name,
+                    format!(
+                        "a batch {} logits after batches {} them: give logits with every batch \
+                         or with none",
+                        if logits { "with" } else { "without" },
+                        if logits { "without" } else { "with" }
+                    ),
+                ));
+            }
+            Some(_) => {}
         }
+        Ok(now)
     }
-    let values = geo.values(W.map(|w| w.as_ref()), &target).map_err(content)?;
-    Ok(Analysis {
-        schema: ANALYZE_SCHEMA.into(),
-        n,
-        d,
-        k,
-        profile: ProfileRecord::new(&profile, None),
-        logits: source,
-        seli_vs_etf: [target.dist_gram_w_etf(), target.dist_gram_m_etf()],
-        centering: "mu, gm, wtm columns use the raw class means; muc, gmc, wtmc and the Papyan \
-                    statistics the means centered by mu_G, the mean of class means (zero at \
-                    SELI); nc1 centers Sigma_B by mu_G, nc1_global by the sample mean"
-            .into(),
-        values: GEOMETRY_COLUMNS
-            .iter()
-            .zip(values)
-            .map(|((name, _), v)| {
-                let v = v
-                    .and_then(serde_json::Number::from_f64)
-                    .map_or(serde_json::Value::Null, serde_json::Value::Number);
-                ((*name).to_string(), v)
-            })
-            .collect(),
-    })
+
+    /// Pass 1: rows `start..end` of `features` (n×d) and of `logits` (n×k, when given) with
+    /// their `labels`.
+    ///
+    /// # Errors
+    /// Shapes that disagree, a non-finite value, a label outside `0..k` (each named); logits
+    /// given with some batches and not others; a batch after the second pass began.
+    pub fn add_rows(
+        &mut self,
+        features: &dyn RowSource,
+        logits: Option<&dyn RowSource>,
+        labels: &[i64],
+        start: usize,
+        end: usize,
+    ) -> Result<()> {
+        if self.geo.second_seen().is_some() {
+            return Err(Error::format(
+                &self.name,
+                "a first-pass batch after the second pass began: add every batch first".to_string(),
+            ));
+        }
+        let (H, Z, y, fpath) = self.prepared(features, logits, labels, start, end)?;
+        self.geo
+            .push(H.as_ref(), Z.as_ref().map(|z| z.as_ref()), &y)
+            .map_err(|cause| Error::Content { path: fpath, cause })
+    }
+
+    /// Pass 1 over a whole batch: `features` (b×d), `labels` (b), `logits` (b×k) if given.
+    ///
+    /// # Errors
+    /// As [`Accumulator::add_rows`], and labels whose count is not the batch's.
+    pub fn add(
+        &mut self,
+        features: &dyn RowSource,
+        labels: &[i64],
+        logits: Option<&dyn RowSource>,
+    ) -> Result<()> {
+        let b = self.batch_rows(features, labels)?;
+        self.add_rows(features, logits, labels, 0, b)
+    }
+
+    fn batch_rows(&self, features: &dyn RowSource, labels: &[i64]) -> Result<usize> {
+        let b = features.shape().first().copied().unwrap_or(0);
+        if labels.len() != b {
+            return Err(Error::format(
+                Path::new(features.name()),
+                format!("{b} feature rows but {} labels", labels.len()),
+            ));
+        }
+        Ok(b)
+    }
+
+    /// Pass 2: rows `start..end` again (the same samples as pass 1, in any batching), for
+    /// NC4 and the exact `dist_z`.
+    ///
+    /// # Errors
+    /// No logits in pass 1 (pass 2 compares them with the nearest class mean); a class empty
+    /// after pass 1; shapes that disagree; more samples than pass 1 saw.
+    pub fn add_second_rows(
+        &mut self,
+        features: &dyn RowSource,
+        logits: Option<&dyn RowSource>,
+        labels: &[i64],
+        start: usize,
+        end: usize,
+    ) -> Result<()> {
+        if matches!(self.source, None | Some(LogitSource::None)) {
+            return Err(Error::format(
+                &self.name,
+                "a second pass needs logits (given, or from a classifier) in the first".to_string(),
+            ));
+        }
+        let (H, Z, y, fpath) = self.prepared(features, logits, labels, start, end)?;
+        let content = |cause| Error::Content { path: fpath.clone(), cause };
+        self.geo.push_second(H.as_ref(), Z.expect("logits").as_ref(), &y).map_err(content)?;
+        let seen = self.geo.second_seen().unwrap_or(0);
+        if seen > self.n() {
+            return Err(Error::format(
+                &self.name,
+                format!("the second pass has seen {seen} samples, the first only {}", self.n()),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Pass 2 over a whole batch.
+    ///
+    /// # Errors
+    /// As [`Accumulator::add_second_rows`].
+    pub fn add_second(
+        &mut self,
+        features: &dyn RowSource,
+        labels: &[i64],
+        logits: Option<&dyn RowSource>,
+    ) -> Result<()> {
+        let b = self.batch_rows(features, labels)?;
+        self.add_second_rows(features, logits, labels, 0, b)
+    }
+
+    /// Merges `other` (another worker's accumulator of other samples) into this one: the
+    /// result equals one accumulator fed both sample sets, up to rounding (1e-10 relative in
+    /// the tests). Second passes merge between accumulators that started them from the same
+    /// merged first pass.
+    ///
+    /// # Errors
+    /// Another k or d, another classifier or bias, logits from another source (each named);
+    /// passes that do not match.
+    pub fn merge(&mut self, other: &Accumulator) -> Result<()> {
+        let bad = |why: String| Error::format(&self.name, why);
+        if (self.k, self.d) != (other.k, other.d) {
+            return Err(bad(format!(
+                "cannot merge an accumulator of k = {}, d = {} into one of k = {}, d = {}",
+                other.k, other.d, self.k, self.d
+            )));
+        }
+        if self.W != other.W || self.bias != other.bias {
+            return Err(bad(
+                "cannot merge accumulators with different classifiers or biases (their \
+                 targets and logits differ)"
+                    .into(),
+            ));
+        }
+        match (self.source, other.source) {
+            (Some(a), Some(b)) if a != b => {
+                return Err(bad(format!(
+                    "cannot merge accumulators whose logits came from different sources ({} \
+                     and {})",
+                    source_name(a),
+                    source_name(b)
+                )));
+            }
+            (None, b) => self.source = b,
+            _ => {}
+        }
+        self.geo
+            .merge(&other.geo)
+            .map_err(|cause| Error::Content { path: self.name.clone(), cause })
+    }
+
+    /// The measurement so far, as [`analyze`] records it (every class must have samples).
+    ///
+    /// # Errors
+    /// A class without samples (named); decompositions failing.
+    pub fn analysis(&self) -> Result<Analysis> {
+        let content = |cause| Error::Content { path: self.name.clone(), cause };
+        let counts: Vec<u64> = self.counts().to_vec();
+        if let Some(c) = counts.iter().position(|&m| m == 0) {
+            return Err(Error::format(
+                &self.name,
+                format!(
+                    "class {c} has no samples (counts {counts:?}): the SELI target needs every class"
+                ),
+            ));
+        }
+        let profile = Profile::from_counts(counts).map_err(content)?;
+        let target = Geometry::new(&profile).map_err(content)?;
+        let values =
+            self.geo.values(self.W.as_ref().map(|w| w.as_ref()), &target).map_err(content)?;
+        Ok(Analysis {
+            schema: ANALYZE_SCHEMA.into(),
+            n: self.n() as usize,
+            d: self.d,
+            k: self.k,
+            profile: ProfileRecord::new(&profile, None),
+            logits: self.source.unwrap_or(LogitSource::None),
+            seli_vs_etf: [target.dist_gram_w_etf(), target.dist_gram_m_etf()],
+            centering: CENTERING.into(),
+            values: GEOMETRY_COLUMNS
+                .iter()
+                .zip(values)
+                .map(|((name, _), v)| {
+                    let v = v
+                        .and_then(serde_json::Number::from_f64)
+                        .map_or(serde_json::Value::Null, serde_json::Value::Number);
+                    ((*name).to_string(), v)
+                })
+                .collect(),
+        })
+    }
+
+    /// The serialized accumulator (format `seli.accumulator.v1`, docs/formats.md).
+    ///
+    /// # Errors
+    /// An encoding failure.
+    pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        seli_io::accumulator::encode(
+            &self.name,
+            &AccumulatorRecord {
+                state: self.geo.state(),
+                classifier: self.W.clone(),
+                bias: self.bias.clone(),
+                logits: self.source.map_or("none", source_name).into(),
+            },
+        )
+    }
+
+    /// An accumulator from bytes of [`Accumulator::to_bytes`] (`name` names them in errors).
+    ///
+    /// # Errors
+    /// Bytes that are not an accumulator, damaged, or inconsistent (named).
+    pub fn from_bytes(bytes: &[u8], name: &Path) -> Result<Self> {
+        let rec = seli_io::accumulator::decode(name, bytes)?;
+        let (d, k) = (rec.state.means.nrows(), rec.state.means.ncols());
+        let mut acc = Accumulator::new(k, d, rec.classifier, rec.bias)
+            .map_err(|e| Error::format(name, e.to_string()))?;
+        acc.name = name.to_path_buf();
+        let had_samples = rec.state.counts.iter().any(|&c| c > 0);
+        acc.source = match rec.logits.as_str() {
+            "given" => Some(LogitSource::File),
+            "classifier" => Some(LogitSource::Classifier),
+            _ if had_samples => Some(LogitSource::None),
+            _ => None,
+        };
+        acc.geo = FeatureGeometry::from_state(rec.state)
+            .map_err(|cause| Error::Content { path: name.to_path_buf(), cause })?;
+        Ok(acc)
+    }
+}
+
+fn source_name(s: LogitSource) -> &'static str {
+    match s {
+        LogitSource::File => "given",
+        LogitSource::Classifier => "classifier",
+        LogitSource::None => "none",
+    }
 }
