@@ -10,6 +10,11 @@ if [[ ! -x "$venv/bin/python" ]]; then
     python3 -m venv "$venv"
 fi
 "$venv/bin/pip" install -q --disable-pip-version-check "maturin==1.16.0" numpy pytest
+# PyTorch for the accumulator tests (from the registry, about 3.5 minutes and 5 GB the first
+# time; kept in the virtual environment afterwards).
+if ! "$venv/bin/python" -c "import torch" 2>/dev/null; then
+    "$venv/bin/pip" install -q --disable-pip-version-check torch
+fi
 rm -f target/wheels/seli-*.whl
 "$venv/bin/maturin" build --release -m crates/seli-py/Cargo.toml -i "$venv/bin/python" -o target/wheels
 # One wheel for every CPython >= 3.9: the stable ABI, and its tag in the file name.
