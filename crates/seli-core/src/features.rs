@@ -27,12 +27,19 @@ pub struct FeatureMoments {
     counts: Vec<u64>,
     means: Mat<f64>,
     scatter: Mat<f64>,
+    /// Per class, `Σ_{i in c} ‖h_i − μ_c‖²` (the trace of that class's scatter).
+    class_ss: Vec<f64>,
 }
 
 impl FeatureMoments {
     /// Empty moments for `d`-dimensional features of `k` classes.
     pub fn new(d: usize, k: usize) -> Self {
-        FeatureMoments { counts: vec![0; k], means: Mat::zeros(d, k), scatter: Mat::zeros(d, d) }
+        FeatureMoments {
+            counts: vec![0; k],
+            means: Mat::zeros(d, k),
+            scatter: Mat::zeros(d, d),
+            class_ss: vec![0.0; k],
+        }
     }
 
     /// Feature dimension d.
@@ -112,7 +119,12 @@ impl FeatureMoments {
         // Within-batch scatter about the batch class means, in one d×B by B×d product, then
         // the batch merged in as any other moments.
         let X = Mat::from_fn(d, labels.len(), |r, i| H[(r, i)] - bmean[(r, labels[i] as usize)]);
-        let batch = FeatureMoments { counts: bcount, means: bmean, scatter: &X * X.transpose() };
+        let mut class_ss = vec![0.0; k];
+        for (i, &y) in labels.iter().enumerate() {
+            class_ss[y as usize] += (0..d).map(|r| X[(r, i)] * X[(r, i)]).sum::<f64>();
+        }
+        let batch =
+            FeatureMoments { counts: bcount, means: bmean, scatter: &X * X.transpose(), class_ss };
         self.merge(&batch)?;
         Ok(())
     }
@@ -143,8 +155,10 @@ impl FeatureMoments {
             }
             let delta: Vec<f64> =
                 (0..d).map(|r| other.means[(r, c)] - self.means[(r, c)]).collect();
+            self.class_ss[c] += other.class_ss[c];
             if na > 0.0 {
                 let w = na * nb / (na + nb);
+                self.class_ss[c] += w * delta.iter().map(|x| x * x).sum::<f64>();
                 for j in 0..d {
                     let dj = w * delta[j];
                     for i in 0..d {
@@ -158,6 +172,51 @@ impl FeatureMoments {
             self.counts[c] += other.counts[c];
         }
         Ok(())
+    }
+
+    /// Per class, the within-class variance `σ²_c = (1/n_c) Σ_{i in c} ‖h_i − μ_c‖²` (0 for a
+    /// class without samples).
+    pub fn class_variances(&self) -> Vec<f64> {
+        self.class_ss
+            .iter()
+            .zip(&self.counts)
+            .map(|(&ss, &n)| if n > 0 { ss / n as f64 } else { 0.0 })
+            .collect()
+    }
+
+    /// CDNV (Galanti, György and Hutter 2021): the mean over class pairs `c < c'` of
+    /// `(σ²_c + σ²_c') / (2 ‖μ_c − μ_c'‖²)`; `None` when two class means coincide.
+    ///
+    /// # Errors
+    /// An empty class.
+    pub fn cdnv(&self) -> Result<Option<f64>> {
+        let M = self.class_means()?;
+        let var = self.class_variances();
+        let (d, k) = (self.dim(), self.classes());
+        let mut total = 0.0;
+        for a in 0..k {
+            for b in a + 1..k {
+                let dist: f64 = (0..d).map(|r| (M[(r, a)] - M[(r, b)]).powi(2)).sum();
+                if dist <= 0.0 {
+                    return Ok(None);
+                }
+                total += (var[a] + var[b]) / (2.0 * dist);
+            }
+        }
+        Ok(Some(total / (k * (k - 1) / 2) as f64))
+    }
+
+    /// NC1 as the quotient of traces (Tirer, Huang and Niles-Weed 2023):
+    /// `Tr(Σ_W) / Tr(Σ_B)`, `Σ_B` about the mean of class means; `None` when the means
+    /// coincide.
+    ///
+    /// # Errors
+    /// An empty class.
+    pub fn nc1_quotient(&self) -> Result<Option<f64>> {
+        let (Mc, _) = self.centered_means(Centering::ClassMeans)?;
+        let tb = Mc.squared_norm_l2() / self.classes() as f64;
+        let tw = self.class_ss.iter().sum::<f64>() / self.n().max(1) as f64;
+        Ok((tb > 0.0).then(|| tw / tb))
     }
 
     /// The class means `M` (d×k).
@@ -350,6 +409,8 @@ pub const GEOMETRY_COLUMNS: &[(&str, &str)] = &[
     ("dist_z", "dist(logits Z, SEL matrix Z_hat) over the samples (bias included)"),
     ("nc1", "Tr(Sigma_W Sigma_B^+)/k, Sigma_B about mu_G (mean of class means)"),
     ("nc1_global", "Tr(Sigma_W Sigma_B^+)/k, Sigma_B about the sample mean"),
+    ("nc1_quotient", "Tr(Sigma_W)/Tr(Sigma_B), Sigma_B about mu_G (Tirer et al. 2023)"),
+    ("cdnv", "mean over c < c' of (var_c + var_c')/(2 ||mu_c - mu_c'||^2) (Galanti et al. 2021)"),
     ("equinorm_muc", "std/mean of ||mu_c - mu_G||"),
     ("equinorm_w", "std/mean of ||w_c||"),
     ("equiangular_muc", "std over c != c' of cos(mu_c - mu_G, mu_c' - mu_G)"),
@@ -504,6 +565,8 @@ pub struct GeometryState {
     pub means: Mat<f64>,
     /// Total within-class scatter about the running means (d×d).
     pub scatter: Mat<f64>,
+    /// Per class, the sum of squared distances to the running class mean.
+    pub class_ss: Vec<f64>,
     /// Samples with logits predicted correctly, per class.
     pub correct: Vec<u64>,
     /// Samples with logits, per class.
@@ -525,6 +588,7 @@ impl FeatureGeometry {
             counts: self.moments.counts.clone(),
             means: self.moments.means.clone(),
             scatter: self.moments.scatter.clone(),
+            class_ss: self.moments.class_ss.clone(),
             correct: self.correct.clone(),
             total: self.total.clone(),
             zz: self.zz,
@@ -547,6 +611,12 @@ impl FeatureGeometry {
             value: what.to_string(),
             rule: "consistent (as written by FeatureGeometry::state)",
         };
+        if s.class_ss.len() != k || s.class_ss.iter().any(|v| !(v.is_finite() && *v >= 0.0)) {
+            return Err(bad(&format!(
+                "{} per-class sums of squares for k = {k} classes, each finite and >= 0",
+                s.class_ss.len()
+            )));
+        }
         if s.counts.len() != k || s.correct.len() != k || s.total.len() != k {
             return Err(bad(&format!(
                 "{} counts, {} correct, {} totals for k = {k} classes",
@@ -591,7 +661,12 @@ impl FeatureGeometry {
             )));
         }
         Ok(FeatureGeometry {
-            moments: FeatureMoments { counts: s.counts, means: s.means, scatter: s.scatter },
+            moments: FeatureMoments {
+                counts: s.counts,
+                means: s.means,
+                scatter: s.scatter,
+                class_ss: s.class_ss,
+            },
             correct: s.correct,
             total: s.total,
             zz: s.zz,
@@ -863,6 +938,8 @@ impl FeatureGeometry {
         });
         values.push(self.moments.nc1(Centering::ClassMeans)?);
         values.push(self.moments.nc1(Centering::Samples)?);
+        values.push(self.moments.nc1_quotient()?);
+        values.push(self.moments.cdnv()?);
         let st = W.and_then(|W| collapse_stats(M.as_ref(), W, &center).ok());
         let st = st.as_ref();
         values.extend([
@@ -1142,6 +1219,67 @@ mod tests {
         let mut st = a.state();
         st.zz = f64::NAN;
         assert!(FeatureGeometry::from_state(st).unwrap_err().to_string().contains("non-finite"));
+    }
+
+    #[test]
+    fn cdnv_and_the_trace_quotient_equal_their_definitions() {
+        let (d, k, n) = (5, 4, 157);
+        let (H, _, labels) = sample(d, k, n, 21);
+        // Streamed in uneven batches.
+        let mut fm = FeatureMoments::new(d, k);
+        let b = cuts(n, 3);
+        for w in b.windows(2) {
+            fm.push(H.subcols(w[0], w[1] - w[0]), &labels[w[0]..w[1]]).unwrap();
+        }
+        // Direct sums over the samples.
+        let M = reference_means(H.as_ref(), &labels, k);
+        let mut ss = vec![0.0; k];
+        let mut nc = vec![0.0; k];
+        for (i, &y) in labels.iter().enumerate() {
+            let c = y as usize;
+            nc[c] += 1.0;
+            ss[c] += (0..d).map(|r| (H[(r, i)] - M[(r, c)]).powi(2)).sum::<f64>();
+        }
+        let var: Vec<f64> = (0..k).map(|c| ss[c] / nc[c]).collect();
+        let mut pairs = Vec::new();
+        for a in 0..k {
+            for b in a + 1..k {
+                let dist: f64 = (0..d).map(|r| (M[(r, a)] - M[(r, b)]).powi(2)).sum();
+                pairs.push((var[a] + var[b]) / (2.0 * dist));
+            }
+        }
+        let cdnv = pairs.iter().sum::<f64>() / pairs.len() as f64;
+        let mu_g: Vec<f64> =
+            (0..d).map(|r| (0..k).map(|c| M[(r, c)]).sum::<f64>() / k as f64).collect();
+        let tb: f64 =
+            (0..k).map(|c| (0..d).map(|r| (M[(r, c)] - mu_g[r]).powi(2)).sum::<f64>()).sum::<f64>()
+                / k as f64;
+        let tw = ss.iter().sum::<f64>() / n as f64;
+        let rel = |a: f64, b: f64| (a - b).abs() / b.abs();
+        assert!(rel(fm.cdnv().unwrap().unwrap(), cdnv) < 1e-10);
+        assert!(rel(fm.nc1_quotient().unwrap().unwrap(), tw / tb) < 1e-10);
+        for c in 0..k {
+            assert!(rel(fm.class_variances()[c], var[c]) < 1e-10);
+        }
+
+        // Every sample on its class mean: both vanish.
+        let on_means = Mat::from_fn(d, n, |r, i| M[(r, labels[i] as usize)]);
+        let fm0 = FeatureMoments::of_matrix(on_means.as_ref(), &labels, k).unwrap();
+        assert!(fm0.cdnv().unwrap().unwrap() < 1e-24);
+        assert!(fm0.nc1_quotient().unwrap().unwrap() < 1e-24);
+        // Class 0 collapsed onto its mean: its variance drops out of CDNV.
+        let part = Mat::from_fn(d, n, |r, i| if labels[i] == 0 { M[(r, 0)] } else { H[(r, i)] });
+        let fm1 = FeatureMoments::of_matrix(part.as_ref(), &labels, k).unwrap();
+        assert!(fm1.class_variances()[0] < 1e-24);
+        let mut want = 0.0;
+        for a in 0..k {
+            for b in a + 1..k {
+                let dist: f64 = (0..d).map(|r| (M[(r, a)] - M[(r, b)]).powi(2)).sum();
+                let (va, vb) = (if a == 0 { 0.0 } else { var[a] }, var[b]);
+                want += (va + vb) / (2.0 * dist);
+            }
+        }
+        assert!(rel(fm1.cdnv().unwrap().unwrap(), want / 6.0) < 1e-10);
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //!
 //! The bytes are a checksummed safetensors container ([`crate::checkpoint::encode_blobs`]) of
 //! little-endian blobs: `counts`, `correct`, `total` (u64, k each), `means` (f64, k×d, row c
-//! the mean of class c), `scatter` (f64, d×d), and when present `classifier` (f64, k×d, row c
+//! the mean of class c), `scatter` (f64, d×d), `class_ss` (f64, k: per class the sum of
+//! squared distances to its mean), and when present `classifier` (f64, k×d, row c
 //! is `w_c`) and `bias` (f64, k). Metadata: `d`, `k`, `logits` (`none`, `given`,
 //! `classifier`), `logit_samples`, the sums `zz` and `zs` as the hexadecimal bits of their
 //! f64 (exact), and, during a second pass, `second` (`MISMATCH,SEEN,SQ_BITS`). Equal
@@ -68,6 +69,7 @@ pub fn encode(name: &Path, rec: &AccumulatorRecord) -> Result<Vec<u8>> {
     let (counts, correct, total) = (u64s(&s.counts), u64s(&s.correct), u64s(&s.total));
     let means = columns(&s.means);
     let scatter = columns(&s.scatter);
+    let class_ss = f64s(s.class_ss.iter().copied());
     let classifier = rec.classifier.as_ref().map(columns);
     let bias = rec.bias.as_ref().map(|b| f64s(b.iter().copied()));
     let mut blobs: Vec<(&str, &[u8])> = vec![
@@ -76,6 +78,7 @@ pub fn encode(name: &Path, rec: &AccumulatorRecord) -> Result<Vec<u8>> {
         ("total", &total),
         ("means", &means),
         ("scatter", &scatter),
+        ("class_ss", &class_ss),
     ];
     if let Some(w) = &classifier {
         blobs.push(("classifier", w));
@@ -149,6 +152,7 @@ pub fn decode(name: &Path, bytes: &[u8]) -> Result<AccumulatorRecord> {
             counts: to_u64(need("counts", k)?),
             means: matrix(need("means", k * d)?, d, k),
             scatter: matrix(need("scatter", d * d)?, d, d),
+            class_ss: to_f64(need("class_ss", k)?),
             correct: to_u64(need("correct", k)?),
             total: to_u64(need("total", k)?),
             zz: bits("zz", get("zz")?)?,
@@ -174,6 +178,7 @@ mod tests {
                 counts: vec![4, 5],
                 means: Mat::from_fn(d, k, |r, c| 0.1 * (r + 3 * c) as f64 + 1e-17),
                 scatter: Mat::from_fn(d, d, |r, c| (r * c) as f64 / 3.0),
+                class_ss: vec![0.75, 1.0 / 3.0],
                 correct: vec![3, 5],
                 total: vec![4, 5],
                 zz: 1.0 / 3.0,

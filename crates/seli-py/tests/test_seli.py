@@ -448,3 +448,20 @@ def test_accumulator_errors_name_the_value():
         seli.Accumulator.from_bytes(bytes(raw))
     with pytest.raises(ValueError, match=r"dtype int64 is not supported"):
         a.add(np.ones((2, d), dtype=np.int64), y[:2])
+
+
+def test_cdnv_and_trace_quotient_against_numpy_definitions():
+    H, y, W, b = _collapsing(k=5, d=7, n=700, seed=8)
+    k = 5
+    v = seli.metrics(H, y, W)["values"]
+    M = np.stack([H[y == c].mean(0) for c in range(k)])
+    var = np.array([((H[y == c] - M[c]) ** 2).sum(1).mean() for c in range(k)])
+    pairs = [(var[a] + var[c]) / (2 * ((M[a] - M[c]) ** 2).sum()) for a in range(k) for c in range(a + 1, k)]
+    assert abs(v["cdnv"] - np.mean(pairs)) <= 1e-10 * np.mean(pairs)
+    Mc = M - M.mean(0)
+    sw = ((H - M[y]) ** 2).sum() / len(y)
+    sb = (Mc**2).sum() / k
+    assert abs(v["nc1_quotient"] - sw / sb) <= 1e-10 * (sw / sb)
+    # Every sample on its class mean: both are 0.
+    z = seli.metrics(M[y], y)["values"]
+    assert z["cdnv"] < 1e-20 and z["nc1_quotient"] < 1e-20
