@@ -366,8 +366,8 @@ fn geometry<'py>(
 /// The metric set of a model's penultimate features against SELI and the ETF, as
 /// `seli analyze --json` records it.
 ///
-/// `features`: (n, d) float32 or float64, any memory layout (not copied; read `chunk` rows at
-/// a time). `labels`: n integers in 0..k. `classifier`: the last layer, (k, d) like
+/// `features`: (n, d) float16/32/64 or a CPU torch tensor (bfloat16 too), any memory layout
+/// (not copied; read `chunk` rows at a time). `labels`: n integers in 0..k. `classifier`: the last layer, (k, d) like
 /// `nn.Linear.weight` (`layout="kd"`) or (d, k) (`layout="dk"`); `bias`: k values; `logits`:
 /// (n, k), used instead of classifier @ h + bias when given.
 ///
