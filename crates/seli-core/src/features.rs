@@ -418,6 +418,9 @@ pub const GEOMETRY_COLUMNS: &[(&str, &str)] = &[
     ("max_angle_muc", "mean over c != c' of |cos(mu_c - mu_G, mu_c' - mu_G) + 1/(k-1)|"),
     ("max_angle_w", "mean over c != c' of |cos(w_c, w_c') + 1/(k-1)|"),
     ("self_duality", "NC3: ||W/||W||_F - Mc/||Mc||_F||_F^2, centered Mc"),
+    ("gnc2_log", "GNC2: variance over c < c' of log(1/||m_c - m_c'||), m_c = (mu_c - mu_G)/||.||"),
+    ("gnc2_riesz", "GNC2: variance over c < c' of ||m_c - m_c'||^-(d-2) (Riesz kernel)"),
+    ("unc3", "UNC3: variance over c of cos(w_c, mu_c - mu_G)"),
     ("ncc_mismatch", "NC4: fraction of samples where argmax logits != nearest class mean"),
     ("w_norm_sq_maj", "mean ||w_c||^2 over majority classes"),
     ("w_norm_sq_min", "mean ||w_c||^2 over minority classes"),
@@ -518,6 +521,54 @@ fn argmax(z: impl Iterator<Item = f64>) -> usize {
         }
     }
     best.1
+}
+
+/// GNC2, hyperspherical uniformity (Liu et al. 2023): the population variance over class pairs
+/// `c < c'` of `kernel(‖m̂_c − m̂_c'‖)`, `m̂_c` the centered class means `Mc` (d×k) normalized
+/// to unit length. 0 when every pair is equally far apart (a simplex ETF); `None` when a
+/// centered mean is zero or a kernel value is not finite.
+pub fn gnc2(Mc: MatRef<'_, f64>, kernel: impl Fn(f64) -> f64) -> Option<f64> {
+    let (d, k) = (Mc.nrows(), Mc.ncols());
+    let norms: Vec<f64> =
+        (0..k).map(|c| (0..d).map(|r| Mc[(r, c)] * Mc[(r, c)]).sum::<f64>().sqrt()).collect();
+    if norms.contains(&0.0) {
+        return None;
+    }
+    let mut vals = Vec::with_capacity(k * (k - 1) / 2);
+    for a in 0..k {
+        for b in a + 1..k {
+            let dist = (0..d)
+                .map(|r| (Mc[(r, a)] / norms[a] - Mc[(r, b)] / norms[b]).powi(2))
+                .sum::<f64>()
+                .sqrt();
+            vals.push(kernel(dist));
+        }
+    }
+    let mean = vals.iter().sum::<f64>() / vals.len() as f64;
+    let var = vals.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / vals.len() as f64;
+    var.is_finite().then_some(var)
+}
+
+/// UNC3, uniform duality (Wu and Papyan 2024): the population variance over classes of
+/// `cos(w_c, μ_c − μ_G)`. 0 when every classifier makes the same angle with its centered
+/// mean; `None` when a vector is zero.
+pub fn uniform_duality(W: MatRef<'_, f64>, Mc: MatRef<'_, f64>) -> Option<f64> {
+    let (d, k) = (Mc.nrows(), Mc.ncols());
+    let mut cos = Vec::with_capacity(k);
+    for c in 0..k {
+        let (mut dot, mut ww, mut mm) = (0.0, 0.0, 0.0);
+        for r in 0..d {
+            dot += W[(r, c)] * Mc[(r, c)];
+            ww += W[(r, c)] * W[(r, c)];
+            mm += Mc[(r, c)] * Mc[(r, c)];
+        }
+        if ww == 0.0 || mm == 0.0 {
+            return None;
+        }
+        cos.push(dot / (ww.sqrt() * mm.sqrt()));
+    }
+    let mean = cos.iter().sum::<f64>() / k as f64;
+    Some(cos.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / k as f64)
 }
 
 /// The class-level Grams of a measurement: `G_W = WᵀW` (with a classifier), `G_M = MᵀM` of
@@ -951,6 +1002,10 @@ impl FeatureGeometry {
             st.map(|s| s.max_angle_w),
             st.map(|s| s.self_duality),
         ]);
+        values.push(gnc2(Mc.as_ref(), |x| -x.ln()));
+        let s = d as f64 - 2.0;
+        values.push(gnc2(Mc.as_ref(), |x| if s == 0.0 { 1.0 } else { s.signum() * x.powf(-s) }));
+        values.push(W.and_then(|W| uniform_duality(W, Mc.as_ref())));
         values.push(
             second
                 .filter(|_| self.logit_samples == self.moments.n())
@@ -1280,6 +1335,40 @@ mod tests {
             }
         }
         assert!(rel(fm1.cdnv().unwrap().unwrap(), want / 6.0) < 1e-10);
+    }
+
+    #[test]
+    fn hyperspherical_uniformity_and_uniform_duality_on_exact_cases() {
+        // A simplex ETF (columns of the centering projector, k = 4 in d = 4): every pair equally
+        // far apart, so both GNC2 variances vanish; W proportional to it: UNC3 vanishes.
+        let k = 4;
+        let etf = centering_projector(k);
+        assert!(gnc2(etf.as_ref(), |x| -x.ln()).unwrap() < 1e-28);
+        assert!(gnc2(etf.as_ref(), |x| x.powf(-2.0)).unwrap() < 1e-28);
+        let w = Mat::from_fn(k, k, |r, c| 3.0 * etf[(r, c)]);
+        assert!(uniform_duality(w.as_ref(), etf.as_ref()).unwrap() < 1e-28);
+        // By hand: e1, e2, -e1 (distances sqrt 2, 2, sqrt 2): the log kernel's variance is
+        // (ln 2)^2 / 18.
+        let m = Mat::from_fn(2, 3, |r, c| match (r, c) {
+            (0, 0) => 1.0,
+            (1, 1) => 1.0,
+            (0, 2) => -1.0,
+            _ => 0.0,
+        });
+        let want = 2f64.ln().powi(2) / 18.0;
+        assert!((gnc2(m.as_ref(), |x| -x.ln()).unwrap() - want).abs() < 1e-15);
+        // Cosines 1, 0, -1 with their means: variance 2/3.
+        let w = Mat::from_fn(2, 3, |r, c| match (r, c) {
+            (0, 0) => 2.0,
+            (0, 1) => 1.0,
+            (0, 2) => 1.0,
+            _ => 0.0,
+        });
+        assert!((uniform_duality(w.as_ref(), m.as_ref()).unwrap() - 2.0 / 3.0).abs() < 1e-15);
+        // A zero centered mean leaves them undefined.
+        let z = Mat::from_fn(2, 3, |r, c| if c == 1 { 0.0 } else { m[(r, c)] });
+        assert_eq!(gnc2(z.as_ref(), |x| -x.ln()), None);
+        assert_eq!(uniform_duality(w.as_ref(), z.as_ref()), None);
     }
 
     #[test]

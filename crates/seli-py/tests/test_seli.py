@@ -465,3 +465,20 @@ def test_cdnv_and_trace_quotient_against_numpy_definitions():
     # Every sample on its class mean: both are 0.
     z = seli.metrics(M[y], y)["values"]
     assert z["cdnv"] < 1e-20 and z["nc1_quotient"] < 1e-20
+
+
+def test_gnc2_and_unc3_against_numpy_definitions():
+    H, y, W, b = _collapsing(k=5, d=4, n=500, seed=11)
+    k, d = 5, 4
+    v = seli.metrics(H, y, W)["values"]
+    M = np.stack([H[y == c].mean(0) for c in range(k)])
+    Mc = M - M.mean(0)
+    m = Mc / np.linalg.norm(Mc, axis=1, keepdims=True)
+    dist = np.array([np.linalg.norm(m[a] - m[c]) for a in range(k) for c in range(a + 1, k)])
+    for col, kern in (("gnc2_log", lambda x: np.log(1 / x)), ("gnc2_riesz", lambda x: x ** (-(d - 2)))):
+        want = np.var(kern(dist))
+        assert abs(v[col] - want) <= 1e-10 * abs(want), col
+    cos = (W * Mc).sum(1) / (np.linalg.norm(W, axis=1) * np.linalg.norm(Mc, axis=1))
+    assert abs(v["unc3"] - np.var(cos)) <= 1e-10 * np.var(cos)
+    # Without a classifier UNC3 is undefined; the GNC2 columns need only the means.
+    assert seli.metrics(H, y)["values"]["unc3"] is None
