@@ -391,31 +391,15 @@ fn metrics<'py>(
     layout: &str,
     chunk: usize,
 ) -> PyResult<Bound<'py, PyAny>> {
-    let layout = match layout {
-        "kd" => Layout::Kd,
-        "dk" => Layout::Dk,
-        other => return Err(value_error(format!("layout = '{other}': must be 'kd' or 'dk'"))),
-    };
     let h = matrix(py, "features", features)?;
     let y = label_vector(py, labels)?;
-    let w = classifier.map(|c| matrix(py, "classifier", c)).transpose()?;
     let z = logits.map(|c| matrix(py, "logits", c)).transpose()?;
-    let b: Option<Vec<f64>> = bias
-        .map(|b| {
-            py.import("numpy")?
-                .call_method1("asarray", (b, "float64"))?
-                .call_method1("reshape", (-1,))?
-                .extract()
-        })
-        .transpose()?;
     let hr = h.rows("features");
-    let wr = w.as_ref().map(|w| w.rows("classifier"));
     let zr = z.as_ref().map(|z| z.rows("logits"));
+    let k = check_labels(&hr, &y, Path::new("labels"), classes).map_err(value_error)?.k();
+    let (W, b) = last_layer(py, classifier, bias, layout, hr.shape[1], k)?;
     let out = py
         .detach(|| -> seli_io::Result<serde_json::Value> {
-            let k = check_labels(&hr, &y, Path::new("labels"), classes)?.k();
-            let W =
-                wr.as_ref().map(|w| classifier_matrix(w, layout, hr.shape[1], k)).transpose()?;
             let a = analyze(
                 &hr,
                 &y,

@@ -175,44 +175,20 @@ pub fn analyze(
     let profile = check_labels(features, labels, labels_from, classes)?;
     // check_labels saw an n×d matrix.
     let (n, d) = (features.shape()[0], features.shape()[1]);
-    let k = profile.k();
-    let target = Geometry::new(&profile)
-        .map_err(|cause| Error::Content { path: fpath.to_path_buf(), cause })?;
-    if let Some(b) = bias
-        && b.len() != k
-    {
-        return Err(Error::format(fpath, format!("bias of length {}, expected k = {k}", b.len())));
-    }
-    if let Some(z) = logits
-        && z.shape() != [n, k]
-    {
-        return Err(Error::format(
-            Path::new(z.name()),
-            format!("logits of shape {:?}, expected (n, k) = ({n}, {k})", z.shape()),
-        ));
-    }
-    let source = match (logits, W) {
-        (Some(_), _) => LogitSource::File,
-        (None, Some(_)) => LogitSource::Classifier,
-        (None, None) => LogitSource::None,
-    };
-    let mut acc = Accumulator::new(k, d, W.cloned(), bias.map(<[f64]>::to_vec))?;
-    acc.name = fpath.to_path_buf();
+    // The accumulator checks the bias and the logits' shape, naming the features.
+    let mut acc = Accumulator::named(fpath, profile.k(), d, W.cloned(), bias.map(<[f64]>::to_vec))?;
     let chunk = chunk.max(1);
     for start in (0..n).step_by(chunk) {
         let end = (start + chunk).min(n);
         acc.add_rows(features, logits, &labels[start..end], start, end)?;
     }
-    if source != LogitSource::None {
+    if logits.is_some() || W.is_some() {
         for start in (0..n).step_by(chunk) {
             let end = (start + chunk).min(n);
             acc.add_second_rows(features, logits, &labels[start..end], start, end)?;
         }
     }
-    let mut out = acc.analysis()?;
-    out.profile = ProfileRecord::new(&profile, None);
-    out.seli_vs_etf = [target.dist_gram_w_etf(), target.dist_gram_m_etf()];
-    Ok(out)
+    acc.analysis()
 }
 
 /// The centering conventions of the measurement, as recorded.
@@ -252,7 +228,21 @@ impl Accumulator {
     /// # Errors
     /// `k < 2` or `d = 0`; a classifier or bias of another shape, or not finite (named).
     pub fn new(k: usize, d: usize, W: Option<Mat<f64>>, bias: Option<Vec<f64>>) -> Result<Self> {
-        let name = std::path::PathBuf::from("accumulator");
+        Self::named(Path::new("accumulator"), k, d, W, bias)
+    }
+
+    /// As [`Accumulator::new`], with `name` naming the data in errors.
+    ///
+    /// # Errors
+    /// As [`Accumulator::new`].
+    pub fn named(
+        name: &Path,
+        k: usize,
+        d: usize,
+        W: Option<Mat<f64>>,
+        bias: Option<Vec<f64>>,
+    ) -> Result<Self> {
+        let name = name.to_path_buf();
         let bad = |why: String| Error::format(&name, why);
         if k < 2 || d == 0 {
             return Err(bad(format!("k = {k}, d = {d}: need k >= 2 classes and d >= 1")));
@@ -640,9 +630,7 @@ impl Accumulator {
     pub fn from_bytes(bytes: &[u8], name: &Path) -> Result<Self> {
         let rec = seli_io::accumulator::decode(name, bytes)?;
         let (d, k) = (rec.state.means.nrows(), rec.state.means.ncols());
-        let mut acc = Accumulator::new(k, d, rec.classifier, rec.bias)
-            .map_err(|e| Error::format(name, e.to_string()))?;
-        acc.name = name.to_path_buf();
+        let mut acc = Accumulator::named(name, k, d, rec.classifier, rec.bias)?;
         let had_samples = rec.state.counts.iter().any(|&c| c > 0);
         acc.source = match rec.logits.as_str() {
             "given" => Some(LogitSource::File),
