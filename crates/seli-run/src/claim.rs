@@ -15,9 +15,12 @@
 //! the lease (NTP), and a holder paused longer than the lease (a suspended VM) can lose its
 //! claim while it still runs; [`Claims::refresh`] reports such a loss.
 //!
-//! Taking over renames the stale file to a private name (one renamer wins), checks that what it
-//! moved is the very claim it judged stale (same token and heartbeat; otherwise it puts the file
-//! back), removes it, and then claims as usual.
+//! Taking over is serialized by a takeover lock beside the claim (`.NAME.takeover`, created
+//! exclusively like a claim): its creator checks that the claim is still the very one it
+//! judged stale (same token and heartbeat) and replaces it with its own by rename, so the claim
+//! file never disappears and no third worker can create it meanwhile; the others find the lock
+//! taken and report the point held. A lock left by a worker killed mid-takeover is removed once
+//! older than the lease.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -196,22 +199,25 @@ impl Claims {
     /// # Errors
     /// A claim file that cannot be created, read or moved, named.
     pub fn try_claim(&self, path: &Path) -> Result<Attempt> {
-        let mut took_over = None;
-        // Each round either creates the file, finds a live holder, or removes a stale one;
+        // Each round either creates the file, finds a live holder, or takes over a stale one;
         // a few rounds cover workers racing on the same stale claim.
         for _ in 0..8 {
             let mine = self.new_holder();
+            // Registered before the file exists: a racing thread of this process that reads
+            // it must not judge it a reused pid's.
+            held_here().insert(mine.token.clone());
             if seli_io::create_new_atomic(path, &claim_bytes(&mine)?)? {
-                held_here().insert(mine.token.clone());
                 self.held().insert(path.to_path_buf(), mine);
-                return Ok(Attempt::Acquired { took_over });
+                return Ok(Attempt::Acquired { took_over: None });
             }
+            held_here().remove(&mine.token);
             let Some(h) = read_holder(path)? else { continue };
             match self.stale_reason(&h, now()) {
                 None => return Ok(Attempt::Held(h)),
                 Some(why) => {
-                    if self.remove_stale(path, &h)? {
-                        took_over = Some((h, why));
+                    if let Some(mine) = self.take_over(path, &h)? {
+                        self.held().insert(path.to_path_buf(), mine);
+                        return Ok(Attempt::Acquired { took_over: Some((h, why)) });
                     }
                 }
             }
@@ -247,30 +253,38 @@ impl Claims {
         }
     }
 
-    /// Moves the stale claim `stale` at `path` aside and removes it; `false` when another
-    /// worker got there first.
-    fn remove_stale(&self, path: &Path, stale: &Holder) -> Result<bool> {
-        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+    /// Replaces the stale claim `stale` at `path` with a claim of this worker, under the
+    /// takeover lock; `None` when another worker holds the lock or the claim changed.
+    fn take_over(&self, path: &Path, stale: &Holder) -> Result<Option<Holder>> {
         let name = path.file_name().map_or("claim".into(), |s| s.to_string_lossy().into_owned());
-        let aside = path.with_file_name(format!(".{name}.{}-{n}.stale", self.pid));
-        match std::fs::rename(path, &aside) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
-            Err(e) => return Err(seli_io::Error::io(path, e).into()),
+        let lock = path.with_file_name(format!(".{name}.takeover"));
+        let mine = self.new_holder();
+        if !seli_io::create_new_atomic(&lock, &claim_bytes(&mine)?)? {
+            // Another worker is taking it over; a lock its killed taker left behind goes once
+            // older than the lease.
+            let abandoned = std::fs::metadata(&lock)
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > self.lease);
+            if abandoned {
+                let _ = std::fs::remove_file(&lock);
+            }
+            return Ok(None);
         }
-        let moved = read_holder(&aside)?;
-        if moved.as_ref() == Some(stale) {
-            std::fs::remove_file(&aside).map_err(|e| seli_io::Error::io(&aside, e))?;
-            return Ok(true);
-        }
-        // A live claim (a fresh heartbeat, or a new holder) was moved: put it back.
-        match std::fs::hard_link(&aside, path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(seli_io::Error::io(path, e).into()),
-        }
-        std::fs::remove_file(&aside).map_err(|e| seli_io::Error::io(&aside, e))?;
-        Ok(false)
+        let taken = (|| -> Result<Option<Holder>> {
+            if read_holder(path)?.as_ref() != Some(stale) {
+                return Ok(None);
+            }
+            held_here().insert(mine.token.clone());
+            if let Err(e) = seli_io::write_atomic(path, &claim_bytes(&mine)?) {
+                held_here().remove(&mine.token);
+                return Err(e.into());
+            }
+            Ok(Some(mine))
+        })();
+        std::fs::remove_file(&lock).map_err(|e| seli_io::Error::io(&lock, e))?;
+        taken
     }
 
     /// Rewrites the heartbeat of every claim held; returns the claims found lost (taken over
@@ -334,8 +348,8 @@ fn held_here() -> std::sync::MutexGuard<'static, std::collections::BTreeSet<Stri
 }
 
 /// Removes what workers killed mid-operation left in the claims directory `dir`: temporary
-/// files of a claim being created or refreshed (`.seli-*`) and claims moved aside by a takeover
-/// (`.*.stale`), once older than `age` (a live worker's are seconds old). Returns how many.
+/// files of a claim being created or refreshed (`.seli-*`), takeover locks (`.*.takeover`) and
+/// claims moved aside by earlier versions' takeovers (`.*.stale`), once older than `age` (a live worker's are seconds old). Returns how many.
 ///
 /// # Errors
 /// A directory that exists but cannot be listed.
@@ -349,7 +363,9 @@ pub fn remove_leftovers(dir: &Path, age: Duration) -> Result<usize> {
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
         let leftover =
-            name.starts_with(".seli-") || (name.starts_with('.') && name.ends_with(".stale"));
+            name.starts_with(".seli-")
+                || (name.starts_with('.')
+                    && (name.ends_with(".stale") || name.ends_with(".takeover")));
         let old = entry
             .metadata()
             .and_then(|m| m.modified())
@@ -572,18 +588,30 @@ mod tests {
 
     #[test]
     fn racing_threads_take_a_stale_claim_once() {
-        let tmp = tempfile::tempdir().unwrap();
-        let path = tmp.path().join("p.json");
-        let mut stale = claims().new_holder();
-        stale.host = "elsewhere".into();
-        stale.heartbeat = 0;
-        write(&path, &stale);
-        let workers: Vec<Claims> = (0..6).map(|_| claims()).collect();
+        // Rounds of racing threads: the window of a rename-aside takeover (a third worker
+        // creating the claim while a loser puts back what it moved) showed up under load.
+        for round in 0..30 {
+            let tmp = tempfile::tempdir().unwrap();
+            let path = tmp.path().join("p.json");
+            let mut stale = claims().new_holder();
+            stale.host = "elsewhere".into();
+            stale.heartbeat = 0;
+            write(&path, &stale);
+            let won = race(&path, 8);
+            assert_eq!(won, 1, "round {round}");
+            let now = read_holder(&path).unwrap().unwrap();
+            assert_ne!(now.token, stale.token);
+            assert!(!tmp.path().join(".p.json.takeover").exists());
+        }
+    }
+
+    /// Workers on threads each trying once to claim `path`: how many acquired it.
+    fn race(path: &Path, threads: usize) -> usize {
+        let workers: Vec<Claims> = (0..threads).map(|_| claims()).collect();
         let won: usize = std::thread::scope(|s| {
             let hs: Vec<_> = workers
                 .iter()
                 .map(|w| {
-                    let path = &path;
                     s.spawn(move || {
                         usize::from(matches!(w.try_claim(path).unwrap(), Attempt::Acquired { .. }))
                     })
@@ -591,18 +619,18 @@ mod tests {
                 .collect();
             hs.into_iter().map(|h| h.join().unwrap()).sum()
         });
-        assert_eq!(won, 1);
+        won
     }
 
     #[test]
     fn leftovers_of_killed_workers_are_removed_once_old() {
         let tmp = tempfile::tempdir().unwrap();
-        for name in [".seli-abc.tmp", ".p.json.77-0.stale", "p.json", "other.txt"] {
+        for name in [".seli-abc.tmp", ".p.json.77-0.stale", ".p.json.takeover", "p.json", "other.txt"] {
             std::fs::write(tmp.path().join(name), "x").unwrap();
         }
         assert_eq!(remove_leftovers(tmp.path(), Duration::from_secs(3600)).unwrap(), 0);
         std::thread::sleep(Duration::from_millis(20));
-        assert_eq!(remove_leftovers(tmp.path(), Duration::from_millis(10)).unwrap(), 2);
+        assert_eq!(remove_leftovers(tmp.path(), Duration::from_millis(10)).unwrap(), 3);
         let mut left: Vec<String> = std::fs::read_dir(tmp.path())
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
