@@ -65,6 +65,8 @@ class Accumulator:
     send them): any batching and merge order give the single-pass values. ``ncc_mismatch``
     (NC4) and the exact ``dist_z`` need the final class means: feed the same samples again
     with ``add_second`` (after merging first passes); without it they are None / streaming.
+    ``scatter="projected"`` keeps no d x d scatter: NC1 then comes from ``add_second`` at
+    O(b*d*k) per batch instead of O(b*d^2).
 
     >>> acc = seli.Accumulator(10, 512, model.fc.weight)
     >>> for x, y in loader:
@@ -80,6 +82,7 @@ class Accumulator:
         *,
         bias: Optional[npt.ArrayLike] = None,
         layout: Literal["kd", "dk"] = "kd",
+        scatter: Literal["full", "projected"] = "full",
     ) -> None: ...
     def add(self, features: Any, labels: Any, logits: Optional[Any] = None) -> None: ...
     def add_second(self, features: Any, labels: Any, logits: Optional[Any] = None) -> None: ...

@@ -4,7 +4,9 @@
 //! statistics and ETF distances) at n = 10^7 for k = 10, 100, 1000, and, for contrast, the
 //! dense route a naive implementation would take: build the explicit k×n SEL matrix and take
 //! its thin SVD, at sizes where it fits in memory. `seli bench train` times SGD steps of the
-//! deep networks on random data.
+//! deep networks on random data. `seli bench analyze` times the feature-level measurement of
+//! `seli analyze` (both passes) on generated f32 features held in memory;
+//! `scripts/bench-analyze.py` runs it beside the PyTorch reference computation.
 
 use std::time::{Duration, Instant};
 
@@ -24,6 +26,46 @@ pub enum BenchCommand {
     Ufm(BenchUfmArgs),
     /// Deep-net training throughput (samples/s) on random data: the MLPs and ResNet-18.
     Train(BenchTrainArgs),
+    /// The feature-level measurement of `seli analyze` (every metric, both passes) on
+    /// generated f32 features in memory: seconds and samples/s.
+    Analyze(BenchAnalyzeArgs),
+}
+
+/// Flags of `seli bench analyze`.
+#[derive(Debug, Args)]
+pub struct BenchAnalyzeArgs {
+    /// Samples.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub n: usize,
+
+    /// Feature dimension.
+    #[arg(long, default_value_t = 512)]
+    pub d: usize,
+
+    /// Classes (balanced labels, i mod k).
+    #[arg(long, default_value_t = 100)]
+    pub k: usize,
+
+    /// Rows per chunk.
+    #[arg(long, default_value_t = 4096)]
+    pub chunk: usize,
+
+    /// Timed repetitions (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    pub repeats: usize,
+
+    /// Also measure with a classifier (logits W^T h, NC4, accuracy): more work than the
+    /// reference computation does.
+    #[arg(long)]
+    pub classifier: bool,
+
+    /// One JSON line instead of the table (for scripts/bench-analyze.py).
+    #[arg(long)]
+    pub json: bool,
+
+    /// Tiny sizes, one repetition: checks that the benchmark works, measures nothing.
+    #[arg(long)]
+    pub quick: bool,
 }
 
 /// Flags of `seli bench train`.
@@ -74,7 +116,108 @@ pub fn run(cmd: &BenchCommand) -> Result<()> {
         BenchCommand::Geometry(a) => bench_geometry(a),
         BenchCommand::Ufm(a) => bench_ufm(a),
         BenchCommand::Train(a) => bench_train(a),
+        BenchCommand::Analyze(a) => bench_analyze(a),
     }
+}
+
+/// Generated f32 features in memory, row-major n×d.
+struct GeneratedRows {
+    data: Vec<f32>,
+    shape: [usize; 2],
+}
+
+impl seli_io::arrays::RowSource for GeneratedRows {
+    fn name(&self) -> &str {
+        "generated features"
+    }
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn rows(&self, start: usize, end: usize) -> seli_io::Result<Vec<f64>> {
+        let d = self.shape[1];
+        Ok(self.data[start * d..end * d].iter().map(|&v| f64::from(v)).collect())
+    }
+    fn single(&self) -> bool {
+        true
+    }
+}
+
+/// A uniform value in [-1, 1) from a 64-bit hash of `x` (splitmix64's finalizer).
+fn uniform(x: u64) -> f32 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^= z >> 31;
+    (z >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+}
+
+/// Features `h_i = 4 m_{y_i} + noise`, `y_i = i mod k`, every entry of `m_c` and of the noise
+/// uniform in [-1, 1).
+fn generated(n: usize, d: usize, k: usize) -> (GeneratedRows, Vec<i64>) {
+    use rayon::prelude::*;
+    let means: Vec<f32> = (0..k * d).map(|j| 4.0 * uniform(j as u64 ^ 0xfeed_0000_0000)).collect();
+    let mut data = vec![0f32; n * d];
+    data.par_chunks_mut(d).enumerate().for_each(|(i, row)| {
+        let c = i % k;
+        for (r, v) in row.iter_mut().enumerate() {
+            *v = means[c * d + r] + uniform((i * d + r) as u64);
+        }
+    });
+    let labels = (0..n).map(|i| (i % k) as i64).collect();
+    (GeneratedRows { data, shape: [n, d] }, labels)
+}
+
+fn bench_analyze(a: &BenchAnalyzeArgs) -> Result<()> {
+    let (n, d, k) = if a.quick { (2000, 16, 4) } else { (a.n, a.d, a.k) };
+    let repeats = if a.quick { 1 } else { a.repeats.max(1) };
+    anyhow::ensure!(k >= 2 && d >= 1 && n >= k, "need k >= 2, d >= 1, n >= k (got {k}, {d}, {n})");
+    let t = Instant::now();
+    let (rows, labels) = generated(n, d, k);
+    let generate_s = t.elapsed().as_secs_f64();
+    let classifier = a
+        .classifier
+        .then(|| Mat::from_fn(d, k, |r, c| f64::from(uniform((r * k + c) as u64 ^ 0xabc))));
+    let threads = rayon::current_num_threads();
+    let mut times = Vec::new();
+    let mut nc1 = f64::NAN;
+    for _ in 0..repeats {
+        let t = Instant::now();
+        let an = seli_run::analyze::analyze(
+            &rows,
+            &labels,
+            std::path::Path::new("generated labels"),
+            Some(k),
+            classifier.as_ref(),
+            None,
+            None,
+            a.chunk,
+        )?;
+        times.push(t.elapsed().as_secs_f64());
+        nc1 = an.get("nc1").unwrap_or(f64::NAN);
+    }
+    times.sort_by(f64::total_cmp);
+    let median = times[times.len() / 2];
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "tool": "seli", "n": n, "d": d, "k": k, "chunk": a.chunk, "threads": threads,
+                "classifier": a.classifier, "seconds": times, "median_s": median, "nc1": nc1,
+            })
+        );
+        return Ok(());
+    }
+    println!(
+        "seli bench analyze: n = {n}, d = {d}, k = {k}, f32 features in memory ({:.1} GB, \
+         generated in {generate_s:.1} s), chunks of {}, {threads} threads{}",
+        (n * d * 4) as f64 / 1e9,
+        a.chunk,
+        if a.classifier { ", with a classifier" } else { "" }
+    );
+    println!("every GEOMETRY column, both passes; median of {repeats}");
+    println!("{:>10}{:>14}{:>14}", "seconds", "samples/s", "nc1");
+    println!("{median:>10.2}{:>14.0}{nc1:>14.6e}", n as f64 / median);
+    Ok(())
 }
 
 /// Median wall time of `f` over repeated runs after one warm-up.

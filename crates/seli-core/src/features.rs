@@ -9,9 +9,17 @@
 //!
 //! From the moments: class means `M`, NC1 with either centering ([`Centering`]), and the
 //! Papyan–Han–Donoho statistics ([`CollapseStats`], docs/theory.md) with the classifier.
+//!
+//! NC1 needs `Σ_W` only on the span of the centered class means (at most k−1 directions).
+//! With [`WithinScatter::Projected`] the first pass keeps no d×d scatter (O(n·d) work); a
+//! second pass over the same samples, once the class means are final, accumulates `Σ_W`
+//! projected onto an orthonormal basis of the span of the class means (O(n·d·k) work instead
+//! of O(n·d²)), exactly the quantities NC1 reads.
 #![allow(non_snake_case)]
 
-use faer::{Mat, MatRef};
+use faer::linalg::matmul::matmul;
+use faer::linalg::matmul::triangular::{self, BlockStructure};
+use faer::{Accum, Mat, MatRef, Par};
 
 use crate::error::{Error, Result};
 use crate::metrics::{
@@ -21,25 +29,65 @@ use crate::metrics::{
 use crate::profile::Group;
 use crate::sel::Geometry;
 
+/// Where NC1's within-class covariance comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WithinScatter {
+    /// The d×d within-class scatter kept in the first pass: NC1 after one pass, O(n·d²) work
+    /// and O(d²) memory.
+    #[default]
+    Full,
+    /// No d×d scatter in the first pass: NC1 from the second pass, which projects each
+    /// sample's deviation from its class mean onto an orthonormal basis of the span of the
+    /// class means (O(n·d·min(k, d)) work, O(k²) memory for the scatter).
+    Projected,
+}
+
+/// Arithmetic of the second pass's large products.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Precision {
+    /// f64 throughout.
+    #[default]
+    Double,
+    /// Products of blocks of at most [`SINGLE_BLOCK`] samples in f32, summed in f64: for
+    /// features that carry no more than f32 precision (float32, float16, bfloat16 exports).
+    /// Deviations from the class means are formed in f64 before rounding, so the relative
+    /// error is that of f32 on the within-class quantities themselves.
+    Single,
+}
+
+/// Samples per f32 product block of [`Precision::Single`] (its sums go to f64).
+pub const SINGLE_BLOCK: usize = 1024;
+
 /// Streaming per-class moments of d-dimensional features with labels in `0..k`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FeatureMoments {
     counts: Vec<u64>,
     means: Mat<f64>,
-    scatter: Mat<f64>,
+    /// The d×d within-class scatter ([`WithinScatter::Full`]).
+    scatter: Option<Mat<f64>>,
     /// Per class, `Σ_{i in c} ‖h_i − μ_c‖²` (the trace of that class's scatter).
     class_ss: Vec<f64>,
 }
 
 impl FeatureMoments {
-    /// Empty moments for `d`-dimensional features of `k` classes.
+    /// Empty moments for `d`-dimensional features of `k` classes, keeping the d×d scatter.
     pub fn new(d: usize, k: usize) -> Self {
+        Self::with_scatter(d, k, WithinScatter::Full)
+    }
+
+    /// Empty moments; `scatter` says whether the d×d within-class scatter is kept.
+    pub fn with_scatter(d: usize, k: usize, scatter: WithinScatter) -> Self {
         FeatureMoments {
             counts: vec![0; k],
             means: Mat::zeros(d, k),
-            scatter: Mat::zeros(d, d),
+            scatter: (scatter == WithinScatter::Full).then(|| Mat::zeros(d, d)),
             class_ss: vec![0.0; k],
         }
+    }
+
+    /// Whether these moments keep the d×d scatter.
+    pub fn scatter_kind(&self) -> WithinScatter {
+        if self.scatter.is_some() { WithinScatter::Full } else { WithinScatter::Projected }
     }
 
     /// Feature dimension d.
@@ -89,42 +137,64 @@ impl FeatureMoments {
                 rc: labels.len(),
             });
         }
+        let b = labels.len();
+        if let Some((i, &y)) = labels.iter().enumerate().find(|(_, y)| **y as usize >= k) {
+            return Err(Error::LabelOutOfRange { index: i, label: i64::from(y), k });
+        }
+        let owned;
+        let H = if H.row_stride() == 1 {
+            H
+        } else {
+            owned = H.to_owned();
+            owned.as_ref()
+        };
+        let col = |i: usize| H.col(i).try_as_col_major().expect("unit row stride").as_slice();
         let mut bcount = vec![0u64; k];
         let mut bmean = Mat::<f64>::zeros(d, k);
         for (i, &y) in labels.iter().enumerate() {
-            let c = y as usize;
-            if c >= k {
-                return Err(Error::LabelOutOfRange { index: i, label: i64::from(y), k });
-            }
+            let (h, c) = (col(i), y as usize);
             bcount[c] += 1;
-            for r in 0..d {
-                let v = H[(r, i)];
-                if !v.is_finite() {
-                    return Err(Error::InvalidParameter {
-                        name: "feature",
-                        value: format!("{v} (row {r} of sample {i} of the batch)"),
-                        rule: "finite",
-                    });
-                }
-                bmean[(r, c)] += v;
+            let m = bmean.col_mut(c).try_as_col_major_mut().expect("owned").as_slice_mut();
+            let mut finite = true;
+            for (m, &v) in m.iter_mut().zip(h) {
+                finite &= v.is_finite();
+                *m += v;
+            }
+            if !finite {
+                let r = (0..d).find(|&r| !h[r].is_finite()).unwrap_or(0);
+                return Err(Error::InvalidParameter {
+                    name: "feature",
+                    value: format!("{} (row {r} of sample {i} of the batch)", h[r]),
+                    rule: "finite",
+                });
             }
         }
         for c in 0..k {
             if bcount[c] > 0 {
+                let inv = 1.0 / bcount[c] as f64;
+                let mut m = bmean.col_mut(c);
                 for r in 0..d {
-                    bmean[(r, c)] /= bcount[c] as f64;
+                    m[r] *= inv;
                 }
             }
         }
-        // Within-batch scatter about the batch class means, in one d×B by B×d product, then
-        // the batch merged in as any other moments.
-        let X = Mat::from_fn(d, labels.len(), |r, i| H[(r, i)] - bmean[(r, labels[i] as usize)]);
+        // Per-class sums of squared deviations from the batch class means; with the full
+        // scatter, the deviations' d×d product (lower half, then mirrored); then the batch
+        // merges in as any other moments.
         let mut class_ss = vec![0.0; k];
         for (i, &y) in labels.iter().enumerate() {
-            class_ss[y as usize] += (0..d).map(|r| X[(r, i)] * X[(r, i)]).sum::<f64>();
+            let c = y as usize;
+            let m = bmean.col(c).try_as_col_major().expect("owned").as_slice();
+            class_ss[c] += col(i).iter().zip(m).map(|(h, m)| (h - m) * (h - m)).sum::<f64>();
         }
-        let batch =
-            FeatureMoments { counts: bcount, means: bmean, scatter: &X * X.transpose(), class_ss };
+        let scatter = self.scatter.as_ref().map(|_| {
+            let X = Mat::from_fn(d, b, |r, i| H[(r, i)] - bmean[(r, labels[i] as usize)]);
+            let mut S = Mat::<f64>::zeros(d, d);
+            lower_product(S.as_mut(), X.as_ref(), Accum::Replace);
+            mirror_lower(&mut S);
+            S
+        });
+        let batch = FeatureMoments { counts: bcount, means: bmean, scatter, class_ss };
         self.merge(&batch)?;
         Ok(())
     }
@@ -147,7 +217,15 @@ impl FeatureMoments {
                 rc: other.classes(),
             });
         }
-        self.scatter += &other.scatter;
+        if self.scatter.is_some() != other.scatter.is_some() {
+            return Err(Error::InvalidParameter {
+                name: "accumulators",
+                value: "one keeps the d x d within-class scatter, the other projects it".into(),
+                rule: "merged with the same within-class scatter (full or projected)",
+            });
+        }
+        // Chan et al.'s correction Σ_c w_c δ_c δ_cᵀ as one product D Dᵀ, D = [√w_c δ_c].
+        let mut D = Mat::<f64>::zeros(d, k);
         for c in 0..k {
             let (na, nb) = (self.counts[c] as f64, other.counts[c] as f64);
             if nb == 0.0 {
@@ -159,17 +237,22 @@ impl FeatureMoments {
             if na > 0.0 {
                 let w = na * nb / (na + nb);
                 self.class_ss[c] += w * delta.iter().map(|x| x * x).sum::<f64>();
-                for j in 0..d {
-                    let dj = w * delta[j];
-                    for i in 0..d {
-                        self.scatter[(i, j)] += delta[i] * dj;
-                    }
+                let sw = w.sqrt();
+                for r in 0..d {
+                    D[(r, c)] = sw * delta[r];
                 }
             }
             for r in 0..d {
                 self.means[(r, c)] += delta[r] * nb / (na + nb);
             }
             self.counts[c] += other.counts[c];
+        }
+        if let (Some(S), Some(So)) = (&mut self.scatter, &other.scatter) {
+            *S += So;
+            let mut C = Mat::<f64>::zeros(d, d);
+            lower_product(C.as_mut(), D.as_ref(), Accum::Replace);
+            mirror_lower(&mut C);
+            *S += &C;
         }
         Ok(())
     }
@@ -259,10 +342,11 @@ impl FeatureMoments {
         Ok((Mc, center))
     }
 
-    /// The within-class covariance `Σ_W = (1/n) Σ_i (h_i − μ_{y_i})(h_i − μ_{y_i})ᵀ` (d×d).
-    pub fn within_covariance(&self) -> Mat<f64> {
+    /// The within-class covariance `Σ_W = (1/n) Σ_i (h_i − μ_{y_i})(h_i − μ_{y_i})ᵀ` (d×d),
+    /// when these moments keep the d×d scatter ([`WithinScatter::Full`]).
+    pub fn within_covariance(&self) -> Option<Mat<f64>> {
         let n = self.n().max(1) as f64;
-        Mat::from_fn(self.dim(), self.dim(), |i, j| self.scatter[(i, j)] / n)
+        self.scatter.as_ref().map(|S| Mat::from_fn(self.dim(), self.dim(), |i, j| S[(i, j)] / n))
     }
 
     /// NC1 = `Tr(Σ_W Σ_B^†)/k`, with `Σ_B = (1/k) Σ_c (μ_c − μ_G)(μ_c − μ_G)ᵀ` about the
@@ -271,21 +355,60 @@ impl FeatureMoments {
     /// whose singular value is negligible (below `ε·s_max·max(d, k)`) are dropped. `None` when
     /// the class means coincide.
     ///
+    /// `None` also when these moments keep no d×d scatter ([`WithinScatter::Projected`]: NC1
+    /// then comes from [`FeatureGeometry`]'s second pass).
+    ///
     /// # Errors
     /// An empty class; the SVD failing.
     pub fn nc1(&self, centering: Centering) -> Result<Option<f64>> {
+        let Some(sw) = self.within_covariance() else { return Ok(None) };
+        self.nc1_by(centering, |U| {
+            let SU = &sw * U;
+            (0..U.ncols()).map(|j| (0..self.dim()).map(|r| U[(r, j)] * SU[(r, j)]).sum()).collect()
+        })
+    }
+
+    /// NC1 with `quad(U)` giving `u_jᵀ Σ_W u_j` for each column of the orthonormal `U`.
+    fn nc1_by(
+        &self,
+        centering: Centering,
+        quad: impl FnOnce(MatRef<'_, f64>) -> Vec<f64>,
+    ) -> Result<Option<f64>> {
         let M = self.class_means()?;
         let center = self.center(centering)?;
         let Some((U, s)) = between_class_directions(M.as_ref(), &center)? else {
             return Ok(None);
         };
-        let SU = self.within_covariance() * &U;
-        let mut total = 0.0;
-        for (j, s_j) in s.iter().enumerate() {
-            let quad: f64 = (0..self.dim()).map(|r| U[(r, j)] * SU[(r, j)]).sum();
-            total += quad / (s_j * s_j);
+        let q = quad(U.as_ref());
+        Ok(Some(q.iter().zip(&s).map(|(q, s_j)| q / (s_j * s_j)).sum()))
+    }
+}
+
+/// `dst (+)= X Xᵀ` on the lower triangle (the upper one is left as it was), on every core.
+fn lower_product<T: faer::traits::ComplexField>(
+    dst: faer::MatMut<'_, T>,
+    X: MatRef<'_, T>,
+    accum: Accum,
+) {
+    triangular::matmul(
+        dst,
+        BlockStructure::TriangularLower,
+        accum,
+        X,
+        BlockStructure::Rectangular,
+        X.transpose(),
+        BlockStructure::Rectangular,
+        T::one_impl(),
+        Par::rayon(0),
+    );
+}
+
+/// Copies the lower triangle of the square `S` onto its upper one.
+fn mirror_lower(S: &mut Mat<f64>) {
+    for j in 0..S.ncols() {
+        for i in 0..j {
+            S[(i, j)] = S[(j, i)];
         }
-        Ok(Some(total))
     }
 }
 
@@ -523,6 +646,17 @@ fn argmax(z: impl Iterator<Item = f64>) -> usize {
     best.1
 }
 
+/// The first index of the smallest value.
+fn argmin(z: impl Iterator<Item = f64>) -> usize {
+    let mut best = (f64::INFINITY, 0);
+    for (c, v) in z.enumerate() {
+        if v < best.0 {
+            best = (v, c);
+        }
+    }
+    best.1
+}
+
 /// GNC2, hyperspherical uniformity (Liu et al. 2023): the population variance over class pairs
 /// `c < c'` of `kernel(‖m̂_c − m̂_c'‖)`, `m̂_c` the centered class means `Mc` (d×k) normalized
 /// to unit length. 0 when every pair is equally far apart (a simplex ETF); `None` when a
@@ -602,8 +736,153 @@ pub struct FeatureGeometry {
     zz: f64,
     zs: f64,
     logit_samples: u64,
-    /// Pass 2: NCC disagreements, samples seen, `Σ (z/‖Z‖ − ẑ/‖Ẑ‖)²`.
-    second: Option<(u64, u64, f64)>,
+    /// Pass 2 so far.
+    second: Option<SecondPass>,
+    /// The basis pass 2 projects onto, from the final class means (built when pass 2 starts).
+    basis: Option<Basis>,
+}
+
+/// What the second pass accumulates.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SecondPass {
+    /// Samples whose argmax logit differs from their nearest class mean (NC4).
+    pub mismatch: u64,
+    /// Samples seen.
+    pub seen: u64,
+    /// `Σ (z/‖Z‖ − ẑ/‖Ẑ‖)²` over the logits (the exact `dist_z`).
+    pub sq: f64,
+    /// With [`WithinScatter::Projected`]: `Σ_i Qᵀ(h_i − μ_{y_i})(h_i − μ_{y_i})ᵀQ` (r×r), `Q`
+    /// the basis of [`projection_rank`] columns that [`FeatureGeometry`] builds from the class
+    /// means.
+    pub scatter: Option<Mat<f64>>,
+}
+
+/// Columns of the basis the second pass projects deviations onto: k (an orthonormal basis
+/// of the span of the class means, from their QR factorization) when `k < 0.4·d`, else d
+/// (the identity: the full scatter costs less than the projection then).
+pub fn projection_rank(d: usize, k: usize) -> usize {
+    if 5 * k < 2 * d { k } else { d }
+}
+
+/// The second pass's fixed matrices, from the class means `M` (d×k).
+#[derive(Debug, Clone)]
+struct Basis {
+    /// `Q` (d×r), orthonormal, spanning the class means; `None` is the identity.
+    q: Option<Mat<f64>>,
+    /// `QᵀM` (r×k): the means in the basis, so that `Mᵀx = (QᵀM)ᵀ(Qᵀx)` for x in its span.
+    coords: Mat<f64>,
+    /// `‖μ_c − μ_y‖²` (k×k).
+    gaps: Mat<f64>,
+    /// f32 copies of `q` and `coords` for [`Precision::Single`].
+    q32: Option<Mat<f32>>,
+    coords32: Mat<f32>,
+}
+
+impl Basis {
+    fn of_means(M: MatRef<'_, f64>) -> Result<Self> {
+        let (d, k) = (M.nrows(), M.ncols());
+        let q = (projection_rank(d, k) < d).then(|| M.qr().compute_thin_Q());
+        let coords = match &q {
+            Some(q) => q.transpose() * M,
+            None => M.to_owned(),
+        };
+        let G = gram(M);
+        let gaps = Mat::from_fn(k, k, |c, y| (G[(c, c)] + G[(y, y)] - 2.0 * G[(c, y)]).max(0.0));
+        let to32 = |m: &Mat<f64>| Mat::from_fn(m.nrows(), m.ncols(), |i, j| m[(i, j)] as f32);
+        Ok(Basis { q32: q.as_ref().map(to32), coords32: to32(&coords), q, coords, gaps })
+    }
+
+    fn rank(&self, d: usize) -> usize {
+        self.q.as_ref().map_or(d, Mat::ncols)
+    }
+}
+
+/// The products of the second pass over deviations `X` (d×b, precision `T`): the projection
+/// `P = QᵀX` (X itself for the identity basis), `scatter += P Pᵀ` (lower triangle, in f64,
+/// from products of `block` samples at a time), and, when `with_means`, `MᵀX` (k×b).
+fn second_products<T>(
+    q: Option<&Mat<T>>,
+    coords: &Mat<T>,
+    X: MatRef<'_, T>,
+    scatter: Option<&mut Mat<f64>>,
+    with_means: bool,
+    block: usize,
+) -> Option<Mat<T>>
+where
+    T: faer::traits::RealField + Copy + Into<f64>,
+{
+    let par = Par::rayon(0);
+    let owned;
+    let P = match q {
+        Some(q) => {
+            let mut P = Mat::<T>::zeros(q.ncols(), X.ncols());
+            matmul(P.as_mut(), Accum::Replace, q.transpose(), X, T::one_impl(), par);
+            owned = P;
+            owned.as_ref()
+        }
+        None => X,
+    };
+    if let Some(S) = scatter {
+        let r = P.nrows();
+        let mut B = Mat::<T>::zeros(r, r);
+        for start in (0..P.ncols()).step_by(block.max(1)) {
+            let w = block.min(P.ncols() - start);
+            lower_product(B.as_mut(), P.subcols(start, w), Accum::Replace);
+            for j in 0..r {
+                let (src, mut dst) = (B.col(j), S.col_mut(j));
+                for i in j..r {
+                    dst[i] += src[i].into();
+                }
+            }
+        }
+    }
+    with_means.then(|| {
+        let mut MX = Mat::<T>::zeros(coords.ncols(), X.ncols());
+        matmul(MX.as_mut(), Accum::Replace, coords.transpose(), P, T::one_impl(), par);
+        MX
+    })
+}
+
+/// The deviations `h_i − μ_{y_i}` of the columns of `H` (d×b) as a column-major d×b buffer
+/// of `T`, formed in f64 and then rounded; or the first non-finite feature as an error.
+fn deviations<T: Copy + Send + Sync + Default>(
+    H: MatRef<'_, f64>,
+    M: &Mat<f64>,
+    labels: &[u32],
+    cast: fn(f64) -> T,
+) -> Result<Vec<T>> {
+    let owned;
+    let H = if H.row_stride() == 1 {
+        H
+    } else {
+        owned = H.to_owned();
+        owned.as_ref()
+    };
+    let d = H.nrows();
+    let mut X = vec![T::default(); d * labels.len()];
+    let bad = X
+        .chunks_mut(d.max(1))
+        .enumerate()
+        .map(|(i, x)| {
+            let h = H.col(i).try_as_col_major().expect("unit row stride").as_slice();
+            let m = M.col(labels[i] as usize).try_as_col_major().expect("owned").as_slice();
+            let mut finite = true;
+            for ((x, &v), &m) in x.iter_mut().zip(h).zip(m) {
+                finite &= v.is_finite();
+                *x = cast(v - m);
+            }
+            if finite { None } else { (0..d).find(|&r| !h[r].is_finite()).map(|r| (r, i, h[r])) }
+        })
+        .find(Option::is_some)
+        .flatten();
+    match bad {
+        Some((r, i, v)) => Err(Error::InvalidParameter {
+            name: "feature",
+            value: format!("{v} (row {r} of sample {i} of the batch)"),
+            rule: "finite",
+        }),
+        None => Ok(X),
+    }
 }
 
 /// Everything a [`FeatureGeometry`] holds, to serialize it (workers and ranks send their
@@ -614,8 +893,8 @@ pub struct GeometryState {
     pub counts: Vec<u64>,
     /// Running class means (d×k; a class without samples has a zero column).
     pub means: Mat<f64>,
-    /// Total within-class scatter about the running means (d×d).
-    pub scatter: Mat<f64>,
+    /// Total within-class scatter about the running means (d×d), with [`WithinScatter::Full`].
+    pub scatter: Option<Mat<f64>>,
     /// Per class, the sum of squared distances to the running class mean.
     pub class_ss: Vec<f64>,
     /// Samples with logits predicted correctly, per class.
@@ -628,8 +907,8 @@ pub struct GeometryState {
     pub zs: f64,
     /// Samples that came with logits.
     pub logit_samples: u64,
-    /// Pass 2 so far: NCC disagreements, samples seen, `Σ (z/‖Z‖ − ẑ/‖Ẑ‖)²`.
-    pub second: Option<(u64, u64, f64)>,
+    /// Pass 2 so far.
+    pub second: Option<SecondPass>,
 }
 
 impl FeatureGeometry {
@@ -645,7 +924,7 @@ impl FeatureGeometry {
             zz: self.zz,
             zs: self.zs,
             logit_samples: self.logit_samples,
-            second: self.second,
+            second: self.second.clone(),
         }
     }
 
@@ -676,16 +955,18 @@ impl FeatureGeometry {
                 s.total.len()
             )));
         }
-        if s.scatter.nrows() != d || s.scatter.ncols() != d {
-            return Err(bad(&format!(
-                "scatter {}x{} for d = {d}",
-                s.scatter.nrows(),
-                s.scatter.ncols()
-            )));
+        if let Some(S) = &s.scatter
+            && (S.nrows() != d || S.ncols() != d)
+        {
+            return Err(bad(&format!("scatter {}x{} for d = {d}", S.nrows(), S.ncols())));
         }
         let finite =
             |m: &Mat<f64>| (0..m.nrows()).all(|i| (0..m.ncols()).all(|j| m[(i, j)].is_finite()));
-        if !finite(&s.means) || !finite(&s.scatter) || !s.zz.is_finite() || !s.zs.is_finite() {
+        if !finite(&s.means)
+            || !s.scatter.as_ref().is_none_or(finite)
+            || !s.zz.is_finite()
+            || !s.zs.is_finite()
+        {
             return Err(bad("a non-finite sum"));
         }
         for c in 0..k {
@@ -704,12 +985,30 @@ impl FeatureGeometry {
             )));
         }
         let n: u64 = s.counts.iter().sum();
-        if let Some((mismatch, seen, sq)) = s.second
-            && (mismatch > seen || seen > n || !sq.is_finite())
-        {
-            return Err(bad(&format!(
-                "second pass: {mismatch} disagreements in {seen} samples of {n}, sum {sq}"
-            )));
+        if let Some(p) = &s.second {
+            if p.mismatch > p.seen || p.seen > n || !p.sq.is_finite() {
+                return Err(bad(&format!(
+                    "second pass: {} disagreements in {} samples of {n}, sum {}",
+                    p.mismatch, p.seen, p.sq
+                )));
+            }
+            let r = projection_rank(d, k);
+            match (&s.scatter, &p.scatter) {
+                (None, Some(S)) if S.nrows() == r && S.ncols() == r && finite(S) => {}
+                (Some(_), None) => {}
+                (_, S) => {
+                    return Err(bad(&format!(
+                        "second-pass scatter {} with {} first-pass scatter (expected {r}x{r}, \
+                         finite, exactly when the first pass keeps none)",
+                        S.as_ref().map_or("absent".into(), |S| format!(
+                            "{}x{}",
+                            S.nrows(),
+                            S.ncols()
+                        )),
+                        if s.scatter.is_some() { "a" } else { "no" }
+                    )));
+                }
+            }
         }
         Ok(FeatureGeometry {
             moments: FeatureMoments {
@@ -724,6 +1023,7 @@ impl FeatureGeometry {
             zs: s.zs,
             logit_samples: s.logit_samples,
             second: s.second,
+            basis: None,
         })
     }
 
@@ -762,7 +1062,16 @@ impl FeatureGeometry {
                                (merged) first pass",
                     });
                 }
-                self.second = Some((a.0 + b.0, a.1 + b.1, a.2 + b.2));
+                let scatter = match (&a.scatter, &b.scatter) {
+                    (Some(x), Some(y)) => Some(x + y),
+                    _ => None,
+                };
+                self.second = Some(SecondPass {
+                    mismatch: a.mismatch + b.mismatch,
+                    seen: a.seen + b.seen,
+                    sq: a.sq + b.sq,
+                    scatter,
+                });
                 Ok(())
             }
             _ => Err(Error::InvalidParameter {
@@ -773,16 +1082,23 @@ impl FeatureGeometry {
         }
     }
 
-    /// Empty measurement of d-dimensional features of k classes.
+    /// Empty measurement of d-dimensional features of k classes, keeping the d×d scatter
+    /// (NC1 after one pass).
     pub fn new(d: usize, k: usize) -> Self {
+        Self::with_scatter(d, k, WithinScatter::Full)
+    }
+
+    /// Empty measurement; with [`WithinScatter::Projected`] NC1 needs the second pass.
+    pub fn with_scatter(d: usize, k: usize, scatter: WithinScatter) -> Self {
         FeatureGeometry {
-            moments: FeatureMoments::new(d, k),
+            moments: FeatureMoments::with_scatter(d, k, scatter),
             correct: vec![0; k],
             total: vec![0; k],
             zz: 0.0,
             zs: 0.0,
             logit_samples: 0,
             second: None,
+            basis: None,
         }
     }
 
@@ -794,13 +1110,13 @@ impl FeatureGeometry {
     pub fn of_matrices(H: MatRef<'_, f64>, Z: MatRef<'_, f64>, labels: &[u32]) -> Result<Self> {
         let mut geo = FeatureGeometry::new(H.nrows(), Z.nrows());
         geo.push(H, Some(Z), labels)?;
-        geo.push_second(H, Z, labels)?;
+        geo.push_second(H, Some(Z), labels, Precision::Double)?;
         Ok(geo)
     }
 
     /// Samples seen by the second pass, once it has begun.
     pub fn second_seen(&self) -> Option<u64> {
-        self.second.map(|s| s.1)
+        self.second.as_ref().map(|s| s.seen)
     }
 
     /// The moments accumulated so far.
@@ -869,59 +1185,226 @@ impl FeatureGeometry {
         Ok(())
     }
 
-    /// Pass 2: the same samples' features, logits and labels again, in any batching; counts
-    /// where the argmax logit differs from the nearest class mean (of pass 1), and sums
-    /// `dist_z` in its exact form.
+    /// Pass 2: the same samples' features, logits and labels again, in any batching: counts
+    /// where the argmax logit differs from the nearest class mean (of pass 1), sums `dist_z`
+    /// in its exact form, and, with [`WithinScatter::Projected`], accumulates the projected
+    /// within-class scatter NC1 reads. Logits come exactly when pass 1 had them.
+    /// `precision` is that of the large products (see [`Precision`]).
     ///
     /// # Errors
-    /// An empty class after pass 1; shapes that disagree; a label out of range.
+    /// An empty class after pass 1; shapes that disagree; a label out of range; logits given
+    /// when pass 1 had none or the reverse; a non-finite feature.
     pub fn push_second(
         &mut self,
         H: MatRef<'_, f64>,
-        Z: MatRef<'_, f64>,
+        Z: Option<MatRef<'_, f64>>,
         labels: &[u32],
+        precision: Precision,
     ) -> Result<()> {
+        self.prepare_second()?;
+        let part = self.second_part(H, Z, labels, precision)?;
+        self.add_second_part(&part)
+    }
+
+    /// Fixes what pass 2 projects onto, from the final class means of pass 1: called by
+    /// [`FeatureGeometry::push_second`], or once before [`FeatureGeometry::second_part`]s run
+    /// in parallel.
+    ///
+    /// # Errors
+    /// An empty class; the QR factorization failing.
+    pub fn prepare_second(&mut self) -> Result<()> {
+        if self.basis.is_none() {
+            self.basis = Some(Basis::of_means(self.moments.class_means()?.as_ref())?);
+        }
+        Ok(())
+    }
+
+    /// Adds the contribution of [`FeatureGeometry::second_part`] to pass 2.
+    ///
+    /// # Errors
+    /// A part of another shape (its scatter).
+    pub fn add_second_part(&mut self, part: &SecondPass) -> Result<()> {
+        let mut pass = self.second.take().unwrap_or(SecondPass {
+            mismatch: 0,
+            seen: 0,
+            sq: 0.0,
+            scatter: part.scatter.as_ref().map(|S| Mat::zeros(S.nrows(), S.ncols())),
+        });
+        pass.mismatch += part.mismatch;
+        pass.seen += part.seen;
+        pass.sq += part.sq;
+        match (&mut pass.scatter, &part.scatter) {
+            (Some(S), Some(P)) if (S.nrows(), S.ncols()) == (P.nrows(), P.ncols()) => *S += P,
+            (None, None) => {}
+            _ => {
+                self.second = Some(pass);
+                return Err(Error::InvalidParameter {
+                    name: "second-pass part",
+                    value: "a projected scatter of another shape, or none".into(),
+                    rule: "parts of this measurement's second pass",
+                });
+            }
+        }
+        self.second = Some(pass);
+        Ok(())
+    }
+
+    /// The contribution of one batch to pass 2, without changing the measurement: batches
+    /// can be measured on several threads and their parts added in order
+    /// ([`FeatureGeometry::add_second_part`]). Builds the projection basis when
+    /// [`FeatureGeometry::prepare_second`] has not.
+    ///
+    /// # Errors
+    /// As [`FeatureGeometry::push_second`].
+    pub fn second_part(
+        &self,
+        H: MatRef<'_, f64>,
+        Z: Option<MatRef<'_, f64>>,
+        labels: &[u32],
+        precision: Precision,
+    ) -> Result<SecondPass> {
         let M = self.moments.class_means()?;
-        let k = self.moments.classes();
-        Self::check_logits(Z, k, H.ncols())?;
-        if labels.len() != H.ncols() {
+        let (d, k) = (self.moments.dim(), self.moments.classes());
+        if H.nrows() != d || labels.len() != H.ncols() {
             return Err(Error::ShapeMismatch {
                 left: "feature batch",
                 lr: H.nrows(),
                 lc: H.ncols(),
                 right: "(feature dimension, batch labels)",
-                rr: H.nrows(),
+                rr: d,
                 rc: labels.len(),
             });
         }
-        let (mut mismatch, mut seen, mut sq) = self.second.unwrap_or((0, 0, 0.0));
-        let z_norm = self.zz.sqrt();
-        let sel_norm = (self.logit_samples as f64 * (1.0 - 1.0 / k as f64)).sqrt();
-        let mut h = vec![0.0; H.nrows()];
-        for (i, &y) in labels.iter().enumerate() {
-            let y = y as usize;
-            if y >= k {
-                return Err(Error::LabelOutOfRange { index: i, label: y as i64, k });
-            }
-            for r in 0..H.nrows() {
-                h[r] = H[(r, i)];
-            }
-            let p = argmax((0..k).map(|c| Z[(c, i)]));
-            mismatch += u64::from(nearest_class_mean(M.as_ref(), &h) != p);
-            seen += 1;
-            for c in 0..k {
-                let diff = Z[(c, i)] / z_norm - Self::sel(c, y, k) / sel_norm;
-                sq += diff * diff;
+        if Z.is_some() != (self.logit_samples > 0) {
+            return Err(Error::InvalidParameter {
+                name: "second-pass batch",
+                value: format!(
+                    "{} logits after a first pass {} them",
+                    if Z.is_some() { "with" } else { "without" },
+                    if Z.is_some() { "without" } else { "with" }
+                ),
+                rule: "logits in the second pass exactly when the first pass had them",
+            });
+        }
+        if let Some(Z) = Z {
+            Self::check_logits(Z, k, H.ncols())?;
+        }
+        if let Some((i, &y)) = labels.iter().enumerate().find(|(_, y)| **y as usize >= k) {
+            return Err(Error::LabelOutOfRange { index: i, label: i64::from(y), k });
+        }
+        let projected = self.moments.scatter.is_none();
+        let mut pass = SecondPass {
+            mismatch: 0,
+            seen: 0,
+            sq: 0.0,
+            scatter: projected.then(|| {
+                let r = projection_rank(d, k);
+                Mat::zeros(r, r)
+            }),
+        };
+        if projected || Z.is_some() {
+            let local;
+            let basis = match &self.basis {
+                Some(b) => b,
+                None => {
+                    local = Basis::of_means(M.as_ref())?;
+                    &local
+                }
+            };
+            debug_assert_eq!(basis.rank(d), projection_rank(d, k));
+            let b = labels.len();
+            let with_means = Z.is_some();
+            let MX: Result<Option<Mat<f64>>> = match precision {
+                Precision::Double => deviations(H, &M, labels, |v| v).map(|X| {
+                    second_products(
+                        basis.q.as_ref(),
+                        &basis.coords,
+                        MatRef::from_column_major_slice(&X, d, b),
+                        pass.scatter.as_mut(),
+                        with_means,
+                        usize::MAX,
+                    )
+                }),
+                Precision::Single => deviations(H, &M, labels, |v| v as f32).map(|X| {
+                    second_products(
+                        basis.q32.as_ref(),
+                        &basis.coords32,
+                        MatRef::from_column_major_slice(&X, d, b),
+                        pass.scatter.as_mut(),
+                        with_means,
+                        SINGLE_BLOCK,
+                    )
+                    .map(|m| Mat::from_fn(m.nrows(), m.ncols(), |i, j| f64::from(m[(i, j)])))
+                }),
+            };
+            let MX = MX?;
+            if let (Some(Z), Some(MX)) = (Z, MX) {
+                // ‖h − μ_c‖² − ‖h − μ_y‖² = ‖μ_c − μ_y‖² − 2 (μ_c − μ_y)ᵀ(h − μ_y).
+                for (i, &y) in labels.iter().enumerate() {
+                    let y = y as usize;
+                    let mx = MX.col(i);
+                    let ncc = argmin((0..k).map(|c| {
+                        if c == y { 0.0 } else { basis.gaps[(c, y)] - 2.0 * (mx[c] - mx[y]) }
+                    }));
+                    pass.mismatch += u64::from(ncc != argmax((0..k).map(|c| Z[(c, i)])));
+                }
             }
         }
-        self.second = Some((mismatch, seen, sq));
-        Ok(())
+        if let Some(Z) = Z {
+            let z_norm = self.zz.sqrt();
+            let sel_norm = (self.logit_samples as f64 * (1.0 - 1.0 / k as f64)).sqrt();
+            for (i, &y) in labels.iter().enumerate() {
+                for c in 0..k {
+                    let diff = Z[(c, i)] / z_norm - Self::sel(c, y as usize, k) / sel_norm;
+                    pass.sq += diff * diff;
+                }
+            }
+        }
+        pass.seen += labels.len() as u64;
+        Ok(pass)
     }
 
     /// NCC disagreements and the exact `dist_z`, when pass 2 covered every sample of pass 1.
-    fn second_pass(&self) -> Option<(u64, f64)> {
-        let (mismatch, seen, sq) = self.second?;
-        (seen == self.moments.n()).then(|| (mismatch, sq.sqrt()))
+    fn second_pass(&self) -> Option<&SecondPass> {
+        self.second.as_ref().filter(|p| p.seen == self.moments.n())
+    }
+
+    /// NC1 under `centering`: from the d×d scatter of pass 1, or from the projected scatter
+    /// of a complete pass 2 ([`WithinScatter::Projected`]); `None` otherwise.
+    fn nc1(&self, centering: Centering) -> Result<Option<f64>> {
+        if self.moments.scatter.is_some() {
+            return self.moments.nc1(centering);
+        }
+        let Some(S) = self.second_pass().and_then(|p| p.scatter.as_ref()) else {
+            return Ok(None);
+        };
+        let n = self.moments.n() as f64;
+        let M = self.moments.class_means()?;
+        let basis = match &self.basis {
+            Some(b) => b.clone(),
+            None => Basis::of_means(M.as_ref())?,
+        };
+        self.moments.nc1_by(centering, |U| {
+            // U lies in the span of the class means: U = Q (QᵀU).
+            let A = match &basis.q {
+                Some(q) => q.transpose() * U,
+                None => U.to_owned(),
+            };
+            (0..A.ncols())
+                .map(|j| {
+                    let a = A.col(j);
+                    let mut quad = 0.0;
+                    for c in 0..a.nrows() {
+                        // The lower triangle of S holds the sums.
+                        quad += a[c] * a[c] * S[(c, c)];
+                        for r in c + 1..a.nrows() {
+                            quad += 2.0 * a[r] * a[c] * S[(r, c)];
+                        }
+                    }
+                    quad / n
+                })
+                .collect()
+        })
     }
 
     /// The class-level Grams the distances use.
@@ -979,7 +1462,7 @@ impl FeatureGeometry {
         }
         let second = self.second_pass();
         values.push(match second {
-            Some((_, exact)) if self.zz > 0.0 => Some(exact),
+            Some(p) if self.zz > 0.0 => Some(p.sq.sqrt()),
             _ => {
                 // Streaming form from pass 1 alone.
                 let sel_norm = (self.logit_samples as f64 * (1.0 - 1.0 / k as f64)).sqrt();
@@ -987,8 +1470,8 @@ impl FeatureGeometry {
                     .then(|| (2.0 - 2.0 * self.zs / (self.zz.sqrt() * sel_norm)).max(0.0).sqrt())
             }
         });
-        values.push(self.moments.nc1(Centering::ClassMeans)?);
-        values.push(self.moments.nc1(Centering::Samples)?);
+        values.push(self.nc1(Centering::ClassMeans)?);
+        values.push(self.nc1(Centering::Samples)?);
         values.push(self.moments.nc1_quotient()?);
         values.push(self.moments.cdnv()?);
         let st = W.and_then(|W| collapse_stats(M.as_ref(), W, &center).ok());
@@ -1009,7 +1492,7 @@ impl FeatureGeometry {
         values.push(
             second
                 .filter(|_| self.logit_samples == self.moments.n())
-                .map(|(m, _)| m as f64 / self.moments.n() as f64),
+                .map(|p| p.mismatch as f64 / self.moments.n() as f64),
         );
         match &gw {
             Some(g) => values.extend(group_columns(g.as_ref(), groups)),
@@ -1101,8 +1584,8 @@ mod tests {
         }
         // Whole-batch push equals the chunked one.
         let whole = FeatureMoments::of_matrix(H.as_ref(), &labels, k).unwrap();
-        let sw = whole.within_covariance();
-        let sc = fm.within_covariance();
+        let sw = whole.within_covariance().unwrap();
+        let sc = fm.within_covariance().unwrap();
         assert!((&sw - &sc).norm_l2() < 1e-9 * sw.norm_l2());
     }
 
@@ -1182,6 +1665,12 @@ mod tests {
         out
     }
 
+    /// The SELI geometry of the class counts of `labels`.
+    fn target_of(labels: &[u32], k: usize) -> crate::Geometry {
+        let labels: Vec<i64> = labels.iter().map(|&l| i64::from(l)).collect();
+        crate::Geometry::new(&crate::Profile::from_labels(labels, Some(k)).unwrap()).unwrap()
+    }
+
     fn close(a: &[Option<f64>], b: &[Option<f64>]) -> bool {
         a.iter().zip(b).all(|(x, y)| match (x, y) {
             (Some(x), Some(y)) => (x - y).abs() <= 1e-10 * x.abs().max(y.abs()).max(1e-6),
@@ -1194,14 +1683,7 @@ mod tests {
     fn any_batching_and_merge_order_give_the_single_pass_values() {
         let (d, k, n) = (6, 4, 317);
         let (H, Z, labels) = sample(d, k, n, 9);
-        let target = crate::Geometry::new(
-            &crate::Profile::from_labels(
-                labels.iter().map(|&l| i64::from(l)).collect::<Vec<_>>(),
-                Some(k),
-            )
-            .unwrap(),
-        )
-        .unwrap();
+        let target = target_of(&labels, k);
         let whole = FeatureGeometry::of_matrices(H.as_ref(), Z.as_ref(), &labels).unwrap();
         let want = whole.values(None, &target).unwrap();
         for seed in 1..6u64 {
@@ -1234,9 +1716,20 @@ mod tests {
             // pass, then merged.
             let (mut a, mut b) = (merged.clone(), merged);
             let half = n / 2;
-            a.push_second(H.subcols(0, half), Z.subcols(0, half), &labels[..half]).unwrap();
-            b.push_second(H.subcols(half, n - half), Z.subcols(half, n - half), &labels[half..])
-                .unwrap();
+            a.push_second(
+                H.subcols(0, half),
+                Some(Z.subcols(0, half)),
+                &labels[..half],
+                Precision::Double,
+            )
+            .unwrap();
+            b.push_second(
+                H.subcols(half, n - half),
+                Some(Z.subcols(half, n - half)),
+                &labels[half..],
+                Precision::Double,
+            )
+            .unwrap();
             a.merge(&b).unwrap();
             let got = a.values(None, &target).unwrap();
             assert!(close(&got, &want), "seed {seed}: {got:?} vs {want:?}");
@@ -1245,6 +1738,132 @@ mod tests {
             let back = FeatureGeometry::from_state(a.state()).unwrap();
             assert_eq!(back.state(), a.state());
         }
+    }
+
+    /// The projected second pass against the d×d scatter of pass 1, split into uneven
+    /// batches and merged across workers: every column equal to 1e-10, in both bases (k <
+    /// 0.4·d: the QR basis of the means; otherwise the identity), with and without logits.
+    #[test]
+    fn projected_scatter_gives_the_full_scatter_values() {
+        for (d, k, n) in [(12, 3, 211), (6, 4, 317)] {
+            assert_eq!(projection_rank(d, k), if d == 12 { 3 } else { 6 });
+            let (H, Z, labels) = sample(d, k, n, 31);
+            let target = target_of(&labels, k);
+            for with_logits in [true, false] {
+                let z = |a: usize, b: usize| with_logits.then(|| Z.subcols(a, b - a));
+                let mut full = FeatureGeometry::new(d, k);
+                full.push(H.as_ref(), z(0, n), &labels).unwrap();
+                if with_logits {
+                    full.push_second(H.as_ref(), z(0, n), &labels, Precision::Double).unwrap();
+                }
+                let want = full.values(None, &target).unwrap();
+                let nc1 = geometry_column("nc1");
+                assert!(want[nc1].is_some());
+                let bounds = cuts(n, 5);
+                let mut merged = FeatureGeometry::with_scatter(d, k, WithinScatter::Projected);
+                for w in bounds.windows(2) {
+                    let mut part = FeatureGeometry::with_scatter(d, k, WithinScatter::Projected);
+                    part.push(H.subcols(w[0], w[1] - w[0]), z(w[0], w[1]), &labels[w[0]..w[1]])
+                        .unwrap();
+                    merged.merge(&part).unwrap();
+                }
+                let before = merged.values(None, &target).unwrap();
+                assert_eq!(before[nc1], None, "NC1 waits for the second pass");
+                let (mut a, mut b) = (merged.clone(), merged);
+                for w in bounds.windows(2) {
+                    let g = if w[0] % 2 == 0 { &mut a } else { &mut b };
+                    g.push_second(
+                        H.subcols(w[0], w[1] - w[0]),
+                        z(w[0], w[1]),
+                        &labels[w[0]..w[1]],
+                        Precision::Double,
+                    )
+                    .unwrap();
+                }
+                // A serialized worker merges the same.
+                let b = FeatureGeometry::from_state(b.state()).unwrap();
+                a.merge(&b).unwrap();
+                let got = a.values(None, &target).unwrap();
+                assert!(close(&got, &want), "d {d}, logits {with_logits}: {got:?} vs {want:?}");
+            }
+        }
+    }
+
+    /// f32 products on f32-valued features agree with f64 to f32 accuracy on the
+    /// within-class quantities, although the means are 1e4 times the spread.
+    #[test]
+    fn single_precision_products_keep_the_within_class_accuracy() {
+        let (d, k, n) = (40, 5, 3000);
+        let (H, Z, labels) = sample(d, k, n, 8);
+        let H = Mat::from_fn(d, n, |r, i| f64::from(H[(r, i)] as f32));
+        let target = target_of(&labels, k);
+        let run = |precision| {
+            let mut g = FeatureGeometry::with_scatter(d, k, WithinScatter::Projected);
+            g.push(H.as_ref(), Some(Z.as_ref()), &labels).unwrap();
+            g.push_second(H.as_ref(), Some(Z.as_ref()), &labels, precision).unwrap();
+            g.values(None, &target).unwrap()
+        };
+        let (a, b) = (run(Precision::Double), run(Precision::Single));
+        for name in ["nc1", "nc1_global", "ncc_mismatch"] {
+            let c = geometry_column(name);
+            let (x, y) = (a[c].unwrap(), b[c].unwrap());
+            assert!((x - y).abs() <= 1e-5 * x.abs().max(1e-12), "{name}: {x} vs {y}");
+        }
+    }
+
+    /// NC4 through the class-mean gaps equals the count from direct distances.
+    #[test]
+    fn ncc_mismatch_equals_direct_nearest_means() {
+        let (d, k, n) = (5, 4, 400);
+        let mut rng = rng_from_seed(12);
+        let g: Mat<f64> = gaussian_matrix(d, n, 1.0, &mut rng);
+        let labels: Vec<u32> = (0..n).map(|i| (i % k) as u32).collect();
+        // Overlapping classes, so that many samples sit nearer another mean.
+        let H = Mat::from_fn(d, n, |r, i| 0.5 * ((r + labels[i] as usize) % 3) as f64 + g[(r, i)]);
+        let W: Mat<f64> = gaussian_matrix(d, k, 1.0, &mut rng);
+        let Z = W.transpose() * &H;
+        let M = reference_means(H.as_ref(), &labels, k);
+        let direct = (0..n)
+            .filter(|&i| {
+                let h: Vec<f64> = (0..d).map(|r| H[(r, i)]).collect();
+                nearest_class_mean(M.as_ref(), &h) != argmax((0..k).map(|c| Z[(c, i)]))
+            })
+            .count();
+        assert!(direct > n / 10, "{direct}");
+        let target =
+            crate::Geometry::new(&crate::Profile::from_counts(vec![100; 4]).unwrap()).unwrap();
+        for scatter in [WithinScatter::Full, WithinScatter::Projected] {
+            let mut geo = FeatureGeometry::with_scatter(d, k, scatter);
+            geo.push(H.as_ref(), Some(Z.as_ref()), &labels).unwrap();
+            geo.push_second(H.as_ref(), Some(Z.as_ref()), &labels, Precision::Double).unwrap();
+            let v = geo.values(Some(W.as_ref()), &target).unwrap()[geometry_column("ncc_mismatch")];
+            assert_eq!(v, Some(direct as f64 / n as f64), "{scatter:?}");
+        }
+    }
+
+    #[test]
+    fn second_pass_logits_must_match_the_first_and_mixed_scatters_do_not_merge() {
+        let (H, Z, labels) = sample(4, 3, 30, 2);
+        let mut g = FeatureGeometry::with_scatter(4, 3, WithinScatter::Projected);
+        g.push(H.as_ref(), None, &labels).unwrap();
+        let e = g
+            .push_second(H.as_ref(), Some(Z.as_ref()), &labels, Precision::Double)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("with logits after a first pass without"), "{e}");
+        let e = g.merge(&FeatureGeometry::new(4, 3)).unwrap_err().to_string();
+        assert!(e.contains("full or projected"), "{e}");
+        let mut bad = H.clone();
+        bad[(2, 7)] = f64::INFINITY;
+        let e =
+            g.push_second(bad.as_ref(), None, &labels, Precision::Double).unwrap_err().to_string();
+        assert!(e.contains("inf") && e.contains("sample 7"), "{e}");
+        // A state whose second-pass scatter has the wrong size is refused.
+        g.push_second(H.as_ref(), None, &labels, Precision::Double).unwrap();
+        let mut st = g.state();
+        st.second.as_mut().unwrap().scatter = Some(Mat::zeros(2, 2));
+        let e = FeatureGeometry::from_state(st).unwrap_err().to_string();
+        assert!(e.contains("second-pass scatter 2x2"), "{e}");
     }
 
     #[test]
@@ -1257,13 +1876,13 @@ mod tests {
         let e = a.merge(&FeatureGeometry::new(3, 5)).unwrap_err().to_string();
         assert!(e.contains('5'), "{e}");
         let mut second = a.clone();
-        second.push_second(H.as_ref(), Z.as_ref(), &labels).unwrap();
+        second.push_second(H.as_ref(), Some(Z.as_ref()), &labels, Precision::Double).unwrap();
         let e = a.merge(&second).unwrap_err().to_string();
         assert!(e.contains("one in its second pass"), "{e}");
         let mut s2 = FeatureGeometry::new(3, 3);
         s2.push(H.as_ref(), Some(Z.as_ref()), &labels).unwrap();
         s2.push(H.subcols(0, 1), Some(Z.subcols(0, 1)), &labels[..1]).unwrap();
-        s2.push_second(H.as_ref(), Z.as_ref(), &labels).unwrap();
+        s2.push_second(H.as_ref(), Some(Z.as_ref()), &labels, Precision::Double).unwrap();
         let e = second.merge(&s2).unwrap_err().to_string();
         assert!(e.contains("different first passes"), "{e}");
         // Inconsistent states are refused, named.
@@ -1446,7 +2065,7 @@ mod tests {
         let Z = r.W.transpose() * &H;
         let mut fg = FeatureGeometry::new(5, 4);
         fg.push(H.as_ref(), Some(Z.as_ref()), &labels).unwrap();
-        fg.push_second(H.as_ref(), Z.as_ref(), &labels).unwrap();
+        fg.push_second(H.as_ref(), Some(Z.as_ref()), &labels, Precision::Double).unwrap();
         let v = fg.values(Some(r.W.as_ref()), &g).unwrap();
         let col = |n: &str| v[geometry_column(n)];
         assert_eq!((col("accuracy"), col("ncc_mismatch")), (Some(1.0), Some(0.0)));

@@ -3,9 +3,12 @@
 //!
 //! The bytes are a checksummed safetensors container ([`crate::checkpoint::encode_blobs`]) of
 //! little-endian blobs: `counts`, `correct`, `total` (u64, k each), `means` (f64, k×d, row c
-//! the mean of class c), `scatter` (f64, d×d), `class_ss` (f64, k: per class the sum of
-//! squared distances to its mean), and when present `classifier` (f64, k×d, row c
-//! is `w_c`) and `bias` (f64, k). Metadata: `d`, `k`, `logits` (`none`, `given`,
+//! the mean of class c), `scatter` (f64, d×d; only with the full within-class scatter),
+//! `class_ss` (f64, k: per class the sum of squared distances to its mean), during a second
+//! pass with the projected scatter `second_scatter` (f64, r×r, r from
+//! [`seli_core::features::projection_rank`]; lower triangle significant), and when present
+//! `classifier` (f64, k×d, row c is `w_c`) and `bias` (f64, k). Metadata: `d`, `k`,
+//! `scatter` (`full` or `projected`; `full` when absent), `logits` (`none`, `given`,
 //! `classifier`), `logit_samples`, the sums `zz` and `zs` as the hexadecimal bits of their
 //! f64 (exact), and, during a second pass, `second` (`MISMATCH,SEEN,SQ_BITS`). Equal
 //! accumulators encode to equal bytes.
@@ -14,7 +17,7 @@
 use std::path::Path;
 
 use faer::Mat;
-use seli_core::features::GeometryState;
+use seli_core::features::{GeometryState, SecondPass, projection_rank};
 
 use crate::checkpoint::{decode_blobs, encode_blobs};
 use crate::error::{Error, Result};
@@ -62,13 +65,15 @@ pub fn encode(name: &Path, rec: &AccumulatorRecord) -> Result<Vec<u8>> {
         ("logit_samples", s.logit_samples.to_string()),
         ("zz", format!("{:016x}", s.zz.to_bits())),
         ("zs", format!("{:016x}", s.zs.to_bits())),
+        ("scatter", if s.scatter.is_some() { "full" } else { "projected" }.into()),
     ];
-    if let Some((m, seen, sq)) = s.second {
-        meta.push(("second", format!("{m},{seen},{:016x}", sq.to_bits())));
+    if let Some(p) = &s.second {
+        meta.push(("second", format!("{},{},{:016x}", p.mismatch, p.seen, p.sq.to_bits())));
     }
     let (counts, correct, total) = (u64s(&s.counts), u64s(&s.correct), u64s(&s.total));
     let means = columns(&s.means);
-    let scatter = columns(&s.scatter);
+    let scatter = s.scatter.as_ref().map(columns);
+    let second_scatter = s.second.as_ref().and_then(|p| p.scatter.as_ref()).map(columns);
     let class_ss = f64s(s.class_ss.iter().copied());
     let classifier = rec.classifier.as_ref().map(columns);
     let bias = rec.bias.as_ref().map(|b| f64s(b.iter().copied()));
@@ -77,9 +82,14 @@ pub fn encode(name: &Path, rec: &AccumulatorRecord) -> Result<Vec<u8>> {
         ("correct", &correct),
         ("total", &total),
         ("means", &means),
-        ("scatter", &scatter),
         ("class_ss", &class_ss),
     ];
+    if let Some(b) = &scatter {
+        blobs.push(("scatter", b));
+    }
+    if let Some(b) = &second_scatter {
+        blobs.push(("second_scatter", b));
+    }
     if let Some(w) = &classifier {
         blobs.push(("classifier", w));
     }
@@ -140,8 +150,19 @@ pub fn decode(name: &Path, bytes: &[u8]) -> Result<AccumulatorRecord> {
             };
             let n =
                 |x: &str| x.parse::<u64>().map_err(|_| bad(format!("metadata 'second': '{t}'")));
-            Some((n(m)?, n(seen)?, bits("second", sq)?))
+            let r = projection_rank(d, k);
+            Some(SecondPass {
+                mismatch: n(m)?,
+                seen: n(seen)?,
+                sq: bits("second", sq)?,
+                scatter: blob("second_scatter", r * r)?.map(|b| matrix(b, r, r)),
+            })
         }
+    };
+    let full = match meta.get("scatter").map(String::as_str) {
+        None | Some("full") => true,
+        Some("projected") => false,
+        Some(t) => return Err(bad(format!("metadata 'scatter': '{t}' is not full or projected"))),
     };
     let logits = get("logits")?.clone();
     if !matches!(logits.as_str(), "none" | "given" | "classifier") {
@@ -151,7 +172,7 @@ pub fn decode(name: &Path, bytes: &[u8]) -> Result<AccumulatorRecord> {
         state: GeometryState {
             counts: to_u64(need("counts", k)?),
             means: matrix(need("means", k * d)?, d, k),
-            scatter: matrix(need("scatter", d * d)?, d, d),
+            scatter: if full { Some(matrix(need("scatter", d * d)?, d, d)) } else { None },
             class_ss: to_f64(need("class_ss", k)?),
             correct: to_u64(need("correct", k)?),
             total: to_u64(need("total", k)?),
@@ -177,20 +198,31 @@ mod tests {
             state: GeometryState {
                 counts: vec![4, 5],
                 means: Mat::from_fn(d, k, |r, c| 0.1 * (r + 3 * c) as f64 + 1e-17),
-                scatter: Mat::from_fn(d, d, |r, c| (r * c) as f64 / 3.0),
+                scatter: None,
                 class_ss: vec![0.75, 1.0 / 3.0],
                 correct: vec![3, 5],
                 total: vec![4, 5],
                 zz: 1.0 / 3.0,
                 zs: -2.0f64.sqrt(),
                 logit_samples: 9,
-                second: Some((1, 9, 0.125)),
+                second: Some(SecondPass {
+                    mismatch: 1,
+                    seen: 9,
+                    sq: 0.125,
+                    scatter: Some(Mat::from_fn(d, d, |r, c| (r * c) as f64 / 3.0)),
+                }),
             },
             classifier: Some(Mat::from_fn(d, k, |r, c| (r as f64 - c as f64) / 7.0)),
             bias: Some(vec![0.5, -0.25]),
             logits: "classifier".into(),
         };
         let name = Path::new("acc");
+        // Both kinds of within-class scatter.
+        let mut full = rec.clone();
+        full.state.scatter = Some(Mat::from_fn(d, d, |r, c| (r + c) as f64 / 7.0));
+        full.state.second.as_mut().unwrap().scatter = None;
+        let bytes = encode(name, &full).unwrap();
+        assert_eq!(decode(name, &bytes).unwrap(), full);
         let bytes = encode(name, &rec).unwrap();
         assert_eq!(decode(name, &bytes).unwrap(), rec);
         assert_eq!(encode(name, &rec).unwrap(), bytes, "equal records, equal bytes");

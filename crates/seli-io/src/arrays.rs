@@ -198,7 +198,7 @@ fn parse_npy_header(b: &[u8]) -> std::result::Result<NpyHeader, String> {
 /// A matrix read a block of rows at a time, as `f64`, row-major: a memory-mapped [`Array`], or
 /// an in-memory array (the Python module's NumPy views). `seli_run::analyze::analyze` reads
 /// through it, so every source gives the same numbers.
-pub trait RowSource {
+pub trait RowSource: Sync {
     /// The name used in messages (a file path, or an argument name).
     fn name(&self) -> &str;
     /// The shape.
@@ -208,6 +208,11 @@ pub trait RowSource {
     /// # Errors
     /// A read failure or an unsupported element type.
     fn rows(&self, start: usize, end: usize) -> Result<Vec<f64>>;
+    /// Whether the values carry no more than f32 precision (float32, float16, bfloat16), so
+    /// that products of them may run in f32 with f64 sums.
+    fn single(&self) -> bool {
+        false
+    }
 }
 
 impl RowSource for Array {
@@ -219,6 +224,9 @@ impl RowSource for Array {
     }
     fn rows(&self, start: usize, end: usize) -> Result<Vec<f64>> {
         Array::rows(self, start, end)
+    }
+    fn single(&self) -> bool {
+        self.dtype.is_float() && self.dtype.size() <= 4
     }
 }
 

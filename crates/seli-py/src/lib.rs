@@ -179,6 +179,9 @@ impl RowSource for NumpyRows<'_> {
         }
         Ok(out)
     }
+    fn single(&self) -> bool {
+        !matches!(self.view, View::F64(_))
+    }
 }
 
 /// Borrowed float matrices (kept alive while their views are used).
@@ -707,6 +710,11 @@ fn last_layer(
 /// the samples again with ``add_second`` (after merging the first passes, when workers
 /// share the work; second passes then merge too). Without it they are None and approximate.
 ///
+/// ``scatter="full"`` (default) keeps the d×d within-class scatter: NC1 after one pass, at
+/// O(b·d²) per batch. ``scatter="projected"`` keeps none: NC1 (``nc1``, ``nc1_global``) then
+/// comes from ``add_second``, which projects the deviations onto the span of the class means,
+/// O(b·d·k) per batch (what ``seli.metrics`` does; much faster when k is well below d).
+///
 /// >>> acc = seli.Accumulator(10, 512, model.fc.weight)
 /// >>> for x, y in loader:
 /// ...     acc.add(model.features(x), y)
@@ -719,7 +727,8 @@ struct PyAccumulator {
 #[pymethods]
 impl PyAccumulator {
     #[new]
-    #[pyo3(signature = (k, d, classifier=None, *, bias=None, layout="kd"))]
+    #[pyo3(signature = (k, d, classifier=None, *, bias=None, layout="kd", scatter="full"))]
+    #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
         k: usize,
@@ -727,9 +736,21 @@ impl PyAccumulator {
         classifier: Option<&Bound<'_, PyAny>>,
         bias: Option<&Bound<'_, PyAny>>,
         layout: &str,
+        scatter: &str,
     ) -> PyResult<Self> {
+        let kind = match scatter {
+            "full" => seli_core::features::WithinScatter::Full,
+            "projected" => seli_core::features::WithinScatter::Projected,
+            other => {
+                return Err(value_error(format!(
+                    "scatter '{other}': expected 'full' or 'projected'"
+                )));
+            }
+        };
         let (W, b) = last_layer(py, classifier, bias, layout, d, k)?;
-        let inner = seli_run::analyze::Accumulator::new(k, d, W, b).map_err(value_error)?;
+        let inner = seli_run::analyze::Accumulator::new(k, d, W, b)
+            .and_then(|a| a.with_within_scatter(kind))
+            .map_err(value_error)?;
         Ok(PyAccumulator { inner })
     }
 

@@ -6,7 +6,10 @@
 use std::path::Path;
 
 use faer::Mat;
-use seli_core::features::{FeatureGeometry, GEOMETRY_COLUMNS};
+use rayon::prelude::*;
+use seli_core::features::{
+    FeatureGeometry, GEOMETRY_COLUMNS, Precision, SecondPass, WithinScatter,
+};
 use seli_core::{Geometry, Profile};
 use serde::Serialize;
 
@@ -155,7 +158,11 @@ pub fn check_labels(
 ///
 /// `W` (d×k) and `bias` (k) describe the last layer when known; `logits` (an n×k array) are
 /// used when given, else computed as `Wᵀh + b` when `W` is. Rows are processed `chunk` at a
-/// time in one pass (two with logits); memory is `O(chunk·d + d²)`.
+/// time in two passes: class means and per-class sums first (O(n·d)), then the within-class
+/// scatter projected onto the span of the class means, NC4 and the exact `dist_z`
+/// (O(n·d·min(k, d)), [`WithinScatter::Projected`]); f32 (or narrower) features are
+/// multiplied in f32 with f64 sums ([`Precision::Single`]). Memory is
+/// `O(chunk·d + d·k + min(k, d)²)`.
 ///
 /// # Errors
 /// Shapes that disagree (the arrays named), a non-finite feature or logit (file, sample and
@@ -176,19 +183,26 @@ pub fn analyze(
     // check_labels saw an n×d matrix.
     let (n, d) = (features.shape()[0], features.shape()[1]);
     // The accumulator checks the bias and the logits' shape, naming the features.
-    let mut acc = Accumulator::named(fpath, profile.k(), d, W.cloned(), bias.map(<[f64]>::to_vec))?;
+    let mut acc = Accumulator::named(fpath, profile.k(), d, W.cloned(), bias.map(<[f64]>::to_vec))?
+        .with_within_scatter(WithinScatter::Projected)?;
     let chunk = chunk.max(1);
     for start in (0..n).step_by(chunk) {
         let end = (start + chunk).min(n);
         acc.add_rows(features, logits, &labels[start..end], start, end)?;
     }
-    if logits.is_some() || W.is_some() {
-        for start in (0..n).step_by(chunk) {
-            let end = (start + chunk).min(n);
-            acc.add_second_rows(features, logits, &labels[start..end], start, end)?;
-        }
+    for start in (0..n).step_by(chunk) {
+        let end = (start + chunk).min(n);
+        acc.add_second_rows(features, logits, &labels[start..end], start, end)?;
     }
     acc.analysis()
+}
+
+/// Rows per part of a batch measured on its own thread (parts merge in order).
+const PART_ROWS: usize = 1024;
+
+/// `start..end` cut into parts of [`PART_ROWS`] rows.
+fn part_ranges(start: usize, end: usize) -> Vec<(usize, usize)> {
+    (start..end).step_by(PART_ROWS).map(|s| (s, (s + PART_ROWS).min(end))).collect()
 }
 
 /// The centering conventions of the measurement, as recorded.
@@ -203,11 +217,13 @@ const CENTERING: &str = "mu, gm, wtm columns use the raw class means; muc, gmc, 
 ///
 /// Pass 1 ([`Accumulator::add`]) takes features, labels and, when available, logits (else
 /// `Wᵀh + b` from the classifier given at construction): class means, NC1, the Grams and
-/// their distances, accuracy. Two columns need the final class means, hence a second pass
-/// over the same samples ([`Accumulator::add_second`], any batching): `ncc_mismatch` (NC4)
-/// and the exact form of `dist_z` (pass 1 alone gives its streaming form, equal up to about
-/// 1e-8 near an exact match). Accumulators serialize ([`Accumulator::to_bytes`]) so that
-/// ranks can send them.
+/// their distances, accuracy. Some columns need the final class means, hence a second pass
+/// over the same samples ([`Accumulator::add_second`], any batching): `ncc_mismatch` (NC4),
+/// the exact form of `dist_z` (pass 1 alone gives its streaming form, equal up to about
+/// 1e-8 near an exact match), and, with [`WithinScatter::Projected`]
+/// ([`Accumulator::with_within_scatter`]), `nc1` and `nc1_global` at O(n·d·k) cost instead of
+/// the O(n·d²) of the d×d scatter pass 1 keeps by default. Accumulators serialize
+/// ([`Accumulator::to_bytes`]) so that ranks can send them.
 #[derive(Debug, Clone)]
 pub struct Accumulator {
     d: usize,
@@ -273,6 +289,26 @@ impl Accumulator {
         Ok(Accumulator { d, k, W, bias, geo: FeatureGeometry::new(d, k), source: None, name })
     }
 
+    /// The same empty accumulator with NC1's within-class scatter kept as `scatter` says.
+    ///
+    /// # Errors
+    /// An accumulator that has already taken samples.
+    pub fn with_within_scatter(mut self, scatter: WithinScatter) -> Result<Self> {
+        if self.n() > 0 {
+            return Err(Error::format(
+                &self.name,
+                "the within-class scatter is chosen before the first batch".to_string(),
+            ));
+        }
+        self.geo = FeatureGeometry::with_scatter(self.d, self.k, scatter);
+        Ok(self)
+    }
+
+    /// How NC1's within-class scatter is kept.
+    pub fn within_scatter(&self) -> WithinScatter {
+        self.geo.moments().scatter_kind()
+    }
+
     /// Feature dimension.
     pub fn dim(&self) -> usize {
         self.d
@@ -318,7 +354,7 @@ impl Accumulator {
         logits: Option<&dyn RowSource>,
         start: usize,
         end: usize,
-    ) -> Result<(Mat<f64>, Option<Mat<f64>>)> {
+    ) -> Result<(Vec<f64>, Option<Mat<f64>>)> {
         let (d, k) = (self.d, self.k);
         let fpath = Path::new(features.name());
         match features.shape()[..] {
@@ -345,7 +381,8 @@ impl Accumulator {
                 ),
             ));
         }
-        let H = Mat::from_fn(d, end - start, |r, i| rows[i * d + r]);
+        // Row-major b×d rows are the column-major d×b matrix.
+        let H = faer::MatRef::from_column_major_slice(&rows, d, end - start);
         let Z = match (logits, &self.W) {
             (Some(z), _) => {
                 if z.shape() != [features.shape()[0], k] {
@@ -373,7 +410,7 @@ impl Accumulator {
                 Some(Mat::from_fn(k, end - start, |c, i| zr[i * k + c]))
             }
             (None, Some(W)) => {
-                let mut Z = W.transpose() * &H;
+                let mut Z = W.transpose() * H;
                 if let Some(b) = &self.bias {
                     for i in 0..end - start {
                         for c in 0..k {
@@ -385,23 +422,7 @@ impl Accumulator {
             }
             (None, None) => None,
         };
-        Ok((H, Z))
-    }
-
-    /// A batch checked and converted: features (d×b), logits (k×b), labels, the features' name.
-    #[allow(clippy::type_complexity)]
-    fn prepared(
-        &mut self,
-        features: &dyn RowSource,
-        logits: Option<&dyn RowSource>,
-        labels: &[i64],
-        start: usize,
-        end: usize,
-    ) -> Result<(Mat<f64>, Option<Mat<f64>>, Vec<u32>, std::path::PathBuf)> {
-        self.source_of(logits.is_some())?;
-        let y = self.labels(labels)?;
-        let (H, Z) = self.batch(features, logits, start, end)?;
-        Ok((H, Z, y, Path::new(features.name()).to_path_buf()))
+        Ok((rows, Z))
     }
 
     fn source_of(&mut self, logits: bool) -> Result<LogitSource> {
@@ -448,10 +469,29 @@ impl Accumulator {
                 "a first-pass batch after the second pass began: add every batch first".to_string(),
             ));
         }
-        let (H, Z, y, fpath) = self.prepared(features, logits, labels, start, end)?;
-        self.geo
-            .push(H.as_ref(), Z.as_ref().map(|z| z.as_ref()), &y)
-            .map_err(|cause| Error::Content { path: fpath, cause })
+        self.source_of(logits.is_some())?;
+        let y = self.labels(labels)?;
+        let (d, k, kind) = (self.d, self.k, self.within_scatter());
+        let fpath = Path::new(features.name());
+        // Parts of PART_ROWS rows measured on every core, merged in order (the result does not
+        // depend on the thread count).
+        let parts: Vec<Result<FeatureGeometry>> = part_ranges(start, end)
+            .into_par_iter()
+            .map(|(s, e)| {
+                let (rows, Z) = self.batch(features, logits, s, e)?;
+                let H = faer::MatRef::from_column_major_slice(&rows, d, e - s);
+                let mut g = FeatureGeometry::with_scatter(d, k, kind);
+                g.push(H, Z.as_ref().map(|z| z.as_ref()), &y[s - start..e - start])
+                    .map_err(|cause| Error::Content { path: fpath.to_path_buf(), cause })?;
+                Ok(g)
+            })
+            .collect();
+        for part in parts {
+            self.geo
+                .merge(&part?)
+                .map_err(|cause| Error::Content { path: fpath.to_path_buf(), cause })?;
+        }
+        Ok(())
     }
 
     /// Pass 1 over a whole batch: `features` (b×d), `labels` (b), `logits` (b×k) if given.
@@ -480,11 +520,12 @@ impl Accumulator {
     }
 
     /// Pass 2: rows `start..end` again (the same samples as pass 1, in any batching), for
-    /// NC4 and the exact `dist_z`.
+    /// NC4 and the exact `dist_z`, and NC1 with [`WithinScatter::Projected`]. Features of f32
+    /// precision or less are multiplied in f32 with f64 sums ([`Precision::Single`]).
     ///
     /// # Errors
-    /// No logits in pass 1 (pass 2 compares them with the nearest class mean); a class empty
-    /// after pass 1; shapes that disagree; more samples than pass 1 saw.
+    /// Nothing to do: no logits in pass 1 and the full scatter kept; a class empty after
+    /// pass 1; shapes that disagree; more samples than pass 1 saw.
     pub fn add_second_rows(
         &mut self,
         features: &dyn RowSource,
@@ -493,15 +534,41 @@ impl Accumulator {
         start: usize,
         end: usize,
     ) -> Result<()> {
-        if matches!(self.source, None | Some(LogitSource::None)) {
+        if matches!(self.source, None | Some(LogitSource::None))
+            && self.within_scatter() == WithinScatter::Full
+        {
             return Err(Error::format(
                 &self.name,
-                "a second pass needs logits (given, or from a classifier) in the first".to_string(),
+                "a second pass needs logits (given, or from a classifier) in the first, or the \
+                 projected within-class scatter"
+                    .to_string(),
             ));
         }
-        let (H, Z, y, fpath) = self.prepared(features, logits, labels, start, end)?;
-        let content = |cause| Error::Content { path: fpath.clone(), cause };
-        self.geo.push_second(H.as_ref(), Z.expect("logits").as_ref(), &y).map_err(content)?;
+        self.source_of(logits.is_some())?;
+        let y = self.labels(labels)?;
+        let fpath = Path::new(features.name());
+        let content = |cause| Error::Content { path: fpath.to_path_buf(), cause };
+        let precision = if features.single() { Precision::Single } else { Precision::Double };
+        self.geo.prepare_second().map_err(content)?;
+        let d = self.d;
+        let geo = &self.geo;
+        let parts: Vec<Result<SecondPass>> = part_ranges(start, end)
+            .into_par_iter()
+            .map(|(s, e)| {
+                let (rows, Z) = self.batch(features, logits, s, e)?;
+                let H = faer::MatRef::from_column_major_slice(&rows, d, e - s);
+                geo.second_part(
+                    H,
+                    Z.as_ref().map(|z| z.as_ref()),
+                    &y[s - start..e - start],
+                    precision,
+                )
+                .map_err(content)
+            })
+            .collect();
+        for part in parts {
+            self.geo.add_second_part(&part?).map_err(content)?;
+        }
         let seen = self.geo.second_seen().unwrap_or(0);
         if seen > self.n() {
             return Err(Error::format(

@@ -362,10 +362,8 @@ pub fn remove_leftovers(dir: &Path, age: Duration) -> Result<usize> {
     let mut removed = 0;
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        let leftover =
-            name.starts_with(".seli-")
-                || (name.starts_with('.')
-                    && (name.ends_with(".stale") || name.ends_with(".takeover")));
+        let leftover = name.starts_with(".seli-")
+            || (name.starts_with('.') && (name.ends_with(".stale") || name.ends_with(".takeover")));
         let old = entry
             .metadata()
             .and_then(|m| m.modified())
@@ -625,7 +623,9 @@ mod tests {
     #[test]
     fn leftovers_of_killed_workers_are_removed_once_old() {
         let tmp = tempfile::tempdir().unwrap();
-        for name in [".seli-abc.tmp", ".p.json.77-0.stale", ".p.json.takeover", "p.json", "other.txt"] {
+        for name in
+            [".seli-abc.tmp", ".p.json.77-0.stale", ".p.json.takeover", "p.json", "other.txt"]
+        {
             std::fs::write(tmp.path().join(name), "x").unwrap();
         }
         assert_eq!(remove_leftovers(tmp.path(), Duration::from_secs(3600)).unwrap(), 0);

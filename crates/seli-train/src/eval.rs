@@ -11,7 +11,9 @@
 
 use faer::Mat;
 use seli_core::Geometry;
-use seli_core::features::{FeatureGeometry, GEOMETRY_COLUMNS, Grams, accuracies, predicts};
+use seli_core::features::{
+    FeatureGeometry, GEOMETRY_COLUMNS, Grams, Precision, accuracies, predicts,
+};
 
 use crate::error::{Error, Result};
 
@@ -120,7 +122,12 @@ pub fn evaluate(
     }
     for ((h, z), chunk) in kept.iter().zip(rows.chunks(batch.max(1))) {
         let labels: Vec<u32> = chunk.iter().map(|&i| train_labels[i]).collect();
-        geo.push_second(columns_of(h, d).as_ref(), columns_of(z, k).as_ref(), &labels)?;
+        geo.push_second(
+            columns_of(h, d).as_ref(),
+            Some(columns_of(z, k).as_ref()),
+            &labels,
+            Precision::Double,
+        )?;
     }
     let (mut tc, mut tt) = (vec![0u64; k], vec![0u64; k]);
     let test_rows: Vec<usize> = (0..test_labels.len()).collect();
