@@ -47,9 +47,16 @@ def metrics(
     classes: Optional[int] = None,
     layout: Literal["kd", "dk"] = "kd",
     chunk: int = 4096,
+    per_class: bool = False,
+    eval_features: Optional[npt.ArrayLike] = None,
+    eval_labels: Optional[npt.ArrayLike] = None,
+    ood_features: Optional[npt.ArrayLike] = None,
 ) -> dict[str, Any]:
     """Features (n, d) float16/32/64 or a CPU torch tensor (any layout, not copied) against SELI and the ETF
-    (schema seli.analyze.v1), as ``seli analyze --json``.
+    (schema seli.analyze.v1), as ``seli analyze --json``. ``per_class=True`` adds ``per_class``:
+    one dict per class (the columns of ``seli analyze --per-class``); ``eval_features`` and
+    ``eval_labels`` add ``eval`` (held-out accuracy, NCC accuracy, NC4 against the training
+    class means); ``ood_features`` adds ``ood`` (NC5).
 
     >>> m = seli.metrics(H, y, model.fc.weight.detach().cpu().numpy())
     >>> m["values"]["dist_gw_seli"], m["values"]["dist_gw_etf"], m["values"]["nc1"]

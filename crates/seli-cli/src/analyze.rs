@@ -7,7 +7,9 @@ use anyhow::Result;
 use clap::{Args, ValueEnum};
 use seli_core::features::GEOMETRY_COLUMNS;
 use seli_io::arrays::Array;
-use seli_run::analyze::{Layout, analyze, check_labels, classifier_matrix, read_label_array};
+use seli_run::analyze::{
+    Layout, PER_CLASS_COLUMNS, analyze, check_labels, classifier_matrix, read_label_array,
+};
 
 /// Classifier storage.
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -67,7 +69,8 @@ pub struct AnalyzeArgs {
     /// Array name in --logits.
     #[arg(long, value_name = "NAME", requires = "logits")]
     pub logits_key: Option<String>,
-    /// Rows read per chunk.
+    /// Rows per chunk (raised to at least one part per thread: parts of 1024 rows, or twice
+    /// the side of the projected scatter when that is larger).
     #[arg(long, default_value_t = 4096)]
     pub chunk: usize,
     /// Write the result as JSON (seli.analyze.v1).
@@ -76,6 +79,29 @@ pub struct AnalyzeArgs {
     /// Write the result as a one-row CSV (header: n, d, k and the metric columns).
     #[arg(long, value_name = "PATH")]
     pub csv: Option<PathBuf>,
+    /// Held-out features (n' x d), measured against the training class means: accuracy,
+    /// nearest-class-mean accuracy, NC4 (needs --eval-labels).
+    #[arg(long, value_name = "FILE", requires = "eval_labels")]
+    pub eval_features: Option<PathBuf>,
+    /// Array name in --eval-features.
+    #[arg(long, value_name = "NAME", requires = "eval_features")]
+    pub eval_features_key: Option<String>,
+    /// Labels of --eval-features.
+    #[arg(long, value_name = "FILE", requires = "eval_features")]
+    pub eval_labels: Option<PathBuf>,
+    /// Array name in --eval-labels.
+    #[arg(long, value_name = "NAME", requires = "eval_labels")]
+    pub eval_labels_key: Option<String>,
+    /// Out-of-distribution features (n'' x d): NC5 against the training class means.
+    #[arg(long, value_name = "FILE")]
+    pub ood_features: Option<PathBuf>,
+    /// Array name in --ood-features.
+    #[arg(long, value_name = "NAME", requires = "ood_features")]
+    pub ood_features_key: Option<String>,
+    /// Write the per-class view (norms, aligned cosines to SELI and the ETF, within-class
+    /// variance and share) to PATH: CSV, or JSON when PATH ends in .json.
+    #[arg(long, value_name = "PATH")]
+    pub per_class: Option<PathBuf>,
 }
 
 /// Runs `seli analyze`.
@@ -110,7 +136,7 @@ pub fn run(a: &AnalyzeArgs) -> Result<()> {
         Some(p) => Some(Array::open(p, a.logits_key.as_deref())?),
         None => None,
     };
-    let r = analyze(
+    let acc = analyze(
         &features,
         &labels,
         &a.labels,
@@ -120,6 +146,15 @@ pub fn run(a: &AnalyzeArgs) -> Result<()> {
         logits.as_ref().map(|z| z as &dyn seli_io::arrays::RowSource),
         a.chunk,
     )?;
+    let mut r = acc.analysis()?;
+    if let (Some(f), Some(l)) = (&a.eval_features, &a.eval_labels) {
+        let feats = Array::open(f, a.eval_features_key.as_deref())?;
+        let labels = read_label_array(l, a.eval_labels_key.as_deref())?;
+        r.eval = Some(acc.held_out(&feats, &labels, l, None)?);
+    }
+    if let Some(f) = &a.ood_features {
+        r.ood = Some(acc.ood(&Array::open(f, a.ood_features_key.as_deref())?)?);
+    }
     println!(
         "{} samples, d = {}, k = {}, counts {:?}; logits: {}",
         r.n,
@@ -141,17 +176,57 @@ pub fn run(a: &AnalyzeArgs) -> Result<()> {
         let v = r.get(name).map_or("-".to_string(), seli_run::report::num);
         println!("  {name:<16} {v:>14}   {meaning}");
     }
+    let cell = |v: Option<f64>| v.map_or(String::new(), |x| x.to_string());
+    let mut extra: Vec<(&str, String)> = Vec::new();
+    if let Some(e) = &r.eval {
+        println!(
+            "held-out ({} samples, against the training class means): accuracy {}, NCC accuracy \
+             {}, NC4 mismatch {}",
+            e.n,
+            e.accuracy.map_or("-".into(), seli_run::report::num),
+            seli_run::report::num(e.ncc_accuracy),
+            e.ncc_mismatch.map_or("-".into(), seli_run::report::num),
+        );
+        extra.extend([
+            ("eval_n", e.n.to_string()),
+            ("eval_accuracy", cell(e.accuracy)),
+            ("eval_ncc_accuracy", cell(Some(e.ncc_accuracy))),
+            ("eval_ncc_mismatch", cell(e.ncc_mismatch)),
+        ]);
+    }
+    if let Some(o) = &r.ood {
+        println!(
+            "out-of-distribution ({} samples): nc5 {}   mean over c of |cos(mu_c - mu_G, mu_OOD - mu_G)|",
+            o.n,
+            o.nc5.map_or("-".into(), seli_run::report::num)
+        );
+        extra.extend([("ood_n", o.n.to_string()), ("nc5", cell(o.nc5))]);
+    }
     if let Some(p) = &a.json {
         seli_io::write_json_atomic(p, "analysis", &r)?;
     }
     if let Some(p) = &a.csv {
         let mut header = vec!["n".to_string(), "d".into(), "k".into()];
         header.extend(GEOMETRY_COLUMNS.iter().map(|(n, _)| (*n).to_string()));
+        header.extend(extra.iter().map(|(n, _)| (*n).to_string()));
         let mut row = vec![r.n.to_string(), r.d.to_string(), r.k.to_string()];
-        row.extend(
-            GEOMETRY_COLUMNS.iter().map(|(n, _)| r.get(n).map_or(String::new(), |v| v.to_string())),
-        );
+        row.extend(GEOMETRY_COLUMNS.iter().map(|(n, _)| cell(r.get(n))));
+        row.extend(extra.iter().map(|(_, v)| v.clone()));
         seli_io::write_atomic(p, format!("{}\n{}\n", header.join(","), row.join(",")).as_bytes())?;
+    }
+    if let Some(p) = &a.per_class {
+        let rows = acc.per_class()?;
+        if p.extension().is_some_and(|e| e == "json") {
+            seli_io::write_json_atomic(p, "per-class view", &rows)?;
+        } else {
+            let mut text = PER_CLASS_COLUMNS.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(",");
+            text.push('\n');
+            for row in &rows {
+                text.push_str(&row.cells().join(","));
+                text.push('\n');
+            }
+            seli_io::write_atomic(p, text.as_bytes())?;
+        }
     }
     Ok(())
 }

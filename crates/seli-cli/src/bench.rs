@@ -191,7 +191,8 @@ fn bench_analyze(a: &BenchAnalyzeArgs) -> Result<()> {
             None,
             None,
             a.chunk,
-        )?;
+        )?
+        .analysis()?;
         times.push(t.elapsed().as_secs_f64());
         nc1 = an.get("nc1").unwrap_or(f64::NAN);
     }

@@ -256,3 +256,153 @@ fn bad_inputs_are_named() {
     let e = run(&["--features", &cut, "--labels", &y]);
     assert!(e.contains("cut.npy") && e.contains("truncated"), "{e}");
 }
+
+/// Held-out data, out-of-distribution data and the per-class view, from the CLI, against
+/// direct computations from their definitions.
+#[test]
+fn held_out_ood_and_per_class_match_their_definitions() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = case(0.6);
+    let [h, y, w] = npy_inputs(dir.path(), &c, Dtype::F64, false);
+    // Held-out samples: the same class means, more noise, and some labels shifted so that
+    // the nearest mean and the logits disagree with them.
+    let t = case(1.5);
+    let ty: Vec<u32> = t
+        .labels
+        .iter()
+        .enumerate()
+        .map(|(i, &l)| if i % 7 == 0 { (l + 1) % 4 } else { l })
+        .collect();
+    let n = ty.len();
+    let eh = write(dir.path(), "eh.npy", &encode_npy(&[n, 8], &rows_of(&t.H), Dtype::F32, false));
+    let tyf: Vec<f64> = ty.iter().map(|&v| f64::from(v)).collect();
+    let ey = write(dir.path(), "ey.npy", &encode_npy(&[n], &tyf, Dtype::Int(8), false));
+    // OOD: a cloud around a fixed point.
+    let ood: Mat<f64> = gaussian_matrix(8, 50, 0.3, &mut rng_from_seed(2));
+    let ood = Mat::from_fn(8, 50, |i, j| ood[(i, j)] + if i == 3 { 2.0 } else { 0.5 });
+    let oh = write(dir.path(), "ood.npy", &encode_npy(&[50, 8], &rows_of(&ood), Dtype::F64, false));
+    let out = dir.path().join("a.json");
+    let pc = dir.path().join("pc.csv");
+    let pcj = dir.path().join("pc.json");
+    let csv = dir.path().join("a.csv");
+    let args = [
+        "--features",
+        &h,
+        "--labels",
+        &y,
+        "--classifier",
+        &w,
+        "--eval-features",
+        &eh,
+        "--eval-labels",
+        &ey,
+        "--ood-features",
+        &oh,
+        "--per-class",
+        pc.to_str().unwrap(),
+        "--csv",
+        csv.to_str().unwrap(),
+    ];
+    let v = analyze(&args, &out);
+    let mut args2 = args.to_vec();
+    args2[13] = pcj.to_str().unwrap();
+    analyze(&args2, &dir.path().join("b.json"));
+
+    // Training class means and their center, from the definitions.
+    let k = 4;
+    let mut M = Mat::<f64>::zeros(8, k);
+    let mut counts = [0.0; 4];
+    for (j, &l) in c.labels.iter().enumerate() {
+        counts[l as usize] += 1.0;
+        for i in 0..8 {
+            M[(i, l as usize)] += c.H[(i, j)];
+        }
+    }
+    for l in 0..k {
+        for i in 0..8 {
+            M[(i, l)] /= counts[l];
+        }
+    }
+    let Eh = Mat::from_fn(8, n, |i, j| f64::from(t.H[(i, j)] as f32));
+    let (mut right, mut ncc_right, mut differ) = (0, 0, 0);
+    for j in 0..n {
+        let z: Vec<f64> = (0..k).map(|l| (0..8).map(|i| c.W[(i, l)] * Eh[(i, j)]).sum()).collect();
+        let arg = (0..k).fold(0, |b, l| if z[l] > z[b] { l } else { b });
+        let dist = |l: usize| (0..8).map(|i| (Eh[(i, j)] - M[(i, l)]).powi(2)).sum::<f64>();
+        let ncc = (0..k).fold(0, |b, l| if dist(l) < dist(b) { l } else { b });
+        right += usize::from(arg == ty[j] as usize);
+        ncc_right += usize::from(ncc == ty[j] as usize);
+        differ += usize::from(arg != ncc);
+    }
+    let e = &v["eval"];
+    assert_eq!(e["n"], n);
+    assert!(differ > 0 && ncc_right < n, "{differ} {ncc_right}");
+    assert_eq!(e["accuracy"].as_f64().unwrap(), right as f64 / n as f64);
+    assert_eq!(e["ncc_accuracy"].as_f64().unwrap(), ncc_right as f64 / n as f64);
+    assert_eq!(e["ncc_mismatch"].as_f64().unwrap(), differ as f64 / n as f64);
+    // NC5 from its definition.
+    let g: Vec<f64> = (0..8).map(|i| (0..k).map(|l| M[(i, l)]).sum::<f64>() / k as f64).collect();
+    let o: Vec<f64> =
+        (0..8).map(|i| (0..50).map(|j| ood[(i, j)]).sum::<f64>() / 50.0 - g[i]).collect();
+    let no = o.iter().map(|x| x * x).sum::<f64>().sqrt();
+    let nc5 = (0..k)
+        .map(|l| {
+            let m: Vec<f64> = (0..8).map(|i| M[(i, l)] - g[i]).collect();
+            let nm = m.iter().map(|x| x * x).sum::<f64>().sqrt();
+            (m.iter().zip(&o).map(|(a, b)| a * b).sum::<f64>() / (nm * no)).abs()
+        })
+        .sum::<f64>()
+        / k as f64;
+    let got = v["ood"]["nc5"].as_f64().unwrap();
+    assert!((got - nc5).abs() < 1e-12, "{got} vs {nc5}");
+    assert_eq!(v["ood"]["n"], 50);
+    // The one-row CSV carries the same figures under their own names.
+    let text = std::fs::read_to_string(&csv).unwrap();
+    let (head, row) = text.trim_end().split_once('\n').unwrap();
+    let cells: std::collections::HashMap<&str, &str> =
+        head.split(',').zip(row.split(',')).collect();
+    assert_eq!(cells["eval_ncc_mismatch"].parse::<f64>().unwrap(), differ as f64 / n as f64);
+    assert_eq!(cells["nc5"].parse::<f64>().unwrap(), got);
+    // Per-class view: the classifier is exactly at SELI (cosine 1); within-class variance and
+    // share from the definitions; CSV and JSON agree.
+    let text = std::fs::read_to_string(&pc).unwrap();
+    let mut lines = text.lines();
+    let head: Vec<&str> = lines.next().unwrap().split(',').collect();
+    assert_eq!(head[..4], ["class", "count", "group", "w_norm"]);
+    let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
+    let col = |name: &str| head.iter().position(|h| *h == name).unwrap();
+    let pj = json(&pcj);
+    let mut ss = [0.0; 4];
+    for (j, &l) in c.labels.iter().enumerate() {
+        ss[l as usize] += (0..8).map(|i| (c.H[(i, j)] - M[(i, l as usize)]).powi(2)).sum::<f64>();
+    }
+    for (l, r) in rows.iter().enumerate() {
+        assert_eq!(r[col("group")], ["maj", "min"][l / 2]);
+        let cos: f64 = r[col("cos_w_seli")].parse().unwrap();
+        assert!((cos - 1.0).abs() < 1e-9, "{cos}");
+        let var: f64 = r[col("within_var")].parse().unwrap();
+        assert!((var - ss[l] / counts[l]).abs() < 1e-9 * var, "{var}");
+        let share: f64 = r[col("within_share")].parse().unwrap();
+        assert!((share - ss[l] / ss.iter().sum::<f64>()).abs() < 1e-12);
+        assert_eq!(pj[l]["within_var"].as_f64().unwrap(), var);
+        assert_eq!(pj[l]["class"], l);
+    }
+    // Bad held-out input is named.
+    let short =
+        write(dir.path(), "short.npy", &encode_npy(&[3], &[0.0, 1.0, 2.0], Dtype::Int(8), false));
+    let e = fails(&[
+        "analyze",
+        "--features",
+        &h,
+        "--labels",
+        &y,
+        "--eval-features",
+        &eh,
+        "--eval-labels",
+        &short,
+    ]);
+    assert!(e.contains("eh.npy") && e.contains("labels"), "{e}");
+    let wide = write(dir.path(), "wide.npy", &encode_npy(&[2, 9], &[0.0; 18], Dtype::F64, false));
+    let e = fails(&["analyze", "--features", &h, "--labels", &y, "--ood-features", &wide]);
+    assert!(e.contains("wide.npy") && e.contains("expected (n, 8)"), "{e}");
+}

@@ -224,8 +224,10 @@ impl FeatureMoments {
                 rule: "merged with the same within-class scatter (full or projected)",
             });
         }
-        // Chan et al.'s correction Σ_c w_c δ_c δ_cᵀ as one product D Dᵀ, D = [√w_c δ_c].
-        let mut D = Mat::<f64>::zeros(d, k);
+        // Chan et al.'s correction Σ_c w_c δ_c δ_cᵀ as one product D Dᵀ, D = [√w_c δ_c] (with
+        // the full scatter only).
+        let full = self.scatter.is_some();
+        let mut D = Mat::<f64>::zeros(if full { d } else { 0 }, if full { k } else { 0 });
         for c in 0..k {
             let (na, nb) = (self.counts[c] as f64, other.counts[c] as f64);
             if nb == 0.0 {
@@ -237,9 +239,11 @@ impl FeatureMoments {
             if na > 0.0 {
                 let w = na * nb / (na + nb);
                 self.class_ss[c] += w * delta.iter().map(|x| x * x).sum::<f64>();
-                let sw = w.sqrt();
-                for r in 0..d {
-                    D[(r, c)] = sw * delta[r];
+                if full {
+                    let sw = w.sqrt();
+                    for r in 0..d {
+                        D[(r, c)] = sw * delta[r];
+                    }
                 }
             }
             for r in 0..d {
@@ -276,10 +280,11 @@ impl FeatureMoments {
         let M = self.class_means()?;
         let var = self.class_variances();
         let (d, k) = (self.dim(), self.classes());
+        let cols: Vec<Vec<f64>> = (0..k).map(|c| (0..d).map(|r| M[(r, c)]).collect()).collect();
         let mut total = 0.0;
         for a in 0..k {
             for b in a + 1..k {
-                let dist: f64 = (0..d).map(|r| (M[(r, a)] - M[(r, b)]).powi(2)).sum();
+                let dist: f64 = cols[a].iter().zip(&cols[b]).map(|(x, y)| (x - y) * (x - y)).sum();
                 if dist <= 0.0 {
                     return Ok(None);
                 }
@@ -663,18 +668,20 @@ fn argmin(z: impl Iterator<Item = f64>) -> usize {
 /// centered mean is zero or a kernel value is not finite.
 pub fn gnc2(Mc: MatRef<'_, f64>, kernel: impl Fn(f64) -> f64) -> Option<f64> {
     let (d, k) = (Mc.nrows(), Mc.ncols());
-    let norms: Vec<f64> =
-        (0..k).map(|c| (0..d).map(|r| Mc[(r, c)] * Mc[(r, c)]).sum::<f64>().sqrt()).collect();
-    if norms.contains(&0.0) {
-        return None;
+    let cols: Vec<Vec<f64>> = (0..k).map(|c| (0..d).map(|r| Mc[(r, c)]).collect()).collect();
+    let mut unit = Vec::with_capacity(k);
+    for v in &cols {
+        let norm = v.iter().map(|x| x * x).sum::<f64>().sqrt();
+        if norm == 0.0 {
+            return None;
+        }
+        unit.push(v.iter().map(|x| x / norm).collect::<Vec<f64>>());
     }
     let mut vals = Vec::with_capacity(k * (k - 1) / 2);
     for a in 0..k {
         for b in a + 1..k {
-            let dist = (0..d)
-                .map(|r| (Mc[(r, a)] / norms[a] - Mc[(r, b)] / norms[b]).powi(2))
-                .sum::<f64>()
-                .sqrt();
+            let dist =
+                unit[a].iter().zip(&unit[b]).map(|(x, y)| (x - y) * (x - y)).sum::<f64>().sqrt();
             vals.push(kernel(dist));
         }
     }
@@ -703,6 +710,62 @@ pub fn uniform_duality(W: MatRef<'_, f64>, Mc: MatRef<'_, f64>) -> Option<f64> {
     }
     let mean = cos.iter().sum::<f64>() / k as f64;
     Some(cos.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / k as f64)
+}
+
+/// One class's row of the per-class view ([`FeatureGeometry::per_class`]; docs/theory.md,
+/// "Per-class view").
+#[derive(Debug, Clone, PartialEq)]
+pub struct PerClass {
+    /// Class index.
+    pub class: usize,
+    /// Samples of the class.
+    pub count: u64,
+    /// `maj` or `min` when the counts form two groups, else `None`.
+    pub group: Option<&'static str>,
+    /// `‖w_c‖` (with a classifier).
+    pub w_norm: Option<f64>,
+    /// `‖μ_c − μ_G‖`.
+    pub muc_norm: f64,
+    /// `cos(w_c, R w*_c)`: `w*` the SELI classifier Gram's factor, `R` the rotation that aligns
+    /// it best with W (orthogonal Procrustes).
+    pub cos_w_seli: Option<f64>,
+    /// The same against the simplex ETF.
+    pub cos_w_etf: Option<f64>,
+    /// `cos(μ_c − μ_G, R m*_c)` against the SELI class-mean Gram, aligned the same way.
+    pub cos_muc_seli: Option<f64>,
+    /// The same against the simplex ETF.
+    pub cos_muc_etf: Option<f64>,
+    /// `σ²_c = (1/n_c) Σ_{i∈c} ‖h_i − μ_c‖²`.
+    pub within_var: f64,
+    /// The class's share of `Tr(Σ_W)`: `Σ_{i∈c} ‖h_i − μ_c‖² / Σ_i ‖h_i − μ_{y_i}‖²`.
+    pub within_share: Option<f64>,
+}
+
+/// Per column c of `X` (d×k), the cosine between `x_c` and column c of the factor of the Gram
+/// `G` (k×k, positive semidefinite) rotated to fit `X` best: with `T = G^{1/2}` and the thin
+/// SVD `X T = U S Vᵀ`, `R = U Vᵀ` maximizes `Σ_c ⟨x_c, R t_c⟩` over maps with orthonormal
+/// columns (or rows, when d < k), so the cosines measure what no rotation explains. `None` for a
+/// zero column, or when a decomposition fails.
+pub fn aligned_cosines(X: MatRef<'_, f64>, G: MatRef<'_, f64>) -> Option<Vec<Option<f64>>> {
+    let evd = G.self_adjoint_eigen(faer::Side::Lower).ok()?;
+    let (vals, vecs) = (evd.S().column_vector(), evd.U());
+    let k = G.nrows();
+    let root = Mat::from_fn(k, k, |i, j| {
+        (0..k).map(|m| vecs[(i, m)] * vals[m].max(0.0).sqrt() * vecs[(j, m)]).sum::<f64>()
+    });
+    let C = X * &root;
+    let svd = C.thin_svd().ok()?;
+    let R = svd.U() * svd.V().transpose();
+    let A = &R * &root;
+    Some(
+        (0..X.ncols())
+            .map(|c| {
+                let (x, a) = (X.col(c), A.col(c));
+                let (nx, na) = (x.norm_l2(), a.norm_l2());
+                (nx > 0.0 && na > 0.0).then(|| (x.transpose() * a) / (nx * na))
+            })
+            .collect(),
+    )
 }
 
 /// The class-level Grams of a measurement: `G_W = WᵀW` (with a classifier), `G_M = MᵀM` of
@@ -755,6 +818,72 @@ pub struct SecondPass {
     /// the basis of [`projection_rank`] columns that [`FeatureGeometry`] builds from the class
     /// means.
     pub scatter: Option<Mat<f64>>,
+}
+
+/// Held-out samples measured against the class means of a measurement
+/// ([`FeatureGeometry::held_out`]); parts add with [`HeldOut::add`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct HeldOut {
+    /// Samples.
+    pub n: u64,
+    /// Samples whose nearest class mean is their class.
+    pub ncc_correct: u64,
+    /// Samples whose true logit is strictly the largest (with logits).
+    pub logit_correct: Option<u64>,
+    /// Samples whose argmax logit differs from their nearest class mean (with logits).
+    pub mismatch: Option<u64>,
+}
+
+impl HeldOut {
+    /// The counts of both parts.
+    pub fn add(&mut self, other: &HeldOut) {
+        let sum = |a: Option<u64>, b: Option<u64>| match (a, b) {
+            (Some(a), Some(b)) => Some(a + b),
+            (a, None) if other.n == 0 => a,
+            (None, b) if self.n == 0 => b,
+            _ => None,
+        };
+        self.logit_correct = sum(self.logit_correct, other.logit_correct);
+        self.mismatch = sum(self.mismatch, other.mismatch);
+        self.n += other.n;
+        self.ncc_correct += other.ncc_correct;
+    }
+}
+
+/// NC5, out-of-distribution orthogonality (Ammar et al., ICLR 2024): the mean over classes of
+/// `|cos(μ_c − μ_G, μ_OOD − μ_G)|`, `Mc` the class means centered by `μ_G` (d×k) and `ood`
+/// the mean of the out-of-distribution features minus `μ_G`. `None` when a vector is zero.
+pub fn nc5(Mc: MatRef<'_, f64>, ood: &[f64]) -> Option<f64> {
+    let no = ood.iter().map(|x| x * x).sum::<f64>().sqrt();
+    let mut total = 0.0;
+    for c in 0..Mc.ncols() {
+        let m = Mc.col(c);
+        let nm = m.norm_l2();
+        if nm == 0.0 || no == 0.0 {
+            return None;
+        }
+        total += ((0..ood.len()).map(|r| m[r] * ood[r]).sum::<f64>() / (nm * no)).abs();
+    }
+    Some(total / Mc.ncols() as f64)
+}
+
+/// Per sample (column of `MX = MᵀX`, deviations `x = h − μ_y` from the labelled class), the
+/// nearest class mean: `‖h − μ_c‖² − ‖h − μ_y‖² = ‖μ_c − μ_y‖² − 2 (μ_c − μ_y)ᵀx`, the first
+/// class on ties.
+fn nearest_means(basis: &Basis, MX: &Mat<f64>, labels: &[u32]) -> Vec<usize> {
+    let k = MX.nrows();
+    labels
+        .iter()
+        .enumerate()
+        .map(|(i, &y)| {
+            let y = y as usize;
+            let mx = MX.col(i);
+            argmin(
+                (0..k)
+                    .map(|c| if c == y { 0.0 } else { basis.gaps[(c, y)] - 2.0 * (mx[c] - mx[y]) }),
+            )
+        })
+        .collect()
 }
 
 /// Columns of the basis the second pass projects deviations onto: k (an orthonormal basis
@@ -1249,6 +1378,59 @@ impl FeatureGeometry {
         Ok(())
     }
 
+    /// Checks that a classifier is d×k.
+    fn check_classifier(&self, W: Option<MatRef<'_, f64>>) -> Result<()> {
+        let (d, k) = (self.moments.dim(), self.moments.classes());
+        match W {
+            Some(W) if W.nrows() != d || W.ncols() != k => Err(Error::ShapeMismatch {
+                left: "classifier W",
+                lr: W.nrows(),
+                lc: W.ncols(),
+                right: "(feature dimension, classes)",
+                rr: d,
+                rc: k,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Checks a batch against this measurement: `H` d×b with b labels in `0..k`, logits k×b
+    /// when given (`what` names the batch).
+    fn check_batch(
+        &self,
+        H: MatRef<'_, f64>,
+        Z: Option<MatRef<'_, f64>>,
+        labels: &[u32],
+        what: &'static str,
+    ) -> Result<()> {
+        let (d, k) = (self.moments.dim(), self.moments.classes());
+        if H.nrows() != d || labels.len() != H.ncols() {
+            return Err(Error::ShapeMismatch {
+                left: what,
+                lr: H.nrows(),
+                lc: H.ncols(),
+                right: "(feature dimension, batch labels)",
+                rr: d,
+                rc: labels.len(),
+            });
+        }
+        if let Some(Z) = Z {
+            Self::check_logits(Z, k, H.ncols())?;
+        }
+        if let Some((i, &y)) = labels.iter().enumerate().find(|(_, y)| **y as usize >= k) {
+            return Err(Error::LabelOutOfRange { index: i, label: i64::from(y), k });
+        }
+        Ok(())
+    }
+
+    /// The basis fixed by [`FeatureGeometry::prepare_second`], else one built from `M`.
+    fn basis_of(&self, M: &Mat<f64>) -> Result<std::borrow::Cow<'_, Basis>> {
+        Ok(match &self.basis {
+            Some(b) => std::borrow::Cow::Borrowed(b),
+            None => std::borrow::Cow::Owned(Basis::of_means(M.as_ref())?),
+        })
+    }
+
     /// The contribution of one batch to pass 2, without changing the measurement: batches
     /// can be measured on several threads and their parts added in order
     /// ([`FeatureGeometry::add_second_part`]). Builds the projection basis when
@@ -1265,16 +1447,6 @@ impl FeatureGeometry {
     ) -> Result<SecondPass> {
         let M = self.moments.class_means()?;
         let (d, k) = (self.moments.dim(), self.moments.classes());
-        if H.nrows() != d || labels.len() != H.ncols() {
-            return Err(Error::ShapeMismatch {
-                left: "feature batch",
-                lr: H.nrows(),
-                lc: H.ncols(),
-                right: "(feature dimension, batch labels)",
-                rr: d,
-                rc: labels.len(),
-            });
-        }
         if Z.is_some() != (self.logit_samples > 0) {
             return Err(Error::InvalidParameter {
                 name: "second-pass batch",
@@ -1286,12 +1458,7 @@ impl FeatureGeometry {
                 rule: "logits in the second pass exactly when the first pass had them",
             });
         }
-        if let Some(Z) = Z {
-            Self::check_logits(Z, k, H.ncols())?;
-        }
-        if let Some((i, &y)) = labels.iter().enumerate().find(|(_, y)| **y as usize >= k) {
-            return Err(Error::LabelOutOfRange { index: i, label: i64::from(y), k });
-        }
+        self.check_batch(H, Z, labels, "feature batch")?;
         let projected = self.moments.scatter.is_none();
         let mut pass = SecondPass {
             mismatch: 0,
@@ -1303,49 +1470,19 @@ impl FeatureGeometry {
             }),
         };
         if projected || Z.is_some() {
-            let local;
-            let basis = match &self.basis {
-                Some(b) => b,
-                None => {
-                    local = Basis::of_means(M.as_ref())?;
-                    &local
-                }
-            };
-            debug_assert_eq!(basis.rank(d), projection_rank(d, k));
-            let b = labels.len();
-            let with_means = Z.is_some();
-            let MX: Result<Option<Mat<f64>>> = match precision {
-                Precision::Double => deviations(H, &M, labels, |v| v).map(|X| {
-                    second_products(
-                        basis.q.as_ref(),
-                        &basis.coords,
-                        MatRef::from_column_major_slice(&X, d, b),
-                        pass.scatter.as_mut(),
-                        with_means,
-                        usize::MAX,
-                    )
-                }),
-                Precision::Single => deviations(H, &M, labels, |v| v as f32).map(|X| {
-                    second_products(
-                        basis.q32.as_ref(),
-                        &basis.coords32,
-                        MatRef::from_column_major_slice(&X, d, b),
-                        pass.scatter.as_mut(),
-                        with_means,
-                        SINGLE_BLOCK,
-                    )
-                    .map(|m| Mat::from_fn(m.nrows(), m.ncols(), |i, j| f64::from(m[(i, j)])))
-                }),
-            };
-            let MX = MX?;
+            let basis = self.basis_of(&M)?;
+            let basis = basis.as_ref();
+            let MX = self.projections(
+                &M,
+                basis,
+                H,
+                labels,
+                precision,
+                pass.scatter.as_mut(),
+                Z.is_some(),
+            )?;
             if let (Some(Z), Some(MX)) = (Z, MX) {
-                // ‖h − μ_c‖² − ‖h − μ_y‖² = ‖μ_c − μ_y‖² − 2 (μ_c − μ_y)ᵀ(h − μ_y).
-                for (i, &y) in labels.iter().enumerate() {
-                    let y = y as usize;
-                    let mx = MX.col(i);
-                    let ncc = argmin((0..k).map(|c| {
-                        if c == y { 0.0 } else { basis.gaps[(c, y)] - 2.0 * (mx[c] - mx[y]) }
-                    }));
+                for (i, ncc) in nearest_means(basis, &MX, labels).into_iter().enumerate() {
                     pass.mismatch += u64::from(ncc != argmax((0..k).map(|c| Z[(c, i)])));
                 }
             }
@@ -1362,6 +1499,87 @@ impl FeatureGeometry {
         }
         pass.seen += labels.len() as u64;
         Ok(pass)
+    }
+
+    /// The products of pass 2 over a batch: deviations from the class means `M`, projected in
+    /// `precision`; the projected scatter added to `scatter`; `MᵀX` when `with_means`.
+    #[allow(clippy::too_many_arguments)]
+    fn projections(
+        &self,
+        M: &Mat<f64>,
+        basis: &Basis,
+        H: MatRef<'_, f64>,
+        labels: &[u32],
+        precision: Precision,
+        scatter: Option<&mut Mat<f64>>,
+        with_means: bool,
+    ) -> Result<Option<Mat<f64>>> {
+        let (d, b) = (self.moments.dim(), labels.len());
+        debug_assert_eq!(basis.rank(d), projection_rank(d, self.moments.classes()));
+        Ok(match precision {
+            Precision::Double => {
+                let X = deviations(H, M, labels, |v| v)?;
+                second_products(
+                    basis.q.as_ref(),
+                    &basis.coords,
+                    MatRef::from_column_major_slice(&X, d, b),
+                    scatter,
+                    with_means,
+                    usize::MAX,
+                )
+            }
+            Precision::Single => {
+                let X = deviations(H, M, labels, |v| v as f32)?;
+                second_products(
+                    basis.q32.as_ref(),
+                    &basis.coords32,
+                    MatRef::from_column_major_slice(&X, d, b),
+                    scatter,
+                    with_means,
+                    SINGLE_BLOCK,
+                )
+                .map(|m| Mat::from_fn(m.nrows(), m.ncols(), |i, j| f64::from(m[(i, j)])))
+            }
+        })
+    }
+
+    /// Held-out samples (features `H`, d×b, logits `Z` when available, labels) against the
+    /// class means of pass 1: how many the nearest class mean classifies right, how many the
+    /// logits classify right, and how many disagree between the two (NC4 on held-out data).
+    ///
+    /// # Errors
+    /// An empty class; shapes that disagree; a label out of range; a non-finite value.
+    pub fn held_out(
+        &self,
+        H: MatRef<'_, f64>,
+        Z: Option<MatRef<'_, f64>>,
+        labels: &[u32],
+        precision: Precision,
+    ) -> Result<HeldOut> {
+        let M = self.moments.class_means()?;
+        let k = self.moments.classes();
+        self.check_batch(H, Z, labels, "held-out feature batch")?;
+        let basis = self.basis_of(&M)?;
+        let basis = basis.as_ref();
+        let MX =
+            self.projections(&M, basis, H, labels, precision, None, true)?.expect("with means");
+        let ncc = nearest_means(basis, &MX, labels);
+        let mut out = HeldOut {
+            n: labels.len() as u64,
+            ncc_correct: ncc.iter().zip(labels).filter(|(p, y)| **p == **y as usize).count() as u64,
+            logit_correct: None,
+            mismatch: None,
+        };
+        if let Some(Z) = Z {
+            let (mut right, mut differ) = (0, 0);
+            for (i, &y) in labels.iter().enumerate() {
+                right += u64::from(predicts((0..k).map(|c| Z[(c, i)]), y as usize));
+                differ += u64::from(ncc[i] != argmax((0..k).map(|c| Z[(c, i)])));
+            }
+            out.logit_correct = Some(right);
+            out.mismatch = Some(differ);
+        }
+        Ok(out)
     }
 
     /// NCC disagreements and the exact `dist_z`, when pass 2 covered every sample of pass 1.
@@ -1385,23 +1603,20 @@ impl FeatureGeometry {
             None => Basis::of_means(M.as_ref())?,
         };
         self.moments.nc1_by(centering, |U| {
-            // U lies in the span of the class means: U = Q (QᵀU).
+            // U lies in the span of the class means: U = Q (QᵀU); u_jᵀ Σ_W u_j = a_jᵀ (S/n) a_j
+            // with A = QᵀU, from one product with the symmetric S (its lower triangle mirrored).
             let A = match &basis.q {
                 Some(q) => q.transpose() * U,
                 None => U.to_owned(),
             };
+            let mut full = S.clone();
+            mirror_lower(&mut full);
+            let mut SA = Mat::<f64>::zeros(A.nrows(), A.ncols());
+            matmul(SA.as_mut(), Accum::Replace, full.as_ref(), A.as_ref(), 1.0, Par::rayon(0));
             (0..A.ncols())
                 .map(|j| {
-                    let a = A.col(j);
-                    let mut quad = 0.0;
-                    for c in 0..a.nrows() {
-                        // The lower triangle of S holds the sums.
-                        quad += a[c] * a[c] * S[(c, c)];
-                        for r in c + 1..a.nrows() {
-                            quad += 2.0 * a[r] * a[c] * S[(r, c)];
-                        }
-                    }
-                    quad / n
+                    let (a, sa) = (A.col(j), SA.col(j));
+                    (0..a.nrows()).map(|r| a[r] * sa[r]).sum::<f64>() / n
                 })
                 .collect()
         })
@@ -1417,6 +1632,52 @@ impl FeatureGeometry {
         Ok(Grams { gram_w: W.map(gram), gram_m: gram(M.as_ref()), gram_mc: gram(Mc.as_ref()) })
     }
 
+    /// The per-class view against `target` (docs/theory.md, "Per-class view"): which class
+    /// collapses, which drifts from its SELI position. Columns that need `W` are `None`
+    /// without it.
+    ///
+    /// # Errors
+    /// An empty class; a classifier of the wrong shape.
+    pub fn per_class(
+        &self,
+        W: Option<MatRef<'_, f64>>,
+        target: &Geometry,
+    ) -> Result<Vec<PerClass>> {
+        let k = self.moments.classes();
+        self.check_classifier(W)?;
+        let (Mc, _) = self.moments.centered_means(Centering::ClassMeans)?;
+        let P = centering_projector(k);
+        let none = || vec![None; k];
+        let cos =
+            |X: MatRef<'_, f64>, G: MatRef<'_, f64>| aligned_cosines(X, G).unwrap_or_else(none);
+        let (w_seli, w_etf) = match W {
+            Some(W) => (cos(W, target.gram_w()), cos(W, P.as_ref())),
+            None => (none(), none()),
+        };
+        let (m_seli, m_etf) = (cos(Mc.as_ref(), target.gram_m()), cos(Mc.as_ref(), P.as_ref()));
+        let var = self.moments.class_variances();
+        let total: f64 = self.moments.class_ss.iter().sum();
+        let groups = target.profile().groups();
+        Ok((0..k)
+            .map(|c| PerClass {
+                class: c,
+                count: self.moments.counts[c],
+                group: groups.map(|g| match g[c] {
+                    crate::profile::Group::Majority => "maj",
+                    crate::profile::Group::Minority => "min",
+                }),
+                w_norm: W.map(|W| W.col(c).norm_l2()),
+                muc_norm: Mc.col(c).norm_l2(),
+                cos_w_seli: w_seli[c],
+                cos_w_etf: w_etf[c],
+                cos_muc_seli: m_seli[c],
+                cos_muc_etf: m_etf[c],
+                within_var: var[c],
+                within_share: (total > 0.0).then(|| self.moments.class_ss[c] / total),
+            })
+            .collect())
+    }
+
     /// [`GEOMETRY_COLUMNS`] against `target` (the SELI geometry of the samples' class
     /// counts). Columns that need logits or `W` are `None` without them; NC4 is `None` unless
     /// pass 2 covered every sample.
@@ -1429,18 +1690,7 @@ impl FeatureGeometry {
         target: &Geometry,
     ) -> Result<Vec<Option<f64>>> {
         let (d, k) = (self.moments.dim(), self.moments.classes());
-        if let Some(W) = W
-            && (W.nrows() != d || W.ncols() != k)
-        {
-            return Err(Error::ShapeMismatch {
-                left: "classifier W",
-                lr: W.nrows(),
-                lc: W.ncols(),
-                right: "(feature dimension, classes)",
-                rr: d,
-                rc: k,
-            });
-        }
+        self.check_classifier(W)?;
         let groups = target.profile().groups();
         let M = self.moments.class_means()?;
         let (Mc, center) = self.moments.centered_means(Centering::ClassMeans)?;
@@ -1864,6 +2114,78 @@ mod tests {
         st.second.as_mut().unwrap().scatter = Some(Mat::zeros(2, 2));
         let e = FeatureGeometry::from_state(st).unwrap_err().to_string();
         assert!(e.contains("second-pass scatter 2x2"), "{e}");
+    }
+
+    /// A factor `F` (k×k) with `FᵀF = G`, from the SVD of the Gram.
+    fn factor(G: MatRef<'_, f64>) -> Mat<f64> {
+        let svd = G.thin_svd().unwrap();
+        let (u, sv) = (svd.U(), svd.S().column_vector());
+        Mat::from_fn(G.nrows(), G.ncols(), |i, j| sv[i].max(0.0).sqrt() * u[(j, i)])
+    }
+
+    /// The per-class view on exact geometries: a classifier and class means placed at SELI by
+    /// an arbitrary rotation have every aligned SELI cosine 1; the ETF cosines fall below 1
+    /// under imbalance and equal the SELI ones for balanced counts; a rotation of the features
+    /// changes nothing; within-class statistics match their definitions.
+    #[test]
+    fn per_class_view_on_exact_geometries() {
+        let (d, k) = (9, 4);
+        for counts in [vec![30u64, 30, 3, 3], vec![6; 4]] {
+            let p = crate::Profile::from_counts(counts.clone()).unwrap();
+            let target = crate::Geometry::new(&p).unwrap();
+            let mut rng = rng_from_seed(4);
+            let g: Mat<f64> = gaussian_matrix(d, d, 1.0, &mut rng);
+            let rot = g.qr().compute_thin_Q();
+            let embed = |F: &Mat<f64>| rot.subcols(0, k) * F;
+            let W = embed(&factor(target.gram_w()));
+            let Mc = embed(&factor(target.gram_m()));
+            // Samples at their class mean (shifted by a common offset) plus ±e spread in one
+            // coordinate for class 0 only.
+            let labels: Vec<u32> =
+                (0..k).flat_map(|c| std::iter::repeat_n(c as u32, counts[c] as usize)).collect();
+            let n = labels.len();
+            let mut H = Mat::from_fn(d, n, |r, i| Mc[(r, labels[i] as usize)] + 0.5);
+            for i in 0..counts[0] as usize {
+                H[(0, i)] += if i % 2 == 0 { 0.1 } else { -0.1 };
+            }
+            let mut geo = FeatureGeometry::new(d, k);
+            geo.push(H.as_ref(), None, &labels).unwrap();
+            let rows = geo.per_class(Some(W.as_ref()), &target).unwrap();
+            let imbalanced = counts[0] != counts[2];
+            for r in &rows {
+                assert!((r.cos_w_seli.unwrap() - 1.0).abs() < 1e-9, "{r:?}");
+                assert!((r.w_norm.unwrap() - W.col(r.class).norm_l2()).abs() < 1e-12);
+                if !imbalanced {
+                    assert!((r.cos_w_etf.unwrap() - r.cos_w_seli.unwrap()).abs() < 1e-9);
+                    assert!((r.cos_muc_etf.unwrap() - r.cos_muc_seli.unwrap()).abs() < 1e-9);
+                }
+                let var = if r.class == 0 { 0.01 } else { 0.0 };
+                assert!((r.within_var - var).abs() < 1e-12, "{r:?}");
+                let share = if r.class == 0 { 1.0 } else { 0.0 };
+                assert!((r.within_share.unwrap() - share).abs() < 1e-12, "{r:?}");
+                assert_eq!(
+                    r.group,
+                    if imbalanced { Some(["maj", "min"][r.class / 2]) } else { None }
+                );
+                assert_eq!(r.count, counts[r.class]);
+            }
+            // Class 0's mean moved by its ±0.1 spread only: still at SELI up to the spread.
+            assert!(rows.iter().all(|r| r.cos_muc_seli.unwrap() > 1.0 - 1e-9), "{rows:?}");
+            if imbalanced {
+                assert!(rows.iter().any(|r| r.cos_w_etf.unwrap() < 0.999), "{rows:?}");
+            }
+            // Rotating features and classifier together changes no cosine.
+            let g2: Mat<f64> = gaussian_matrix(d, d, 1.0, &mut rng);
+            let q = g2.qr().compute_thin_Q();
+            let mut geo2 = FeatureGeometry::new(d, k);
+            geo2.push((&q * &H).as_ref(), None, &labels).unwrap();
+            let rows2 = geo2.per_class(Some((&q * &W).as_ref()), &target).unwrap();
+            for (a, b) in rows.iter().zip(&rows2) {
+                for (x, y) in [(a.cos_w_etf, b.cos_w_etf), (a.cos_muc_etf, b.cos_muc_etf)] {
+                    assert!((x.unwrap() - y.unwrap()).abs() < 1e-9);
+                }
+            }
+        }
     }
 
     #[test]

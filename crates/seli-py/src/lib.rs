@@ -20,7 +20,7 @@ use seli_core::track::UfmMetrics;
 use seli_core::{Geometry, Profile};
 use seli_io::arrays::RowSource;
 use seli_io::record::ProfileRecord;
-use seli_run::analyze::{Layout, analyze, check_labels, classifier_matrix};
+use seli_run::analyze::{Layout, check_labels, classifier_matrix};
 use seli_run::spec::{DEFAULT_STEP, parse_counts, parse_long_tail, parse_step};
 use seli_run::ufm::{Dtype, UfmParams, record_schedule};
 
@@ -376,12 +376,15 @@ fn geometry<'py>(
 ///
 /// Returns a dict (schema seli.analyze.v1) whose `values` hold the distances of G_W, G_M,
 /// W^T M and the logits to SELI and the ETF, NC1 (both centerings), NC2-NC4, accuracy and
-/// norms/cosines by majority/minority group.
+/// norms/cosines by majority/minority group. `per_class=True` adds `per_class`, one dict
+/// per class (the columns of `seli analyze --per-class`, docs/formats.md);
+/// `eval_features`/`eval_labels` add `eval` (held-out accuracy, nearest-class-mean accuracy
+/// and NC4 against the training class means), `ood_features` adds `ood` (NC5).
 ///
 /// >>> m = seli.metrics(H, y, model.fc.weight.detach().numpy())
 /// >>> m["values"]["dist_gw_seli"], m["values"]["dist_gw_etf"]
 #[pyfunction]
-#[pyo3(signature = (features, labels, classifier=None, *, bias=None, logits=None, classes=None, layout="kd", chunk=4096))]
+#[pyo3(signature = (features, labels, classifier=None, *, bias=None, logits=None, classes=None, layout="kd", chunk=4096, per_class=false, eval_features=None, eval_labels=None, ood_features=None))]
 #[allow(clippy::too_many_arguments)]
 fn metrics<'py>(
     py: Python<'py>,
@@ -393,17 +396,29 @@ fn metrics<'py>(
     classes: Option<usize>,
     layout: &str,
     chunk: usize,
+    per_class: bool,
+    eval_features: Option<&Bound<'py, PyAny>>,
+    eval_labels: Option<&Bound<'py, PyAny>>,
+    ood_features: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyAny>> {
+    if eval_features.is_some() != eval_labels.is_some() {
+        return Err(value_error("eval_features and eval_labels go together"));
+    }
+    let eh = eval_features.map(|f| matrix(py, "eval_features", f)).transpose()?;
+    let ey = eval_labels.map(|l| label_vector(py, l)).transpose()?;
+    let oh = ood_features.map(|f| matrix(py, "ood_features", f)).transpose()?;
     let h = matrix(py, "features", features)?;
     let y = label_vector(py, labels)?;
     let z = logits.map(|c| matrix(py, "logits", c)).transpose()?;
     let hr = h.rows("features");
     let zr = z.as_ref().map(|z| z.rows("logits"));
+    let ehr = eh.as_ref().map(|e| e.rows("eval_features"));
+    let ohr = oh.as_ref().map(|o| o.rows("ood_features"));
     let k = check_labels(&hr, &y, Path::new("labels"), classes).map_err(value_error)?.k();
     let (W, b) = last_layer(py, classifier, bias, layout, hr.shape[1], k)?;
     let out = py
         .detach(|| -> seli_io::Result<serde_json::Value> {
-            let a = analyze(
+            let acc = seli_run::analyze::analyze(
                 &hr,
                 &y,
                 Path::new("labels"),
@@ -413,8 +428,19 @@ fn metrics<'py>(
                 zr.as_ref().map(|z| z as &dyn RowSource),
                 chunk,
             )?;
-            serde_json::to_value(&a)
-                .map_err(|cause| seli_io::Error::Serialize { what: "analysis", cause })
+            let ser = |cause| seli_io::Error::Serialize { what: "analysis", cause };
+            let mut a = acc.analysis()?;
+            if let (Some(eh), Some(ey)) = (&ehr, &ey) {
+                a.eval = Some(acc.held_out(eh, ey, Path::new("eval_labels"), None)?);
+            }
+            if let Some(oh) = &ohr {
+                a.ood = Some(acc.ood(oh)?);
+            }
+            let mut v = serde_json::to_value(a).map_err(ser)?;
+            if per_class {
+                v["per_class"] = serde_json::to_value(acc.per_class()?).map_err(ser)?;
+            }
+            Ok(v)
         })
         .map_err(value_error)?;
     to_py(py, &out)

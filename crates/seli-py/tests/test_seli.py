@@ -523,3 +523,47 @@ def test_gnc2_and_unc3_against_numpy_definitions():
     assert abs(v["unc3"] - np.var(cos)) <= 1e-10 * np.var(cos)
     # Without a classifier UNC3 is undefined; the GNC2 columns need only the means.
     assert seli.metrics(H, y)["values"]["unc3"] is None
+
+
+def test_held_out_ood_and_per_class_from_numpy_definitions():
+    rng = np.random.default_rng(7)
+    k, d = 4, 6
+    means = 3 * rng.standard_normal((k, d))
+    y = rng.integers(0, k, 400)
+    H = means[y] + 0.3 * rng.standard_normal((400, d))
+    W, b = rng.standard_normal((k, d)), rng.standard_normal(k)
+    ye = rng.integers(0, k, 300)
+    He = means[ye] + 2.0 * rng.standard_normal((300, d))
+    Ho = rng.standard_normal((80, d)) + 1.5
+    m = seli.metrics(H, y, W, bias=b, per_class=True, eval_features=He, eval_labels=ye, ood_features=Ho)
+    M = np.stack([H[y == c].mean(0) for c in range(k)])
+    Z = He @ W.T + b
+    ncc = ((He[:, None, :] - M[None]) ** 2).sum(-1).argmin(1)
+    e = m["eval"]
+    assert e["n"] == 300
+    assert e["accuracy"] == np.mean(Z.argmax(1) == ye)
+    assert e["ncc_accuracy"] == np.mean(ncc == ye)
+    assert e["ncc_mismatch"] == np.mean(ncc != Z.argmax(1)) and e["ncc_mismatch"] > 0
+    g = M.mean(0)
+    o = Ho.mean(0) - g
+    Mc = M - g
+    nc5 = np.mean(np.abs(Mc @ o) / (np.linalg.norm(Mc, axis=1) * np.linalg.norm(o)))
+    assert abs(m["ood"]["nc5"] - nc5) < 1e-12 and m["ood"]["n"] == 80
+    ss = np.array([((H[y == c] - M[c]) ** 2).sum() for c in range(k)])
+    for c, row in enumerate(m["per_class"]):
+        assert row["class"] == c and row["count"] == np.sum(y == c)
+        assert abs(row["within_var"] - ss[c] / np.sum(y == c)) < 1e-10 * row["within_var"]
+        assert abs(row["within_share"] - ss[c] / ss.sum()) < 1e-12
+        assert abs(row["w_norm"] - np.linalg.norm(W[c])) < 1e-12
+        assert abs(row["muc_norm"] - np.linalg.norm(Mc[c])) < 1e-10
+        for col in ("cos_w_seli", "cos_w_etf", "cos_muc_seli", "cos_muc_etf"):
+            assert -1 <= row[col] <= 1 + 1e-12
+    # Features placed at the simplex ETF with classifiers along them: every ETF cosine is 1.
+    etf = np.eye(k) - 1 / k
+    He2 = np.hstack([etf, np.zeros((k, d - k))])[np.repeat(np.arange(k), 5)]
+    p = seli.metrics(He2, np.repeat(np.arange(k), 5), np.hstack([etf, np.zeros((k, d - k))]), per_class=True)
+    for row in p["per_class"]:
+        assert abs(row["cos_w_etf"] - 1) < 1e-9 and abs(row["cos_muc_etf"] - 1) < 1e-9
+        assert abs(row["cos_w_seli"] - 1) < 1e-9  # balanced: SELI is the ETF
+    with pytest.raises(ValueError, match="eval_features and eval_labels go together"):
+        seli.metrics(H, y, eval_features=He)

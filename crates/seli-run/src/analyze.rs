@@ -8,7 +8,7 @@ use std::path::Path;
 use faer::Mat;
 use rayon::prelude::*;
 use seli_core::features::{
-    FeatureGeometry, GEOMETRY_COLUMNS, Precision, SecondPass, WithinScatter,
+    FeatureGeometry, GEOMETRY_COLUMNS, HeldOut, Precision, SecondPass, WithinScatter,
 };
 use seli_core::{Geometry, Profile};
 use serde::Serialize;
@@ -117,6 +117,36 @@ pub struct Analysis {
     pub centering: String,
     /// [`GEOMETRY_COLUMNS`] by name (`null` where undefined).
     pub values: serde_json::Map<String, serde_json::Value>,
+    /// Held-out samples against the training class means ([`Accumulator::held_out`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eval: Option<HeldOutRecord>,
+    /// Out-of-distribution features against the class means ([`Accumulator::ood`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ood: Option<OodRecord>,
+}
+
+/// Held-out samples measured against the class means of the training samples (docs/theory.md,
+/// "Held-out and out-of-distribution data").
+#[derive(Debug, Clone, Serialize)]
+pub struct HeldOutRecord {
+    /// Held-out samples.
+    pub n: u64,
+    /// Fraction whose true logit is strictly the largest (with logits or a classifier).
+    pub accuracy: Option<f64>,
+    /// Fraction whose nearest training class mean is their class.
+    pub ncc_accuracy: f64,
+    /// NC4 on held-out data: fraction whose argmax logit differs from their nearest training
+    /// class mean (with logits or a classifier).
+    pub ncc_mismatch: Option<f64>,
+}
+
+/// NC5 of out-of-distribution features.
+#[derive(Debug, Clone, Serialize)]
+pub struct OodRecord {
+    /// Out-of-distribution samples.
+    pub n: u64,
+    /// Mean over classes of `|cos(μ_c − μ_G, μ_OOD − μ_G)|`; `null` when a vector is zero.
+    pub nc5: Option<f64>,
 }
 
 impl Analysis {
@@ -162,7 +192,9 @@ pub fn check_labels(
 /// scatter projected onto the span of the class means, NC4 and the exact `dist_z`
 /// (O(n·d·min(k, d)), [`WithinScatter::Projected`]); f32 (or narrower) features are
 /// multiplied in f32 with f64 sums ([`Precision::Single`]). Memory is
-/// `O(chunk·d + d·k + min(k, d)²)`.
+/// `O(chunk·d + d·k + min(k, d)²)`. Returns the accumulator after both passes:
+/// [`Accumulator::analysis`] is the record, [`Accumulator::per_class`],
+/// [`Accumulator::held_out`] and [`Accumulator::ood`] the further views.
 ///
 /// # Errors
 /// Shapes that disagree (the arrays named), a non-finite feature or logit (file, sample and
@@ -177,7 +209,7 @@ pub fn analyze(
     bias: Option<&[f64]>,
     logits: Option<&dyn RowSource>,
     chunk: usize,
-) -> Result<Analysis> {
+) -> Result<Accumulator> {
     let fpath = Path::new(features.name());
     let profile = check_labels(features, labels, labels_from, classes)?;
     // check_labels saw an n×d matrix.
@@ -185,7 +217,8 @@ pub fn analyze(
     // The accumulator checks the bias and the logits' shape, naming the features.
     let mut acc = Accumulator::named(fpath, profile.k(), d, W.cloned(), bias.map(<[f64]>::to_vec))?
         .with_within_scatter(WithinScatter::Projected)?;
-    let chunk = chunk.max(1);
+    // At least one part per thread's worth of rows per chunk.
+    let chunk = chunk.max(part_rows(d, profile.k()) * rayon::current_num_threads().min(4));
     for start in (0..n).step_by(chunk) {
         let end = (start + chunk).min(n);
         acc.add_rows(features, logits, &labels[start..end], start, end)?;
@@ -194,15 +227,81 @@ pub fn analyze(
         let end = (start + chunk).min(n);
         acc.add_second_rows(features, logits, &labels[start..end], start, end)?;
     }
-    acc.analysis()
+    Ok(acc)
 }
 
-/// Rows per part of a batch measured on its own thread (parts merge in order).
-const PART_ROWS: usize = 1024;
+/// The per-class columns of `seli analyze --per-class` and `seli.metrics(per_class=True)`, in
+/// order, with their meanings (docs/formats.md).
+pub const PER_CLASS_COLUMNS: &[(&str, &str)] = &[
+    ("class", "class index"),
+    ("count", "samples of the class"),
+    ("group", "maj or min when the counts form two groups, else empty"),
+    ("w_norm", "||w_c||"),
+    ("muc_norm", "||mu_c - mu_G||"),
+    ("cos_w_seli", "cos(w_c, R w*_c), w* the SELI classifier factor rotated to fit W best"),
+    ("cos_w_etf", "cos(w_c, R e_c), e the simplex ETF rotated to fit W best"),
+    ("cos_muc_seli", "cos(mu_c - mu_G, R m*_c), m* the SELI class-mean factor rotated to fit"),
+    ("cos_muc_etf", "cos(mu_c - mu_G, R e_c), the simplex ETF rotated to fit the centered means"),
+    ("within_var", "(1/n_c) sum over the class of ||h_i - mu_c||^2"),
+    ("within_share", "the class's share of Tr(Sigma_W): its sum of squares over all classes'"),
+];
 
-/// `start..end` cut into parts of [`PART_ROWS`] rows.
-fn part_ranges(start: usize, end: usize) -> Vec<(usize, usize)> {
-    (start..end).step_by(PART_ROWS).map(|s| (s, (s + PART_ROWS).min(end))).collect()
+/// One row of the per-class view, as recorded: [`PER_CLASS_COLUMNS`] by name in JSON (`null`
+/// where undefined), cells in CSV.
+#[derive(Debug, Clone)]
+pub struct PerClassRow(pub seli_core::features::PerClass);
+
+impl PerClassRow {
+    /// The numeric columns after `class`, `count` and `group`, in [`PER_CLASS_COLUMNS`] order.
+    fn values(&self) -> [Option<f64>; 8] {
+        let p = &self.0;
+        [
+            p.w_norm,
+            Some(p.muc_norm),
+            p.cos_w_seli,
+            p.cos_w_etf,
+            p.cos_muc_seli,
+            p.cos_muc_etf,
+            Some(p.within_var),
+            p.within_share,
+        ]
+    }
+
+    /// The row's cells in [`PER_CLASS_COLUMNS`] order (empty where undefined; floats in
+    /// Rust's shortest round-trip form).
+    pub fn cells(&self) -> Vec<String> {
+        let p = &self.0;
+        let mut out = vec![p.class.to_string(), p.count.to_string(), p.group.unwrap_or("").into()];
+        out.extend(self.values().iter().map(|v| v.map(|x| x.to_string()).unwrap_or_default()));
+        out
+    }
+}
+
+impl Serialize for PerClassRow {
+    fn serialize<S: serde::Serializer>(&self, ser: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = ser.serialize_map(Some(PER_CLASS_COLUMNS.len()))?;
+        m.serialize_entry("class", &self.0.class)?;
+        m.serialize_entry("count", &self.0.count)?;
+        m.serialize_entry("group", &self.0.group)?;
+        for ((name, _), v) in PER_CLASS_COLUMNS[3..].iter().zip(self.values()) {
+            m.serialize_entry(name, &v)?;
+        }
+        m.end()
+    }
+}
+
+/// Rows per part of a batch measured on its own thread (parts merge in order): at least
+/// 1024, and twice the side of the second pass's scatter, so that adding a part's r×r scatter
+/// stays small beside the part's products.
+fn part_rows(d: usize, k: usize) -> usize {
+    1024.max(2 * seli_core::features::projection_rank(d, k))
+}
+
+/// `start..end` cut into parts of [`part_rows`] rows.
+fn part_ranges(start: usize, end: usize, d: usize, k: usize) -> Vec<(usize, usize)> {
+    let size = part_rows(d, k);
+    (start..end).step_by(size).map(|s| (s, (s + size).min(end))).collect()
 }
 
 /// The centering conventions of the measurement, as recorded.
@@ -475,7 +574,7 @@ impl Accumulator {
         let fpath = Path::new(features.name());
         // Parts of PART_ROWS rows measured on every core, merged in order (the result does not
         // depend on the thread count).
-        let parts: Vec<Result<FeatureGeometry>> = part_ranges(start, end)
+        let parts: Vec<Result<FeatureGeometry>> = part_ranges(start, end, self.d, self.k)
             .into_par_iter()
             .map(|(s, e)| {
                 let (rows, Z) = self.batch(features, logits, s, e)?;
@@ -552,7 +651,7 @@ impl Accumulator {
         self.geo.prepare_second().map_err(content)?;
         let d = self.d;
         let geo = &self.geo;
-        let parts: Vec<Result<SecondPass>> = part_ranges(start, end)
+        let parts: Vec<Result<SecondPass>> = part_ranges(start, end, self.d, self.k)
             .into_par_iter()
             .map(|(s, e)| {
                 let (rows, Z) = self.batch(features, logits, s, e)?;
@@ -671,7 +770,136 @@ impl Accumulator {
                     ((*name).to_string(), v)
                 })
                 .collect(),
+            eval: None,
+            ood: None,
         })
+    }
+
+    /// Held-out samples (`features`, n'×d; `labels` read from `labels_from`; `logits` n'×k
+    /// when given, else `Wᵀh + b` from the classifier) against the class means of pass 1:
+    /// accuracy, nearest-class-mean accuracy and NC4.
+    ///
+    /// # Errors
+    /// A class empty in pass 1; shapes that disagree, a non-finite value, a label outside
+    /// `0..k` (each named).
+    pub fn held_out(
+        &self,
+        features: &dyn RowSource,
+        labels: &[i64],
+        labels_from: &Path,
+        logits: Option<&dyn RowSource>,
+    ) -> Result<HeldOutRecord> {
+        let fpath = Path::new(features.name());
+        let n = match features.shape()[..] {
+            [n, c] if c == self.d => n,
+            _ => {
+                return Err(Error::format(
+                    fpath,
+                    format!(
+                        "held-out features of shape {:?}: expected (n, {})",
+                        features.shape(),
+                        self.d
+                    ),
+                ));
+            }
+        };
+        if labels.len() != n {
+            return Err(Error::format(
+                fpath,
+                format!("{n} held-out feature rows but {} labels", labels.len()),
+            ));
+        }
+        let y = self.labels(labels).map_err(|e| match e {
+            Error::Format { reason, .. } => Error::format(labels_from, reason),
+            e => e,
+        })?;
+        let content = |cause| Error::Content { path: fpath.to_path_buf(), cause };
+        let precision = if features.single() { Precision::Single } else { Precision::Double };
+        let mut geo = self.geo.clone();
+        geo.prepare_second().map_err(content)?;
+        let parts: Vec<Result<HeldOut>> = part_ranges(0, n, self.d, self.k)
+            .into_par_iter()
+            .map(|(s, e)| {
+                let (rows, Z) = self.batch(features, logits, s, e)?;
+                let H = faer::MatRef::from_column_major_slice(&rows, self.d, e - s);
+                geo.held_out(H, Z.as_ref().map(|z| z.as_ref()), &y[s..e], precision)
+                    .map_err(content)
+            })
+            .collect();
+        let mut total = HeldOut::default();
+        for p in parts {
+            total.add(&p?);
+        }
+        let frac = |c: u64| c as f64 / total.n.max(1) as f64;
+        Ok(HeldOutRecord {
+            n: total.n,
+            accuracy: total.logit_correct.map(frac),
+            ncc_accuracy: frac(total.ncc_correct),
+            ncc_mismatch: total.mismatch.map(frac),
+        })
+    }
+
+    /// NC5 of out-of-distribution `features` (n'×d) against the class means of pass 1.
+    ///
+    /// # Errors
+    /// A class empty in pass 1; features of another width, none, or a non-finite value.
+    pub fn ood(&self, features: &dyn RowSource) -> Result<OodRecord> {
+        let fpath = Path::new(features.name());
+        let n = match features.shape()[..] {
+            [n, c] if c == self.d && n > 0 => n,
+            _ => {
+                return Err(Error::format(
+                    fpath,
+                    format!(
+                        "OOD features of shape {:?}: expected (n, {}) with n >= 1",
+                        features.shape(),
+                        self.d
+                    ),
+                ));
+            }
+        };
+        let d = self.d;
+        let parts: Vec<Result<Vec<f64>>> = part_ranges(0, n, d, self.k)
+            .into_par_iter()
+            .map(|(s, e)| {
+                let (rows, _) = self.batch(features, None, s, e)?;
+                let mut sum = vec![0.0; d];
+                for row in rows.chunks_exact(d) {
+                    for (a, v) in sum.iter_mut().zip(row) {
+                        *a += v;
+                    }
+                }
+                Ok(sum)
+            })
+            .collect();
+        let mut mean = vec![0.0; d];
+        for p in parts {
+            for (m, v) in mean.iter_mut().zip(p?) {
+                *m += v;
+            }
+        }
+        let content = |cause| Error::Content { path: fpath.to_path_buf(), cause };
+        let (Mc, center) = self
+            .geo
+            .moments()
+            .centered_means(seli_core::metrics::Centering::ClassMeans)
+            .map_err(content)?;
+        let ood: Vec<f64> = mean.iter().zip(&center).map(|(m, c)| m / n as f64 - c).collect();
+        Ok(OodRecord { n: n as u64, nc5: seli_core::features::nc5(Mc.as_ref(), &ood) })
+    }
+
+    /// The per-class view (docs/theory.md, "Per-class view"), one row per class.
+    ///
+    /// # Errors
+    /// A class without samples (named); decompositions failing.
+    pub fn per_class(&self) -> Result<Vec<PerClassRow>> {
+        let content = |cause| Error::Content { path: self.name.clone(), cause };
+        let counts: Vec<u64> = self.counts().to_vec();
+        let profile = Profile::from_counts(counts).map_err(content)?;
+        let target = Geometry::new(&profile).map_err(content)?;
+        let rows =
+            self.geo.per_class(self.W.as_ref().map(|w| w.as_ref()), &target).map_err(content)?;
+        Ok(rows.into_iter().map(PerClassRow).collect())
     }
 
     /// The serialized accumulator (format `seli.accumulator.v1`, docs/formats.md).
