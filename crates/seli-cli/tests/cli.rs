@@ -165,6 +165,11 @@ fn bench_geometry_quick_runs() {
     assert!(out.contains("dense (explicit k x n, thin SVD)"), "{out}");
     let out = ok(&["bench", "ufm", "--quick"]);
     assert!(out.contains("GFLOP/s") && out.contains("2750"), "{out}");
+    let out = ok(&["bench", "analyze", "--quick"]);
+    assert!(out.contains("n = 2000, d = 16, k = 4") && out.contains("samples/s"), "{out}");
+    let out = ok(&["bench", "analyze", "--quick", "--json", "--classifier"]);
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert!(v["nc1"].as_f64().unwrap() > 0.0 && v["median_s"].as_f64().unwrap() > 0.0, "{v}");
 }
 
 #[test]

@@ -97,3 +97,27 @@ def test_tensors_off_the_cpu_are_refused_with_the_way_to_move_them():
         acc.add(off, torch.arange(6) % 3)
     with pytest.raises(ValueError, match=r"labels: a tensor on device 'meta'"):
         acc.add(torch.zeros(6, 4), torch.empty(6, dtype=torch.int64, device="meta"))
+
+
+def test_the_benchmark_script_runs_and_seli_matches_the_pytorch_reference_nc1(tmp_path):
+    """scripts/bench-analyze.py at a small size: the reference computation (one-hot class sums,
+    batched within-class covariance, Tr(pinv(Sigma_B) Sigma_W)/k, written in PyTorch) and
+    seli.metrics on the same array give the same NC1."""
+    import json
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[3]
+    out = tmp_path / "bench.json"
+    cmd = [sys.executable, str(root / "scripts/bench-analyze.py"), "--n", "3000", "--d", "24", "--k", "5",
+           "--chunk", "512", "--repeats", "1", "--json", str(out)]
+    env = dict(os.environ)
+    if "SELI_BIN" in env:
+        cmd += ["--seli", env["SELI_BIN"]]
+    printed = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    assert "PyTorch/this" in printed
+    rows = {name: (sec, nc1) for name, sec, nc1 in json.loads(out.read_text())["rows"]}
+    torch_nc1 = next(v for k, v in rows.items() if k.startswith("PyTorch"))[1]
+    seli_nc1 = rows["seli.metrics (every column)"][1]
+    # float32 products on both sides.
+    assert abs(seli_nc1 - torch_nc1) <= 1e-5 * torch_nc1, (seli_nc1, torch_nc1)
