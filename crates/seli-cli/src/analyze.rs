@@ -34,14 +34,14 @@ time, so features larger than memory work (deflated .npz members are decompresse
 The JSON and CSV outputs are documented in docs/formats.md.")]
 pub struct AnalyzeArgs {
     /// Features, one row per sample (n x d).
-    #[arg(long, value_name = "FILE")]
-    pub features: PathBuf,
+    #[arg(long, value_name = "FILE", required_unless_present = "epochs")]
+    pub features: Option<PathBuf>,
     /// Array name in --features (.npz member or safetensors tensor).
     #[arg(long, value_name = "NAME")]
     pub features_key: Option<String>,
     /// Labels (n integers): text, .npy, .npz or .safetensors.
-    #[arg(long, value_name = "FILE")]
-    pub labels: PathBuf,
+    #[arg(long, value_name = "FILE", required_unless_present = "epochs")]
+    pub labels: Option<PathBuf>,
     /// Array name in --labels.
     #[arg(long, value_name = "NAME")]
     pub labels_key: Option<String>,
@@ -98,6 +98,16 @@ pub struct AnalyzeArgs {
     /// Array name in --ood-features.
     #[arg(long, value_name = "NAME", requires = "ood_features")]
     pub ood_features_key: Option<String>,
+    /// A directory of per-epoch exports instead of --features: one .npz (arrays features,
+    /// labels and optionally classifier, bias, logits) or one subdirectory (features.npy,
+    /// labels.npy or labels.txt, classifier.npy, bias.npy, logits.npy) per epoch, numbered by
+    /// the last number in its name. Writes --out/metrics.csv (one row per epoch), config.json,
+    /// grams.json and the report (report.html, figures/): the curves `seli train` draws.
+    #[arg(long, value_name = "DIR", requires = "out", conflicts_with_all = ["features", "labels", "classifier", "bias", "logits", "eval_features", "ood_features", "per_class", "json", "csv"])]
+    pub epochs: Option<PathBuf>,
+    /// Output directory of --epochs (an interrupted series resumes there).
+    #[arg(long, value_name = "DIR", requires = "epochs")]
+    pub out: Option<PathBuf>,
     /// Write the per-class view (norms, aligned cosines to SELI and the ETF, within-class
     /// variance and share) to PATH: CSV, or JSON when PATH ends in .json.
     #[arg(long, value_name = "PATH")]
@@ -106,15 +116,21 @@ pub struct AnalyzeArgs {
 
 /// Runs `seli analyze`.
 pub fn run(a: &AnalyzeArgs) -> Result<()> {
-    let features = Array::open(&a.features, a.features_key.as_deref())?;
-    let (_, d) = features.matrix_shape()?;
-    let labels = read_label_array(&a.labels, a.labels_key.as_deref())?;
-    // The labels are checked first, so that their errors name their own file.
-    let k = check_labels(&features, &labels, &a.labels, a.classes)?.k();
     let layout = match a.classifier_layout {
         LayoutArg::Kd => Layout::Kd,
         LayoutArg::Dk => Layout::Dk,
     };
+    if let (Some(dir), Some(out)) = (&a.epochs, &a.out) {
+        return run_series(dir, out, layout, a);
+    }
+    let (Some(features_path), Some(labels_path)) = (&a.features, &a.labels) else {
+        anyhow::bail!("--features and --labels are required (or --epochs DIR --out DIR)");
+    };
+    let features = Array::open(features_path, a.features_key.as_deref())?;
+    let (_, d) = features.matrix_shape()?;
+    let labels = read_label_array(labels_path, a.labels_key.as_deref())?;
+    // The labels are checked first, so that their errors name their own file.
+    let k = check_labels(&features, &labels, labels_path, a.classes)?.k();
     let W = match &a.classifier {
         Some(p) => {
             Some(classifier_matrix(&Array::open(p, a.classifier_key.as_deref())?, layout, d, k)?)
@@ -139,7 +155,7 @@ pub fn run(a: &AnalyzeArgs) -> Result<()> {
     let acc = analyze(
         &features,
         &labels,
-        &a.labels,
+        labels_path,
         a.classes,
         W.as_ref(),
         bias.as_deref(),
@@ -228,5 +244,36 @@ pub fn run(a: &AnalyzeArgs) -> Result<()> {
             seli_io::write_atomic(p, text.as_bytes())?;
         }
     }
+    Ok(())
+}
+
+/// `seli analyze --epochs DIR --out OUT`: every per-epoch export, then the report.
+fn run_series(
+    dir: &std::path::Path,
+    out: &std::path::Path,
+    layout: Layout,
+    a: &AnalyzeArgs,
+) -> Result<()> {
+    let total = seli_run::analyze::scan_exports(dir)?.len() as u64;
+    let bar = crate::ufm::progress_bar(total, 0);
+    let outcome =
+        seli_run::analyze::analyze_series(dir, out, layout, a.classes, a.chunk, &mut |epoch| {
+            bar.inc(1);
+            bar.set_message(format!("epoch {epoch}"));
+            tracing::info!(epoch, "measured");
+        })?;
+    bar.finish_and_clear();
+    let report = seli_report::write_report(out).map_err(|e| anyhow::anyhow!(e))?;
+    println!(
+        "{} epochs measured{} -> {} and {}",
+        outcome.measured,
+        if outcome.kept > 0 {
+            format!(" ({} kept from before)", outcome.kept)
+        } else {
+            String::new()
+        },
+        out.join("metrics.csv").display(),
+        report.display()
+    );
     Ok(())
 }

@@ -406,3 +406,98 @@ fn held_out_ood_and_per_class_match_their_definitions() {
     let e = fails(&["analyze", "--features", &h, "--labels", &y, "--ood-features", &wide]);
     assert!(e.contains("wide.npy") && e.contains("expected (n, 8)"), "{e}");
 }
+
+/// `seli analyze --epochs`: a directory of per-epoch exports (.npz files and a subdirectory of
+/// .npy files) gives one metrics row per epoch, each equal to `seli analyze` on that export,
+/// the Grams of the last epoch and the report; an interrupted series resumes; bad exports are
+/// named.
+#[test]
+fn a_directory_of_epoch_exports_gives_the_training_curves() {
+    let dir = tempfile::tempdir().unwrap();
+    let exports = dir.path().join("exports");
+    std::fs::create_dir(&exports).unwrap();
+    let mut singles = Vec::new();
+    for (epoch, sigma) in [(2u32, 1.0), (10, 0.3), (5, 0.6)] {
+        let c = case(sigma);
+        let n = c.labels.len();
+        let y: Vec<f64> = c.labels.iter().map(|&v| f64::from(v)).collect();
+        let feats = encode_npy(&[n, 8], &rows_of(&c.H), Dtype::F32, false);
+        let labels = encode_npy(&[n], &y, Dtype::Int(8), false);
+        let wt = Mat::from_fn(4, 8, |i, j| c.W[(j, i)]);
+        let w = encode_npy(&[4, 8], &rows_of(&wt.transpose().to_owned()), Dtype::F64, false);
+        if epoch == 5 {
+            let sub = exports.join("ep5");
+            std::fs::create_dir(&sub).unwrap();
+            std::fs::write(sub.join("features.npy"), &feats).unwrap();
+            std::fs::write(sub.join("labels.npy"), &labels).unwrap();
+            std::fs::write(sub.join("classifier.npy"), &w).unwrap();
+        } else {
+            let p = exports.join(format!("epoch-{epoch:03}.npz"));
+            let mut z = zip::ZipWriter::new(std::fs::File::create(&p).unwrap());
+            let o = zip::write::SimpleFileOptions::default();
+            for (name, bytes) in
+                [("features.npy", &feats), ("labels.npy", &labels), ("classifier.npy", &w)]
+            {
+                z.start_file(name, o).unwrap();
+                z.write_all(bytes).unwrap();
+            }
+            z.finish().unwrap();
+        }
+        // The same export measured alone.
+        let one = dir.path().join(format!("one{epoch}"));
+        std::fs::create_dir(&one).unwrap();
+        let h = write(&one, "h.npy", &feats);
+        let yl = write(&one, "y.npy", &labels);
+        let wl = write(&one, "w.npy", &w);
+        singles.push((
+            epoch,
+            analyze(&["--features", &h, "--labels", &yl, "--classifier", &wl], &one.join("a.json")),
+        ));
+    }
+    singles.sort_by_key(|s| s.0);
+    let out = dir.path().join("series");
+    let (e, o) = (exports.to_str().unwrap(), out.to_str().unwrap());
+    let printed = ok(&["analyze", "--epochs", e, "--out", o]);
+    assert!(printed.contains("3 epochs measured"), "{printed}");
+    let (header, rows) = seli_io::csvlog::read_csv(&out.join("metrics.csv")).unwrap();
+    assert_eq!(header[..3], ["epoch", "n", "accuracy"]);
+    assert_eq!(rows.iter().map(|r| r[0].unwrap()).collect::<Vec<_>>(), [2.0, 5.0, 10.0]);
+    for (row, (epoch, single)) in rows.iter().zip(&singles) {
+        assert_eq!(row[0], Some(f64::from(*epoch)));
+        for (i, name) in header.iter().enumerate().skip(2) {
+            // serde_json reads floats to within an ulp (no float_roundtrip feature).
+            let (a, b) = (row[i], single["values"][name].as_f64());
+            let same = match (a, b) {
+                (Some(a), Some(b)) => (a - b).abs() <= 4.0 * f64::EPSILON * a.abs().max(b.abs()),
+                (a, b) => a == b,
+            };
+            assert!(same, "epoch {epoch} {name}: {a:?} vs {b:?}");
+        }
+    }
+    assert!(rows[2][header.iter().position(|h| h == "dist_gw_seli").unwrap()].unwrap() < 1e-12);
+    let grams = json(&out.join("grams.json"));
+    assert_eq!(grams["epoch"], 10);
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    assert!(html.contains("<svg") || out.join("figures").read_dir().unwrap().count() > 0);
+    // Interrupted after two epochs: the third is measured again, the first two kept.
+    let text = std::fs::read_to_string(out.join("metrics.csv")).unwrap();
+    let cut: Vec<&str> = text.lines().take(3).collect();
+    std::fs::write(out.join("metrics.csv"), format!("{}\n", cut.join("\n"))).unwrap();
+    let printed = ok(&["analyze", "--epochs", e, "--out", o]);
+    assert!(printed.contains("1 epochs measured (2 kept from before)"), "{printed}");
+    assert_eq!(std::fs::read_to_string(out.join("metrics.csv")).unwrap(), text);
+    // Another series into the same directory is refused; bad exports are named.
+    std::fs::write(exports.join("epoch-7.npz"), b"not a zip").unwrap();
+    let err = fails(&["analyze", "--epochs", e, "--out", o]);
+    assert!(err.contains("holds another series"), "{err}");
+    let err = fails(&["analyze", "--epochs", e, "--out", dir.path().join("s1").to_str().unwrap()]);
+    assert!(err.contains("epoch-7.npz"), "{err}");
+    std::fs::remove_file(exports.join("epoch-7.npz")).unwrap();
+    std::fs::create_dir(exports.join("final")).unwrap();
+    let err = fails(&["analyze", "--epochs", e, "--out", dir.path().join("s2").to_str().unwrap()]);
+    assert!(err.contains("final") && err.contains("no epoch number"), "{err}");
+    std::fs::remove_dir(exports.join("final")).unwrap();
+    std::fs::remove_file(exports.join("ep5/labels.npy")).unwrap();
+    let err = fails(&["analyze", "--epochs", e, "--out", dir.path().join("s3").to_str().unwrap()]);
+    assert!(err.contains("ep5") && err.contains("labels.npy or labels.txt"), "{err}");
+}

@@ -297,15 +297,25 @@ impl Array {
         }
     }
 
+    /// The array names in the `.npz` archive at `path` (members without their `.npy`).
+    ///
+    /// # Errors
+    /// An unreadable file or a corrupt archive, named.
+    pub fn npz_members(path: &Path) -> Result<Vec<String>> {
+        let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        let zip = zip::ZipArchive::new(file)
+            .map_err(|e| Error::format(path, format!("corrupt .npz archive: {e}")))?;
+        zip.file_names()
+            .map(|n| n.map(|n| n.trim_end_matches(".npy").to_string()))
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|e| Error::format(path, format!("corrupt .npz member name: {e}")))
+    }
+
     fn from_npz(path: &Path, key: Option<&str>) -> Result<Array> {
+        let names = Self::npz_members(path)?;
         let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
         let mut zip = zip::ZipArchive::new(file)
             .map_err(|e| Error::format(path, format!("corrupt .npz archive: {e}")))?;
-        let names: Vec<String> = zip
-            .file_names()
-            .map(|n| n.map(|n| n.trim_end_matches(".npy").to_string()))
-            .collect::<std::result::Result<_, _>>()
-            .map_err(|e| Error::format(path, format!("corrupt .npz member name: {e}")))?;
         let name = pick(path, &names, key)?;
         let member = if zip.index_for_name(&format!("{name}.npy")).is_some() {
             format!("{name}.npy")

@@ -77,8 +77,9 @@ impl Run {
     /// A directory without `config.json` / `metrics.csv`, or of an unknown kind.
     pub fn load(dir: &Path) -> Result<Run, String> {
         let config = RunConfig::read(dir).map_err(|e| e.to_string())?;
+        // Training runs and series of per-epoch exports are both deep features over epochs.
         let kind = match config.command() {
-            Command::Ufm => RunKind::Ufm,
+            Some(Command::Ufm) => RunKind::Ufm,
             _ => RunKind::Train,
         };
         let (header, rows) = read_csv(&dir.join("metrics.csv")).map_err(|e| e.to_string())?;

@@ -3,7 +3,7 @@
 //! chunks through [`FeatureGeometry`] (two passes when logits are available, for NC4).
 #![allow(non_snake_case)]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use faer::Mat;
 use rayon::prelude::*;
@@ -35,7 +35,7 @@ pub fn read_label_array(path: &Path, key: Option<&str>) -> Result<Vec<i64>> {
 }
 
 /// Which way a classifier matrix is stored.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Layout {
     /// `(k, d)`: row c is `w_c`, as PyTorch's `nn.Linear.weight`.
@@ -902,6 +902,16 @@ impl Accumulator {
         Ok(rows.into_iter().map(PerClassRow).collect())
     }
 
+    /// The class-level Grams of the measurement (`WᵀW` with a classifier, `MᵀM`, `M̃ᵀM̃`).
+    ///
+    /// # Errors
+    /// A class without samples.
+    pub fn grams(&self) -> Result<seli_core::features::Grams> {
+        self.geo
+            .grams(self.W.as_ref().map(|w| w.as_ref()))
+            .map_err(|cause| Error::Content { path: self.name.clone(), cause })
+    }
+
     /// The serialized accumulator (format `seli.accumulator.v1`, docs/formats.md).
     ///
     /// # Errors
@@ -945,4 +955,300 @@ fn source_name(s: LogitSource) -> &'static str {
         LogitSource::Classifier => "classifier",
         LogitSource::None => "none",
     }
+}
+
+/// Schema tag of the `config.json` of a series of per-epoch exports ([`analyze_series`]).
+pub const SERIES_CONFIG_SCHEMA: &str = "seli.analyze-series.v1";
+
+/// One epoch of a series: its number and the export it comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct SeriesEpoch {
+    /// The epoch (the last number in the export's name).
+    pub epoch: u64,
+    /// The export: a `.npz` file or a directory of `.npy` files, inside the series directory.
+    pub entry: String,
+}
+
+/// `config.json` of a series directory written by `seli analyze --epochs`.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct SeriesConfig {
+    /// [`SERIES_CONFIG_SCHEMA`].
+    pub schema: String,
+    /// The directory of exports, as given.
+    pub source: String,
+    /// The epochs, in order.
+    pub epochs: Vec<SeriesEpoch>,
+    /// How the classifiers are stored.
+    pub classifier_layout: Layout,
+    /// `--classes`, when given.
+    pub classes: Option<usize>,
+    /// The class counts of the labels (every epoch's must be these).
+    pub profile: ProfileRecord,
+}
+
+/// The columns of a series' `metrics.csv`: `epoch`, `n`, then [`GEOMETRY_COLUMNS`].
+pub fn series_header() -> Vec<&'static str> {
+    let mut h = vec!["epoch", "n"];
+    h.extend(GEOMETRY_COLUMNS.iter().map(|(n, _)| *n));
+    h
+}
+
+/// The files of one export: `(path, array name)` for each array.
+#[derive(Debug, Clone)]
+struct ExportFiles {
+    features: (PathBuf, Option<String>),
+    labels: (PathBuf, Option<String>),
+    classifier: Option<(PathBuf, Option<String>)>,
+    bias: Option<(PathBuf, Option<String>)>,
+    logits: Option<(PathBuf, Option<String>)>,
+}
+
+/// The per-epoch exports in `dir`: `.npz` files and subdirectories, each numbered by the last
+/// run of digits in its name, in epoch order.
+///
+/// # Errors
+/// An unreadable directory; none found; an export without a number or two with the same one
+/// (both named).
+pub fn scan_exports(dir: &Path) -> Result<Vec<SeriesEpoch>> {
+    let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
+    let mut out: Vec<SeriesEpoch> = Vec::new();
+    for e in entries {
+        let e = e.map_err(|e| Error::io(dir, e))?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        let path = e.path();
+        let is_npz = path.extension().is_some_and(|x| x == "npz");
+        if name.starts_with('.') || !(path.is_dir() || is_npz) {
+            continue;
+        }
+        let stem = if is_npz { name.trim_end_matches(".npz") } else { name.as_str() };
+        let digits: String = stem
+            .chars()
+            .rev()
+            .skip_while(|c| !c.is_ascii_digit())
+            .take_while(char::is_ascii_digit)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+        let epoch: u64 = digits.parse().map_err(|_| {
+            Error::format(
+                &path,
+                "no epoch number in the name (e.g. epoch-012.npz or ep12/)".to_string(),
+            )
+        })?;
+        if let Some(other) = out.iter().find(|s| s.epoch == epoch) {
+            return Err(Error::format(
+                &path,
+                format!("epoch {epoch} again (also {}): one export per epoch", other.entry),
+            ));
+        }
+        out.push(SeriesEpoch { epoch, entry: name });
+    }
+    if out.is_empty() {
+        return Err(Error::format(
+            dir,
+            "no per-epoch exports (.npz files or subdirectories of .npy files) in it".to_string(),
+        ));
+    }
+    out.sort_by_key(|s| s.epoch);
+    Ok(out)
+}
+
+/// The arrays of the export at `entry`: an `.npz` with members `features` and `labels` (and
+/// `classifier`, `bias`, `logits` when present), or a directory with `features.npy` and
+/// `labels.npy` or `labels.txt` (and `classifier.npy`, `bias.npy`, `logits.npy`).
+fn export_files(entry: &Path) -> Result<ExportFiles> {
+    if entry.is_dir() {
+        let need = |name: &str| -> Result<PathBuf> {
+            let p = entry.join(name);
+            if p.exists() {
+                Ok(p)
+            } else {
+                Err(Error::format(entry, format!("no {name} in the export")))
+            }
+        };
+        let maybe = |name: &str| Some(entry.join(name)).filter(|p| p.exists()).map(|p| (p, None));
+        let labels = need("labels.npy").or_else(|_| need("labels.txt")).map_err(|_| {
+            Error::format(entry, "no labels.npy or labels.txt in the export".to_string())
+        })?;
+        Ok(ExportFiles {
+            features: (need("features.npy")?, None),
+            labels: (labels, None),
+            classifier: maybe("classifier.npy"),
+            bias: maybe("bias.npy"),
+            logits: maybe("logits.npy"),
+        })
+    } else {
+        let members = Array::npz_members(entry)?;
+        let has = |n: &str| members.iter().any(|m| m == n);
+        let member = |n: &str| has(n).then(|| (entry.to_path_buf(), Some(n.to_string())));
+        for n in ["features", "labels"] {
+            if !has(n) {
+                return Err(Error::format(
+                    entry,
+                    format!(
+                        "no '{n}' array (it has {}); name them with np.savez(path, features=..., labels=..., classifier=...)",
+                        members.join(", ")
+                    ),
+                ));
+            }
+        }
+        Ok(ExportFiles {
+            features: member("features").expect("checked"),
+            labels: member("labels").expect("checked"),
+            classifier: member("classifier"),
+            bias: member("bias"),
+            logits: member("logits"),
+        })
+    }
+}
+
+/// Epochs measured and epochs already in the directory by [`analyze_series`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SeriesOutcome {
+    /// Epochs measured now.
+    pub measured: usize,
+    /// Epochs found already measured (a resumed series).
+    pub kept: usize,
+}
+
+/// Measures every per-epoch export in `dir` ([`scan_exports`]) as [`analyze`] does and writes
+/// `out/config.json` ([`SeriesConfig`]), `out/metrics.csv` (one row per epoch,
+/// [`series_header`]) and `out/grams.json` (the Grams of the last epoch, in the format of a
+/// training run's), so that `seli report out` draws the curves of a training run. A series
+/// interrupted midway resumes: epochs whose rows are complete are kept. `progress` hears of
+/// each epoch done.
+///
+/// # Errors
+/// Those of the exports (each named); labels whose class counts differ between epochs; an
+/// `out` that holds another series.
+pub fn analyze_series(
+    dir: &Path,
+    out: &Path,
+    layout: Layout,
+    classes: Option<usize>,
+    chunk: usize,
+    progress: &mut dyn FnMut(u64),
+) -> Result<SeriesOutcome> {
+    let epochs = scan_exports(dir)?;
+    let first = export_files(&dir.join(&epochs[0].entry))?;
+    let labels0 = read_label_array(&first.labels.0, first.labels.1.as_deref())?;
+    let profile = Profile::from_labels(labels0, classes)
+        .map_err(|cause| Error::Content { path: first.labels.0.clone(), cause })?;
+    let config = SeriesConfig {
+        schema: SERIES_CONFIG_SCHEMA.into(),
+        source: dir.display().to_string(),
+        epochs: epochs.clone(),
+        classifier_layout: layout,
+        classes,
+        profile: ProfileRecord::new(&profile, None),
+    };
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    let cfg_path = out.join("config.json");
+    let header = series_header();
+    let metrics = out.join("metrics.csv");
+    let mut done: Vec<u64> = Vec::new();
+    if cfg_path.exists() {
+        // Compared as written (floats in the profile would not survive a parse exactly).
+        let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
+        let want = serde_json::to_string_pretty(&config)
+            .map_err(|cause| Error::Serialize { what: "series config", cause })?;
+        if text.trim_end() != want {
+            return Err(Error::format(
+                &cfg_path,
+                "holds another series (other exports, classes or layout): choose another --out \
+                 or remove it"
+                    .to_string(),
+            ));
+        }
+        if metrics.exists() {
+            let (h, rows) = seli_io::csvlog::read_csv(&metrics)?;
+            if h == header {
+                done = rows.iter().filter_map(|r| r[0]).map(|e| e as u64).collect();
+            }
+        }
+    } else {
+        seli_io::write_json_atomic(&cfg_path, "series config", &config)?;
+    }
+    // Epochs are written in order: the rows kept are a prefix of them.
+    let start = epochs.iter().take_while(|e| done.contains(&e.epoch)).count();
+    let mut log = match epochs.get(start) {
+        Some(next) if metrics.exists() && start > 0 => {
+            seli_io::csvlog::CsvLog::resume(&metrics, &header, next.epoch as f64)?
+        }
+        Some(_) => seli_io::csvlog::CsvLog::create(&metrics, &header)?,
+        None => return Ok(SeriesOutcome { measured: 0, kept: start }),
+    };
+    for e in &epochs[start..] {
+        let entry = dir.join(&e.entry);
+        let files = export_files(&entry)?;
+        let features = Array::open(&files.features.0, files.features.1.as_deref())?;
+        let labels = read_label_array(&files.labels.0, files.labels.1.as_deref())?;
+        let p = check_labels(&features, &labels, &files.labels.0, classes)?;
+        if p.counts() != profile.counts() {
+            return Err(Error::format(
+                &files.labels.0,
+                format!(
+                    "class counts {:?}, but epoch {} had {:?}: every epoch exports the same \
+                     training set",
+                    p.counts(),
+                    epochs[0].epoch,
+                    profile.counts()
+                ),
+            ));
+        }
+        let d = features.shape()[1];
+        let W = match &files.classifier {
+            Some((path, key)) => {
+                Some(classifier_matrix(&Array::open(path, key.as_deref())?, layout, d, p.k())?)
+            }
+            None => None,
+        };
+        let bias = match &files.bias {
+            Some((path, key)) => {
+                let b = Array::open(path, key.as_deref())?;
+                if b.shape() != [p.k()] {
+                    return Err(Error::format(
+                        path,
+                        format!("bias of shape {:?}, expected ({},)", b.shape(), p.k()),
+                    ));
+                }
+                Some(b.rows(0, p.k())?)
+            }
+            None => None,
+        };
+        let logits = files
+            .logits
+            .as_ref()
+            .map(|(path, key)| Array::open(path, key.as_deref()))
+            .transpose()?;
+        let acc = analyze(
+            &features,
+            &labels,
+            &files.labels.0,
+            classes,
+            W.as_ref(),
+            bias.as_deref(),
+            logits.as_ref().map(|z| z as &dyn RowSource),
+            chunk,
+        )?;
+        let a = acc.analysis()?;
+        let mut row = vec![Some(e.epoch as f64), Some(a.n as f64)];
+        row.extend(GEOMETRY_COLUMNS.iter().map(|(n, _)| a.get(n)));
+        log.append(&row)?;
+        let g = acc.grams()?;
+        let rows = |m: &Mat<f64>| -> Vec<Vec<f64>> {
+            (0..m.nrows()).map(|i| (0..m.ncols()).map(|j| m[(i, j)]).collect()).collect()
+        };
+        let grams = crate::train::TrainGrams {
+            schema: crate::train::TRAIN_GRAMS_SCHEMA.into(),
+            epoch: e.epoch as usize,
+            gram_w: g.gram_w.as_ref().map(rows).unwrap_or_default(),
+            gram_m: rows(&g.gram_m),
+            gram_mc: Some(rows(&g.gram_mc)),
+        };
+        seli_io::write_json_atomic(&out.join("grams.json"), "grams", &grams)?;
+        progress(e.epoch);
+    }
+    Ok(SeriesOutcome { measured: epochs.len() - start, kept: start })
 }

@@ -78,6 +78,8 @@ pub enum RunConfig {
     Ufm(ufm::UfmRunConfig),
     /// A `seli train` run.
     Train(train::TrainConfig),
+    /// A series of per-epoch exports measured by `seli analyze --epochs`.
+    Series(analyze::SeriesConfig),
 }
 
 impl RunConfig {
@@ -96,17 +98,22 @@ impl RunConfig {
             Some(train::TRAIN_CONFIG_SCHEMA) => {
                 Ok(RunConfig::Train(train::TrainDir { dir: dir.to_path_buf() }.read_config()?))
             }
-            other => {
-                Err(Error::record(&path, format!("schema {other:?}: not a seli ufm or train run")))
+            Some(analyze::SERIES_CONFIG_SCHEMA) => {
+                Ok(RunConfig::Series(read_record(&path, "a seli analyze --epochs config")?))
             }
+            other => Err(Error::record(
+                &path,
+                format!("schema {other:?}: not a seli ufm, train or analyze --epochs run"),
+            )),
         }
     }
 
-    /// The command that writes such runs.
-    pub fn command(&self) -> Command {
+    /// The sweepable command that writes such runs (`None` for a series of exports).
+    pub fn command(&self) -> Option<Command> {
         match self {
-            RunConfig::Ufm(_) => Command::Ufm,
-            RunConfig::Train(_) => Command::Train,
+            RunConfig::Ufm(_) => Some(Command::Ufm),
+            RunConfig::Train(_) => Some(Command::Train),
+            RunConfig::Series(_) => None,
         }
     }
 
@@ -115,6 +122,7 @@ impl RunConfig {
         match self {
             RunConfig::Ufm(c) => &c.profile,
             RunConfig::Train(c) => &c.profile,
+            RunConfig::Series(c) => &c.profile,
         }
     }
 
@@ -123,6 +131,7 @@ impl RunConfig {
         match self {
             RunConfig::Ufm(c) => serde_json::to_value(c),
             RunConfig::Train(c) => serde_json::to_value(c),
+            RunConfig::Series(c) => serde_json::to_value(c),
         }
         .unwrap_or_default()
     }
