@@ -376,7 +376,18 @@ fn held_out_ood_and_per_class_match_their_definitions() {
     for (j, &l) in c.labels.iter().enumerate() {
         ss[l as usize] += (0..8).map(|i| (c.H[(i, j)] - M[(i, l as usize)]).powi(2)).sum::<f64>();
     }
+    // NCC agreement per class from direct distances on the training samples.
+    let mut agree = [0.0; 4];
+    for (j, &l) in c.labels.iter().enumerate() {
+        let z: Vec<f64> = (0..k).map(|m| (0..8).map(|i| c.W[(i, m)] * c.H[(i, j)]).sum()).collect();
+        let arg = (0..k).fold(0, |b, m| if z[m] > z[b] { m } else { b });
+        let dist = |m: usize| (0..8).map(|i| (c.H[(i, j)] - M[(i, m)]).powi(2)).sum::<f64>();
+        let ncc = (0..k).fold(0, |b, m| if dist(m) < dist(b) { m } else { b });
+        agree[l as usize] += f64::from(u8::from(arg == ncc)) / counts[l as usize];
+    }
     for (l, r) in rows.iter().enumerate() {
+        let a: f64 = r[col("ncc_agreement")].parse().unwrap();
+        assert!((a - agree[l]).abs() < 1e-12, "class {l}: {a} vs {}", agree[l]);
         assert_eq!(r[col("group")], ["maj", "min"][l / 2]);
         let cos: f64 = r[col("cos_w_seli")].parse().unwrap();
         assert!((cos - 1.0).abs() < 1e-9, "{cos}");

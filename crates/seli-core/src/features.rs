@@ -739,6 +739,9 @@ pub struct PerClass {
     pub within_var: f64,
     /// The class's share of `Tr(Σ_W)`: `Σ_{i∈c} ‖h_i − μ_c‖² / Σ_i ‖h_i − μ_{y_i}‖²`.
     pub within_share: Option<f64>,
+    /// NCC agreement: the fraction of the class's samples whose argmax logit is their nearest
+    /// class mean (with logits and a complete second pass).
+    pub ncc_agreement: Option<f64>,
 }
 
 /// Per column c of `X` (d×k), the cosine between `x_c` and column c of the factor of the Gram
@@ -810,6 +813,8 @@ pub struct FeatureGeometry {
 pub struct SecondPass {
     /// Samples whose argmax logit differs from their nearest class mean (NC4).
     pub mismatch: u64,
+    /// The same, per class (k counts adding to `mismatch`).
+    pub class_mismatch: Vec<u64>,
     /// Samples seen.
     pub seen: u64,
     /// `Σ (z/‖Z‖ − ẑ/‖Ẑ‖)²` over the logits (the exact `dist_z`).
@@ -818,6 +823,45 @@ pub struct SecondPass {
     /// the basis of [`projection_rank`] columns that [`FeatureGeometry`] builds from the class
     /// means.
     pub scatter: Option<Mat<f64>>,
+}
+
+impl SecondPass {
+    /// Nothing seen yet, for k classes, with an r×r projected scatter when `side` is `Some(r)`.
+    fn empty(k: usize, side: Option<usize>) -> Self {
+        SecondPass {
+            mismatch: 0,
+            class_mismatch: vec![0; k],
+            seen: 0,
+            sq: 0.0,
+            scatter: side.map(|r| Mat::zeros(r, r)),
+        }
+    }
+
+    /// Adds the counts and sums of `other` (another part of the same second pass).
+    fn add(&mut self, other: &SecondPass) -> Result<()> {
+        let same_scatter = match (&self.scatter, &other.scatter) {
+            (Some(S), Some(P)) => (S.nrows(), S.ncols()) == (P.nrows(), P.ncols()),
+            (None, None) => true,
+            _ => false,
+        };
+        if !same_scatter || self.class_mismatch.len() != other.class_mismatch.len() {
+            return Err(Error::InvalidParameter {
+                name: "second-pass part",
+                value: "a projected scatter or class count of another shape".into(),
+                rule: "parts of this measurement's second pass",
+            });
+        }
+        if let (Some(S), Some(P)) = (&mut self.scatter, &other.scatter) {
+            *S += P;
+        }
+        for (a, b) in self.class_mismatch.iter_mut().zip(&other.class_mismatch) {
+            *a += b;
+        }
+        self.mismatch += other.mismatch;
+        self.seen += other.seen;
+        self.sq += other.sq;
+        Ok(())
+    }
 }
 
 /// Held-out samples measured against the class means of a measurement
@@ -1115,7 +1159,12 @@ impl FeatureGeometry {
         }
         let n: u64 = s.counts.iter().sum();
         if let Some(p) = &s.second {
-            if p.mismatch > p.seen || p.seen > n || !p.sq.is_finite() {
+            if p.mismatch > p.seen
+                || p.seen > n
+                || !p.sq.is_finite()
+                || p.class_mismatch.len() != k
+                || p.class_mismatch.iter().sum::<u64>() != p.mismatch
+            {
                 return Err(bad(&format!(
                     "second pass: {} disagreements in {} samples of {n}, sum {}",
                     p.mismatch, p.seen, p.sq
@@ -1191,16 +1240,9 @@ impl FeatureGeometry {
                                (merged) first pass",
                     });
                 }
-                let scatter = match (&a.scatter, &b.scatter) {
-                    (Some(x), Some(y)) => Some(x + y),
-                    _ => None,
-                };
-                self.second = Some(SecondPass {
-                    mismatch: a.mismatch + b.mismatch,
-                    seen: a.seen + b.seen,
-                    sq: a.sq + b.sq,
-                    scatter,
-                });
+                let mut sum = a.clone();
+                sum.add(b)?;
+                self.second = Some(sum);
                 Ok(())
             }
             _ => Err(Error::InvalidParameter {
@@ -1353,29 +1395,15 @@ impl FeatureGeometry {
     /// # Errors
     /// A part of another shape (its scatter).
     pub fn add_second_part(&mut self, part: &SecondPass) -> Result<()> {
-        let mut pass = self.second.take().unwrap_or(SecondPass {
-            mismatch: 0,
-            seen: 0,
-            sq: 0.0,
-            scatter: part.scatter.as_ref().map(|S| Mat::zeros(S.nrows(), S.ncols())),
-        });
-        pass.mismatch += part.mismatch;
-        pass.seen += part.seen;
-        pass.sq += part.sq;
-        match (&mut pass.scatter, &part.scatter) {
-            (Some(S), Some(P)) if (S.nrows(), S.ncols()) == (P.nrows(), P.ncols()) => *S += P,
-            (None, None) => {}
-            _ => {
-                self.second = Some(pass);
-                return Err(Error::InvalidParameter {
-                    name: "second-pass part",
-                    value: "a projected scatter of another shape, or none".into(),
-                    rule: "parts of this measurement's second pass",
-                });
+        let mut pass = match self.second.take() {
+            Some(p) => p,
+            None => {
+                SecondPass::empty(part.class_mismatch.len(), part.scatter.as_ref().map(Mat::nrows))
             }
-        }
+        };
+        let added = pass.add(part);
         self.second = Some(pass);
-        Ok(())
+        added
     }
 
     /// Checks that a classifier is d×k.
@@ -1460,15 +1488,7 @@ impl FeatureGeometry {
         }
         self.check_batch(H, Z, labels, "feature batch")?;
         let projected = self.moments.scatter.is_none();
-        let mut pass = SecondPass {
-            mismatch: 0,
-            seen: 0,
-            sq: 0.0,
-            scatter: projected.then(|| {
-                let r = projection_rank(d, k);
-                Mat::zeros(r, r)
-            }),
-        };
+        let mut pass = SecondPass::empty(k, projected.then(|| projection_rank(d, k)));
         if projected || Z.is_some() {
             let basis = self.basis_of(&M)?;
             let basis = basis.as_ref();
@@ -1483,7 +1503,9 @@ impl FeatureGeometry {
             )?;
             if let (Some(Z), Some(MX)) = (Z, MX) {
                 for (i, ncc) in nearest_means(basis, &MX, labels).into_iter().enumerate() {
-                    pass.mismatch += u64::from(ncc != argmax((0..k).map(|c| Z[(c, i)])));
+                    let differ = u64::from(ncc != argmax((0..k).map(|c| Z[(c, i)])));
+                    pass.mismatch += differ;
+                    pass.class_mismatch[labels[i] as usize] += differ;
                 }
             }
         }
@@ -1674,6 +1696,10 @@ impl FeatureGeometry {
                 cos_muc_etf: m_etf[c],
                 within_var: var[c],
                 within_share: (total > 0.0).then(|| self.moments.class_ss[c] / total),
+                ncc_agreement: self
+                    .second_pass()
+                    .filter(|_| self.logit_samples == self.moments.n())
+                    .map(|p| 1.0 - p.class_mismatch[c] as f64 / self.moments.counts[c] as f64),
             })
             .collect())
     }
@@ -2168,6 +2194,7 @@ mod tests {
                     if imbalanced { Some(["maj", "min"][r.class / 2]) } else { None }
                 );
                 assert_eq!(r.count, counts[r.class]);
+                assert_eq!(r.ncc_agreement, None, "no logits");
             }
             // Class 0's mean moved by its ±0.1 spread only: still at SELI up to the spread.
             assert!(rows.iter().all(|r| r.cos_muc_seli.unwrap() > 1.0 - 1e-9), "{rows:?}");

@@ -6,7 +6,8 @@
 //! the mean of class c), `scatter` (f64, d×d; only with the full within-class scatter),
 //! `class_ss` (f64, k: per class the sum of squared distances to its mean), during a second
 //! pass with the projected scatter `second_scatter` (f64, r×r, r from
-//! [`seli_core::features::projection_rank`]; lower triangle significant), and when present
+//! [`seli_core::features::projection_rank`]; lower triangle significant) and `class_mismatch`
+//! (u64, k: the second pass's NCC disagreements per class), and when present
 //! `classifier` (f64, k×d, row c is `w_c`) and `bias` (f64, k). Metadata: `d`, `k`,
 //! `scatter` (`full` or `projected`; `full` when absent), `logits` (`none`, `given`,
 //! `classifier`), `logit_samples`, the sums `zz` and `zs` as the hexadecimal bits of their
@@ -74,6 +75,7 @@ pub fn encode(name: &Path, rec: &AccumulatorRecord) -> Result<Vec<u8>> {
     let means = columns(&s.means);
     let scatter = s.scatter.as_ref().map(columns);
     let second_scatter = s.second.as_ref().and_then(|p| p.scatter.as_ref()).map(columns);
+    let class_mismatch = s.second.as_ref().map(|p| u64s(&p.class_mismatch));
     let class_ss = f64s(s.class_ss.iter().copied());
     let classifier = rec.classifier.as_ref().map(columns);
     let bias = rec.bias.as_ref().map(|b| f64s(b.iter().copied()));
@@ -89,6 +91,9 @@ pub fn encode(name: &Path, rec: &AccumulatorRecord) -> Result<Vec<u8>> {
     }
     if let Some(b) = &second_scatter {
         blobs.push(("second_scatter", b));
+    }
+    if let Some(b) = &class_mismatch {
+        blobs.push(("class_mismatch", b));
     }
     if let Some(w) = &classifier {
         blobs.push(("classifier", w));
@@ -153,6 +158,7 @@ pub fn decode(name: &Path, bytes: &[u8]) -> Result<AccumulatorRecord> {
             let r = projection_rank(d, k);
             Some(SecondPass {
                 mismatch: n(m)?,
+                class_mismatch: to_u64(need("class_mismatch", k)?),
                 seen: n(seen)?,
                 sq: bits("second", sq)?,
                 scatter: blob("second_scatter", r * r)?.map(|b| matrix(b, r, r)),
@@ -207,6 +213,7 @@ mod tests {
                 logit_samples: 9,
                 second: Some(SecondPass {
                     mismatch: 1,
+                    class_mismatch: vec![0, 1],
                     seen: 9,
                     sq: 0.125,
                     scatter: Some(Mat::from_fn(d, d, |r, c| (r * c) as f64 / 3.0)),

@@ -556,6 +556,9 @@ def test_held_out_ood_and_per_class_from_numpy_definitions():
         assert abs(row["within_share"] - ss[c] / ss.sum()) < 1e-12
         assert abs(row["w_norm"] - np.linalg.norm(W[c])) < 1e-12
         assert abs(row["muc_norm"] - np.linalg.norm(Mc[c])) < 1e-10
+        Zc = H[y == c] @ W.T + b
+        nccc = ((H[y == c][:, None, :] - M[None]) ** 2).sum(-1).argmin(1)
+        assert abs(row["ncc_agreement"] - np.mean(Zc.argmax(1) == nccc)) < 1e-12
         for col in ("cos_w_seli", "cos_w_etf", "cos_muc_seli", "cos_muc_etf"):
             assert -1 <= row[col] <= 1 + 1e-12
     # Features placed at the simplex ETF with classifiers along them: every ETF cosine is 1.

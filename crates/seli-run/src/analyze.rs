@@ -244,6 +244,7 @@ pub const PER_CLASS_COLUMNS: &[(&str, &str)] = &[
     ("cos_muc_etf", "cos(mu_c - mu_G, R e_c), the simplex ETF rotated to fit the centered means"),
     ("within_var", "(1/n_c) sum over the class of ||h_i - mu_c||^2"),
     ("within_share", "the class's share of Tr(Sigma_W): its sum of squares over all classes'"),
+    ("ncc_agreement", "fraction of the class's samples whose argmax logit is their nearest mean"),
 ];
 
 /// One row of the per-class view, as recorded: [`PER_CLASS_COLUMNS`] by name in JSON (`null`
@@ -253,7 +254,7 @@ pub struct PerClassRow(pub seli_core::features::PerClass);
 
 impl PerClassRow {
     /// The numeric columns after `class`, `count` and `group`, in [`PER_CLASS_COLUMNS`] order.
-    fn values(&self) -> [Option<f64>; 8] {
+    fn values(&self) -> [Option<f64>; 9] {
         let p = &self.0;
         [
             p.w_norm,
@@ -264,6 +265,7 @@ impl PerClassRow {
             p.cos_muc_etf,
             Some(p.within_var),
             p.within_share,
+            p.ncc_agreement,
         ]
     }
 
