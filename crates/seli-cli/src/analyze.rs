@@ -254,14 +254,20 @@ fn run_series(
     layout: Layout,
     a: &AnalyzeArgs,
 ) -> Result<()> {
-    let total = seli_run::analyze::scan_exports(dir)?.len() as u64;
-    let bar = crate::ufm::progress_bar(total, 0);
-    let outcome =
-        seli_run::analyze::analyze_series(dir, out, layout, a.classes, a.chunk, &mut |epoch| {
-            bar.inc(1);
+    let bar = crate::ufm::progress_bar(0, 0);
+    let outcome = seli_run::analyze::analyze_series(
+        dir,
+        out,
+        layout,
+        a.classes,
+        a.chunk,
+        &mut |epoch, done, total| {
+            bar.set_length(total as u64);
+            bar.set_position(done as u64);
             bar.set_message(format!("epoch {epoch}"));
             tracing::info!(epoch, "measured");
-        })?;
+        },
+    )?;
     bar.finish_and_clear();
     let report = seli_report::write_report(out).map_err(|e| anyhow::anyhow!(e))?;
     println!(

@@ -141,14 +141,9 @@ impl FeatureMoments {
         if let Some((i, &y)) = labels.iter().enumerate().find(|(_, y)| **y as usize >= k) {
             return Err(Error::LabelOutOfRange { index: i, label: i64::from(y), k });
         }
-        let owned;
-        let H = if H.row_stride() == 1 {
-            H
-        } else {
-            owned = H.to_owned();
-            owned.as_ref()
-        };
-        let col = |i: usize| H.col(i).try_as_col_major().expect("unit row stride").as_slice();
+        let mut store = None;
+        let H = contiguous(H, &mut store);
+        let col = |i: usize| column(H, i);
         let mut bcount = vec![0u64; k];
         let mut bmean = Mat::<f64>::zeros(d, k);
         for (i, &y) in labels.iter().enumerate() {
@@ -184,7 +179,7 @@ impl FeatureMoments {
         let mut class_ss = vec![0.0; k];
         for (i, &y) in labels.iter().enumerate() {
             let c = y as usize;
-            let m = bmean.col(c).try_as_col_major().expect("owned").as_slice();
+            let m = column(bmean.as_ref(), c);
             class_ss[c] += col(i).iter().zip(m).map(|(h, m)| (h - m) * (h - m)).sum::<f64>();
         }
         let scatter = self.scatter.as_ref().map(|_| {
@@ -387,6 +382,16 @@ impl FeatureMoments {
         let q = quad(U.as_ref());
         Ok(Some(q.iter().zip(&s).map(|(q, s_j)| q / (s_j * s_j)).sum()))
     }
+}
+
+/// `H` itself when its columns are contiguous, else a contiguous copy held in `store`.
+fn contiguous<'a>(H: MatRef<'a, f64>, store: &'a mut Option<Mat<f64>>) -> MatRef<'a, f64> {
+    if H.row_stride() == 1 { H } else { store.insert(H.to_owned()).as_ref() }
+}
+
+/// Column `i` of `H` (contiguous columns, as [`contiguous`] gives and owned matrices have).
+fn column<'a>(H: MatRef<'a, f64>, i: usize) -> &'a [f64] {
+    H.col(i).try_as_col_major().expect("unit row stride").as_slice()
 }
 
 /// `dst (+)= X Xᵀ` on the lower triangle (the upper one is left as it was), on every core.
@@ -1024,21 +1029,15 @@ fn deviations<T: Copy + Send + Sync + Default>(
     labels: &[u32],
     cast: fn(f64) -> T,
 ) -> Result<Vec<T>> {
-    let owned;
-    let H = if H.row_stride() == 1 {
-        H
-    } else {
-        owned = H.to_owned();
-        owned.as_ref()
-    };
+    let mut store = None;
+    let H = contiguous(H, &mut store);
     let d = H.nrows();
     let mut X = vec![T::default(); d * labels.len()];
     let bad = X
         .chunks_mut(d.max(1))
         .enumerate()
         .map(|(i, x)| {
-            let h = H.col(i).try_as_col_major().expect("unit row stride").as_slice();
-            let m = M.col(labels[i] as usize).try_as_col_major().expect("owned").as_slice();
+            let (h, m) = (column(H, i), column(M.as_ref(), labels[i] as usize));
             let mut finite = true;
             for ((x, &v), &m) in x.iter_mut().zip(h).zip(m) {
                 finite &= v.is_finite();

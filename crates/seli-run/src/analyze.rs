@@ -7,9 +7,7 @@ use std::path::{Path, PathBuf};
 
 use faer::Mat;
 use rayon::prelude::*;
-use seli_core::features::{
-    FeatureGeometry, GEOMETRY_COLUMNS, HeldOut, Precision, SecondPass, WithinScatter,
-};
+use seli_core::features::{FeatureGeometry, GEOMETRY_COLUMNS, HeldOut, Precision, WithinScatter};
 use seli_core::{Geometry, Profile};
 use serde::Serialize;
 
@@ -550,6 +548,32 @@ impl Accumulator {
         Ok(now)
     }
 
+    /// Rows `start..end` of `features` (and `logits`) cut into parts of [`part_rows`] rows,
+    /// each read, checked and measured by `f` (features as a d×b view, logits k×b, the part's
+    /// rows counted from `start`) on every core; the results in row order, so that what is
+    /// merged from them does not depend on the thread count.
+    fn map_parts<T: Send>(
+        &self,
+        features: &dyn RowSource,
+        logits: Option<&dyn RowSource>,
+        (start, end): (usize, usize),
+        f: impl Fn(
+            faer::MatRef<'_, f64>,
+            Option<faer::MatRef<'_, f64>>,
+            std::ops::Range<usize>,
+        ) -> Result<T>
+        + Sync,
+    ) -> Result<Vec<T>> {
+        part_ranges(start, end, self.d, self.k)
+            .into_par_iter()
+            .map(|(s, e)| {
+                let (rows, Z) = self.batch(features, logits, s, e)?;
+                let H = faer::MatRef::from_column_major_slice(&rows, self.d, e - s);
+                f(H, Z.as_ref().map(|z| z.as_ref()), s - start..e - start)
+            })
+            .collect()
+    }
+
     /// Pass 1: rows `start..end` of `features` (n×d) and of `logits` (n×k, when given) with
     /// their `labels`.
     ///
@@ -574,23 +598,14 @@ impl Accumulator {
         let y = self.labels(labels)?;
         let (d, k, kind) = (self.d, self.k, self.within_scatter());
         let fpath = Path::new(features.name());
-        // Parts of PART_ROWS rows measured on every core, merged in order (the result does not
-        // depend on the thread count).
-        let parts: Vec<Result<FeatureGeometry>> = part_ranges(start, end, self.d, self.k)
-            .into_par_iter()
-            .map(|(s, e)| {
-                let (rows, Z) = self.batch(features, logits, s, e)?;
-                let H = faer::MatRef::from_column_major_slice(&rows, d, e - s);
-                let mut g = FeatureGeometry::with_scatter(d, k, kind);
-                g.push(H, Z.as_ref().map(|z| z.as_ref()), &y[s - start..e - start])
-                    .map_err(|cause| Error::Content { path: fpath.to_path_buf(), cause })?;
-                Ok(g)
-            })
-            .collect();
-        for part in parts {
-            self.geo
-                .merge(&part?)
-                .map_err(|cause| Error::Content { path: fpath.to_path_buf(), cause })?;
+        let content = |cause| Error::Content { path: fpath.to_path_buf(), cause };
+        let parts = self.map_parts(features, logits, (start, end), |H, Z, r| {
+            let mut g = FeatureGeometry::with_scatter(d, k, kind);
+            g.push(H, Z, &y[r]).map_err(content)?;
+            Ok(g)
+        })?;
+        for part in &parts {
+            self.geo.merge(part).map_err(content)?;
         }
         Ok(())
     }
@@ -651,24 +666,12 @@ impl Accumulator {
         let content = |cause| Error::Content { path: fpath.to_path_buf(), cause };
         let precision = if features.single() { Precision::Single } else { Precision::Double };
         self.geo.prepare_second().map_err(content)?;
-        let d = self.d;
         let geo = &self.geo;
-        let parts: Vec<Result<SecondPass>> = part_ranges(start, end, self.d, self.k)
-            .into_par_iter()
-            .map(|(s, e)| {
-                let (rows, Z) = self.batch(features, logits, s, e)?;
-                let H = faer::MatRef::from_column_major_slice(&rows, d, e - s);
-                geo.second_part(
-                    H,
-                    Z.as_ref().map(|z| z.as_ref()),
-                    &y[s - start..e - start],
-                    precision,
-                )
-                .map_err(content)
-            })
-            .collect();
-        for part in parts {
-            self.geo.add_second_part(&part?).map_err(content)?;
+        let parts = self.map_parts(features, logits, (start, end), |H, Z, r| {
+            geo.second_part(H, Z, &y[r], precision).map_err(content)
+        })?;
+        for part in &parts {
+            self.geo.add_second_part(part).map_err(content)?;
         }
         let seen = self.geo.second_seen().unwrap_or(0);
         if seen > self.n() {
@@ -819,18 +822,12 @@ impl Accumulator {
         let precision = if features.single() { Precision::Single } else { Precision::Double };
         let mut geo = self.geo.clone();
         geo.prepare_second().map_err(content)?;
-        let parts: Vec<Result<HeldOut>> = part_ranges(0, n, self.d, self.k)
-            .into_par_iter()
-            .map(|(s, e)| {
-                let (rows, Z) = self.batch(features, logits, s, e)?;
-                let H = faer::MatRef::from_column_major_slice(&rows, self.d, e - s);
-                geo.held_out(H, Z.as_ref().map(|z| z.as_ref()), &y[s..e], precision)
-                    .map_err(content)
-            })
-            .collect();
+        let parts = self.map_parts(features, logits, (0, n), |H, Z, r| {
+            geo.held_out(H, Z, &y[r], precision).map_err(content)
+        })?;
         let mut total = HeldOut::default();
-        for p in parts {
-            total.add(&p?);
+        for p in &parts {
+            total.add(p);
         }
         let frac = |c: u64| c as f64 / total.n.max(1) as f64;
         Ok(HeldOutRecord {
@@ -861,22 +858,12 @@ impl Accumulator {
             }
         };
         let d = self.d;
-        let parts: Vec<Result<Vec<f64>>> = part_ranges(0, n, d, self.k)
-            .into_par_iter()
-            .map(|(s, e)| {
-                let (rows, _) = self.batch(features, None, s, e)?;
-                let mut sum = vec![0.0; d];
-                for row in rows.chunks_exact(d) {
-                    for (a, v) in sum.iter_mut().zip(row) {
-                        *a += v;
-                    }
-                }
-                Ok(sum)
-            })
-            .collect();
+        let parts = self.map_parts(features, None, (0, n), |H, _, _| {
+            Ok((0..d).map(|r| H.row(r).iter().sum::<f64>()).collect::<Vec<f64>>())
+        })?;
         let mut mean = vec![0.0; d];
-        for p in parts {
-            for (m, v) in mean.iter_mut().zip(p?) {
+        for p in &parts {
+            for (m, v) in mean.iter_mut().zip(p) {
                 *m += v;
             }
         }
@@ -1119,7 +1106,7 @@ pub struct SeriesOutcome {
 /// [`series_header`]) and `out/grams.json` (the Grams of the last epoch, in the format of a
 /// training run's), so that `seli report out` draws the curves of a training run. A series
 /// interrupted midway resumes: epochs whose rows are complete are kept. `progress` hears of
-/// each epoch done.
+/// each epoch done: its number, the epochs done so far (kept ones included) and their total.
 ///
 /// # Errors
 /// Those of the exports (each named); labels whose class counts differ between epochs; an
@@ -1130,7 +1117,7 @@ pub fn analyze_series(
     layout: Layout,
     classes: Option<usize>,
     chunk: usize,
-    progress: &mut dyn FnMut(u64),
+    progress: &mut dyn FnMut(u64, usize, usize),
 ) -> Result<SeriesOutcome> {
     let epochs = scan_exports(dir)?;
     let first = export_files(&dir.join(&epochs[0].entry))?;
@@ -1181,7 +1168,7 @@ pub fn analyze_series(
         Some(_) => seli_io::csvlog::CsvLog::create(&metrics, &header)?,
         None => return Ok(SeriesOutcome { measured: 0, kept: start }),
     };
-    for e in &epochs[start..] {
+    for (i, e) in epochs.iter().enumerate().skip(start) {
         let entry = dir.join(&e.entry);
         let files = export_files(&entry)?;
         let features = Array::open(&files.features.0, files.features.1.as_deref())?;
@@ -1250,7 +1237,7 @@ pub fn analyze_series(
             gram_mc: Some(rows(&g.gram_mc)),
         };
         seli_io::write_json_atomic(&out.join("grams.json"), "grams", &grams)?;
-        progress(e.epoch);
+        progress(e.epoch, i + 1, epochs.len());
     }
     Ok(SeriesOutcome { measured: epochs.len() - start, kept: start })
 }
