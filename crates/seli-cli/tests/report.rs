@@ -38,26 +38,19 @@ fn figures_ok(dir: &std::path::Path) -> Vec<String> {
     names
 }
 
+/// A short UFM run of the STEP profile `step` (K,R,RHO,N_MIN) into `dir`.
+fn small_ufm(dir: &std::path::Path, step: &str) -> std::path::PathBuf {
+    let out = dir.to_str().unwrap();
+    ok(&["ufm", "--step", step, "--d", "8", "--iters", "300", "--every", "30", "--out", out]);
+    dir.to_path_buf()
+}
+
 #[test]
 fn ufm_runs_get_figures_reports_and_a_comparison() {
     let tmp = tempfile::tempdir().unwrap();
     let mut dirs = Vec::new();
     for r in ["1", "10"] {
-        let dir = tmp.path().join(format!("R{r}"));
-        ok(&[
-            "ufm",
-            "--step",
-            &format!("4,{r},0.5,2"),
-            "--d",
-            "8",
-            "--iters",
-            "300",
-            "--every",
-            "30",
-            "--out",
-            dir.to_str().unwrap(),
-        ]);
-        dirs.push(dir);
+        dirs.push(small_ufm(&tmp.path().join(format!("R{r}")), &format!("4,{r},0.5,2")));
     }
     let out = ok(&["report", dirs[1].to_str().unwrap()]);
     assert!(out.contains("report.html"), "{out}");
@@ -126,5 +119,136 @@ fn geometry_and_ridge_path_figures() {
         let svg = std::fs::read_to_string(r.join(format!("{f}.svg"))).unwrap();
         assert!(svg.contains("λ*") && svg.contains("λ_mc"), "{f}: thresholds not marked");
         assert!(svg.contains("lambda"), "{f}: no axis label");
+    }
+}
+
+/// Headless Chromium (Debian's package; `SELI_CHROMIUM` overrides the path), or `None` where
+/// it is not installed. CI installs it (scripts/install-browser.sh) and fails without it.
+fn chromium() -> Option<std::path::PathBuf> {
+    let candidates = std::env::var_os("SELI_CHROMIUM")
+        .map(std::path::PathBuf::from)
+        .into_iter()
+        .chain(["/usr/bin/chromium", "/usr/bin/chromium-browser"].map(std::path::PathBuf::from));
+    let found = candidates.into_iter().find(|p| p.is_file());
+    if found.is_none() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must install Chromium first (scripts/install-browser.sh)"
+        );
+        eprintln!("skipped: no Chromium here (scripts/install-browser.sh installs it)");
+    }
+    found
+}
+
+/// Loads `html` in headless Chromium with scripts/figure-check.js appended and returns what
+/// the check found: (figures, legends, problems).
+fn browser_check(browser: &std::path::Path, html: &std::path::Path) -> (u64, u64, Vec<String>) {
+    let page = html.with_extension("check.html");
+    let mut text = std::fs::read_to_string(html).unwrap();
+    text.push_str("<script>\n");
+    text.push_str(include_str!("../../../scripts/figure-check.js"));
+    text.push_str("</script>\n");
+    std::fs::write(&page, text).unwrap();
+    let profile = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(browser)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            &format!("--user-data-dir={}", profile.path().display()),
+            "--dump-dom",
+            &format!("file://{}", page.display()),
+        ])
+        .output()
+        .expect("Chromium runs");
+    let dom = String::from_utf8_lossy(&out.stdout);
+    let start = dom.rfind("<pre id=\"seli-check\">").unwrap_or_else(|| {
+        panic!("no check result in the page: {}", String::from_utf8_lossy(&out.stderr))
+    }) + "<pre id=\"seli-check\">".len();
+    let end = start + dom[start..].find("</pre>").unwrap();
+    let json = dom[start..end].replace("&amp;", "&").replace("&lt;", "<").replace("&gt;", ">");
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let problems = v["problems"].as_array().unwrap().iter().map(|p| p.to_string()).collect();
+    (v["figures"].as_u64().unwrap(), v["legends"].as_u64().unwrap(), problems)
+}
+
+/// One page inlining the SVG figures of `dirs` (what `--figures` writes).
+fn figure_page(dirs: &[&std::path::Path], out: &std::path::Path) {
+    let mut html = String::from("<!DOCTYPE html><html><body>\n");
+    for d in dirs {
+        let mut files: Vec<_> = std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "svg"))
+            .collect();
+        files.sort();
+        for p in files {
+            let svg = std::fs::read_to_string(&p).unwrap();
+            let svg = svg.trim_start_matches("<?xml version=\"1.0\" encoding=\"UTF-8\"?>");
+            let name = p.file_stem().unwrap().to_string_lossy();
+            html.push_str(&format!("<figure id=\"{name}\">{svg}</figure>\n"));
+        }
+    }
+    html.push_str("</body></html>\n");
+    std::fs::write(out, html).unwrap();
+}
+
+/// Every report and figure, as Chromium renders it: no text cut off at a figure's edge, no two
+/// texts overlapping (ticks, labels, titles, marker labels), legend labels inside their box and
+/// no curve, band or bar under a legend.
+#[test]
+fn reports_read_well_in_a_browser() {
+    let Some(browser) = chromium() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let run = |name: &str, step: &str| small_ufm(&t.join(name), step);
+    let (a, b) = (run("a", "4,1,0.5,2"), run("b", "6,20,0.5,2"));
+    ok(&["report", b.to_str().unwrap()]);
+    let cmp = t.join("cmp.html");
+    ok(&[
+        "report",
+        "--compare",
+        a.to_str().unwrap(),
+        b.to_str().unwrap(),
+        "--out",
+        cmp.to_str().unwrap(),
+    ]);
+    let sweep = t.join("sweep.toml");
+    std::fs::write(
+        &sweep,
+        "command = \"ufm\"\n[base]\nk = 4\nn_min = 2\nd = 8\niters = 200\n\
+         [grid]\nratio = [1, 10, 100]\nrho = [0.25, 0.5]\nseed = [0, 1]\n",
+    )
+    .unwrap();
+    ok(&["sweep", sweep.to_str().unwrap(), "--out", t.join("sw").to_str().unwrap()]);
+    let (g10, g100, rp) = (t.join("g10"), t.join("g100"), t.join("rp"));
+    ok(&["geometry", "--step", "10,10,0.5", "--figures", g10.to_str().unwrap()]);
+    ok(&["geometry", "--long-tail", "100,5000,100", "--figures", g100.to_str().unwrap()]);
+    ok(&[
+        "ridge-path",
+        "--step",
+        "4,10,0.5,1",
+        "--out",
+        t.join("p.csv").to_str().unwrap(),
+        "--figures",
+        rp.to_str().unwrap(),
+    ]);
+    let figs = t.join("figures.html");
+    figure_page(&[&g10, &g100, &rp], &figs);
+    let pages = [
+        (b.join("report.html"), 7, 5),
+        (cmp, 2, 2),
+        (t.join("sw/report.html"), 5, 5),
+        (figs, 7, 5),
+    ];
+    for (page, figures, legends) in pages {
+        let (f, l, problems) = browser_check(&browser, &page);
+        assert!(problems.is_empty(), "{}: {problems:#?}", page.display());
+        assert_eq!((f, l), (figures, legends), "{}: figures and legends checked", page.display());
     }
 }

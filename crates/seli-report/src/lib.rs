@@ -9,6 +9,8 @@
 pub mod figures;
 pub mod png;
 pub mod report;
+#[cfg(test)]
+pub(crate) mod svgcheck;
 pub mod sweep;
 
 pub use report::{Run, write_compare, write_report};

@@ -198,7 +198,7 @@ pub fn figures(run: &Run) -> Result<Vec<Figure>, String> {
 
 /// A curve of metrics column `col` of `run`.
 fn series(run: &Run, label: &str, col: &str, color: usize, dash: Dash) -> Series {
-    Series { label: label.to_string(), points: run.curve(col), color, dash }
+    Series::new(label, run.curve(col), color, dash)
 }
 
 /// The distances of G_W, G_M, the logits and W^T M to SELI and the ETF over the run.
@@ -239,6 +239,7 @@ fn group_curves(run: &Run, g: &seli_core::metrics::GroupStats) -> Result<Vec<Fig
         }),
         color,
         dash: Dash::Dashed,
+        band: Vec::new(),
     };
     Ok(vec![
         line_figure(
@@ -387,12 +388,14 @@ pub fn compare_figures(runs: &[Run]) -> Result<Vec<Figure>, String> {
                         points: r.curve(&format!("dist_{m}_seli")),
                         color: i,
                         dash: Dash::Solid,
+                        band: Vec::new(),
                     },
                     Series {
                         label: format!("{} to ETF", r.label()),
                         points: r.curve(&format!("dist_{m}_etf")),
                         color: i,
                         dash: Dash::Dashed,
+                        band: Vec::new(),
                     },
                 ]
             })
@@ -556,6 +559,7 @@ pub fn ridge_path_figures(record: &RidgePathRecord) -> Result<Vec<Figure>, Strin
         points: curve(f),
         color,
         dash,
+        band: Vec::new(),
     };
     let figure = |name: &str, caption: &str, title: &str, y: &str, series: &[Series]| {
         line_figure(name, caption, title, ("lambda", y, true), series, &markers)
@@ -594,6 +598,7 @@ pub fn ridge_path_figures(record: &RidgePathRecord) -> Result<Vec<Figure>, Strin
                 points: curve(|p| p.norm_ratio_w).into_iter().filter(|&(_, v)| v < 1e6).collect(),
                 color: 0,
                 dash: Dash::Solid,
+                band: Vec::new(),
             }],
         )?,
     ])
@@ -660,6 +665,7 @@ pub fn geometry_figures(geometry: &Geometry) -> Result<Vec<Figure>, String> {
                 points,
                 color: i,
                 dash: Dash::Solid,
+                band: Vec::new(),
             })
             .collect();
         let ratio = series.pop().expect("four series");

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use seli_io::csv::Table;
 use seli_run::sweep::SweepSpec;
 
-use crate::figures::{Dash, Series, line_chart};
+use crate::figures::{Band, Dash, Series, line_chart, line_panels};
 use crate::report::{Figure, Run, compare_figures, escape, figure_html, html_head, save_figures};
 
 /// Most lines in one sweep figure (the palette's size).
@@ -42,91 +42,203 @@ pub fn x_key(varying: &[String], table: &Table) -> Option<String> {
     best.map(|(_, k)| k.clone())
 }
 
-/// One figure per key result against the swept parameter; empty when no parameter is
-/// numeric.
+/// The points of a sweep's table grouped for plotting against its swept parameter.
+struct Grouped<'a> {
+    table: &'a Table,
+    /// The swept parameter.
+    x: String,
+    /// Its value in each row.
+    xs: Vec<f64>,
+    /// The columns of the other varying parameters (seeds aside).
+    others: Vec<usize>,
+    /// The distinct combinations of the other parameters, in table order.
+    groups: Vec<String>,
+    /// Whether seeds vary (rows with one group and one x are averaged).
+    seeds: bool,
+    log_x: bool,
+}
+
+impl<'a> Grouped<'a> {
+    fn new(spec: &SweepSpec, table: &'a Table) -> Result<Option<Self>, String> {
+        let Some(x) = x_key(&spec.varying, table) else { return Ok(None) };
+        let xc = column(table, &x).ok_or("x column missing")?;
+        let xs = numbers(table, xc).ok_or("x column not numeric")?;
+        let others: Vec<usize> = spec
+            .varying
+            .iter()
+            .filter(|k| **k != x && *k != "seed")
+            .filter_map(|k| column(table, k))
+            .collect();
+        let (lo, hi) =
+            xs.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
+        let mut g = Grouped {
+            table,
+            x,
+            log_x: lo > 0.0 && hi / lo >= 50.0,
+            xs,
+            others,
+            groups: Vec::new(),
+            seeds: spec.varying.iter().any(|k| k == "seed"),
+        };
+        for r in &table.rows {
+            let name = g.group_of(r);
+            if !g.groups.contains(&name) {
+                g.groups.push(name);
+            }
+        }
+        Ok(Some(g))
+    }
+
+    fn group_of(&self, r: &[String]) -> String {
+        self.others
+            .iter()
+            .map(|&c| format!("{}={}", self.table.header[c], r[c]))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// Column `yc` of the rows of group `g` against x: the mean over seeds at each x, and
+    /// the band from the smallest to the largest seed's value (empty when no x has two).
+    fn curve(&self, g: &str, yc: usize) -> (Vec<(f64, f64)>, Band) {
+        let mut acc: Vec<(f64, Vec<f64>)> = Vec::new();
+        for (r, &xv) in self.table.rows.iter().zip(&self.xs) {
+            let Ok(y) = r[yc].parse::<f64>() else { continue };
+            if self.group_of(r) != g || !y.is_finite() {
+                continue;
+            }
+            match acc.iter_mut().find(|(a, _)| *a == xv) {
+                Some(e) => e.1.push(y),
+                None => acc.push((xv, vec![y])),
+            }
+        }
+        acc.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let mean = acc.iter().map(|(x, v)| (*x, v.iter().sum::<f64>() / v.len() as f64)).collect();
+        let spread = acc.iter().any(|(_, v)| v.len() > 1);
+        let band = if spread {
+            acc.iter()
+                .map(|(x, v)| {
+                    let (lo, hi) =
+                        v.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &y| {
+                            (a.min(y), b.max(y))
+                        });
+                    (*x, lo, hi)
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        (mean, band)
+    }
+
+    /// The caption's note on seeds and on groups left out of `shown`.
+    fn note(&self, shown: usize) -> String {
+        let mut n = String::new();
+        if self.seeds {
+            n.push_str("; lines: mean over seeds, bands: smallest to largest seed");
+        }
+        if self.groups.len() > shown {
+            let _ =
+                write!(n, "; the first {shown} of {} parameter combinations", self.groups.len());
+        }
+        n
+    }
+}
+
+/// Names a distance quantity by its column's stem (`dist_gw`, `last_dist_gmc`).
+fn quantity(stem: &str) -> String {
+    let (last, core) = match stem.strip_prefix("last_") {
+        Some(c) => (" (last)", c),
+        None => ("", stem),
+    };
+    let name = match core {
+        "dist_gw" => "G_W".to_string(),
+        "dist_gm" => "G_M".to_string(),
+        "dist_gmc" => "G_M (centered)".to_string(),
+        other => other.to_string(),
+    };
+    format!("{name}{last}")
+}
+
+/// The stems of the command's key results that have both a distance to SELI (`STEM_seli`)
+/// and one to the ETF (`STEM_etf`) in the table.
+fn distance_stems(spec: &SweepSpec, table: &Table) -> Vec<String> {
+    spec.command
+        .key_results()
+        .iter()
+        .filter_map(|k| k.strip_suffix("_seli"))
+        .filter(|stem| column(table, &format!("{stem}_etf")).is_some())
+        .map(str::to_string)
+        .collect()
+}
+
+/// One figure per key result against the swept parameter, and one with the distances to SELI
+/// and to the ETF side by side on one scale; empty when no parameter is numeric. Where seeds
+/// vary, lines are their mean and bands their spread.
 ///
 /// # Errors
 /// A drawing failure.
 pub fn sweep_figures(spec: &SweepSpec, table: &Table) -> Result<Vec<Figure>, String> {
-    let Some(x) = x_key(&spec.varying, table) else {
+    let Some(g) = Grouped::new(spec, table)? else {
         return Ok(Vec::new());
     };
-    let xc = column(table, &x).ok_or("x column missing")?;
-    let xs = numbers(table, xc).ok_or("x column not numeric")?;
-    let others: Vec<usize> = spec
-        .varying
-        .iter()
-        .filter(|k| **k != x && *k != "seed")
-        .filter_map(|k| column(table, k))
-        .collect();
-    let group_of = |r: &Vec<String>| {
-        others
-            .iter()
-            .map(|&c| format!("{}={}", table.header[c], r[c]))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    let mut groups: Vec<String> = Vec::new();
-    for r in &table.rows {
-        let g = group_of(r);
-        if !groups.contains(&g) {
-            groups.push(g);
+    let x = &g.x;
+    let mut out = Vec::new();
+    let stems = distance_stems(spec, table);
+    if !stems.is_empty() {
+        let shown = g.groups.len().min(MAX_SERIES / stems.len());
+        let panel = |target: &str| -> Vec<Series> {
+            let mut v = Vec::new();
+            for (i, grp) in g.groups[..shown].iter().enumerate() {
+                for (q, stem) in stems.iter().enumerate() {
+                    let Some(yc) = column(table, &format!("{stem}_{target}")) else { continue };
+                    let (points, band) = g.curve(grp, yc);
+                    let label = if grp.is_empty() {
+                        quantity(stem)
+                    } else {
+                        format!("{}, {grp}", quantity(stem))
+                    };
+                    let dash = if q == 0 { Dash::Solid } else { Dash::Dashed };
+                    let color = if shown > 1 { i } else { q };
+                    v.push(Series { label, points, color, dash, band });
+                }
+            }
+            v
+        };
+        let panels = [("to SELI", panel("seli")), ("to the ETF", panel("etf"))];
+        if panels.iter().any(|(_, s)| s.iter().any(|s| !s.points.is_empty())) {
+            out.push(Figure {
+                name: "sweep-distances".into(),
+                caption: format!(
+                    "Normalized distances to SELI (left) and to the ETF (right) against {x}, on one scale{}.",
+                    g.note(shown)
+                ),
+                svg: line_panels(
+                    &format!("Distance to SELI and to the ETF against {x}"),
+                    (x, "normalized distance", g.log_x),
+                    &panels,
+                )?,
+            });
         }
     }
-    let shown = groups.len().min(MAX_SERIES);
-    let positive = xs.iter().all(|&v| v > 0.0);
-    let (lo, hi) =
-        xs.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
-    let log_x = positive && hi / lo >= 50.0;
-    let seeds = spec.varying.iter().any(|k| k == "seed");
-    let mut out = Vec::new();
+    let shown = g.groups.len().min(MAX_SERIES);
     for metric in spec.command.key_results() {
         let Some(yc) = column(table, metric) else { continue };
-        let series: Vec<Series> = groups[..shown]
+        let series: Vec<Series> = g.groups[..shown]
             .iter()
             .enumerate()
-            .map(|(i, g)| {
-                // Mean over rows with the same group and x (the seeds).
-                let mut acc: Vec<(f64, f64, usize)> = Vec::new();
-                for (r, &xv) in table.rows.iter().zip(&xs) {
-                    let Ok(y) = r[yc].parse::<f64>() else { continue };
-                    if group_of(r) != *g || !y.is_finite() {
-                        continue;
-                    }
-                    match acc.iter_mut().find(|(a, _, _)| *a == xv) {
-                        Some(e) => {
-                            e.1 += y;
-                            e.2 += 1;
-                        }
-                        None => acc.push((xv, y, 1)),
-                    }
-                }
-                let mut points: Vec<(f64, f64)> =
-                    acc.into_iter().map(|(a, s, n)| (a, s / n as f64)).collect();
-                points.sort_by(|a, b| a.0.total_cmp(&b.0));
-                Series {
-                    label: if g.is_empty() { (*metric).to_string() } else { g.clone() },
-                    points,
-                    color: i,
-                    dash: Dash::Solid,
-                }
+            .map(|(i, grp)| {
+                let (points, band) = g.curve(grp, yc);
+                let label = if grp.is_empty() { (*metric).to_string() } else { grp.clone() };
+                Series { label, points, color: i, dash: Dash::Solid, band }
             })
             .collect();
         if series.iter().all(|s| s.points.is_empty()) {
             continue;
         }
-        let mut caption = format!("{metric} against {x}");
-        if seeds {
-            caption.push_str(", averaged over seeds");
-        }
-        if groups.len() > shown {
-            let _ = write!(caption, "; the first {shown} of {} lines", groups.len());
-        }
-        caption.push('.');
         out.push(Figure {
             name: format!("sweep-{metric}"),
-            caption,
-            svg: line_chart(&format!("{metric} vs {x}"), &x, metric, log_x, &series, &[])?,
+            caption: format!("{metric} against {x}{}.", g.note(shown)),
+            svg: line_chart(&format!("{metric} vs {x}"), x, metric, g.log_x, &series, &[])?,
         });
     }
     Ok(out)
@@ -226,12 +338,83 @@ mod tests {
         ]);
         assert_eq!(x_key(&spec.varying, &t).as_deref(), Some("ratio"));
         let figs = sweep_figures(&spec, &t).unwrap();
+        // Geometry sweeps have no distance to SELI: one figure, its seeds' mean and spread.
         assert_eq!(figs.len(), 1);
-        assert!(figs[0].caption.contains("averaged over seeds"));
+        assert!(figs[0].caption.contains("mean over seeds"), "{}", figs[0].caption);
         usvg_check(&figs[0].svg);
         // Only seeds vary: nothing to plot against.
         let spec2 = SweepSpec { varying: vec!["seed".into()], ..spec };
         assert!(sweep_figures(&spec2, &t).unwrap().is_empty());
+    }
+
+    /// A UFM sweep over ratio, rho and seed: the distances figure has the two panels, one line
+    /// per quantity and rho, the seeds' mean as the line and their range as the band.
+    #[test]
+    fn sweep_distances_side_by_side_with_seed_bands() {
+        let header = [
+            "point",
+            "ratio",
+            "rho",
+            "seed",
+            "dist_gw_seli",
+            "dist_gw_etf",
+            "dist_gm_seli",
+            "dist_gm_etf",
+        ];
+        let mut rows = Vec::new();
+        for (r, ratio) in [1.0, 10.0, 100.0].iter().enumerate() {
+            for rho in ["0.2", "0.5"] {
+                for seed in 0..3 {
+                    let v = |q: f64| format!("{}", q * (r as f64 + 1.0) + 0.01 * f64::from(seed));
+                    rows.push(vec![
+                        format!("p{r}{rho}{seed}"),
+                        ratio.to_string(),
+                        rho.into(),
+                        seed.to_string(),
+                        v(0.1),
+                        v(0.2),
+                        v(0.3),
+                        v(0.4),
+                    ]);
+                }
+            }
+        }
+        let t = Table { header: header.map(String::from).to_vec(), rows };
+        let spec = SweepSpec {
+            command: seli_run::Command::Ufm,
+            jobs: None,
+            varying: vec!["ratio".into(), "rho".into(), "seed".into()],
+            points: Vec::<Point>::new(),
+        };
+        let g = Grouped::new(&spec, &t).unwrap().unwrap();
+        assert_eq!(g.x, "ratio");
+        assert_eq!(g.groups, ["rho=0.2", "rho=0.5"]);
+        let (mean, band) = g.curve("rho=0.5", 6);
+        // dist_gm_seli at ratio 10: 0.6 + 0.01 * seed over seeds 0, 1, 2.
+        assert!(
+            (mean[1].1 - 0.61).abs() < 1e-12
+                && (band[1].1 - 0.6).abs() < 1e-12
+                && (band[1].2 - 0.62).abs() < 1e-12
+        );
+        let figs = sweep_figures(&spec, &t).unwrap();
+        assert_eq!(figs[0].name, "sweep-distances");
+        assert!(figs[0].caption.contains("bands: smallest to largest seed"));
+        let els = crate::svgcheck::elements(&figs[0].svg);
+        for title in ["to SELI", "to the ETF"] {
+            assert!(els.iter().any(|e| e.tag == "text" && e.text == title));
+        }
+        // Two quantities (G_W, G_M) x two rho values x two panels.
+        assert_eq!(els.iter().filter(|e| e.tag == "polygon").count(), 8);
+        assert!(els.iter().any(|e| e.tag == "text" && e.text == "G_M, rho=0.5"));
+        assert_eq!(crate::svgcheck::legend_overlaps(&figs[0].svg).unwrap().1, 0);
+        // One seed per point: lines without bands.
+        let spec1 = SweepSpec { varying: vec!["ratio".into(), "rho".into()], ..spec };
+        let t1 = Table {
+            header: t.header.clone(),
+            rows: t.rows.iter().filter(|r| r[3] == "0").cloned().collect(),
+        };
+        let figs = sweep_figures(&spec1, &t1).unwrap();
+        assert!(!figs[0].svg.contains("<polygon") && !figs[0].caption.contains("seed"));
     }
 
     fn usvg_check(svg: &str) {
