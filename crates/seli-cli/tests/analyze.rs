@@ -490,6 +490,7 @@ fn a_directory_of_epoch_exports_gives_the_training_curves() {
     assert_eq!(grams["epoch"], 10);
     let html = std::fs::read_to_string(out.join("report.html")).unwrap();
     assert!(html.contains("<svg") || out.join("figures").read_dir().unwrap().count() > 0);
+    assert!(html.contains("series of per-epoch exports"), "the report names what it measured");
     // Interrupted after two epochs: the third is measured again, the first two kept.
     let text = std::fs::read_to_string(out.join("metrics.csv")).unwrap();
     let cut: Vec<&str> = text.lines().take(3).collect();

@@ -114,6 +114,15 @@ impl Run {
         self.rows.iter().filter_map(|r| Some((r[xi]?, r[yi]?))).collect()
     }
 
+    /// What produced the run, in words.
+    pub fn description(&self) -> &'static str {
+        match self.config.command() {
+            Some(Command::Ufm) => "UFM run",
+            Some(_) => "training run",
+            None => "series of per-epoch exports (seli analyze --epochs)",
+        }
+    }
+
     fn profile(&self) -> &Profile {
         self.geometry.profile()
     }
@@ -464,9 +473,9 @@ pub fn html(title: &str, runs: &[Run], figures: &[Figure]) -> String {
         let g = &run.geometry;
         let _ = writeln!(
             h,
-            "<p><b>{}</b>: {} run, k = {}, n = {}; SELI vs ETF: G_W {:.4}, G_M {:.4}.</p>",
+            "<p><b>{}</b>: {}, k = {}, n = {}; SELI vs ETF: G_W {:.4}, G_M {:.4}.</p>",
             escape(&run.dir.display().to_string()),
-            if run.kind == RunKind::Ufm { "UFM" } else { "training" },
+            run.description(),
             g.k(),
             g.profile().n(),
             g.dist_gram_w_etf(),
