@@ -821,6 +821,65 @@ impl PyAccumulator {
         to_py(py, &out)
     }
 
+    /// The per-class view (one dict per class, the columns of ``seli analyze --per-class``):
+    /// count, group, norms, cosines to the SELI and ETF positions, within-class variance and
+    /// share, NCC agreement (after ``add_second``; None before).
+    fn per_class<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let out = py
+            .detach(|| -> seli_io::Result<serde_json::Value> {
+                serde_json::to_value(self.inner.per_class()?)
+                    .map_err(|cause| seli_io::Error::Serialize { what: "per-class view", cause })
+            })
+            .map_err(value_error)?;
+        to_py(py, &out)
+    }
+
+    /// Held-out samples against the class means of the first pass: accuracy (from ``logits``,
+    /// else the classifier), nearest-class-mean accuracy and NC4, as ``seli.metrics(...,
+    /// eval_features=, eval_labels=)`` reports them under ``eval``.
+    #[pyo3(signature = (features, labels, logits=None))]
+    fn held_out<'py>(
+        &self,
+        py: Python<'py>,
+        features: &Bound<'py, PyAny>,
+        labels: &Bound<'py, PyAny>,
+        logits: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let h = matrix(py, "features", features)?;
+        let y = label_vector(py, labels)?;
+        let z = logits.map(|z| matrix(py, "logits", z)).transpose()?;
+        let (hr, zr) = (h.rows("features"), z.as_ref().map(|z| z.rows("logits")));
+        let inner = &self.inner;
+        let out = py
+            .detach(|| -> seli_io::Result<serde_json::Value> {
+                let z = zr.as_ref().map(|z| z as &dyn RowSource);
+                let r = inner.held_out(&hr, &y, Path::new("labels"), z)?;
+                serde_json::to_value(r)
+                    .map_err(|cause| seli_io::Error::Serialize { what: "held-out record", cause })
+            })
+            .map_err(value_error)?;
+        to_py(py, &out)
+    }
+
+    /// NC5 of out-of-distribution features against the class means of the first pass, as
+    /// ``seli.metrics(..., ood_features=)`` reports it under ``ood``.
+    fn ood<'py>(
+        &self,
+        py: Python<'py>,
+        features: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let h = matrix(py, "ood_features", features)?;
+        let hr = h.rows("ood_features");
+        let inner = &self.inner;
+        let out = py
+            .detach(|| -> seli_io::Result<serde_json::Value> {
+                serde_json::to_value(inner.ood(&hr)?)
+                    .map_err(|cause| seli_io::Error::Serialize { what: "OOD record", cause })
+            })
+            .map_err(value_error)?;
+        to_py(py, &out)
+    }
+
     /// The accumulator as bytes (format seli.accumulator.v1), to send to another process.
     fn to_bytes<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, pyo3::types::PyBytes>> {
         let b = self.inner.to_bytes().map_err(value_error)?;

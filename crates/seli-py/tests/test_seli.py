@@ -570,3 +570,28 @@ def test_held_out_ood_and_per_class_from_numpy_definitions():
         assert abs(row["cos_w_seli"] - 1) < 1e-9  # balanced: SELI is the ETF
     with pytest.raises(ValueError, match="eval_features and eval_labels go together"):
         seli.metrics(H, y, eval_features=He)
+    # The same views from an accumulator fed in batches (both passes, merged from two halves).
+    parts = []
+    for idx in (np.arange(0, 150), np.arange(150, 400)):
+        a = seli.Accumulator(k, d, W, bias=b)
+        for lo in range(0, len(idx), 64):
+            a.add(H[idx[lo:lo + 64]], y[idx[lo:lo + 64]])
+        parts.append(a)
+    acc = parts[0]
+    acc.merge(parts[1])
+    for lo in range(0, 400, 100):
+        acc.add_second(H[lo:lo + 100], y[lo:lo + 100])
+    for key, value in acc.held_out(He, ye).items():
+        assert abs(value - e[key]) <= 1e-12 * max(1, abs(e[key])), key
+    assert abs(acc.ood(Ho)["nc5"] - nc5) < 1e-12
+    for row, want in zip(acc.per_class(), m["per_class"]):
+        for key, value in want.items():
+            got = row[key]
+            if isinstance(value, (int, float)):
+                assert abs(got - value) <= 1e-9 * max(1, abs(value)), key
+            else:
+                assert got == value, key
+    with pytest.raises(ValueError, match="eval_labels|labels"):
+        acc.held_out(He, np.full(300, k))
+    with pytest.raises(ValueError, match="ood_features"):
+        acc.ood(Ho[:, :3])
