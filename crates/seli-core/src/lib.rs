@@ -10,6 +10,8 @@
 
 pub mod error;
 pub mod features;
+pub mod implicit;
+pub mod loss;
 pub mod metrics;
 pub mod profile;
 pub mod random;
@@ -19,6 +21,8 @@ pub mod solve;
 pub mod track;
 
 pub use error::{Error, Result};
+pub use implicit::Target;
+pub use loss::{Loss, LossKind};
 pub use metrics::ClassStats;
 pub use profile::{Group, Profile, ProfileKind};
 pub use scalar::Scalar;

@@ -49,38 +49,147 @@ pub struct SvmSolution {
     pub sel_nuclear_norm: f64,
 }
 
-/// Projection of `a` onto `{b : b_c − b_j >= t for all j ≠ c}`: `b_c = β`, `b_j = min(a_j, β − t)`
-/// with β from the optimality condition over the sorted entries.
-fn project_column(a: &mut [f64], c: usize, t: f64) {
-    let mut others: Vec<f64> =
-        a.iter().enumerate().filter(|&(j, _)| j != c).map(|(_, &v)| v).collect();
-    others.sort_by(|x, y| y.total_cmp(x));
-    let mut sum = a[c];
-    let mut beta = a[c];
-    for (m, &v) in others.iter().enumerate() {
-        // With the top m entries active, β = (a_c + Σ_top (a_j + t)) / (1 + m).
-        beta = sum / (1 + m) as f64;
-        if v <= beta - t {
+/// A class-level max-margin problem (docs/theory.md §5 and §10):
+///
+/// ```text
+/// min ‖B‖_*  over B (k×k) [and a free b ∈ R^k when `bias`]  subject to
+///     a_c B[c,c] − a_j B[j,c] + s_c (b_c − b_j) >= t_c     for every class c and j ≠ c,
+/// ```
+///
+/// with `s_c = √n_c`. Column c of `B` is `√n_c` times the logits of class c's samples,
+/// `X = B D^{-1/2} Y`. Plain cross-entropy: `a = 1`, `t_c = √n_c`, no bias; its solution is the
+/// SEL matrix `P D^{1/2}`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MarginProblem {
+    /// `√n_c`.
+    pub sqrt_n: Vec<f64>,
+    /// Row weights `a_c > 0` (the logit scales Δ of CDT; 1 otherwise).
+    pub a: Vec<f64>,
+    /// Thresholds `t_c > 0`.
+    pub t: Vec<f64>,
+    /// Whether the logits have a free (unregularized) bias.
+    pub bias: bool,
+}
+
+impl MarginProblem {
+    /// Plain cross-entropy without a bias: `a = 1`, `t_c = √n_c`.
+    pub fn ce(profile: &Profile) -> Self {
+        let sqrt_n: Vec<f64> = profile.counts().iter().map(|&c| (c as f64).sqrt()).collect();
+        MarginProblem { a: vec![1.0; sqrt_n.len()], t: sqrt_n.clone(), sqrt_n, bias: false }
+    }
+
+    /// Number of classes.
+    pub fn k(&self) -> usize {
+        self.sqrt_n.len()
+    }
+
+    fn check(&self) -> Result<()> {
+        let k = self.k();
+        let positive = |v: &[f64]| v.len() == k && v.iter().all(|x| x.is_finite() && *x > 0.0);
+        if k < 2 || !positive(&self.sqrt_n) || !positive(&self.a) || !positive(&self.t) {
+            return Err(Error::InvalidParameter {
+                name: "margin problem",
+                value: format!("k = {k}, a = {:?}, t = {:?}", self.a, self.t),
+                rule: "needs k >= 2 and positive finite counts, weights and thresholds",
+            });
+        }
+        Ok(())
+    }
+
+    /// Thresholds of column c's constraints against each j when the bias is fixed at `b`:
+    /// `t_c − s_c (b_c − b_j)`.
+    fn fixed_bias_thresholds(&self, c: usize, b: &[f64]) -> Vec<f64> {
+        (0..self.k()).map(|j| self.t[c] - self.sqrt_n[c] * (b[c] - b[j])).collect()
+    }
+}
+
+/// The solved class-level max-margin problem.
+#[derive(Debug, Clone)]
+pub struct MarginSolution {
+    /// The feasible solution `B` (k×k).
+    pub B: Mat<f64>,
+    /// The bias (mean zero), when the problem has one.
+    pub b: Option<Vec<f64>>,
+    /// `‖B‖_*` at the feasible point.
+    pub primal: f64,
+    /// Dual objective of the certificate (a lower bound on the optimum).
+    pub dual: f64,
+    /// `primal − dual >= 0`.
+    pub gap: f64,
+    /// ADMM iterations.
+    pub iters: u64,
+    /// The dual multipliers `α` (k×k, zero diagonal): entry `(j, c)` for the constraint of
+    /// class c against class j.
+    pub alpha: Mat<f64>,
+}
+
+/// Projects column c of a candidate onto its constraints: `x` (column c of B) and, with a bias,
+/// `v` (the bias copy of this column), both moved in place; `t[j]` is the threshold of the
+/// constraint against j. With `u = a_c x_c + s v_c` every other constraint reads
+/// `a_j x_j + s v_j <= u − t_j`; for a given u each violated one moves along its normal, and u
+/// minimizes a convex piecewise quadratic whose breakpoints are visited in descending order.
+fn project_column(x: &mut [f64], v: Option<&mut [f64]>, c: usize, a: &[f64], s: f64, t: &[f64]) {
+    let k = x.len();
+    let s = if v.is_some() { s } else { 0.0 };
+    let vv = |j: usize, v: &Option<&mut [f64]>| v.as_ref().map_or(0.0, |v| v[j]);
+    let p: Vec<f64> = (0..k).map(|j| a[j] * x[j] + s * vv(j, &v)).collect();
+    let q: Vec<f64> = (0..k).map(|j| a[j] * a[j] + s * s).collect();
+    let mut order: Vec<usize> = (0..k).filter(|&j| j != c).collect();
+    let e = |j: usize| p[j] + t[j];
+    order.sort_by(|&i, &j| e(j).total_cmp(&e(i)));
+    let (mut num, mut den) = (p[c] / q[c], 1.0 / q[c]);
+    let mut u = p[c];
+    for &j in &order {
+        if e(j) <= u {
             break;
         }
-        sum += v + t;
-        beta = sum / (m + 2) as f64;
+        num += e(j) / q[j];
+        den += 1.0 / q[j];
+        u = num / den;
     }
-    for (j, x) in a.iter_mut().enumerate() {
-        if j == c {
-            *x = beta;
-        } else {
-            *x = x.min(beta - t);
+    let mut v = v;
+    let mut shift = |j: usize, by: f64| {
+        x[j] += by * a[j];
+        if let Some(v) = v.as_mut() {
+            v[j] += by * s;
+        }
+    };
+    shift(c, (u - p[c]) / q[c]);
+    for &j in &order {
+        if e(j) > u {
+            shift(j, -(e(j) - u) / q[j]);
         }
     }
 }
 
-fn project(A: &Mat<f64>, sqrt_n: &[f64]) -> Mat<f64> {
+/// Column by column, the projection of `A` (and, with a bias, of the per-column bias copies
+/// `V`, column c for column c) onto the constraints; `fixed` gives the bias when it is held
+/// fixed instead.
+fn project(
+    p: &MarginProblem,
+    A: &Mat<f64>,
+    V: Option<&mut Mat<f64>>,
+    fixed: Option<&[f64]>,
+) -> Mat<f64> {
     let k = A.nrows();
     let mut out = A.clone();
+    let mut V = V;
     for c in 0..k {
         let mut col: Vec<f64> = (0..k).map(|j| A[(j, c)]).collect();
-        project_column(&mut col, c, sqrt_n[c]);
+        let t = match fixed {
+            Some(b) => p.fixed_bias_thresholds(c, b),
+            None => vec![p.t[c]; k],
+        };
+        match V.as_mut() {
+            Some(V) => {
+                let mut vc: Vec<f64> = (0..k).map(|j| V[(j, c)]).collect();
+                project_column(&mut col, Some(&mut vc), c, &p.a, p.sqrt_n[c], &t);
+                for j in 0..k {
+                    V[(j, c)] = vc[j];
+                }
+            }
+            None => project_column(&mut col, None, c, &p.a, 0.0, &t),
+        }
         for j in 0..k {
             out[(j, c)] = col[j];
         }
@@ -88,22 +197,52 @@ fn project(A: &Mat<f64>, sqrt_n: &[f64]) -> Mat<f64> {
     out
 }
 
-/// The dual certificate for a feasible `B`: multipliers from its polar factor, scaled into
-/// the feasible set; returns `(α, dual objective)`.
-fn certificate(B: MatRef<'_, f64>, sqrt_n: &[f64]) -> Result<(Mat<f64>, f64)> {
-    let k = B.nrows();
-    let svd = B.thin_svd().map_err(|_| Error::Decomposition { what: "SVD of the solution" })?;
-    let s = svd.S().column_vector();
-    let s_max = if s.nrows() > 0 { s[0] } else { 0.0 };
-    let (U, V) = (svd.U(), svd.V());
-    let r = (0..s.nrows()).filter(|&i| s[i] > 1e-9 * s_max).count();
-    let polar = Mat::from_fn(k, k, |i, j| (0..r).map(|q| U[(i, q)] * V[(j, q)]).sum::<f64>());
-    let alpha = Mat::from_fn(k, k, |j, c| if j == c { 0.0 } else { (-polar[(j, c)]).max(0.0) });
+/// Scales a nonnegative matrix `F` (zero diagonal) by `X F X^{-1}` (X diagonal, Osborne's
+/// iteration) until each node's column sum equals its row sum: a circulation. `None` when the
+/// sums cannot be balanced (a node with flow only one way).
+fn balance(F: &Mat<f64>) -> Option<Mat<f64>> {
+    let k = F.nrows();
+    let mut x = vec![1.0f64; k];
+    for _ in 0..5_000 {
+        let mut worst = 0.0f64;
+        for m in 0..k {
+            let row: f64 = (0..k).filter(|&c| c != m).map(|c| F[(m, c)] * x[m] / x[c]).sum();
+            let col: f64 = (0..k).filter(|&j| j != m).map(|j| F[(j, m)] * x[j] / x[m]).sum();
+            if row == 0.0 && col == 0.0 {
+                continue;
+            }
+            if row == 0.0 || col == 0.0 {
+                return None;
+            }
+            worst = worst.max((row - col).abs() / (row + col));
+            x[m] *= (col / row).sqrt();
+        }
+        if worst < 1e-14 {
+            break;
+        }
+    }
+    Some(Mat::from_fn(k, k, |j, c| if j == c { 0.0 } else { F[(j, c)] * x[j] / x[c] }))
+}
+
+/// A dual point from a candidate subgradient `G` of the nuclear norm: multipliers read off its
+/// off-diagonal entries (nonnegative; balanced into a circulation when the bias is free, so that
+/// the bias drops out of the dual), scaled into `‖Γ(α)‖_2 <= 1`; returns `(α, Σ α_{jc} t_c)`.
+fn dual_point(p: &MarginProblem, G: &Mat<f64>) -> Result<(Mat<f64>, f64)> {
+    let k = G.nrows();
+    let mut alpha =
+        Mat::from_fn(k, k, |j, c| if j == c { 0.0 } else { (-G[(j, c)] / p.a[j]).max(0.0) });
+    if p.bias {
+        let flow = Mat::from_fn(k, k, |j, c| alpha[(j, c)] * p.sqrt_n[c]);
+        let Some(balanced) = balance(&flow) else {
+            return Ok((Mat::zeros(k, k), 0.0));
+        };
+        alpha = Mat::from_fn(k, k, |j, c| balanced[(j, c)] / p.sqrt_n[c]);
+    }
     let gamma = Mat::from_fn(k, k, |j, c| {
         if j == c {
-            (0..k).filter(|&i| i != c).map(|i| alpha[(i, c)]).sum()
+            p.a[c] * (0..k).filter(|&i| i != c).map(|i| alpha[(i, c)]).sum::<f64>()
         } else {
-            -alpha[(j, c)]
+            -p.a[j] * alpha[(j, c)]
         }
     });
     let norm =
@@ -113,12 +252,167 @@ fn certificate(B: MatRef<'_, f64>, sqrt_n: &[f64]) -> Result<(Mat<f64>, f64)> {
     }
     let alpha = &alpha * faer::Scale(1.0 / norm.max(1.0));
     let dual = (0..k)
-        .map(|c| sqrt_n[c] * (0..k).filter(|&j| j != c).map(|j| alpha[(j, c)]).sum::<f64>())
+        .map(|c| p.t[c] * (0..k).filter(|&j| j != c).map(|j| alpha[(j, c)]).sum::<f64>())
         .sum();
     Ok((alpha, dual))
 }
 
-/// Solves the class-level nuclear-norm SVM of `profile` to a relative duality gap `tol`.
+/// The dual certificate for a feasible `B`: the subgradients of `‖B‖_*` are `U_r V_rᵀ` (its
+/// polar factor) plus any contraction on its null space; with a one-dimensional null space
+/// `w u₀ v₀ᵀ`, `|w| <= 1` is searched (when `search`) for the best dual (a grid, then golden
+/// sections).
+fn certificate(p: &MarginProblem, B: MatRef<'_, f64>, search: bool) -> Result<(Mat<f64>, f64)> {
+    let k = B.nrows();
+    let svd = B.svd().map_err(|_| Error::Decomposition { what: "SVD of the solution" })?;
+    let s = svd.S().column_vector();
+    let s_max = if s.nrows() > 0 { s[0] } else { 0.0 };
+    let (U, V) = (svd.U(), svd.V());
+    let r = (0..s.nrows()).filter(|&i| s[i] > 1e-9 * s_max).count();
+    let polar = Mat::from_fn(k, k, |i, j| (0..r).map(|q| U[(i, q)] * V[(j, q)]).sum::<f64>());
+    let base = dual_point(p, &polar)?;
+    if r + 1 != k || !search {
+        return Ok(base);
+    }
+    let with = |w: f64| {
+        dual_point(p, &Mat::from_fn(k, k, |i, j| polar[(i, j)] + w * U[(i, r)] * V[(j, r)]))
+    };
+    let mut best = (0.0, base);
+    for i in 0..=20 {
+        let w = -1.0 + 0.1 * f64::from(i);
+        let cand = with(w)?;
+        if cand.1 > best.1.1 {
+            best = (w, cand);
+        }
+    }
+    let (mut lo, mut hi) = ((best.0 - 0.1f64).max(-1.0), (best.0 + 0.1f64).min(1.0));
+    let phi = 0.5 * (5f64.sqrt() - 1.0);
+    for _ in 0..60 {
+        let (x1, x2) = (hi - phi * (hi - lo), lo + phi * (hi - lo));
+        let (d1, d2) = (with(x1)?, with(x2)?);
+        if d1.1 >= d2.1 {
+            hi = x2;
+            if d1.1 > best.1.1 {
+                best = (x1, d1);
+            }
+        } else {
+            lo = x1;
+            if d2.1 > best.1.1 {
+                best = (x2, d2);
+            }
+        }
+    }
+    Ok(best.1)
+}
+
+/// Solves a class-level max-margin problem to a relative duality gap `tol` by ADMM:
+/// singular-value thresholding alternating with the exact column-wise projection onto the
+/// constraints (with a free bias, each column keeps its own copy of b, held to their mean by
+/// consensus), residual balancing, and every 10 iterations a feasible point (the columns
+/// projected with the bias fixed at the copies' mean) and its dual certificate. Starts from
+/// the projection of a seeded random matrix (`seed`).
+///
+/// # Errors
+/// `tol` not positive; an ill-formed problem; decomposition failures.
+pub fn solve_margin(
+    p: &MarginProblem,
+    tol: f64,
+    max_iters: u64,
+    seed: u64,
+) -> Result<MarginSolution> {
+    if !(tol.is_finite() && tol > 0.0) {
+        return Err(Error::InvalidParameter {
+            name: "tol",
+            value: tol.to_string(),
+            rule: "must be a finite number > 0",
+        });
+    }
+    p.check()?;
+    let k = p.k();
+    let scale = p.t.iter().sum::<f64>() / k as f64;
+    let start =
+        crate::random::gaussian_matrix(k, k, 2.0 * scale, &mut crate::random::rng_from_seed(seed));
+    // Per-column bias copies (column c for column c) and their scaled duals.
+    let mut Bc = Mat::<f64>::zeros(k, k);
+    let mut Uc = Mat::<f64>::zeros(k, k);
+    let mut b = vec![0.0; k];
+    let mut Z = project(p, &start, p.bias.then_some(&mut Bc), None);
+    let mut U = Mat::<f64>::zeros(k, k);
+    let mut rho = 1.0 / scale;
+    let mut iters = 0;
+    let mut best: Option<MarginSolution> = None;
+    let mut improved = 0;
+    while iters < max_iters {
+        iters += 1;
+        let (B, _) = svt((&Z - &U).as_ref(), 1.0 / rho)?;
+        if p.bias {
+            for (i, bi) in b.iter_mut().enumerate() {
+                *bi = (0..k).map(|c| Bc[(i, c)] - Uc[(i, c)]).sum::<f64>() / k as f64;
+            }
+        }
+        let (Z_old, Bc_old) = (Z.clone(), Bc.clone());
+        let mut V = Mat::from_fn(k, k, |i, c| b[i] + Uc[(i, c)]);
+        Z = project(p, &(&B + &U), p.bias.then_some(&mut V), None);
+        U = &U + &B - &Z;
+        let mut r_primal = (&B - &Z).norm_l2().powi(2);
+        let mut r_dual = (&Z - &Z_old).norm_l2().powi(2);
+        if p.bias {
+            Bc = V;
+            Uc = Mat::from_fn(k, k, |i, c| Uc[(i, c)] + b[i] - Bc[(i, c)]);
+            r_primal += Mat::from_fn(k, k, |i, c| b[i] - Bc[(i, c)]).norm_l2().powi(2);
+            r_dual += (&Bc - &Bc_old).norm_l2().powi(2);
+        }
+        let (r_primal, r_dual) = (r_primal.sqrt(), rho * r_dual.sqrt());
+        if iters % 10 == 0 || iters == max_iters {
+            let (feasible, bias) = if p.bias {
+                let mut mean: Vec<f64> =
+                    (0..k).map(|i| (0..k).map(|c| Bc[(i, c)]).sum::<f64>() / k as f64).collect();
+                let m = mean.iter().sum::<f64>() / k as f64;
+                mean.iter_mut().for_each(|x| *x -= m);
+                (project(p, &Z, None, Some(&mean)), Some(mean))
+            } else {
+                (Z.clone(), None)
+            };
+            let primal = nuclear(feasible.as_ref())?;
+            // The null-space search of the certificate costs about 80 SVDs: every 200
+            // iterations only.
+            let (alpha, dual) = certificate(p, feasible.as_ref(), iters % 200 == 0)?;
+            let gap = primal - dual;
+            if best.as_ref().is_none_or(|b| gap < b.gap) {
+                if best.as_ref().is_none_or(|b| gap < 0.99 * b.gap) {
+                    improved = iters;
+                }
+                best =
+                    Some(MarginSolution { B: feasible, b: bias, primal, dual, gap, iters, alpha });
+            }
+            if primal - dual <= tol * primal.max(1.0) {
+                break;
+            }
+            // Stalled: no 1 % improvement of the gap in 10000 iterations (the gap reached is
+            // reported).
+            if iters - improved > 10_000 {
+                break;
+            }
+        }
+        // Residual balancing: keep the primal and dual residuals within a factor 10 (with a
+        // free bias only every 50 iterations of the first 5000: changing ρ more often makes
+        // the consensus iteration cycle).
+        let adapt = !p.bias || (iters % 50 == 0 && iters < 5_000);
+        if adapt && r_primal > 10.0 * r_dual {
+            rho *= 2.0;
+            U = &U * faer::Scale(0.5);
+            Uc = &Uc * faer::Scale(0.5);
+        } else if adapt && r_dual > 10.0 * r_primal {
+            rho *= 0.5;
+            U = &U * faer::Scale(2.0);
+            Uc = &Uc * faer::Scale(2.0);
+        }
+    }
+    let best = best.expect("at least one certificate is computed");
+    Ok(MarginSolution { gap: best.gap.max(0.0), iters, ..best })
+}
+
+/// Solves the class-level nuclear-norm SVM of `profile` (plain cross-entropy, no bias) to a
+/// relative duality gap `tol`, and compares it with the SEL matrix.
 ///
 /// ADMM starts from the projection of a seeded random matrix (`seed`), not from the
 /// projection of 0: that one is the SEL matrix itself (the feasible point of least Frobenius
@@ -127,63 +421,21 @@ fn certificate(B: MatRef<'_, f64>, sqrt_n: &[f64]) -> Result<(Mat<f64>, f64)> {
 /// # Errors
 /// `tol` not positive; decomposition failures.
 pub fn solve_svm(profile: &Profile, tol: f64, max_iters: u64, seed: u64) -> Result<SvmSolution> {
-    if !(tol.is_finite() && tol > 0.0) {
-        return Err(Error::InvalidParameter {
-            name: "tol",
-            value: tol.to_string(),
-            rule: "must be a finite number > 0",
-        });
-    }
+    let p = MarginProblem::ce(profile);
+    let sol = solve_margin(&p, tol, max_iters, seed)?;
     let k = profile.k();
-    let sqrt_n: Vec<f64> = profile.counts().iter().map(|&c| (c as f64).sqrt()).collect();
-    let scale = sqrt_n.iter().sum::<f64>() / k as f64;
-    let start =
-        crate::random::gaussian_matrix(k, k, 2.0 * scale, &mut crate::random::rng_from_seed(seed));
-    let mut Z = project(&start, &sqrt_n);
-    let mut U = Mat::<f64>::zeros(k, k);
-    let mut rho = 1.0 / scale;
-    let mut iters = 0;
-    let mut best: Option<(Mat<f64>, f64, Mat<f64>, f64)> = None;
-    while iters < max_iters {
-        iters += 1;
-        let (B, _) = svt((&Z - &U).as_ref(), 1.0 / rho)?;
-        let Z_old = Z.clone();
-        Z = project(&(&B + &U), &sqrt_n);
-        U = &U + &B - &Z;
-        let r_primal = (&B - &Z).norm_l2();
-        let r_dual = rho * (&Z - &Z_old).norm_l2();
-        if iters % 10 == 0 || iters == max_iters {
-            let primal = nuclear(Z.as_ref())?;
-            let (alpha, dual) = certificate(Z.as_ref(), &sqrt_n)?;
-            if best.as_ref().is_none_or(|b| primal - dual < b.1 - b.3) {
-                best = Some((Z.clone(), primal, alpha, dual));
-            }
-            if primal - dual <= tol * primal.max(1.0) {
-                break;
-            }
-        }
-        // Residual balancing: keep the primal and dual residuals within a factor 10.
-        if r_primal > 10.0 * r_dual {
-            rho *= 2.0;
-            U = &U * faer::Scale(0.5);
-        } else if r_dual > 10.0 * r_primal {
-            rho *= 0.5;
-            U = &U * faer::Scale(2.0);
-        }
-    }
-    let (B, primal, alpha, dual) = best.expect("at least one certificate is computed");
     let P = centering_projector(k);
-    let sel = Mat::from_fn(k, k, |i, j| P[(i, j)] * sqrt_n[j]);
+    let sel = Mat::from_fn(k, k, |i, j| P[(i, j)] * p.sqrt_n[j]);
     Ok(SvmSolution {
-        dist_to_sel: normalized_distance(B.as_ref(), sel.as_ref())?,
-        max_abs_diff_sel: (&B - &sel).norm_max(),
+        dist_to_sel: normalized_distance(sol.B.as_ref(), sel.as_ref())?,
+        max_abs_diff_sel: (&sol.B - &sel).norm_max(),
         sel_nuclear_norm: nuclear(sel.as_ref())?,
-        gap: (primal - dual).max(0.0),
-        B,
-        primal,
-        dual,
-        iters,
-        alpha,
+        gap: sol.gap,
+        B: sol.B,
+        primal: sol.primal,
+        dual: sol.dual,
+        iters: sol.iters,
+        alpha: sol.alpha,
     })
 }
 
@@ -194,7 +446,7 @@ mod tests {
     #[test]
     fn projection_is_feasible_and_closest() {
         let mut a = vec![0.3, 1.0, -0.2, 0.9];
-        project_column(&mut a, 0, 1.0);
+        project_column(&mut a, None, 0, &[1.0; 4], 0.0, &[1.0; 4]);
         for j in 1..4 {
             assert!(a[0] - a[j] >= 1.0 - 1e-12, "{a:?}");
         }
@@ -203,7 +455,7 @@ mod tests {
             assert!((x - y).abs() < 1e-12, "{a:?}");
         }
         let mut b = vec![5.0, 0.0, 1.0];
-        project_column(&mut b, 0, 1.0);
+        project_column(&mut b, None, 0, &[1.0; 3], 0.0, &[1.0; 3]);
         assert_eq!(b, vec![5.0, 0.0, 1.0], "feasible points stay");
     }
 }
