@@ -4,9 +4,10 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use seli_core::Geometry;
-use seli_io::GeometryRecord;
+use seli_core::{Geometry, Target};
+use seli_io::{GeometryRecord, LossGeometryRecord};
 
+use crate::loss_args::LossArgs;
 use crate::profile_args::ProfileArgs;
 
 /// Flags of `seli geometry`.
@@ -16,10 +17,20 @@ use crate::profile_args::ProfileArgs;
   seli geometry --step 10,100,0.5 --json out.json
   seli geometry --long-tail 10,5000,100
   seli geometry --counts 5000,5000,500,500 --d 16 --seed 3 --json seli.json
-  seli geometry --labels train_labels.npy --classes 10")]
+  seli geometry --labels train_labels.npy --classes 10
+  seli geometry --loss cdt --gamma 0.5            the target of cdt (certified max-margin solve)
+  seli geometry --bias --json bias.json           plain cross-entropy with a free bias")]
 pub struct GeometryArgs {
     #[command(flatten)]
     pub profile: ProfileArgs,
+
+    #[command(flatten)]
+    pub loss: LossArgs,
+
+    /// Logits with a free, unregularized bias b (the target then comes from the certified
+    /// max-margin solve with b)
+    #[arg(long)]
+    pub bias: bool,
 
     /// Write everything (spectrum, per-class and group statistics, all k x k matrices, the
     /// realization) as JSON to PATH (schema seli.geometry.v1, see docs/formats.md).
@@ -41,8 +52,50 @@ pub struct GeometryArgs {
     pub figures: Option<PathBuf>,
 }
 
+/// Relative duality gap of the certified solves behind a loss's target.
+pub const TARGET_TOL: f64 = 1e-10;
+
+/// What `seli geometry` computed: SELI (plain cross-entropy), or another loss's target.
+pub enum Computed {
+    /// SELI and its record.
+    Seli(Box<(Geometry, GeometryRecord)>),
+    /// The record of a loss's certified target.
+    Loss(Box<LossGeometryRecord>),
+}
+
+impl Computed {
+    /// The record as JSON.
+    pub fn json(&self) -> Result<serde_json::Value> {
+        Ok(match self {
+            Computed::Seli(g) => serde_json::to_value(&g.1)?,
+            Computed::Loss(r) => serde_json::to_value(r)?,
+        })
+    }
+}
+
 /// The geometry and its record for these flags (nothing printed or written).
-pub fn compute(args: &GeometryArgs) -> Result<(Geometry, GeometryRecord)> {
+pub fn compute(args: &GeometryArgs) -> Result<Computed> {
+    let loss = args.loss.resolve(args.bias)?;
+    if !loss.is_plain() {
+        if args.d.is_some() {
+            anyhow::bail!(
+                "--d realizes SELI only; leave it out with --loss {} or --bias",
+                loss.kind
+            );
+        }
+        let (profile, source) = args.profile.resolve()?;
+        let start = std::time::Instant::now();
+        let target = Target::solve(&profile, loss, TARGET_TOL, 200_000, 0)?;
+        let seli = Geometry::new(&profile)?;
+        tracing::info!(k = profile.k(), loss = %loss.describe(), iters = target.solution().iters, elapsed = ?start.elapsed(), "target solved");
+        let rec = LossGeometryRecord::new(&target, &seli, TARGET_TOL, source.as_deref())?;
+        return Ok(Computed::Loss(Box::new(rec)));
+    }
+    Ok(Computed::Seli(Box::new(compute_seli(args)?)))
+}
+
+/// SELI and its record for these flags.
+fn compute_seli(args: &GeometryArgs) -> Result<(Geometry, GeometryRecord)> {
     let (profile, source) = args.profile.resolve()?;
     let start = std::time::Instant::now();
     let geometry = Geometry::new(&profile)?;
@@ -56,15 +109,24 @@ pub fn compute(args: &GeometryArgs) -> Result<(Geometry, GeometryRecord)> {
 
 /// Runs `seli geometry`.
 pub fn run(args: &GeometryArgs) -> Result<()> {
-    let (geometry, record) = compute(args)?;
-    print!("{}", seli_run::report::geometry_summary(&record));
+    if args.figures.is_some() && !args.loss.resolve(args.bias)?.is_plain() {
+        anyhow::bail!("--figures draws SELI only; leave it out with --loss or --bias");
+    }
+    let computed = compute(args)?;
+    match &computed {
+        Computed::Seli(g) => print!("{}", seli_run::report::geometry_summary(&g.1)),
+        Computed::Loss(r) => print!("{}", seli_run::report::loss_geometry_summary(r)),
+    }
     if let Some(path) = &args.json {
-        seli_io::write_json_atomic(path, "geometry record", &record)?;
+        seli_io::write_json_atomic(path, "geometry record", &computed.json()?)?;
         println!("\nwrote {}", path.display());
     }
+    let Computed::Seli(seli) = &computed else {
+        return Ok(());
+    };
     if let Some(dir) = &args.figures {
         let figs =
-            seli_report::report::geometry_figures(&geometry).map_err(|e| anyhow::anyhow!(e))?;
+            seli_report::report::geometry_figures(&seli.0).map_err(|e| anyhow::anyhow!(e))?;
         for f in seli_report::report::save_figures(dir, &figs).map_err(|e| anyhow::anyhow!(e))? {
             println!("figure {}", f.display());
         }

@@ -4,6 +4,7 @@
 mod analyze;
 mod bench;
 mod geometry;
+mod loss_args;
 mod profile_args;
 mod report;
 mod reproduce;

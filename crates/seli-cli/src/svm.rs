@@ -6,14 +6,25 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Args;
 
+use crate::loss_args::LossArgs;
 use crate::profile_args::ProfileArgs;
 
 /// Flags of `seli svm`.
 #[derive(Debug, Args)]
-#[command(after_help = "Example: seli svm --counts 7,3,1,12,5 --json svm.json")]
+#[command(after_help = "Examples:
+  seli svm --counts 7,3,1,12,5 --json svm.json
+  seli svm --loss cdt --gamma 0.5                the max-margin problem of cdt
+  seli svm --bias                                 with a free, unregularized bias")]
 pub struct SvmArgs {
     #[command(flatten)]
     pub profile: ProfileArgs,
+
+    #[command(flatten)]
+    pub loss: LossArgs,
+
+    /// Logits with a free, unregularized bias b
+    #[arg(long)]
+    pub bias: bool,
 
     /// Relative duality-gap tolerance.
     #[arg(long, default_value_t = 1e-10)]
@@ -34,17 +45,24 @@ pub struct SvmArgs {
 
 /// Runs `seli svm`.
 pub fn run(args: &SvmArgs) -> Result<()> {
+    let loss = args.loss.resolve(args.bias)?;
     let (p, source) = args.profile.resolve()?;
     let rec = seli_run::solutions::svm_record(
         &p,
         source.as_deref(),
+        &loss,
         args.tol,
         args.max_iters,
         args.seed,
     )?;
     let f = |k: &str| rec[k].as_f64().unwrap_or(f64::NAN);
     let certified = rec["certified"].as_bool().unwrap_or(false);
-    println!("max-margin (nuclear-norm SVM) solution at class level, k = {}, n = {}", p.k(), p.n());
+    println!(
+        "max-margin (nuclear-norm SVM) solution at class level, k = {}, n = {}, loss {}",
+        p.k(),
+        p.n(),
+        loss.describe()
+    );
     println!(
         "  ||X||_*             {:.12}   (||Z_hat||_* = {:.12})",
         f("primal"),
@@ -62,6 +80,11 @@ pub fn run(args: &SvmArgs) -> Result<()> {
         f("dist_to_sel"),
         f("max_abs_diff_sel")
     );
+    if let Some(b) = rec["bias"].as_array() {
+        let b: Vec<String> =
+            b.iter().map(|x| format!("{:.6}", x.as_f64().unwrap_or(f64::NAN))).collect();
+        println!("  bias b              {}", b.join(", "));
+    }
     if let Some(path) = &args.json {
         seli_io::write_json_atomic(path, "svm record", &rec)?;
         println!("wrote {}", path.display());

@@ -351,7 +351,7 @@ fn dataset(cache: &DataCache, cfg: &TrainConfig) -> Result<Arc<Dataset>> {
 fn run_point(job: &Job, dir: &Path, data: &DataCache) -> Result<bool> {
     match job {
         Job::Geometry(a) => {
-            let (_, rec) = crate::geometry::compute(a)?;
+            let rec = crate::geometry::compute(a)?.json()?;
             seli_io::write_json_atomic(&dir.join("geometry.json"), "geometry record", &rec)?;
         }
         Job::Ridge(a) => {

@@ -138,6 +138,14 @@ fn cdt_targets_are_certified_and_move_with_gamma() {
         assert!(d > last + 1e-3, "{ctx}: distance to SELI {d} after {last}");
         last = d;
     }
+    // γ = 1/2 (Δ_maj/Δ_min = √R): three equal singular values, classifiers parallel to their
+    // class means (docs/theory.md §10).
+    let t = target(&p, LossKind::Cdt, 0.5, false);
+    let s = t.singular_values();
+    assert!((s[0] - s[2]).abs() < 1e-6 * s[0] && s[3] < 1e-6 * s[0], "{s:?}");
+    for c in t.stats().unwrap().cos_w_mu {
+        assert!((c - 1.0).abs() < 1e-6, "cos(w_c, mu_c) = {c}");
+    }
 }
 
 /// A free bias: balanced counts keep the ETF with b = 0; under imbalance the certified optimum

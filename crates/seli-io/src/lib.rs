@@ -22,4 +22,4 @@ pub mod sweep;
 pub use atomic::{create_new_atomic, write_atomic, write_json_atomic};
 pub use error::{Error, Result};
 pub use labels::{profile_from_label_file, read_labels};
-pub use record::GeometryRecord;
+pub use record::{GeometryRecord, LossGeometryRecord};

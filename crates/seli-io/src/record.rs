@@ -67,7 +67,7 @@ use std::path::Path;
 
 use faer::MatRef;
 use seli_core::metrics::{GroupMeans, PairMeans};
-use seli_core::{ClassStats, Geometry, ProfileKind, Realization};
+use seli_core::{ClassStats, Geometry, Loss, Profile, ProfileKind, Realization, Target};
 use serde::{Deserialize, Serialize};
 
 /// Schema tag of [`GeometryRecord`].
@@ -161,6 +161,22 @@ pub struct ClassRecord {
     pub cos_w_mu: f64,
 }
 
+impl ClassRecord {
+    /// One record per class of `profile` from its statistics.
+    pub fn all(profile: &Profile, stats: &ClassStats) -> Vec<ClassRecord> {
+        (0..profile.k())
+            .map(|c| ClassRecord {
+                class: c,
+                count: profile.counts()[c],
+                group: profile.group(c).map(|x| x.name()),
+                w_norm: stats.w_norms[c],
+                mu_norm: stats.m_norms[c],
+                cos_w_mu: stats.cos_w_mu[c],
+            })
+            .collect()
+    }
+}
+
 /// Group means of a per-class quantity.
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct GroupPair {
@@ -210,6 +226,21 @@ pub struct GroupRecord {
     pub cos_w: CosinePairs,
     /// Class-mean cosines by group pair.
     pub cos_mu: CosinePairs,
+}
+
+impl GroupRecord {
+    /// The group summaries of `stats`, when its classes have groups.
+    pub fn of(stats: &ClassStats) -> Option<GroupRecord> {
+        stats.by_group.as_ref().map(|b| GroupRecord {
+            w_norm_sq: b.w_norm_sq.into(),
+            mu_norm_sq: b.m_norm_sq.into(),
+            cos_w_mu: b.cos_w_mu.into(),
+            norm_ratio_w: b.norm_ratio_w,
+            norm_ratio_mu: b.norm_ratio_m,
+            cos_w: b.cos_w.into(),
+            cos_mu: b.cos_m.into(),
+        })
+    }
 }
 
 /// Normalized distances between SELI and the ETF.
@@ -323,25 +354,8 @@ impl GeometryRecord {
         source: Option<&Path>,
     ) -> Self {
         let p = g.profile();
-        let classes = (0..g.k())
-            .map(|c| ClassRecord {
-                class: c,
-                count: p.counts()[c],
-                group: p.group(c).map(|x| x.name()),
-                w_norm: stats.w_norms[c],
-                mu_norm: stats.m_norms[c],
-                cos_w_mu: stats.cos_w_mu[c],
-            })
-            .collect();
-        let groups = stats.by_group.as_ref().map(|b| GroupRecord {
-            w_norm_sq: b.w_norm_sq.into(),
-            mu_norm_sq: b.m_norm_sq.into(),
-            cos_w_mu: b.cos_w_mu.into(),
-            norm_ratio_w: b.norm_ratio_w,
-            norm_ratio_mu: b.norm_ratio_m,
-            cos_w: b.cos_w.into(),
-            cos_mu: b.cos_m.into(),
-        });
+        let classes = ClassRecord::all(p, stats);
+        let groups = GroupRecord::of(stats);
         GeometryRecord {
             schema: GEOMETRY_SCHEMA,
             seli_version: env!("CARGO_PKG_VERSION"),
@@ -375,5 +389,170 @@ impl GeometryRecord {
                 wtm_residual: r.wtm_residual,
             }),
         }
+    }
+}
+
+/// Schema tag of [`LossGeometryRecord`].
+pub const LOSS_GEOMETRY_SCHEMA: &str = "seli.loss-geometry.v1";
+
+/// The loss part of a record.
+#[derive(Debug, Clone, Serialize)]
+pub struct LossRecord {
+    /// `ce`, `cdt`, `ldt`, `la` or `vs`.
+    pub loss: &'static str,
+    /// Exponent of `Δ`.
+    pub gamma: f64,
+    /// Scale of `ι`.
+    pub tau: f64,
+    /// Whether the logits have a free bias.
+    pub bias: bool,
+    /// `Δ_c` (mean 1).
+    pub delta: Vec<f64>,
+    /// `ι_c`.
+    pub iota: Vec<f64>,
+}
+
+impl LossRecord {
+    /// The record of `loss` for `profile`.
+    pub fn new(loss: &Loss, profile: &Profile) -> Self {
+        LossRecord {
+            loss: loss.kind.name(),
+            gamma: loss.gamma,
+            tau: loss.tau,
+            bias: loss.bias,
+            delta: loss.delta(profile),
+            iota: loss.iota(profile),
+        }
+    }
+}
+
+/// The certified max-margin solution behind a loss's target.
+#[derive(Debug, Clone, Serialize)]
+pub struct TargetRecord {
+    /// Rank of the target's logits.
+    pub rank: usize,
+    /// Singular values of `B` (k of them, non-increasing).
+    pub singular_values: Vec<f64>,
+    /// `‖B‖_* = ½(‖W‖² + ‖H‖²)` at margins 1.
+    pub nuclear_norm: f64,
+    /// `‖Ẑ‖_*`, plain cross-entropy's optimum.
+    pub sel_nuclear_norm: f64,
+    /// Dual objective of the certificate.
+    pub dual: f64,
+    /// `nuclear_norm − dual`.
+    pub gap: f64,
+    /// Whether the gap is within the tolerance (relative).
+    pub certified: bool,
+    /// ADMM iterations.
+    pub iters: u64,
+    /// The bias at the target (mean zero), with a free bias.
+    pub bias: Option<Vec<f64>>,
+}
+
+/// Normalized distances of a loss's target to SELI and to the ETF.
+#[derive(Debug, Clone, Serialize)]
+pub struct TargetDistanceRecord {
+    /// `dist(G_W^target, G_W^SELI)`.
+    pub dist_gw_seli: f64,
+    /// `dist(G_M^target, G_M^SELI)`.
+    pub dist_gm_seli: f64,
+    /// `dist(G_W^target, G_W^ETF)`.
+    pub dist_gw_etf: f64,
+    /// `dist(G_M^target, G_M^ETF)`.
+    pub dist_gm_etf: f64,
+}
+
+/// The k×k matrices of a loss's target.
+#[derive(Debug, Clone, Serialize)]
+pub struct TargetMatricesRecord {
+    /// `G_W`.
+    pub gram_w: Vec<Vec<f64>>,
+    /// `G_M`.
+    pub gram_m: Vec<Vec<f64>>,
+    /// `WᵀM = B D^{-1/2}`.
+    pub logits: Vec<Vec<f64>>,
+    /// Classifier cosines.
+    pub cos_w: Vec<Vec<f64>>,
+    /// Class-mean cosines.
+    pub cos_mu: Vec<Vec<f64>>,
+    /// The dual multipliers (entry (j, c): class c's constraint against j).
+    pub alpha: Vec<Vec<f64>>,
+}
+
+/// `seli geometry --loss ...` as JSON (schema [`LOSS_GEOMETRY_SCHEMA`]): the implicit-geometry
+/// target of a loss (docs/theory.md §10) beside SELI and the ETF.
+#[derive(Debug, Clone, Serialize)]
+pub struct LossGeometryRecord {
+    /// Always [`LOSS_GEOMETRY_SCHEMA`].
+    pub schema: &'static str,
+    /// Version of the tool that wrote the record.
+    pub seli_version: &'static str,
+    /// The class-count profile.
+    pub profile: ProfileRecord,
+    /// The loss.
+    pub loss: LossRecord,
+    /// The certified solution.
+    pub target: TargetRecord,
+    /// Per-class statistics of the target.
+    pub classes: Vec<ClassRecord>,
+    /// Majority/minority summaries of the target, when groups are defined.
+    pub groups: Option<GroupRecord>,
+    /// Distances of the target to SELI and to the ETF.
+    pub distances: TargetDistanceRecord,
+    /// Full k×k matrices.
+    pub matrices: TargetMatricesRecord,
+}
+
+impl LossGeometryRecord {
+    /// The record of a loss's target, its statistics and the SELI geometry of the same profile;
+    /// `tol` is the relative gap the certificate was asked for.
+    ///
+    /// # Errors
+    /// A target with a zero classifier or class mean (no cosines).
+    pub fn new(
+        t: &Target,
+        seli: &Geometry,
+        tol: f64,
+        source: Option<&Path>,
+    ) -> seli_core::Result<Self> {
+        let stats = t.stats()?;
+        let p = t.profile();
+        let sol = t.solution();
+        let d = |a: MatRef<'_, f64>, b: MatRef<'_, f64>| {
+            seli_core::metrics::normalized_distance(a, b).unwrap_or(f64::NAN)
+        };
+        Ok(LossGeometryRecord {
+            schema: LOSS_GEOMETRY_SCHEMA,
+            seli_version: env!("CARGO_PKG_VERSION"),
+            profile: ProfileRecord::new(p, source),
+            loss: LossRecord::new(&t.loss(), p),
+            target: TargetRecord {
+                rank: t.rank(),
+                singular_values: t.singular_values().to_vec(),
+                nuclear_norm: sol.primal,
+                sel_nuclear_norm: seli.nuclear_norm(),
+                dual: sol.dual,
+                gap: sol.gap,
+                certified: sol.gap <= tol * sol.primal.max(1.0),
+                iters: sol.iters,
+                bias: t.bias().map(<[f64]>::to_vec),
+            },
+            classes: ClassRecord::all(p, &stats),
+            groups: GroupRecord::of(&stats),
+            distances: TargetDistanceRecord {
+                dist_gw_seli: d(t.gram_w(), seli.gram_w()),
+                dist_gm_seli: d(t.gram_m(), seli.gram_m()),
+                dist_gw_etf: d(t.gram_w(), seli.etf_gram_w().as_ref()),
+                dist_gm_etf: d(t.gram_m(), seli.etf_gram_m().as_ref()),
+            },
+            matrices: TargetMatricesRecord {
+                gram_w: rows(t.gram_w()),
+                gram_m: rows(t.gram_m()),
+                logits: rows(t.logit_target()),
+                cos_w: rows(stats.cos_w.as_ref()),
+                cos_mu: rows(stats.cos_m.as_ref()),
+                alpha: rows(sol.alpha.as_ref()),
+            },
+        })
     }
 }

@@ -25,6 +25,12 @@ use seli_run::spec::{DEFAULT_STEP, parse_counts, parse_long_tail, parse_step};
 use seli_run::ufm::{Dtype, UfmParams, record_schedule};
 
 /// A `ValueError` with `e`'s message (its whole chain).
+/// A checked loss from its Python arguments.
+fn loss_of(loss: &str, gamma: f64, tau: f64, bias: bool) -> PyResult<seli_core::Loss> {
+    let kind: seli_core::LossKind = loss.parse().map_err(value_error)?;
+    seli_core::Loss::new(kind, gamma, tau, bias).map_err(value_error)
+}
+
 fn value_error(e: impl std::fmt::Display) -> PyErr {
     PyValueError::new_err(format!("{e:#}"))
 }
@@ -334,11 +340,17 @@ fn reduction(s: &str) -> PyResult<Reduction> {
 /// `classes`, `groups`, `distances` (`dist_gw_seli_etf`, `dist_gm_seli_etf`), `matrices`
 /// (`gram_w`, `gram_m`, `logits`, ETF Grams, cosines as k x k float64 arrays).
 ///
+/// With `loss` (`"cdt"`, `"ldt"`, `"la"`, `"vs"`; `gamma`, `tau`) or `bias=True`: the
+/// implicit-geometry target of that loss instead (schema seli.loss-geometry.v1, as
+/// `seli geometry --loss ... --json`): `loss`, `target` (certified solve, bias), `classes`,
+/// `groups`, `distances` (`dist_gw_seli`, `dist_gw_etf`, ...), `matrices`.
+///
 /// >>> g = seli.geometry(step="10,100,0.5")
 /// >>> g["distances"]["dist_gw_seli_etf"]
 /// 0.6339...
+/// >>> seli.geometry(step="10,10,0.5", loss="cdt", gamma=0.5)["groups"]["norm_ratio_w"]
 #[pyfunction]
-#[pyo3(signature = (counts=None, *, step=None, long_tail=None, labels=None, classes=None, d=None, seed=0))]
+#[pyo3(signature = (counts=None, *, step=None, long_tail=None, labels=None, classes=None, d=None, seed=0, loss="ce", gamma=0.0, tau=0.0, bias=false))]
 #[allow(clippy::too_many_arguments)]
 fn geometry<'py>(
     py: Python<'py>,
@@ -349,8 +361,28 @@ fn geometry<'py>(
     classes: Option<usize>,
     d: Option<usize>,
     seed: u64,
+    loss: &str,
+    gamma: f64,
+    tau: f64,
+    bias: bool,
 ) -> PyResult<Bound<'py, PyAny>> {
     let (p, source) = profile(py, counts, step, long_tail, labels, classes)?;
+    let loss = loss_of(loss, gamma, tau, bias)?;
+    if !loss.is_plain() {
+        if d.is_some() {
+            return Err(value_error("d realizes SELI only; leave it out with a loss or bias"));
+        }
+        let rec = py
+            .detach(|| -> seli_core::Result<serde_json::Value> {
+                let tol = 1e-10;
+                let t = seli_core::Target::solve(&p, loss, tol, 200_000, 0)?;
+                let g = Geometry::new(&p)?;
+                let rec = seli_io::LossGeometryRecord::new(&t, &g, tol, source.as_deref())?;
+                Ok(serde_json::to_value(&rec).unwrap_or_default())
+            })
+            .map_err(value_error)?;
+        return record(py, &rec);
+    }
     let rec = py
         .detach(|| -> Result<_, String> {
             let g = Geometry::new(&p).map_err(|e| e.to_string())?;
@@ -526,7 +558,7 @@ fn ridge_path<'py>(
 /// `seli svm --json` records it (schema seli.svm.v1); the paper's theorem says it is the SEL
 /// matrix (`dist_to_sel` ~ 0).
 #[pyfunction]
-#[pyo3(signature = (counts=None, *, step=None, long_tail=None, labels=None, classes=None, tol=1e-10, max_iters=200_000, seed=0))]
+#[pyo3(signature = (counts=None, *, step=None, long_tail=None, labels=None, classes=None, tol=1e-10, max_iters=200_000, seed=0, loss="ce", gamma=0.0, tau=0.0, bias=false))]
 #[allow(clippy::too_many_arguments)]
 fn svm<'py>(
     py: Python<'py>,
@@ -538,10 +570,17 @@ fn svm<'py>(
     tol: f64,
     max_iters: u64,
     seed: u64,
+    loss: &str,
+    gamma: f64,
+    tau: f64,
+    bias: bool,
 ) -> PyResult<Bound<'py, PyAny>> {
     let (p, source) = profile(py, counts, step, long_tail, labels, classes)?;
+    let loss = loss_of(loss, gamma, tau, bias)?;
     let rec = py
-        .detach(|| seli_run::solutions::svm_record(&p, source.as_deref(), tol, max_iters, seed))
+        .detach(|| {
+            seli_run::solutions::svm_record(&p, source.as_deref(), &loss, tol, max_iters, seed)
+        })
         .map_err(value_error)?;
     record(py, &rec)
 }

@@ -66,6 +66,26 @@ def test_geometry_equals_cli_json(tmp_path, kw, flags):
     assert py == cli
 
 
+@pytest.mark.parametrize(
+    "kw,flags",
+    [
+        ({"loss": "cdt", "gamma": 0.5}, ["--loss", "cdt", "--gamma", "0.5"]),
+        ({"loss": "ldt", "gamma": -1.0, "bias": True}, ["--loss", "ldt", "--gamma", "-1", "--bias"]),
+        ({"bias": True}, ["--bias"]),
+    ],
+)
+def test_loss_targets_equal_cli_json(tmp_path, kw, flags):
+    py = plain(seli.geometry(step="4,10,0.5,1", **kw))
+    cli = cli_json(tmp_path, "geometry", "--step", "4,10,0.5,1", *flags)
+    assert py == cli and py["schema"] == "seli.loss-geometry.v1" and py["target"]["certified"]
+    py = plain(seli.svm(step="4,10,0.5,1", **kw))
+    assert py == cli_json(tmp_path, "svm", "--step", "4,10,0.5,1", *flags)
+    with pytest.raises(ValueError, match="tau = 1: applies to the losses la and vs only"):
+        seli.geometry(step="4,10,0.5,1", loss="cdt", tau=1.0)
+    with pytest.raises(ValueError, match="loss = focal"):
+        seli.svm(step="4,10,0.5,1", loss="focal")
+
+
 def test_geometry_of_label_arrays_and_files(tmp_path):
     y = np.array([0, 0, 0, 1, 2, 2], dtype=np.int32)
     f = tmp_path / "y.txt"

@@ -74,9 +74,15 @@ impl Command {
     /// The results a sweep report plots against the swept key.
     pub fn key_results(self) -> &'static [&'static str] {
         match self {
-            Command::Geometry => {
-                &["dist_gw_seli_etf", "dist_gm_seli_etf", "norm_ratio_w", "cos_w_min_min"]
-            }
+            // SELI's distance to the ETF; a loss's target's distances to SELI and the ETF.
+            Command::Geometry => &[
+                "dist_gw_seli_etf",
+                "dist_gm_seli_etf",
+                "dist_gw_seli",
+                "dist_gw_etf",
+                "norm_ratio_w",
+                "cos_w_min_min",
+            ],
             Command::Ridge => &["dist_gw_seli", "dist_gw_etf", "norm_ratio_w", "cos_w_min_min"],
             Command::RidgePath => {
                 &["lambda_star", "lambda_mc", "last_dist_gw_seli", "last_dist_gw_etf"]

@@ -3,7 +3,10 @@
 
 use std::fmt::Write;
 
-use seli_io::record::{CosinePairs, GeometryRecord, GroupPair};
+use seli_io::record::{
+    ClassRecord, CosinePairs, GeometryRecord, GroupPair, GroupRecord, LossGeometryRecord,
+    ProfileRecord,
+};
 
 /// At most this many classes get a per-class table.
 const PER_CLASS_MAX: usize = 12;
@@ -51,8 +54,7 @@ fn spectrum(values: &[f64]) -> String {
     parts.join(", ")
 }
 
-fn profile_line(rec: &GeometryRecord) -> String {
-    let p = &rec.profile;
+fn profile_line(p: &ProfileRecord) -> String {
     // Parameters as the user typed them (10, 0.5), not in table precision.
     let plain = |x: Option<f64>| x.map_or_else(|| "-".to_string(), |v| v.to_string());
     let params = match p.kind.as_str() {
@@ -90,7 +92,7 @@ pub fn geometry_summary(rec: &GeometryRecord) -> String {
     let p = &rec.profile;
     let k = p.k;
     let _ = writeln!(out, "SELI geometry (exact, class level, scale alpha = 1)");
-    let _ = writeln!(out, "{}", profile_line(rec));
+    let _ = writeln!(out, "{}", profile_line(&rec.profile));
     let counts: Vec<(f64, usize)> = runs(&p.counts.iter().map(|&c| c as f64).collect::<Vec<_>>());
     if counts.len() <= SPECTRUM_MAX {
         let desc: Vec<String> = counts.iter().map(|(v, m)| format!("{m} x {v}")).collect();
@@ -110,75 +112,13 @@ pub fn geometry_summary(rec: &GeometryRecord) -> String {
         num(rec.sel.frobenius_norm_sq)
     );
 
-    if let Some(g) = &rec.groups {
-        let _ = writeln!(out);
-        let _ = writeln!(out, "  {:<22}{:>14}{:>14}", "by group", "majority", "minority");
-        group_line(&mut out, "||w_c||^2", &g.w_norm_sq);
-        group_line(&mut out, "||mu_c||^2", &g.mu_norm_sq);
-        group_line(&mut out, "cos(w_c, mu_c)", &g.cos_w_mu);
-        let _ = writeln!(
-            out,
-            "  norm ratios           ||w_maj||^2/||w_min||^2 = {}   ||mu_maj||^2/||mu_min||^2 = {}",
-            opt(g.norm_ratio_w),
-            opt(g.norm_ratio_mu)
-        );
-        let _ = writeln!(out);
-        let _ = writeln!(
-            out,
-            "  {:<22}{:>14}{:>14}{:>14}{:>14}",
-            "cosines", "maj-maj", "min-min", "maj-min", "ETF"
-        );
-        let etf = -1.0 / (k as f64 - 1.0);
-        cosine_line(&mut out, "classifiers w", &g.cos_w, etf);
-        cosine_line(&mut out, "class means mu", &g.cos_mu, etf);
-    }
-    if k <= PER_CLASS_MAX {
-        let _ = writeln!(out);
-        let _ = writeln!(
-            out,
-            "  {:>5} {:>10} {:>9} {:>14}{:>14}{:>14}",
-            "class", "count", "group", "||w_c||", "||mu_c||", "cos(w_c,mu_c)"
-        );
-        for c in &rec.classes {
-            let _ = writeln!(
-                out,
-                "  {:>5} {:>10} {:>9} {:>14}{:>14}{:>14}",
-                c.class,
-                c.count,
-                c.group.unwrap_or("-"),
-                num(c.w_norm),
-                num(c.mu_norm),
-                num(c.cos_w_mu)
-            );
-        }
-    }
-    if rec.groups.is_none() {
-        let off = |m: &Vec<Vec<f64>>| {
-            let v: Vec<f64> = (0..k)
-                .flat_map(|i| (0..k).filter(move |&j| j != i).map(move |j| (i, j)))
-                .map(|(i, j)| m[i][j])
-                .collect();
-            (
-                v.iter().cloned().fold(f64::INFINITY, f64::min),
-                v.iter().cloned().fold(f64::NEG_INFINITY, f64::max),
-            )
-        };
-        let (wl, wh) = off(&rec.matrices.cos_w);
-        let (ml, mh) = off(&rec.matrices.cos_mu);
-        let _ = writeln!(out);
-        let _ = writeln!(
-            out,
-            "  cosines between classes (no majority/minority groups for this profile)"
-        );
-        let _ = writeln!(
-            out,
-            "  classifiers w         from {} to {}   (ETF: {})",
-            num(wl),
-            num(wh),
-            num(-1.0 / (k as f64 - 1.0))
-        );
-        let _ = writeln!(out, "  class means mu        from {} to {}", num(ml), num(mh));
-    }
+    shape_tables(
+        &mut out,
+        k,
+        rec.groups.as_ref(),
+        &rec.classes,
+        (&rec.matrices.cos_w, &rec.matrices.cos_mu),
+    );
     let _ = writeln!(out);
     let _ = writeln!(
         out,
@@ -202,6 +142,163 @@ pub fn geometry_summary(rec: &GeometryRecord) -> String {
             r.d, r.seed, r.wtm_residual
         );
     }
+    out
+}
+
+/// Group norms and cosines, the per-class table (small k) or the cosine range (no groups).
+fn shape_tables(
+    out: &mut String,
+    k: usize,
+    groups: Option<&GroupRecord>,
+    classes: &[ClassRecord],
+    cos: (&[Vec<f64>], &[Vec<f64>]),
+) {
+    if let Some(g) = groups {
+        let _ = writeln!(out);
+        let _ = writeln!(out, "  {:<22}{:>14}{:>14}", "by group", "majority", "minority");
+        group_line(out, "||w_c||^2", &g.w_norm_sq);
+        group_line(out, "||mu_c||^2", &g.mu_norm_sq);
+        group_line(out, "cos(w_c, mu_c)", &g.cos_w_mu);
+        let _ = writeln!(
+            out,
+            "  norm ratios           ||w_maj||^2/||w_min||^2 = {}   ||mu_maj||^2/||mu_min||^2 = {}",
+            opt(g.norm_ratio_w),
+            opt(g.norm_ratio_mu)
+        );
+        let _ = writeln!(out);
+        let _ = writeln!(
+            out,
+            "  {:<22}{:>14}{:>14}{:>14}{:>14}",
+            "cosines", "maj-maj", "min-min", "maj-min", "ETF"
+        );
+        let etf = -1.0 / (k as f64 - 1.0);
+        cosine_line(out, "classifiers w", &g.cos_w, etf);
+        cosine_line(out, "class means mu", &g.cos_mu, etf);
+    }
+    if k <= PER_CLASS_MAX {
+        let _ = writeln!(out);
+        let _ = writeln!(
+            out,
+            "  {:>5} {:>10} {:>9} {:>14}{:>14}{:>14}",
+            "class", "count", "group", "||w_c||", "||mu_c||", "cos(w_c,mu_c)"
+        );
+        for c in classes {
+            let _ = writeln!(
+                out,
+                "  {:>5} {:>10} {:>9} {:>14}{:>14}{:>14}",
+                c.class,
+                c.count,
+                c.group.unwrap_or("-"),
+                num(c.w_norm),
+                num(c.mu_norm),
+                num(c.cos_w_mu)
+            );
+        }
+    }
+    if groups.is_none() {
+        let off = |m: &[Vec<f64>]| {
+            let v: Vec<f64> = (0..k)
+                .flat_map(|i| (0..k).filter(move |&j| j != i).map(move |j| (i, j)))
+                .map(|(i, j)| m[i][j])
+                .collect();
+            (
+                v.iter().cloned().fold(f64::INFINITY, f64::min),
+                v.iter().cloned().fold(f64::NEG_INFINITY, f64::max),
+            )
+        };
+        let (wl, wh) = off(cos.0);
+        let (ml, mh) = off(cos.1);
+        let _ = writeln!(out);
+        let _ = writeln!(
+            out,
+            "  cosines between classes (no majority/minority groups for this profile)"
+        );
+        let _ = writeln!(
+            out,
+            "  classifiers w         from {} to {}   (ETF: {})",
+            num(wl),
+            num(wh),
+            num(-1.0 / (k as f64 - 1.0))
+        );
+        let _ = writeln!(out, "  class means mu        from {} to {}", num(ml), num(mh));
+    }
+}
+
+/// The human-readable summary of `seli geometry --loss ...`: the loss, the certificate, the
+/// target's shape and its distances to SELI and to the ETF.
+pub fn loss_geometry_summary(rec: &LossGeometryRecord) -> String {
+    let mut out = String::new();
+    let k = rec.profile.k;
+    let l = &rec.loss;
+    let mut what = vec![format!("loss {}", l.loss)];
+    if l.gamma != 0.0 || matches!(l.loss, "cdt" | "ldt" | "vs") {
+        what.push(format!("gamma = {}", l.gamma));
+    }
+    if l.tau != 0.0 || matches!(l.loss, "la" | "vs") {
+        what.push(format!("tau = {}", l.tau));
+    }
+    if l.bias {
+        what.push("free bias".into());
+    }
+    let _ =
+        writeln!(out, "implicit geometry of {} (max-margin limit, class level)", what.join(", "));
+    let _ = writeln!(out, "{}", profile_line(&rec.profile));
+    if k <= SPECTRUM_MAX {
+        let _ = writeln!(
+            out,
+            "Delta     {}",
+            l.delta.iter().map(|d| num(*d)).collect::<Vec<_>>().join(", ")
+        );
+    }
+    let t = &rec.target;
+    let _ = writeln!(out);
+    let _ = writeln!(out, "max-margin solution B (k x k, rank {})", t.rank);
+    let _ = writeln!(out, "  singular values       {}", spectrum(&t.singular_values));
+    let _ = writeln!(
+        out,
+        "  ||B||_*               {}   (= ||W||_F^2 = ||H||_F^2; SELI: {})",
+        num(t.nuclear_norm),
+        num(t.sel_nuclear_norm)
+    );
+    let _ = writeln!(
+        out,
+        "  dual certificate      {}   gap {:.3e} ({}; {} ADMM iterations)",
+        num(t.dual),
+        t.gap,
+        if t.certified { "optimal to the tolerance" } else { "NOT certified" },
+        t.iters
+    );
+    if let Some(b) = &t.bias
+        && k <= SPECTRUM_MAX
+    {
+        let _ = writeln!(
+            out,
+            "  bias b                {}",
+            b.iter().map(|x| num(*x)).collect::<Vec<_>>().join(", ")
+        );
+    }
+    shape_tables(
+        &mut out,
+        k,
+        rec.groups.as_ref(),
+        &rec.classes,
+        (&rec.matrices.cos_w, &rec.matrices.cos_mu),
+    );
+    let _ = writeln!(out);
+    let _ = writeln!(out, "distance of the target to SELI and to the ETF (normalized Frobenius)");
+    let d = &rec.distances;
+    let _ = writeln!(
+        out,
+        "  dist_gw_seli          {}   dist_gw_etf   {}   (classifier Gram G_W)",
+        num(d.dist_gw_seli),
+        num(d.dist_gw_etf)
+    );
+    let _ = writeln!(
+        out,
+        "  dist_gm_seli          {}   dist_gm_etf   {}   (class-mean Gram G_M)",
+        num(d.dist_gm_seli),
+        num(d.dist_gm_etf)
+    );
     out
 }
 

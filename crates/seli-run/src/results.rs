@@ -85,9 +85,25 @@ pub fn results(command: Command, dir: &Path) -> Result<Vec<(String, String)>> {
     let mut out;
     match command {
         Command::Geometry => {
-            let r = record(command, &path, seli_io::record::GEOMETRY_SCHEMA)?;
+            let loss = seli_io::record::LOSS_GEOMETRY_SCHEMA;
+            let schema =
+                match crate::read_record::<serde_json::Value>(&path, "a seli geometry record") {
+                    Ok(v) if v.get("schema").and_then(|t| t.as_str()) == Some(loss) => loss,
+                    _ => seli_io::record::GEOMETRY_SCHEMA,
+                };
+            let r = record(command, &path, schema)?;
             out = counts(&path, &r)?;
-            flatten("", &r["sel"], &mut out);
+            if schema == loss {
+                // A loss's target: its certificate (nuclear_norm, gap, ...), its distances to
+                // SELI and the ETF, its group summaries (docs/formats.md).
+                let t = &r["target"];
+                for key in ["rank", "nuclear_norm", "sel_nuclear_norm", "gap", "certified", "iters"]
+                {
+                    flatten(key, &t[key], &mut out);
+                }
+            } else {
+                flatten("", &r["sel"], &mut out);
+            }
             flatten("", &r["distances"], &mut out);
             flatten("", &r["groups"], &mut out);
         }

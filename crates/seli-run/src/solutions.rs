@@ -8,7 +8,6 @@ use seli_core::metrics::ClassStats;
 use seli_core::solve::ridge::{
     RidgeConfig, RidgeSolution, RidgeSolver, lambda_minority_collapse, lambda_zero,
 };
-use seli_core::solve::svm::solve_svm;
 use seli_core::solve::ufm::Reduction;
 use seli_core::{Geometry, Profile, ProfileKind};
 use serde::{Deserialize, Serialize};
@@ -277,33 +276,47 @@ pub struct RidgePathRecord {
     pub points: Vec<RidgePoint>,
 }
 
-/// The max-margin solution of `p` with its certificate (schema `seli.svm.v1`).
+/// The max-margin solution of `p` for `loss` (plain cross-entropy: the nuclear-norm SVM) with
+/// its certificate (schema `seli.svm.v1`): `logits` are `B D^{-1/2}` (column c: class c's
+/// logits before the bias), `dist_to_sel` and `max_abs_diff_sel` compare `B` with the SEL
+/// matrix `P D^{1/2}`.
 ///
 /// # Errors
 /// An invalid profile or tolerance.
 pub fn svm_record(
     p: &Profile,
     source: Option<&Path>,
+    loss: &seli_core::Loss,
     tol: f64,
     max_iters: u64,
     seed: u64,
 ) -> seli_core::Result<serde_json::Value> {
-    let sol = solve_svm(p, tol, max_iters, seed)?;
+    let problem = loss.margin_problem(p);
+    let sol = seli_core::solve::svm::solve_margin(&problem, tol, max_iters, seed)?;
     let certified = sol.gap <= tol * sol.primal.max(1.0);
     let k = p.k();
-    let logits = faer::Mat::from_fn(k, k, |i, j| sol.B[(i, j)] / (p.counts()[j] as f64).sqrt());
+    let proj = seli_core::metrics::centering_projector(k);
+    let sel = faer::Mat::from_fn(k, k, |i, j| proj[(i, j)] * problem.sqrt_n[j]);
+    let sel_nuclear_norm: f64 = sel
+        .singular_values()
+        .map_err(|_| seli_core::Error::Decomposition { what: "singular values" })?
+        .iter()
+        .sum();
+    let logits = faer::Mat::from_fn(k, k, |i, j| sol.B[(i, j)] / problem.sqrt_n[j]);
     Ok(serde_json::json!({
         "schema": SVM_SCHEMA,
         "seli_version": env!("CARGO_PKG_VERSION"),
         "profile": ProfileRecord::new(p, source),
+        "loss": seli_io::record::LossRecord::new(loss, p),
         "primal": sol.primal,
         "dual": sol.dual,
         "gap": sol.gap,
         "certified": certified,
         "iters": sol.iters,
-        "sel_nuclear_norm": sol.sel_nuclear_norm,
-        "dist_to_sel": sol.dist_to_sel,
-        "max_abs_diff_sel": sol.max_abs_diff_sel,
+        "sel_nuclear_norm": sel_nuclear_norm,
+        "dist_to_sel": seli_core::metrics::normalized_distance(sol.B.as_ref(), sel.as_ref())?,
+        "max_abs_diff_sel": (&sol.B - &sel).norm_max(),
+        "bias": sol.b,
         "logits": rows(logits.as_ref()),
         "alpha": rows(sol.alpha.as_ref()),
     }))
