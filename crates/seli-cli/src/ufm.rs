@@ -64,7 +64,10 @@ impl From<Dtype> for seli_run::ufm::Dtype {
     }
 }
 
-const RUN_FLAGS: [&str; 16] = [
+const RUN_FLAGS: [&str; 19] = [
+    "loss",
+    "gamma",
+    "tau",
     "step",
     "long_tail",
     "counts",
@@ -91,6 +94,7 @@ const RUN_FLAGS: [&str; 16] = [
   seli ufm --step 10,100,0.5,5 --d 32 --iters 50000 --out runs/r100
   seli ufm --step 4,10,0.5 --schedule constant --lr 0.05 --lambda-w 1e-3 --lambda-h 1e-3
   seli ufm --resume runs/r100 --iters 100000      continue (and extend) a run
+  seli ufm --loss cdt --gamma 1 --out runs/cdt     GD on cdt, tracked against its own target
 
 Run directory: config.json (everything needed to rerun, seed included), metrics.csv (one row
 per recorded iteration, columns in docs/formats.md), checkpoint.safetensors and summary.json.
@@ -128,6 +132,9 @@ pub struct UfmArgs {
     /// Train a bias b (the paper's model has none; a bias changes the answer).
     #[arg(long)]
     pub bias: bool,
+
+    #[command(flatten)]
+    pub loss: crate::loss_args::LossArgs,
 
     /// Whether the cross-entropy is summed or averaged over samples.
     #[arg(long, value_enum, default_value = "sum")]
@@ -194,6 +201,9 @@ impl UfmArgs {
             lambda_w: self.lambda_w,
             lambda_h: self.lambda_h,
             bias: self.bias,
+            loss: self.loss.resolve(self.bias)?.kind,
+            gamma: self.loss.gamma,
+            tau: self.loss.tau,
             loss_reduction: self.loss_reduction.into(),
             dtype: self.dtype.into(),
             seed: self.seed,
@@ -321,6 +331,11 @@ pub fn report(outcome: &UfmOutcome, dir: &Path) -> ExitCode {
         get("dist_gm_seli"),
         get("dist_gm_etf"),
         outcome.summary.targets.dist_gm_seli_etf
+    );
+    println!(
+        "  dist_gw_target {}   dist_gm_target {}   (the loss's own target; SELI for ce)",
+        get("dist_gw_target"),
+        get("dist_gm_target")
     );
     println!("  dist_z {}   nc1 {}", get("dist_z"), get("nc1"));
     println!("files in {}", dir.display());

@@ -6,7 +6,7 @@ use faer::Mat;
 use seli_core::solve::ufm::{Params, Reduction, StepRule, UfmConfig, UfmSolver, UfmState};
 use seli_core::solve::{Executor, Schedule, Termination};
 use seli_core::track::{Tracker, UfmMetrics};
-use seli_core::{Geometry, Profile};
+use seli_core::{Geometry, LossKind, Profile};
 
 fn config(d: usize) -> UfmConfig {
     UfmConfig { d, ..UfmConfig::default() }
@@ -91,6 +91,63 @@ fn gradients_match_finite_differences() {
     check_gradients(UfmConfig { lambda_h: 0.01, bias: true, ..config(2) }, vec![150, 30, 20]);
 }
 
+/// Every loss family's gradients against finite differences, and its loss value against the
+/// definition `Σ_i CE(u_i, y_i)` with `u = m ⊙ (Wᵀh + b) + ι` (docs/theory.md §10) computed here.
+#[test]
+fn loss_families_match_their_definitions_and_finite_differences() {
+    let counts = vec![4u64, 2, 1];
+    let families = [
+        (LossKind::Cdt, 0.7, 0.0),
+        (LossKind::Ldt, -0.8, 0.0),
+        (LossKind::La, 0.0, 1.3),
+        (LossKind::Vs, 0.5, -0.6),
+    ];
+    for (loss, gamma, tau) in families {
+        for bias in [false, true] {
+            let cfg = UfmConfig { loss, gamma, tau, bias, ..config(3) };
+            check_gradients(cfg.clone(), counts.clone());
+            check_gradients(UfmConfig { lambda_w: 0.1, ..cfg.clone() }, vec![150, 30, 20]);
+            // The loss value from its definition.
+            let profile = Profile::from_counts(counts.clone()).unwrap();
+            let mut solver = UfmSolver::<f64>::new(cfg.clone(), &profile, 1).unwrap();
+            let mut state = solver.init_state().unwrap();
+            state.params.W = &state.params.W * faer::Scale(10.0);
+            state.params.H = &state.params.H * faer::Scale(10.0);
+            if let Some(b) = state.params.b.as_mut() {
+                b.iter_mut().enumerate().for_each(|(c, v)| *v = 0.2 * c as f64);
+            }
+            let got = solver.state_at(state.params.clone(), 0).unwrap().eval.loss;
+            let l = cfg.loss().unwrap();
+            let (delta, iota) = (l.delta(&profile), l.iota(&profile));
+            let n: f64 = counts.iter().sum::<u64>() as f64;
+            for (c, d) in delta.iter().enumerate() {
+                let want = (counts[c] as f64 / 1.0).powf(gamma);
+                let mean: f64 = counts.iter().map(|&m| (m as f64).powf(gamma)).sum::<f64>() / 3.0;
+                assert!((d - want / mean).abs() < 1e-12);
+                let t = if matches!(loss, LossKind::La | LossKind::Vs) { tau } else { 0.0 };
+                assert!((iota[c] - t * (counts[c] as f64 / n).ln()).abs() < 1e-12);
+            }
+            let (W, H) = (&state.params.W, &state.params.H);
+            let labels: Vec<usize> =
+                counts.iter().enumerate().flat_map(|(c, &m)| vec![c; m as usize]).collect();
+            let mut want = 0.0;
+            for (i, &y) in labels.iter().enumerate() {
+                let u: Vec<f64> = (0..3)
+                    .map(|c| {
+                        let z: f64 = (0..W.nrows()).map(|r| W[(r, c)] * H[(r, i)]).sum::<f64>()
+                            + state.params.b.as_ref().map_or(0.0, |b| b[c]);
+                        let m = if loss == LossKind::Ldt { delta[y] } else { delta[c] };
+                        m * z + iota[c]
+                    })
+                    .collect();
+                let top = u.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                want += top + u.iter().map(|v| (v - top).exp()).sum::<f64>().ln() - u[y];
+            }
+            assert!((got - want).abs() < 1e-10 * want.abs().max(1.0), "{loss}: {got} vs {want}");
+        }
+    }
+}
+
 fn run(
     cfg: UfmConfig,
     profile: &Profile,
@@ -106,7 +163,7 @@ fn run(
 fn metrics(state: &UfmState<f64>, profile: &Profile) -> UfmMetrics {
     let geometry = Geometry::new(profile).unwrap();
     let solver = UfmSolver::<f64>::new(config(state.params.W.nrows()), profile, 1).unwrap();
-    UfmMetrics::compute(state, solver.labels(), &geometry).unwrap()
+    UfmMetrics::compute(state, solver.labels(), &geometry, None).unwrap()
 }
 
 #[test]

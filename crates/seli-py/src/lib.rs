@@ -640,10 +640,13 @@ impl seli_run::watch::Watch for Collect {
 /// `targets` (`dist_gw_seli_etf`, `dist_gm_seli_etf`, `nuclear_norm`). Runs without the GIL;
 /// Ctrl-C raises KeyboardInterrupt within about 50 ms.
 ///
+/// `loss`, `gamma`, `tau` choose a loss family (docs/theory.md §10); `dist_gw_target` and
+/// `dist_gm_target` then compare with that loss's certified target.
+///
 /// >>> r = seli.ufm(step="10,10,0.5,5", d=32, iters=2000)
 /// >>> r["metrics"]["dist_gw_seli"][-1]
 #[pyfunction]
-#[pyo3(signature = (counts=None, *, step=None, long_tail=None, labels=None, classes=None, d=64, iters=10_000, lr=0.01, schedule="norm-grad", lambda_w=0.0, lambda_h=0.0, bias=false, loss_reduction="sum", dtype="f64", seed=0, init_scale=0.1, every=None, log_every=None, grad_tol=None, threads=0))]
+#[pyo3(signature = (counts=None, *, step=None, long_tail=None, labels=None, classes=None, d=64, iters=10_000, lr=0.01, schedule="norm-grad", lambda_w=0.0, lambda_h=0.0, bias=false, loss_reduction="sum", dtype="f64", seed=0, init_scale=0.1, every=None, log_every=None, grad_tol=None, threads=0, loss="ce", gamma=0.0, tau=0.0))]
 #[allow(clippy::too_many_arguments)]
 fn ufm<'py>(
     py: Python<'py>,
@@ -667,9 +670,16 @@ fn ufm<'py>(
     log_every: Option<u64>,
     grad_tol: Option<f64>,
     threads: usize,
+    loss: &str,
+    gamma: f64,
+    tau: f64,
 ) -> PyResult<Bound<'py, PyAny>> {
     let (p, source) = profile(py, counts, step, long_tail, labels, classes)?;
+    let loss = loss_of(loss, gamma, tau, bias)?;
     let params = UfmParams {
+        loss: loss.kind,
+        gamma,
+        tau,
         d,
         iters,
         lr,

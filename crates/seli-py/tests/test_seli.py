@@ -258,6 +258,27 @@ def test_ufm_returns_its_metrics_table():
     again = seli.ufm(step="4,10,0.5,3", d=8, iters=500, every=50, threads=1)
     assert np.array_equal(again["metrics"]["loss"], m["loss"])
     assert seli.ufm(step="4,10,0.5,3", d=8, iters=50, dtype="f32")["iters_done"] == 50
+    # Plain cross-entropy's own target is SELI.
+    assert np.array_equal(m["dist_gw_target"], m["dist_gw_seli"])
+
+
+def test_ufm_with_a_loss_family_heads_to_its_own_target(tmp_path):
+    r = seli.ufm(step="4,10,0.5,2", d=8, iters=3000, lr=0.2, loss="cdt", gamma=1.0, every=3000)
+    m = r["metrics"]
+    assert r["config"]["loss"] == "cdt" and r["config"]["gamma"] == 1.0
+    assert m["dist_gw_target"][-1] < 0.25 < m["dist_gw_seli"][-1]
+    # The same run from the CLI writes the same metrics.
+    out = tmp_path / "run"
+    subprocess.run(
+        [SELI_BIN, "ufm", "--step", "4,10,0.5,2", "--d", "8", "--iters", "3000", "--lr", "0.2",
+         "--loss", "cdt", "--gamma", "1", "--every", "3000", "--out", str(out)],
+        check=True, capture_output=True,
+    )
+    last = (out / "metrics.csv").read_text().splitlines()
+    header, row = last[0].split(","), last[-1].split(",")
+    assert float(row[header.index("dist_gw_target")]) == m["dist_gw_target"][-1]
+    with pytest.raises(ValueError, match="gamma = 1: applies to the losses cdt, ldt and vs only"):
+        seli.ufm(step="4,10,0.5,2", d=8, iters=10, loss="la", gamma=1.0)
 
 
 def read_safetensors(path):

@@ -71,6 +71,26 @@ mod text {
         }
     }
 
+    /// Runs written before the loss families trained plain cross-entropy.
+    pub fn ce() -> seli_core::LossKind {
+        seli_core::LossKind::Ce
+    }
+
+    pub mod loss_kind {
+        use super::*;
+        pub fn serialize<S: serde::Serializer>(
+            k: &seli_core::LossKind,
+            s: S,
+        ) -> std::result::Result<S::Ok, S::Error> {
+            s.serialize_str(k.name())
+        }
+        pub fn deserialize<'de, D: serde::Deserializer<'de>>(
+            d: D,
+        ) -> std::result::Result<seli_core::LossKind, D::Error> {
+            String::deserialize(d)?.parse().map_err(invalid)
+        }
+    }
+
     pub mod reduction {
         use super::*;
         pub fn serialize<S: serde::Serializer>(
@@ -190,6 +210,16 @@ pub struct UfmParams {
     pub lambda_h: f64,
     /// Whether a bias is trained.
     pub bias: bool,
+    /// Loss family (`ce`, `cdt`, `ldt`, `la`, `vs`; docs/theory.md §10); `ce` in files
+    /// written before it existed.
+    #[serde(default = "text::ce", with = "text::loss_kind")]
+    pub loss: seli_core::LossKind,
+    /// `γ` of the family's `Δ`.
+    #[serde(default)]
+    pub gamma: f64,
+    /// `τ` of the family's `ι`.
+    #[serde(default)]
+    pub tau: f64,
     /// `sum` or `mean` on disk: how the cross-entropy is reduced over samples.
     #[serde(with = "text::reduction")]
     pub loss_reduction: Reduction,
@@ -226,6 +256,9 @@ impl UfmParams {
             lambda_w: 0.0,
             lambda_h: 0.0,
             bias: false,
+            loss: seli_core::LossKind::Ce,
+            gamma: 0.0,
+            tau: 0.0,
             loss_reduction: Reduction::Sum,
             dtype: Dtype::F64,
             seed: 0,
@@ -250,6 +283,9 @@ impl UfmParams {
             init_scale: self.init_scale,
             seed: self.seed,
             grad_tol: self.grad_tol,
+            loss: self.loss,
+            gamma: self.gamma,
+            tau: self.tau,
         }
     }
 
@@ -559,6 +595,14 @@ fn execute_as<T: Scalar>(
     let profile = cfg.profile.to_profile()?;
     let geometry = Geometry::new(&profile)?;
     let mut solver = UfmSolver::<T>::new(cfg.solver_config(), &profile, cfg.threads)?;
+    // The loss's own target (certified max-margin solve), unless it is SELI.
+    let loss = cfg.solver_config().loss()?;
+    let own = if loss.is_plain() {
+        None
+    } else {
+        let t = seli_core::Target::solve(&profile, loss, 1e-10, 200_000, 0)?;
+        Some(seli_core::track::LossTarget::of(&t))
+    };
     let labels = solver.labels().to_vec();
     // A run stopped before its first checkpoint has nothing to resume: it starts over (its
     // start is seeded, so the log and the end are those of an uninterrupted run).
@@ -592,6 +636,9 @@ fn execute_as<T: Scalar>(
             }
             watch.borrow_mut().row(UfmMetrics::columns(), &m.values)
         });
+        if let Some(own) = &own {
+            tracker = tracker.with_loss_target(own);
+        }
         let record_start = resumed_from.is_none_or(|it| cfg.record.fires(it));
         let mut exec = Executor::new(solver, cfg.iters)
             .observe(Resumed { inner: &mut tracker, record_start }, cfg.record)

@@ -27,6 +27,7 @@ use faer::{Accum, Mat, MatMut, MatRef, Par};
 
 use super::{IterState, Solver, Termination};
 use crate::error::{Error, Result};
+use crate::loss::{Loss, LossKind};
 use crate::profile::Profile;
 use crate::random::{gaussian_matrix, rng_from_seed};
 use crate::scalar::{Scalar, sum_sq};
@@ -180,6 +181,12 @@ pub struct UfmConfig {
     pub seed: u64,
     /// Stop once `‖∇F‖_F <= grad_tol` (None: never).
     pub grad_tol: Option<f64>,
+    /// Loss family (docs/theory.md §10); cross-entropy by default.
+    pub loss: LossKind,
+    /// `γ` of the family's `Δ` (0 for ce and la).
+    pub gamma: f64,
+    /// `τ` of the family's `ι` (0 for ce, cdt and ldt).
+    pub tau: f64,
 }
 
 impl Default for UfmConfig {
@@ -195,6 +202,9 @@ impl Default for UfmConfig {
             init_scale: 0.1,
             seed: 0,
             grad_tol: None,
+            loss: LossKind::Ce,
+            gamma: 0.0,
+            tau: 0.0,
         }
     }
 }
@@ -239,7 +249,16 @@ impl UfmConfig {
         if let Some(t) = self.grad_tol {
             check_positive("grad_tol", t)?;
         }
+        self.loss()?;
         self.step_rule.check()
+    }
+
+    /// The run's loss (family, γ, τ and the bias flag), checked.
+    ///
+    /// # Errors
+    /// γ or τ not finite, or given to a family that does not use it.
+    pub fn loss(&self) -> Result<Loss> {
+        Loss::new(self.loss, self.gamma, self.tau, self.bias)
     }
 }
 
@@ -333,6 +352,8 @@ pub struct UfmSolver<T: Scalar> {
     /// `∇_b F` (empty without a bias).
     grad_b: Vec<T>,
     acc: Vec<ChunkAcc<T>>,
+    /// The loss family's transform of the logits (None: cross-entropy).
+    transform: Option<LossTransform<T>>,
     /// Workers besides the calling thread (at least one, idle when `threads == 1`).
     pool: rayon::ThreadPool,
     threads: usize,
@@ -363,10 +384,44 @@ struct Part<'a, T> {
     acc: &'a mut [ChunkAcc<T>],
 }
 
+/// How a loss family turns the model's logits z into the logits its cross-entropy sees:
+/// `u_c = m_c z_c + ι_c`, with `m_c = Δ_c` (cdt, vs) or `m_c = Δ_y` for every c (ldt).
+struct LossTransform<T> {
+    /// `Δ` (k).
+    delta: Vec<T>,
+    /// Whether a sample's logits all take its own class's `Δ` (ldt).
+    per_label: bool,
+    /// `ι` (k).
+    shift: Vec<T>,
+}
+
+impl<T: Scalar> LossTransform<T> {
+    /// The transform of `loss` for `profile`; `None` for plain cross-entropy.
+    fn of(loss: &Loss, profile: &Profile) -> Option<Self> {
+        if loss.kind == LossKind::Ce {
+            return None;
+        }
+        let cast = |v: Vec<f64>| v.into_iter().map(T::from_f64).collect();
+        Some(LossTransform {
+            delta: cast(loss.delta(profile)),
+            per_label: loss.kind == LossKind::Ldt,
+            shift: cast(loss.iota(profile)),
+        })
+    }
+
+    /// The multiplier of logit c for a sample of class y.
+    #[inline(always)]
+    fn m(&self, y: usize, c: usize) -> T {
+        if self.per_label { self.delta[y] } else { self.delta[c] }
+    }
+}
+
 /// What every chunk of a pass shares.
 struct PassCtx<'a, T> {
     W: MatRef<'a, T>,
     b: Option<&'a [T]>,
+    /// The loss family's transform of the logits (None: cross-entropy).
+    tr: Option<&'a LossTransform<T>>,
     /// The pending step on H, if any.
     eta: Option<T>,
     lambda_h: f64,
@@ -427,7 +482,7 @@ fn chunk_body<T: Scalar>(job: ChunkJob<'_, '_, T>) {
     // 2. Logits Z = WᵀH (+ b) into the chunk's block of G, then softmax in place.
     let mut Gc = MatMut::from_column_major_slice_mut(g, k, cols);
     matmul(Gc.rb_mut(), Accum::Replace, ctx.W.transpose(), Hc.rb(), one, Par::Seq);
-    softmax_block(g, k, yc, ctx.b, ctx.scale, a);
+    softmax_block(g, k, yc, ctx.b, ctx.tr, ctx.scale, a);
     let Gc = MatRef::from_column_major_slice(g, k, cols);
     // 3. This chunk's part of ∇_W = H Gᵀ.
     matmul(a.grad_w.as_mut(), Accum::Replace, Hc.rb(), Gc.transpose(), one, Par::Seq);
@@ -468,14 +523,17 @@ fn scaled_norm<T: Scalar>(mats: &[MatRef<'_, T>], v: &[T]) -> f64 {
 }
 
 /// Softmax cross-entropy on a k×cols block of logits `g` (column-major, stride k), in place:
-/// on return `g = s·(softmax − Y)`, and `a` holds the block's loss, correct count, minimum
-/// margin and bias-gradient sums.
+/// on return `g = s·(softmax − Y)` (with a loss transform `u = m ⊙ z + ι`, the cross-entropy
+/// of u and its gradient with respect to z, `m ⊙ s·(softmax(u) − Y)`), and `a` holds the
+/// block's loss, correct count, minimum margin (of the model's logits z) and bias-gradient
+/// sums.
 #[inline(always)]
 fn softmax_block<T: Scalar>(
     g: &mut [T],
     k: usize,
     labels: &[u32],
     b: Option<&[T]>,
+    tr: Option<&LossTransform<T>>,
     s: f64,
     a: &mut ChunkAcc<T>,
 ) {
@@ -509,6 +567,18 @@ fn softmax_block<T: Scalar>(
         let margin = (z[y] - other).to_f64();
         a.correct += u64::from(margin > 0.0);
         a.min_margin = a.min_margin.min(margin);
+        if let Some(t) = tr {
+            // The family's logits u = m ⊙ z + ι; the loss and its softmax are over u.
+            max = neg_inf;
+            for (c, zc) in z.iter_mut().enumerate() {
+                *zc = t.m(y, c) * *zc + t.shift[c];
+                max = if *zc > max { *zc } else { max };
+            }
+            amax = 0;
+            for (c, &zc) in z.iter().enumerate().rev() {
+                amax = if zc == max { c } else { amax };
+            }
+        }
         a.loss += (max - z[y]).to_f64();
         a.amax[j] = amax as u32;
         for zc in z.iter_mut() {
@@ -554,6 +624,11 @@ fn softmax_block<T: Scalar>(
         } else {
             z[y] -= s_t;
         }
+        if let Some(t) = tr {
+            for (c, zc) in z.iter_mut().enumerate() {
+                *zc *= t.m(y, c);
+            }
+        }
         if b.is_some() {
             for (gb, &gc) in a.grad_b.iter_mut().zip(z.iter()) {
                 *gb += gc.to_f64();
@@ -595,6 +670,7 @@ impl<T: Scalar> UfmSolver<T> {
             .map_err(|e| Error::Observer(format!("cannot start {threads} worker threads: {e}")))?;
         let chunks = n.div_ceil(CHUNK);
         let bias_len = if config.bias { k } else { 0 };
+        let transform = LossTransform::of(&config.loss()?, profile);
         let acc = (0..chunks)
             .map(|_| ChunkAcc {
                 grad_w: Mat::zeros(d, k),
@@ -617,6 +693,7 @@ impl<T: Scalar> UfmSolver<T> {
             grad_w: Mat::zeros(d, k),
             grad_b: vec![T::from_f64(0.0); bias_len],
             acc,
+            transform,
             pool,
             threads,
         })
@@ -689,6 +766,7 @@ impl<T: Scalar> UfmSolver<T> {
         let ctx = PassCtx {
             W: params.W.as_ref(),
             b: params.b.as_deref(),
+            tr: self.transform.as_ref(),
             eta: eta.map(T::from_f64),
             lambda_h,
             scale,
