@@ -110,3 +110,42 @@ fn a_gamma_sweep_of_targets() {
     assert_eq!(csv.lines().count(), 5);
     assert!(out.join("figures/sweep-distances.svg").is_file());
 }
+
+/// A UFM sweep over gamma of cdt (examples/sweep-cdt.toml, smaller): the report draws the
+/// certified targets' cosines and norm ratios against gamma with the runs' end points on top,
+/// and every run records its distances to its own target.
+#[test]
+fn a_ufm_gamma_sweep_draws_theory_and_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let toml = tmp.path().join("s.toml");
+    std::fs::write(
+        &toml,
+        "command = \"ufm\"\n[base]\nk = 4\nratio = 10\nrho = 0.5\nn_min = 2\nd = 8\niters = 2000\n\
+         lr = 0.2\nloss = \"cdt\"\n[grid]\ngamma = [-1, 0, 1]\n",
+    )
+    .unwrap();
+    let out = tmp.path().join("out");
+    ok(&["sweep", toml.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    let csv = std::fs::read_to_string(out.join("results.csv")).unwrap();
+    let header: Vec<&str> = csv.lines().next().unwrap().split(',').collect();
+    let col = |name: &str| header.iter().position(|h| *h == name).unwrap();
+    for row in csv.lines().skip(1) {
+        let cells: Vec<&str> = row.split(',').collect();
+        let num = |name: &str| cells[col(name)].parse::<f64>().unwrap();
+        // gamma = 0 is plain cross-entropy: its target is SELI.
+        if num("gamma") == 0.0 {
+            assert_eq!(num("dist_gw_target"), num("dist_gw_seli"));
+        } else {
+            assert!(num("dist_gw_target") < num("dist_gw_seli"), "{row}");
+        }
+    }
+    let svg = std::fs::read_to_string(out.join("figures/sweep-theory-cosines.svg")).unwrap();
+    // Three runs x three group pairs x two panels of end points, and three legend dots.
+    assert_eq!(svg.matches("<circle").count(), 3 * 3 * 2 + 3, "end points");
+    for label in ["classifiers w", "class means mu", "maj-maj (target)", "min-min (UFM)", "gamma"] {
+        assert!(svg.contains(label), "{label}");
+    }
+    assert!(out.join("figures/sweep-theory-norm-ratios.svg").is_file());
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    assert!(html.contains("id=\"sweep-theory-cosines\""));
+}

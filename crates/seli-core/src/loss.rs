@@ -132,6 +132,12 @@ impl Loss {
         self.kind == LossKind::Ce && !self.bias
     }
 
+    /// Whether the max-margin problem is plain cross-entropy's (no bias, and `Δ` all ones or
+    /// not used: ce, la, and γ = 0), whose solution is the SEL matrix: its target is SELI.
+    pub fn target_is_seli(&self) -> bool {
+        !self.bias && (self.gamma == 0.0 || !self.kind.scales())
+    }
+
     /// `Δ_c = (n_c / min n)^γ`, rescaled to mean 1 (all ones for families without `Δ`).
     pub fn delta(&self, profile: &Profile) -> Vec<f64> {
         let k = profile.k();

@@ -24,6 +24,8 @@ pub enum Dash {
     Solid,
     /// Dashed line (ETF targets).
     Dashed,
+    /// Points only, no line (measurements over theory curves).
+    Points,
 }
 
 /// One curve, with an optional band (for example the spread over seeds).
@@ -171,6 +173,7 @@ enum Swatch {
     Line(RGBColor, Dash),
     Band(RGBColor, Dash),
     Block(RGBColor),
+    Point(RGBColor),
 }
 
 struct Entry {
@@ -237,6 +240,7 @@ fn draw_legend(root: &Area<'_>, at: Rect, entries: &[Entry]) -> Result<(), Strin
         let line = |c: RGBColor, dash: Dash| -> Result<(), String> {
             let s = c.stroke_width(2);
             match dash {
+                Dash::Points => root.draw(&Circle::new((x + SWATCH / 2, y), 4, c.filled())),
                 Dash::Solid => root.draw(&PathElement::new(vec![(x, y), (x + SWATCH, y)], s)),
                 Dash::Dashed => {
                     root.draw(&PathElement::new(vec![(x, y), (x + 10, y)], s)).and_then(|()| {
@@ -256,6 +260,7 @@ fn draw_legend(root: &Area<'_>, at: Rect, entries: &[Entry]) -> Result<(), Strin
             Swatch::Block(c) => root
                 .draw(&Rectangle::new([(x + 7, y - 6), (x + 19, y + 6)], c.filled()))
                 .map_err(err)?,
+            Swatch::Point(c) => line(c, Dash::Points)?,
         }
         root.draw_text(&e.label, &style, (x + SWATCH + 8, y)).map_err(err)?;
     }
@@ -433,7 +438,11 @@ fn line_panel(
                 for (m, _) in &markers {
                     occ.mark_segment(px((*m, y0)), px((*m, y1)), 1);
                 }
-                for p in &lines {
+                for (p, s) in lines.iter().zip(series) {
+                    if s.dash == Dash::Points {
+                        p.iter().for_each(|q| occ.mark_segment(px(*q), px(*q), 4));
+                        continue;
+                    }
                     for w in p.windows(2) {
                         occ.mark_segment(px(w[0]), px(w[1]), 1);
                     }
@@ -491,8 +500,16 @@ fn line_panel(
                         .draw_series(std::iter::once(Circle::new(*one, 3, c.filled())))
                         .map_err(err)?;
                 }
+                if s.dash == Dash::Points {
+                    chart
+                        .draw_series(p.into_iter().map(|q| Circle::new(q, 4, c.filled())))
+                        .map_err(err)?;
+                    continue;
+                }
                 match s.dash {
-                    Dash::Solid => chart.draw_series(LineSeries::new(p, style)).map_err(err)?,
+                    Dash::Solid | Dash::Points => {
+                        chart.draw_series(LineSeries::new(p, style)).map_err(err)?
+                    }
                     Dash::Dashed => {
                         chart.draw_series(DashedLineSeries::new(p, 7, 5, style)).map_err(err)?
                     }
@@ -519,8 +536,13 @@ fn entries_of<'a>(series: impl Iterator<Item = &'a Series>) -> Vec<Entry> {
             continue;
         }
         let c = color(s.color);
-        let swatch =
-            if s.band.len() >= 2 { Swatch::Band(c, s.dash) } else { Swatch::Line(c, s.dash) };
+        let swatch = if s.dash == Dash::Points {
+            Swatch::Point(c)
+        } else if s.band.len() >= 2 {
+            Swatch::Band(c, s.dash)
+        } else {
+            Swatch::Line(c, s.dash)
+        };
         out.push(Entry { label: s.label.clone(), swatch });
     }
     out

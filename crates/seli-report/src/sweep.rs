@@ -244,6 +244,116 @@ pub fn sweep_figures(spec: &SweepSpec, table: &Table) -> Result<Vec<Figure>, Str
     Ok(out)
 }
 
+/// Points of the theory curves of [`theory_figures`].
+pub const THEORY_POINTS: usize = 61;
+
+/// For a UFM sweep over γ of a loss with `Δ` (cdt, ldt, vs) and nothing else varying but seeds:
+/// the certified targets' group cosines (classifiers and class means side by side) and norm
+/// ratios on a fine grid of γ, with the runs' end points on top (docs/theory.md §10). The
+/// profile and loss come from the first run's config.json; empty when the sweep is of another
+/// kind.
+///
+/// # Errors
+/// A run directory that cannot be read; a target that cannot be solved; a drawing failure.
+pub fn theory_figures(
+    spec: &SweepSpec,
+    table: &Table,
+    dirs: &[PathBuf],
+) -> Result<Vec<Figure>, String> {
+    let Some(g) = Grouped::new(spec, table)? else { return Ok(Vec::new()) };
+    if spec.command != seli_run::Command::Ufm || g.x != "gamma" || g.groups.len() != 1 {
+        return Ok(Vec::new());
+    }
+    let Some(first) = dirs.first() else { return Ok(Vec::new()) };
+    let run = Run::load(first)?;
+    let seli_run::RunConfig::Ufm(cfg) = &run.config else { return Ok(Vec::new()) };
+    let loss = cfg.solver_config().loss().map_err(|e| e.to_string())?;
+    let profile = run.geometry.profile().clone();
+    if !loss.kind.scales() || profile.groups().is_none() {
+        return Ok(Vec::new());
+    }
+    let (lo, hi) =
+        g.xs.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
+    // Theory: [cos_w maj-maj, min-min, maj-min, cos_m ..., norm ratio w, m] against γ.
+    let mut theory: [Vec<(f64, f64)>; 8] = Default::default();
+    for i in 0..THEORY_POINTS {
+        let gamma = lo + (hi - lo) * i as f64 / (THEORY_POINTS - 1) as f64;
+        let l = seli_core::Loss { gamma, ..loss };
+        let t =
+            seli_core::Target::solve(&profile, l, 1e-10, 200_000, 0).map_err(|e| e.to_string())?;
+        let Some(b) = t.stats().map_err(|e| e.to_string())?.by_group else { continue };
+        let vals = [
+            b.cos_w.maj_maj,
+            b.cos_w.min_min,
+            b.cos_w.maj_min,
+            b.cos_m.maj_maj,
+            b.cos_m.min_min,
+            b.cos_m.maj_min,
+            b.norm_ratio_w,
+            b.norm_ratio_m,
+        ];
+        for (curve, v) in theory.iter_mut().zip(vals) {
+            if let Some(v) = v {
+                curve.push((gamma, v));
+            }
+        }
+    }
+    let grp = &g.groups[0];
+    let measured = |col: &str| column(table, col).map(|c| g.curve(grp, c)).unwrap_or_default();
+    let pairs = [("maj-maj", "maj_maj"), ("min-min", "min_min"), ("maj-min", "maj_min")];
+    let panel = |offset: usize, prefix: &str| -> Vec<Series> {
+        let mut v = Vec::new();
+        for (i, (name, key)) in pairs.iter().enumerate() {
+            v.push(Series::new(
+                format!("{name} (target)"),
+                theory[offset + i].clone(),
+                i,
+                Dash::Solid,
+            ));
+            let (points, band) = measured(&format!("{prefix}_{key}"));
+            v.push(Series {
+                band,
+                ..Series::new(format!("{name} (UFM)"), points, i, Dash::Points)
+            });
+        }
+        v
+    };
+    let what = format!("{} on {:?}", loss.kind, profile.counts());
+    let seeds = if g.seeds { ", mean over seeds (bands: their range)" } else { "" };
+    let cosines = Figure {
+        name: "sweep-theory-cosines".into(),
+        caption: format!(
+            "Group cosines of the certified {what} targets against gamma (lines; classifiers left, raw class means right) and of the UFM runs' last iterates (points{seeds})."
+        ),
+        svg: line_panels(
+            &format!("Cosines by group against gamma: {} targets and UFM runs", loss.kind),
+            ("gamma", "mean cosine", false),
+            &[("classifiers w", panel(0, "cos_w")), ("class means mu", panel(3, "cos_mu"))],
+        )?,
+    };
+    let mut ratio = Vec::new();
+    for (i, (name, col, t)) in [
+        ("||w_maj||^2/||w_min||^2", "norm_ratio_w", 6),
+        ("||mu_maj||^2/||mu_min||^2", "norm_ratio_mu", 7),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        ratio.push(Series::new(format!("{name} (target)"), theory[t].clone(), i, Dash::Solid));
+        let (points, band) = measured(col);
+        ratio
+            .push(Series { band, ..Series::new(format!("{name} (UFM)"), points, i, Dash::Points) });
+    }
+    let ratios = Figure {
+        name: "sweep-theory-norm-ratios".into(),
+        caption: format!(
+            "Norm ratios of the certified {what} targets against gamma (lines) and of the UFM runs' last iterates (points{seeds})."
+        ),
+        svg: line_chart("Norm ratios against gamma", "gamma", "ratio", false, &ratio, &[])?,
+    };
+    Ok(vec![cosines, ratios])
+}
+
 fn table_html(table: &Table, max_rows: usize) -> String {
     let mut h = String::from("<table><tr>");
     for c in &table.header {
@@ -281,7 +391,8 @@ pub fn write_sweep_report(
     table: &Table,
     dirs: &[PathBuf],
 ) -> Result<PathBuf, String> {
-    let mut figs = sweep_figures(spec, table)?;
+    let mut figs = theory_figures(spec, table, dirs)?;
+    figs.extend(sweep_figures(spec, table)?);
     if spec.command.has_run_dir() && (2..=MAX_COMPARE).contains(&dirs.len()) {
         let runs = dirs.iter().map(|d| Run::load(d)).collect::<Result<Vec<_>, _>>()?;
         figs.extend(compare_figures(&runs)?);

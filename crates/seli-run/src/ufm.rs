@@ -597,7 +597,7 @@ fn execute_as<T: Scalar>(
     let mut solver = UfmSolver::<T>::new(cfg.solver_config(), &profile, cfg.threads)?;
     // The loss's own target (certified max-margin solve), unless it is SELI.
     let loss = cfg.solver_config().loss()?;
-    let own = if loss.is_plain() {
+    let own = if loss.target_is_seli() {
         None
     } else {
         let t = seli_core::Target::solve(&profile, loss, 1e-10, 200_000, 0)?;
