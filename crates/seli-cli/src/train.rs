@@ -65,7 +65,10 @@ pub enum DeviceArg {
     Cuda,
 }
 
-const RUN_FLAGS: [&str; 22] = [
+const RUN_FLAGS: [&str; 25] = [
+    "loss",
+    "gamma",
+    "tau",
     "dataset",
     "step",
     "long_tail",
@@ -137,6 +140,9 @@ pub struct TrainArgs {
     /// Give the last layer a bias (bias-free by default, as in the paper).
     #[arg(long)]
     pub last_bias: bool,
+
+    #[command(flatten)]
+    pub loss: crate::loss_args::LossArgs,
 
     /// Training epochs (the paper's recipe).
     #[arg(long, default_value_t = 350)]
@@ -241,6 +247,9 @@ impl TrainArgs {
                 DeviceArg::Cuda => seli_train::Device::Cuda(0),
             },
             threads: self.threads,
+            loss: self.loss.resolve(self.last_bias)?.kind,
+            gamma: self.loss.gamma,
+            tau: self.loss.tau,
         };
         cfg.validate()?;
         Ok(cfg)

@@ -177,6 +177,25 @@ pub struct TrainConfig {
     pub device: Device,
     /// Worker threads (the arithmetic's summation order may depend on it).
     pub threads: usize,
+    /// Loss family (docs/theory.md §10); `ce` in files written before it existed.
+    #[serde(default = "crate::ufm::text::ce", with = "crate::ufm::text::loss_kind")]
+    pub loss: seli_core::LossKind,
+    /// `γ` of the family's `Δ`.
+    #[serde(default)]
+    pub gamma: f64,
+    /// `τ` of the family's `ι`.
+    #[serde(default)]
+    pub tau: f64,
+}
+
+impl TrainConfig {
+    /// The run's loss (family, γ, τ; a free bias when the last layer has one), checked.
+    ///
+    /// # Errors
+    /// γ or τ not finite, or given to a family that does not use it.
+    pub fn loss(&self) -> Result<seli_core::Loss> {
+        Ok(seli_core::Loss::new(self.loss, self.gamma, self.tau, self.model.last_bias)?)
+    }
 }
 
 /// The reference recipe's milestones (docs/theory.md §8): 1/3 and 2/3 of training.
@@ -197,6 +216,7 @@ impl TrainConfig {
     /// device this build has no backend for; an invalid model.
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::Invalid(m));
+        self.loss()?;
         if self.schema != TRAIN_CONFIG_SCHEMA {
             return bad(format!("config schema {:?} is not {TRAIN_CONFIG_SCHEMA}", self.schema));
         }
@@ -412,6 +432,9 @@ mod tests {
             seed: 0,
             device: Device::Cpu,
             threads: 1,
+            loss: seli_core::LossKind::Ce,
+            gamma: 0.0,
+            tau: 0.0,
         }
     }
 

@@ -49,7 +49,7 @@ pub enum Dtype {
 }
 
 /// Text forms of the core types that `config.json` stores as strings.
-mod text {
+pub(crate) mod text {
     use super::*;
 
     fn invalid<E: serde::de::Error>(e: seli_core::Error) -> E {
@@ -72,7 +72,7 @@ mod text {
     }
 
     /// Runs written before the loss families trained plain cross-entropy.
-    pub fn ce() -> seli_core::LossKind {
+    pub(crate) fn ce() -> seli_core::LossKind {
         seli_core::LossKind::Ce
     }
 

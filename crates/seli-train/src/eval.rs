@@ -23,7 +23,10 @@ use crate::error::{Error, Result};
 pub const RUN_COLUMNS: &[(&str, &str)] = &[
     ("epoch", "epochs completed (0 = at initialization)"),
     ("lr", "learning rate of the epoch just completed (empty at epoch 0)"),
-    ("loss", "mean training cross-entropy over the epoch's mini-batches, in training mode"),
+    (
+        "loss",
+        "mean training loss (the run's loss family; cross-entropy by default) over the epoch's mini-batches, in training mode",
+    ),
     ("test_acc", "accuracy on the balanced test split"),
     ("test_acc_maj", "test accuracy over samples of majority classes"),
     ("test_acc_min", "test accuracy over samples of minority classes"),

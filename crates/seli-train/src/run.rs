@@ -16,7 +16,7 @@ use burn::optim::decay::WeightDecayConfig;
 use burn::optim::momentum::MomentumConfig;
 use burn::optim::{GradientsParams, ModuleOptimizer, SgdConfig};
 use burn::store::ModuleRecord;
-use burn::tensor::{Bytes, Device};
+use burn::tensor::{Bytes, Device, Tensor, TensorData};
 use faer::Mat;
 use seli_core::Geometry;
 use seli_core::random::{rng_from_seed, shuffle};
@@ -153,8 +153,50 @@ struct Epochs<'a, 'p> {
     data: &'a RunData,
     device: Device,
     loss_fn: burn::nn::loss::CrossEntropyLoss,
+    /// The loss family's transform of the logits (None: cross-entropy).
+    transform: Option<LogitTransform>,
     progress: &'a RefCell<&'p mut dyn Progress>,
     interrupt: &'a AtomicBool,
+}
+
+/// How a loss family turns the network's logits z into those its cross-entropy sees (docs/theory.md
+/// §10): `u = m ⊙ z + ι`, `m_c = Δ_c` (cdt, vs) or `Δ_y` for all c (ldt).
+struct LogitTransform {
+    delta: Vec<f32>,
+    per_label: bool,
+    shift: Vec<f32>,
+}
+
+impl LogitTransform {
+    /// The transform of `cfg`'s loss; `None` for plain cross-entropy.
+    fn of(cfg: &TrainConfig) -> seli_core::Result<Option<Self>> {
+        let loss = cfg.loss().map_err(|e| seli_core::Error::Observer(e.to_string()))?;
+        if loss.kind == seli_core::LossKind::Ce {
+            return Ok(None);
+        }
+        let profile =
+            cfg.profile.to_profile().map_err(|e| seli_core::Error::Observer(e.to_string()))?;
+        let f32s = |v: Vec<f64>| v.into_iter().map(|x| x as f32).collect();
+        Ok(Some(LogitTransform {
+            delta: f32s(loss.delta(&profile)),
+            per_label: loss.kind == seli_core::LossKind::Ldt,
+            shift: f32s(loss.iota(&profile)),
+        }))
+    }
+
+    /// `u` for a batch of logits whose samples have `labels`.
+    fn apply(&self, logits: Tensor<2>, labels: &[u32], device: &Device) -> Tensor<2> {
+        let k = self.delta.len();
+        let m: Tensor<2> = if self.per_label {
+            let v: Vec<f32> = labels.iter().map(|&y| self.delta[y as usize]).collect();
+            Tensor::from_data(TensorData::new(v, [labels.len(), 1]), device)
+        } else {
+            Tensor::from_data(TensorData::new(self.delta.clone(), [1, k]), device)
+        };
+        let shift: Tensor<2> =
+            Tensor::from_data(TensorData::new(self.shift.clone(), [1, k]), device);
+        logits * m + shift
+    }
 }
 
 impl Solver for Epochs<'_, '_> {
@@ -177,7 +219,14 @@ impl Solver for Epochs<'_, '_> {
         for (b, rows) in order.chunks(cfg.batch_size).enumerate() {
             let (x, y) = data.train.batch(rows, &self.device);
             let logits = net.forward(x);
-            let loss = self.loss_fn.forward(logits.clone(), y.clone());
+            let u = match &self.transform {
+                None => logits.clone(),
+                Some(t) => {
+                    let labels: Vec<u32> = rows.iter().map(|&r| data.train.labels[r]).collect();
+                    t.apply(logits.clone(), &labels, &self.device)
+                }
+            };
+            let loss = self.loss_fn.forward(u, y.clone());
             let value = f64::from(loss.clone().into_scalar::<f32>());
             if !value.is_finite() {
                 return Err(seli_core::Error::Diverged {
@@ -468,6 +517,7 @@ pub fn train(
         data,
         device: train_device.clone(),
         loss_fn: CrossEntropyLossConfig::new().init(&train_device),
+        transform: LogitTransform::of(cfg)?,
         progress: &progress,
         interrupt,
     };

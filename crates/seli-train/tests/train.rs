@@ -38,6 +38,9 @@ fn config(profile: &seli_core::Profile, epochs: usize) -> TrainConfig {
         seed: 3,
         device: Device::Cpu,
         threads: 0,
+        loss: seli_core::LossKind::Ce,
+        gamma: 0.0,
+        tau: 0.0,
     }
 }
 
@@ -172,4 +175,37 @@ fn real_mnist_small_mlp_learns_on_an_imbalanced_subset() {
     for (name, v) in header.iter().zip(rows.last().unwrap()) {
         assert!(v.is_some_and(f64::is_finite), "{name} = {v:?}");
     }
+}
+
+/// Every loss family trains a deep net (docs/theory.md §10): the run learns the synthetic task,
+/// its config records the loss, and the training loss it reports is that family's (not plain
+/// cross-entropy: the last epoch's loss differs from a ce run's from the same start).
+#[test]
+fn loss_families_train_deep_nets() {
+    let data = synthetic();
+    let profile = seli_core::Profile::from_counts(vec![80, 80, 16, 16]).unwrap();
+    let last_loss = |cfg: &TrainConfig| {
+        let run = RunData::new(cfg, &data).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let s = train(dir.path(), cfg, &run, false, &mut Quiet, &AtomicBool::new(false)).unwrap();
+        let config: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.path().join("config.json")).unwrap())
+                .unwrap();
+        assert_eq!(config["loss"], cfg.loss.name());
+        assert!(s.last["test_acc"].as_f64().unwrap() > 0.9, "{:?}: {:?}", cfg.loss, s.last);
+        s.last["loss"].as_f64().unwrap()
+    };
+    let ce = last_loss(&config(&profile, 3));
+    for (loss, gamma, tau) in [
+        (seli_core::LossKind::Cdt, 1.0, 0.0),
+        (seli_core::LossKind::Ldt, -1.0, 0.0),
+        (seli_core::LossKind::La, 0.0, 1.0),
+        (seli_core::LossKind::Vs, 0.5, 1.0),
+    ] {
+        let cfg = TrainConfig { loss, gamma, tau, ..config(&profile, 3) };
+        let l = last_loss(&cfg);
+        assert!(l.is_finite() && (l - ce).abs() > 1e-6, "{loss}: {l} vs ce {ce}");
+    }
+    let bad = TrainConfig { loss: seli_core::LossKind::Ce, gamma: 1.0, ..config(&profile, 3) };
+    assert!(bad.validate().unwrap_err().to_string().contains("gamma = 1"));
 }
