@@ -10,6 +10,8 @@ if [[ ! -x "$venv/bin/python" ]]; then
     python3 -m venv "$venv"
 fi
 "$venv/bin/pip" install -q --disable-pip-version-check "maturin==1.16.0" numpy pytest
+# cvxpy: the sample-level solves the class-level loss targets are checked against.
+"$venv/bin/pip" install -q --disable-pip-version-check cvxpy
 # PyTorch for the accumulator tests (from the registry, about 3.5 minutes and 5 GB the first
 # time; kept in the virtual environment afterwards).
 if ! "$venv/bin/python" -c "import torch" 2>/dev/null; then

@@ -60,6 +60,11 @@ pub struct AnalyzeArgs {
     /// Last-layer bias (k values), used for logits computed from --classifier.
     #[arg(long, value_name = "FILE", requires = "classifier")]
     pub bias: Option<PathBuf>,
+
+    /// The loss the model was trained with: the dist_*_target columns compare with its target
+    /// (docs/theory.md §10; a free bias when --bias is given)
+    #[command(flatten)]
+    pub loss: crate::loss_args::LossArgs,
     /// Array name in --bias.
     #[arg(long, value_name = "NAME", requires = "bias")]
     pub bias_key: Option<String>,
@@ -162,7 +167,8 @@ pub fn run(a: &AnalyzeArgs) -> Result<()> {
         logits.as_ref().map(|z| z as &dyn seli_io::arrays::RowSource),
         a.chunk,
     )?;
-    let mut r = acc.analysis()?;
+    let loss = a.loss.resolve(bias.is_some())?;
+    let mut r = acc.analysis_with(loss.kind, loss.gamma, loss.tau)?;
     if let (Some(f), Some(l)) = (&a.eval_features, &a.eval_labels) {
         let feats = Array::open(f, a.eval_features_key.as_deref())?;
         let labels = read_label_array(l, a.eval_labels_key.as_deref())?;

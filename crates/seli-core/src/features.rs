@@ -573,6 +573,12 @@ pub const GEOMETRY_COLUMNS: &[(&str, &str)] = &[
     ("cos_muc_maj_maj", "mean cos(mu_c - mu_G, mu_c' - mu_G) over majority pairs"),
     ("cos_muc_min_min", "mean cos(mu_c - mu_G, mu_c' - mu_G) over minority pairs"),
     ("cos_muc_maj_min", "mean cos(mu_c - mu_G, mu_c' - mu_G) over majority-minority pairs"),
+    (
+        "dist_gw_target",
+        "dist(W^T W, the loss target's G_W): the run's own loss (docs/theory.md §10); SELI for ce",
+    ),
+    ("dist_gm_target", "dist(M^T M, the loss target's G_M), raw M"),
+    ("dist_gmc_target", "dist(Mc^T Mc, the loss target's G_M), centered Mc"),
 ];
 
 /// The position of column `name` in [`GEOMETRY_COLUMNS`].
@@ -1714,6 +1720,20 @@ impl FeatureGeometry {
         W: Option<MatRef<'_, f64>>,
         target: &Geometry,
     ) -> Result<Vec<Option<f64>>> {
+        self.values_with(W, target, None)
+    }
+
+    /// [`FeatureGeometry::values`] with the `dist_*_target` columns against `own`, a loss's
+    /// target (against SELI when `None`).
+    ///
+    /// # Errors
+    /// As [`FeatureGeometry::values`].
+    pub fn values_with(
+        &self,
+        W: Option<MatRef<'_, f64>>,
+        target: &Geometry,
+        own: Option<&crate::implicit::LossTarget>,
+    ) -> Result<Vec<Option<f64>>> {
         let (d, k) = (self.moments.dim(), self.moments.classes());
         self.check_classifier(W)?;
         let groups = target.profile().groups();
@@ -1775,6 +1795,13 @@ impl FeatureGeometry {
         }
         values.extend(group_columns(gm.as_ref(), groups));
         values.extend(group_columns(gmc.as_ref(), groups));
+        let (tw, tm) = match own {
+            Some(t) => (t.gram_w.as_ref(), t.gram_m.as_ref()),
+            None => (target.gram_w(), target.gram_m()),
+        };
+        values.push(gw.as_ref().and_then(|g| normalized_distance(g.as_ref(), tw).ok()));
+        values.push(normalized_distance(gm.as_ref(), tm).ok());
+        values.push(normalized_distance(gmc.as_ref(), tm).ok());
         debug_assert_eq!(values.len(), GEOMETRY_COLUMNS.len());
         Ok(values)
     }

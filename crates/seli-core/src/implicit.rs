@@ -143,3 +143,37 @@ impl Target {
         )
     }
 }
+
+/// The Grams a measurement is compared with besides SELI and the ETF: a loss's implicit-geometry
+/// target (the `dist_*_target` columns).
+#[derive(Debug, Clone)]
+pub struct LossTarget {
+    /// Classifier Gram.
+    pub gram_w: Mat<f64>,
+    /// Class-mean Gram.
+    pub gram_m: Mat<f64>,
+}
+
+impl LossTarget {
+    /// The target of a certified solve.
+    pub fn of(t: &Target) -> Self {
+        LossTarget { gram_w: t.gram_w().to_owned(), gram_m: t.gram_m().to_owned() }
+    }
+
+    /// SELI's Grams (the target of cross-entropy without a bias).
+    pub fn seli(g: &crate::Geometry) -> Self {
+        LossTarget { gram_w: g.gram_w().to_owned(), gram_m: g.gram_m().to_owned() }
+    }
+
+    /// The target of `loss` for `profile`: `None` when it is SELI's
+    /// ([`Loss::target_is_seli`]), else the certified solve (relative gap 1e-10).
+    ///
+    /// # Errors
+    /// A solve that fails.
+    pub fn solve(profile: &Profile, loss: Loss) -> Result<Option<Self>> {
+        if loss.target_is_seli() {
+            return Ok(None);
+        }
+        Ok(Some(LossTarget::of(&Target::solve(profile, loss, 1e-10, 200_000, 0)?)))
+    }
+}

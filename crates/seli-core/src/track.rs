@@ -10,7 +10,6 @@ use faer::Mat;
 
 use crate::error::{Error, Result};
 use crate::features::{FeatureGeometry, GEOMETRY_COLUMNS};
-use crate::metrics::normalized_distance;
 use crate::scalar::Scalar;
 use crate::sel::Geometry;
 use crate::solve::Observer;
@@ -27,40 +26,10 @@ pub const RUN_COLUMNS: &[(&str, &str)] = &[
     ("h_norm_sq", "||H||_F^2"),
 ];
 
-/// The columns after [`GEOMETRY_COLUMNS`]: distances to the run's own loss target.
-pub const TARGET_COLUMNS: &[(&str, &str)] = &[
-    (
-        "dist_gw_target",
-        "dist(G_W, the classifier Gram of the run's loss target): SELI for cross-entropy without a bias",
-    ),
-    ("dist_gm_target", "dist(G_M, the raw class-mean Gram of the run's loss target)"),
-];
+static COLUMNS: LazyLock<Vec<(&'static str, &'static str)>> =
+    LazyLock::new(|| RUN_COLUMNS.iter().chain(GEOMETRY_COLUMNS).copied().collect());
 
-static COLUMNS: LazyLock<Vec<(&'static str, &'static str)>> = LazyLock::new(|| {
-    RUN_COLUMNS.iter().chain(GEOMETRY_COLUMNS).chain(TARGET_COLUMNS).copied().collect()
-});
-
-/// The Grams a run is compared with besides SELI and the ETF: its loss's implicit-geometry
-/// target (docs/theory.md §10).
-#[derive(Debug, Clone)]
-pub struct LossTarget {
-    /// Classifier Gram.
-    pub gram_w: Mat<f64>,
-    /// Class-mean Gram (raw means).
-    pub gram_m: Mat<f64>,
-}
-
-impl LossTarget {
-    /// The target of a certified solve.
-    pub fn of(t: &crate::implicit::Target) -> Self {
-        LossTarget { gram_w: t.gram_w().to_owned(), gram_m: t.gram_m().to_owned() }
-    }
-
-    /// SELI's Grams (the target of cross-entropy without a bias).
-    pub fn seli(g: &Geometry) -> Self {
-        LossTarget { gram_w: g.gram_w().to_owned(), gram_m: g.gram_m().to_owned() }
-    }
-}
+pub use crate::implicit::LossTarget;
 
 /// One row of `metrics.csv`. Names are the CSV headers; see [`UfmMetrics::columns`].
 #[derive(Debug, Clone, PartialEq)]
@@ -71,8 +40,8 @@ pub struct UfmMetrics {
 
 impl UfmMetrics {
     /// Column names and meanings, in order: [`RUN_COLUMNS`], then the feature-level
-    /// [`GEOMETRY_COLUMNS`] shared with `seli train` and `seli analyze`, then
-    /// [`TARGET_COLUMNS`]. These are the documented `metrics.csv` headers.
+    /// [`GEOMETRY_COLUMNS`] shared with `seli train` and `seli analyze`. These are the
+    /// documented `metrics.csv` headers.
     pub fn columns() -> &'static [(&'static str, &'static str)] {
         &COLUMNS
     }
@@ -125,29 +94,7 @@ impl UfmMetrics {
             Some(e.grad_norm),
             Some(H.squared_norm_l2()),
         ];
-        values.extend(geometry.values(Some(W.as_ref()), target)?);
-        // Distances to the loss's own target (SELI's Grams when there is none).
-        let gw = W.transpose() * &W;
-        let mut M = Mat::<f64>::zeros(H.nrows(), k);
-        let mut count = vec![0.0; k];
-        for (i, &y) in labels.iter().enumerate() {
-            count[y as usize] += 1.0;
-            for r in 0..H.nrows() {
-                M[(r, y as usize)] += H[(r, i)];
-            }
-        }
-        for (c, m) in count.iter().enumerate() {
-            for r in 0..H.nrows() {
-                M[(r, c)] /= m;
-            }
-        }
-        let gm = M.transpose() * &M;
-        let (tw, tm) = match own {
-            Some(t) => (t.gram_w.as_ref(), t.gram_m.as_ref()),
-            None => (target.gram_w(), target.gram_m()),
-        };
-        values.push(normalized_distance(gw.as_ref(), tw).ok());
-        values.push(normalized_distance(gm.as_ref(), tm).ok());
+        values.extend(geometry.values_with(Some(W.as_ref()), target, own)?);
         debug_assert_eq!(values.len(), Self::columns().len());
         Ok(UfmMetrics { values })
     }
@@ -170,7 +117,7 @@ impl<'a, F: FnMut(&UfmMetrics) -> std::result::Result<(), String>> Tracker<'a, F
         Tracker { labels, target, own: None, sink, last: None }
     }
 
-    /// Also compares with the run's loss target (columns [`TARGET_COLUMNS`]; SELI without it).
+    /// Also compares with the run's loss target (the `dist_*_target` columns; SELI without it).
     pub fn with_loss_target(mut self, own: &'a LossTarget) -> Self {
         self.own = Some(own);
         self

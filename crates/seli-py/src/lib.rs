@@ -412,11 +412,13 @@ fn geometry<'py>(
 /// per class (the columns of `seli analyze --per-class`, docs/formats.md);
 /// `eval_features`/`eval_labels` add `eval` (held-out accuracy, nearest-class-mean accuracy
 /// and NC4 against the training class means), `ood_features` adds `ood` (NC5).
+/// `loss`, `gamma`, `tau`: the loss the model was trained with (docs/theory.md §10); the
+/// `dist_*_target` values compare with its certified target (a free bias when `bias` is given).
 ///
 /// >>> m = seli.metrics(H, y, model.fc.weight.detach().numpy())
 /// >>> m["values"]["dist_gw_seli"], m["values"]["dist_gw_etf"]
 #[pyfunction]
-#[pyo3(signature = (features, labels, classifier=None, *, bias=None, logits=None, classes=None, layout="kd", chunk=4096, per_class=false, eval_features=None, eval_labels=None, ood_features=None))]
+#[pyo3(signature = (features, labels, classifier=None, *, bias=None, logits=None, classes=None, layout="kd", chunk=4096, per_class=false, eval_features=None, eval_labels=None, ood_features=None, loss="ce", gamma=0.0, tau=0.0))]
 #[allow(clippy::too_many_arguments)]
 fn metrics<'py>(
     py: Python<'py>,
@@ -432,7 +434,11 @@ fn metrics<'py>(
     eval_features: Option<&Bound<'py, PyAny>>,
     eval_labels: Option<&Bound<'py, PyAny>>,
     ood_features: Option<&Bound<'py, PyAny>>,
+    loss: &str,
+    gamma: f64,
+    tau: f64,
 ) -> PyResult<Bound<'py, PyAny>> {
+    let loss = loss_of(loss, gamma, tau, bias.is_some())?;
     if eval_features.is_some() != eval_labels.is_some() {
         return Err(value_error("eval_features and eval_labels go together"));
     }
@@ -461,7 +467,7 @@ fn metrics<'py>(
                 chunk,
             )?;
             let ser = |cause| seli_io::Error::Serialize { what: "analysis", cause };
-            let mut a = acc.analysis()?;
+            let mut a = acc.analysis_with(loss.kind, loss.gamma, loss.tau)?;
             if let (Some(eh), Some(ey)) = (&ehr, &ey) {
                 a.eval = Some(acc.held_out(eh, ey, Path::new("eval_labels"), None)?);
             }
@@ -858,11 +864,21 @@ impl PyAccumulator {
         self.inner.merge(&other.inner).map_err(value_error)
     }
 
-    /// The record of ``seli.metrics`` for every sample added (schema seli.analyze.v1).
-    fn metrics<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+    /// The record of ``seli.metrics`` for every sample added (schema seli.analyze.v1); ``loss``,
+    /// ``gamma``, ``tau`` name the training loss whose target the ``dist_*_target`` values
+    /// compare with.
+    #[pyo3(signature = (*, loss="ce", gamma=0.0, tau=0.0))]
+    fn metrics<'py>(
+        &self,
+        py: Python<'py>,
+        loss: &str,
+        gamma: f64,
+        tau: f64,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let loss = loss_of(loss, gamma, tau, false)?;
         let out = py
             .detach(|| -> seli_io::Result<serde_json::Value> {
-                let a = self.inner.analysis()?;
+                let a = self.inner.analysis_with(loss.kind, loss.gamma, loss.tau)?;
                 serde_json::to_value(&a)
                     .map_err(|cause| seli_io::Error::Serialize { what: "analysis", cause })
             })

@@ -9,6 +9,7 @@ import os
 import pickle
 import signal
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -636,3 +637,54 @@ def test_held_out_ood_and_per_class_from_numpy_definitions():
         acc.held_out(He, np.full(300, k))
     with pytest.raises(ValueError, match="ood_features"):
         acc.ood(Ho[:, :3])
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--loss", "cdt", "--gamma", "0.5"],
+        ["--loss", "cdt", "--gamma", "-1"],
+        ["--loss", "ldt", "--gamma", "1"],
+        ["--loss", "ce", "--bias"],
+        ["--loss", "cdt", "--gamma", "0.5", "--bias"],
+    ],
+)
+def test_class_level_targets_equal_a_sample_level_solve(flags):
+    """The class-level reduction (docs/theory.md §10) against the sample-level max-margin
+    problem written from the margins and solved by cvxpy (scripts/bench-targets.py)."""
+    pytest.importorskip("cvxpy")
+    script = ROOT / "scripts" / "bench-targets.py"
+    res = subprocess.run(
+        [sys.executable, str(script), "--k", "4", "--n-min", "2", "--seli", SELI_BIN, "--json", *flags],
+        check=True, capture_output=True, text=True,
+    )
+    r = json.loads(res.stdout)
+    assert r["n"] == 44 and r["relative_difference"] < 1e-4, r
+
+
+def test_features_at_a_loss_target_are_at_distance_zero_from_it():
+    """Features and classifiers built from the certified cdt target (its B = U S V^T:
+    W = S^1/2 U^T, class means S^1/2 V^T D^-1/2) measure 0 against that target and not 0
+    against SELI; the same with a bias (the model then has one)."""
+    for bias in (False, True):
+        g = seli.geometry(step="4,10,0.5,2", loss="cdt", gamma=1.0, bias=bias)
+        counts = np.array(g["profile"]["counts"])
+        C = np.array(g["matrices"]["logits"])
+        B = C * np.sqrt(counts)[None, :]
+        U, S, Vt = np.linalg.svd(B)
+        W = np.sqrt(S)[:, None] * U.T                      # d x k (d = k)
+        M = (np.sqrt(S)[:, None] * Vt) / np.sqrt(counts)[None, :]
+        y = np.repeat(np.arange(4), counts)
+        H = M[:, y].T                                      # n x d
+        b = np.array(g["target"]["bias"]) if bias else None
+        # The features are at their class means exactly: the classifier's own bias applies.
+        m = seli.metrics(H, y, W.T, bias=b, loss="cdt", gamma=1.0)
+        v = m["values"]
+        assert m["target_loss"] == {"loss": "cdt", "gamma": 1.0, "tau": 0.0, "bias": bias}
+        assert v["dist_gw_target"] < 1e-6 and v["dist_gm_target"] < 1e-6, v
+        assert v["dist_gw_seli"] > 0.1
+        # Without the loss, the target is SELI's (with a bias: the bias target).
+        plain = seli.metrics(H, y, W.T, bias=b)["values"]
+        assert plain["dist_gw_target"] > 0.1
+    with pytest.raises(ValueError, match="tau = 1"):
+        seli.metrics(H, y, W.T, loss="cdt", tau=1.0)

@@ -115,6 +115,9 @@ pub struct Analysis {
     pub centering: String,
     /// [`GEOMETRY_COLUMNS`] by name (`null` where undefined).
     pub values: serde_json::Map<String, serde_json::Value>,
+    /// The loss whose target the `dist_*_target` columns compare with (docs/theory.md §10):
+    /// `loss`, `gamma`, `tau`, `bias` (a free bias when the classifier has one).
+    pub target_loss: serde_json::Value,
     /// Held-out samples against the training class means ([`Accumulator::held_out`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub eval: Option<HeldOutRecord>,
@@ -742,6 +745,20 @@ impl Accumulator {
     /// # Errors
     /// A class without samples (named); decompositions failing.
     pub fn analysis(&self) -> Result<Analysis> {
+        self.analysis_with(seli_core::LossKind::Ce, 0.0, 0.0)
+    }
+
+    /// [`Accumulator::analysis`] with the `dist_*_target` columns against the target of the
+    /// loss family `kind` with `gamma` and `tau` (a free bias when the classifier has one).
+    ///
+    /// # Errors
+    /// As [`Accumulator::analysis`]; an invalid loss.
+    pub fn analysis_with(
+        &self,
+        kind: seli_core::LossKind,
+        gamma: f64,
+        tau: f64,
+    ) -> Result<Analysis> {
         let content = |cause| Error::Content { path: self.name.clone(), cause };
         let counts: Vec<u64> = self.counts().to_vec();
         if let Some(c) = counts.iter().position(|&m| m == 0) {
@@ -754,8 +771,12 @@ impl Accumulator {
         }
         let profile = Profile::from_counts(counts).map_err(content)?;
         let target = Geometry::new(&profile).map_err(content)?;
-        let values =
-            self.geo.values(self.W.as_ref().map(|w| w.as_ref()), &target).map_err(content)?;
+        let loss = seli_core::Loss::new(kind, gamma, tau, self.bias.is_some()).map_err(content)?;
+        let own = seli_core::implicit::LossTarget::solve(&profile, loss).map_err(content)?;
+        let values = self
+            .geo
+            .values_with(self.W.as_ref().map(|w| w.as_ref()), &target, own.as_ref())
+            .map_err(content)?;
         Ok(Analysis {
             schema: ANALYZE_SCHEMA.into(),
             n: self.n() as usize,
@@ -775,6 +796,12 @@ impl Accumulator {
                     ((*name).to_string(), v)
                 })
                 .collect(),
+            target_loss: serde_json::json!({
+                "loss": loss.kind.name(),
+                "gamma": loss.gamma,
+                "tau": loss.tau,
+                "bias": loss.bias,
+            }),
             eval: None,
             ood: None,
         })

@@ -597,12 +597,7 @@ fn execute_as<T: Scalar>(
     let mut solver = UfmSolver::<T>::new(cfg.solver_config(), &profile, cfg.threads)?;
     // The loss's own target (certified max-margin solve), unless it is SELI.
     let loss = cfg.solver_config().loss()?;
-    let own = if loss.target_is_seli() {
-        None
-    } else {
-        let t = seli_core::Target::solve(&profile, loss, 1e-10, 200_000, 0)?;
-        Some(seli_core::track::LossTarget::of(&t))
-    };
+    let own = seli_core::implicit::LossTarget::solve(&profile, loss)?;
     let labels = solver.labels().to_vec();
     // A run stopped before its first checkpoint has nothing to resume: it starts over (its
     // start is seeded, so the log and the end are those of an uninterrupted run).

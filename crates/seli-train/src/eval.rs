@@ -93,7 +93,8 @@ pub struct Measurement {
 }
 
 /// Evaluates the columns after `loss` for a model on `train_labels` / `test_labels` against
-/// `target`: the test accuracies, then [`GEOMETRY_COLUMNS`] over the training samples.
+/// `target` (and `own`, the run's loss target when it is not SELI): the test accuracies, then
+/// [`GEOMETRY_COLUMNS`] over the training samples.
 ///
 /// # Errors
 /// Non-finite features or logits (divergence), an empty class, decompositions failing.
@@ -102,6 +103,7 @@ pub fn evaluate(
     train_labels: &[u32],
     test_labels: &[u32],
     target: &Geometry,
+    own: Option<&seli_core::implicit::LossTarget>,
     batch: usize,
 ) -> Result<Measurement> {
     let k = target.k();
@@ -144,7 +146,7 @@ pub fn evaluate(
     }
     let (W, _) = model.classifier();
     let mut values: Vec<Option<f64>> = accuracies(&tc, &tt, target.profile().groups()).to_vec();
-    values.extend(geo.values(Some(W.as_ref()), target)?);
+    values.extend(geo.values_with(Some(W.as_ref()), target, own)?);
     debug_assert_eq!(values.len(), RUN_COLUMNS.len() + GEOMETRY_COLUMNS.len() - 3);
     Ok(Measurement { values, grams: geo.grams(Some(W.as_ref()))? })
 }
@@ -206,7 +208,7 @@ mod tests {
         let test_labels: Vec<u32> = (0..8).map(|i| i % 4).collect();
         let test = Mat::from_fn(6, 8, |r, i| real.M[(r, test_labels[i] as usize)]);
         let model = Fixed { train: H.clone(), test, W: real.W.clone() };
-        let v = evaluate(&model, &labels, &test_labels, &target, 7).unwrap().values;
+        let v = evaluate(&model, &labels, &test_labels, &target, None, 7).unwrap().values;
         let col = |name: &str| v[header().iter().position(|c| *c == name).unwrap() - 3];
 
         // The class-level columns from their definitions: means by direct sums, raw and

@@ -96,6 +96,9 @@ pub struct RunData {
     pub test: Prepared,
     /// SELI geometry of the realized counts.
     pub target: Geometry,
+    /// The run's loss target when it is not SELI (docs/theory.md §10): the `dist_*_target`
+    /// columns.
+    pub own: Option<seli_core::implicit::LossTarget>,
 }
 
 impl RunData {
@@ -109,6 +112,7 @@ impl RunData {
         let train = Prepared::new(&data.train, data.kind, Some(&indices));
         let test = Prepared::new(&data.test, data.kind, None);
         let target = Geometry::new(&profile)?;
+        let own = seli_core::implicit::LossTarget::solve(&profile, cfg.loss()?)?;
         let subset = SubsetRecord {
             schema: TRAIN_SUBSET_SCHEMA.into(),
             dataset: cfg.dataset,
@@ -116,7 +120,7 @@ impl RunData {
             counts: profile.counts().to_vec(),
             indices,
         };
-        Ok(RunData { subset, train, test, target })
+        Ok(RunData { subset, train, test, target, own })
     }
 }
 
@@ -304,6 +308,7 @@ impl MetricsLog<'_> {
             &data.train.labels,
             &data.test.labels,
             &data.target,
+            data.own.as_ref(),
             self.eval_batch,
         )
         .map_err(|e| match e {

@@ -144,10 +144,10 @@ pub(crate) fn svt(A: MatRef<'_, f64>, tau: f64) -> Result<(Mat<f64>, f64)> {
     let s = svd.S().column_vector();
     let shrunk: Vec<f64> = (0..s.nrows()).map(|i| (s[i] - tau).max(0.0)).collect();
     let (U, V) = (svd.U(), svd.V());
-    let k = A.nrows();
-    let out = Mat::from_fn(k, A.ncols(), |i, j| {
-        (0..shrunk.len()).map(|r| U[(i, r)] * shrunk[r] * V[(j, r)]).sum()
-    });
+    // U diag(shrunk) Vᵀ over the singular values that survive, as one matrix product.
+    let r = shrunk.iter().take_while(|&&x| x > 0.0).count();
+    let us = Mat::from_fn(A.nrows(), r, |i, q| U[(i, q)] * shrunk[q]);
+    let out = us * V.subcols(0, r).transpose();
     Ok((out, shrunk.iter().sum()))
 }
 
