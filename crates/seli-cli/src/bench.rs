@@ -15,7 +15,7 @@ use clap::{Args, Subcommand};
 use faer::Mat;
 use seli_core::solve::Solver;
 use seli_core::solve::ufm::{UfmConfig, UfmSolver};
-use seli_core::{Geometry, Profile, Scalar};
+use seli_core::{Geometry, Loss, LossKind, Profile, Scalar, Target};
 
 /// Which benchmark to run.
 #[derive(Debug, Subcommand)]
@@ -324,6 +324,31 @@ fn bench_geometry(a: &BenchGeometryArgs) -> Result<()> {
         "at n = 10^7 the dense route would hold a {:.1} GB matrix for k = 100; the class level holds k x k.",
         8.0 * 100.0 * 1e7 / 1e9
     );
+    // The certified targets of the other losses (docs/theory.md §10): class-level solves whose
+    // cost does not depend on n (scripts/bench-targets.py times a sample-level cvxpy solve).
+    println!();
+    println!(
+        "{:<34}{:>6}{:>12}{:>12}{:>7}{:>12}",
+        "loss target (certified)", "k", "n", "median", "runs", "rel. gap"
+    );
+    let ks: &[usize] = if a.quick { &[4] } else { &[10, 100] };
+    let losses = [
+        ("cdt, gamma 0.5", Loss::new(LossKind::Cdt, 0.5, 0.0, false)?),
+        ("ldt, gamma 1", Loss::new(LossKind::Ldt, 1.0, 0.0, false)?),
+        ("ce, free bias", Loss::new(LossKind::Ce, 0.0, 0.0, true)?),
+    ];
+    for &k in ks {
+        let p = Profile::step(k, 10.0, 0.5, 5)?;
+        for (name, loss) in &losses {
+            let mut gap = f64::NAN;
+            let (t, runs) = time(budget, min_runs, || {
+                let t = Target::solve(&p, *loss, 1e-10, 200_000, 0).expect("the target solves");
+                gap = t.solution().gap / t.nuclear_norm();
+                gap
+            });
+            println!("{:<34}{:>6}{:>12}{:>12}{:>7}{:>12.1e}", name, k, p.n(), fmt(t), runs, gap);
+        }
+    }
     Ok(())
 }
 
