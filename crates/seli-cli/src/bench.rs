@@ -342,7 +342,7 @@ fn bench_geometry(a: &BenchGeometryArgs) -> Result<()> {
         for (name, loss) in &losses {
             let mut gap = f64::NAN;
             let (t, runs) = time(budget, min_runs, || {
-                let t = Target::solve(&p, *loss, 1e-10, 200_000, 0).expect("the target solves");
+                let t = Target::certified(&p, *loss).expect("the target solves");
                 gap = t.solution().gap / t.nuclear_norm();
                 gap
             });

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use seli_core::{Geometry, Target};
+use seli_core::Geometry;
 use seli_io::{GeometryRecord, LossGeometryRecord};
 
 use crate::loss_args::LossArgs;
@@ -52,9 +52,6 @@ pub struct GeometryArgs {
     pub figures: Option<PathBuf>,
 }
 
-/// Relative duality gap of the certified solves behind a loss's target.
-pub const TARGET_TOL: f64 = 1e-10;
-
 /// What `seli geometry` computed: SELI (plain cross-entropy), or another loss's target.
 pub enum Computed {
     /// SELI and its record.
@@ -85,10 +82,8 @@ pub fn compute(args: &GeometryArgs) -> Result<Computed> {
         }
         let (profile, source) = args.profile.resolve()?;
         let start = std::time::Instant::now();
-        let target = Target::solve(&profile, loss, TARGET_TOL, 200_000, 0)?;
-        let seli = Geometry::new(&profile)?;
-        tracing::info!(k = profile.k(), loss = %loss.describe(), iters = target.solution().iters, elapsed = ?start.elapsed(), "target solved");
-        let rec = LossGeometryRecord::new(&target, &seli, TARGET_TOL, source.as_deref())?;
+        let rec = LossGeometryRecord::solve(&profile, loss, source.as_deref())?;
+        tracing::info!(k = profile.k(), loss = %loss.describe(), iters = rec.target.iters, elapsed = ?start.elapsed(), "target solved");
         return Ok(Computed::Loss(Box::new(rec)));
     }
     Ok(Computed::Seli(Box::new(compute_seli(args)?)))

@@ -504,6 +504,17 @@ pub struct LossGeometryRecord {
 }
 
 impl LossGeometryRecord {
+    /// Solves the target of `loss` for `profile` ([`Target::certified`]) and records it beside
+    /// SELI.
+    ///
+    /// # Errors
+    /// A solve or decomposition failing.
+    pub fn solve(profile: &Profile, loss: Loss, source: Option<&Path>) -> seli_core::Result<Self> {
+        let target = Target::certified(profile, loss)?;
+        let seli = Geometry::new(profile)?;
+        Self::new(&target, &seli, seli_core::implicit::TARGET_TOL, source)
+    }
+
     /// The record of a loss's target, its statistics and the SELI geometry of the same profile;
     /// `tol` is the relative gap the certificate was asked for.
     ///

@@ -374,10 +374,7 @@ fn geometry<'py>(
         }
         let rec = py
             .detach(|| -> seli_core::Result<serde_json::Value> {
-                let tol = 1e-10;
-                let t = seli_core::Target::solve(&p, loss, tol, 200_000, 0)?;
-                let g = Geometry::new(&p)?;
-                let rec = seli_io::LossGeometryRecord::new(&t, &g, tol, source.as_deref())?;
+                let rec = seli_io::LossGeometryRecord::solve(&p, loss, source.as_deref())?;
                 Ok(serde_json::to_value(&rec).unwrap_or_default())
             })
             .map_err(value_error)?;

@@ -293,6 +293,32 @@ fn place_legend(
     }
 }
 
+/// Draws a figure of `size` with a legend of `entries`: `draw` draws the plots, given the
+/// extra right margin its last plot leaves for a legend outside (0 on the first attempt), and
+/// returns them with what they drew; the legend goes in a free spot, else a second drawing makes
+/// room outside.
+fn with_legend(
+    size: (u32, u32),
+    entries: &[Entry],
+    draw: impl Fn(&Area<'_>, i32) -> Result<Vec<(Rect, Occupancy)>, String>,
+) -> Result<String, String> {
+    let (legend_w, _) = legend_size(entries);
+    for outside in [false, true] {
+        let mut svg = String::new();
+        {
+            let root = SVGBackend::with_string(&mut svg, size).into_drawing_area();
+            root.fill(&WHITE).map_err(err)?;
+            let plots = draw(&root, if outside { legend_w } else { 0 })?;
+            if !place_legend(&root, &plots, entries, outside)? {
+                continue;
+            }
+            root.present().map_err(err)?;
+        }
+        return Ok(svg);
+    }
+    unreachable!("the second attempt always places the legend outside")
+}
+
 /// An axis tick: whole numbers without a decimal point ("1000", not "1000."), very large or
 /// small ones in exponent form, others in the shortest form.
 pub fn tick(x: f64) -> String {
@@ -560,32 +586,21 @@ fn line_figure(
     let (x, y) = ranges(&all, markers, log_x).ok_or_else(|| format!("{title}: nothing to plot"))?;
     let axes = Axes { x_label, y_label, log_x, markers, x, y };
     let entries = entries_of(all.iter().copied());
-    let (legend_w, _) = legend_size(&entries);
-    for outside in [false, true] {
-        let mut svg = String::new();
-        {
-            let root = SVGBackend::with_string(&mut svg, size).into_drawing_area();
-            root.fill(&WHITE).map_err(err)?;
-            let (body, caption) = if panels.len() == 1 {
-                (root.clone(), (title, 22))
-            } else {
-                (root.titled(title, ("sans-serif", 22)).map_err(err)?, ("", 18))
-            };
-            let areas = body.split_evenly((1, panels.len().max(1)));
-            let mut plots = Vec::new();
-            for (i, (area, (name, series))) in areas.iter().zip(panels).enumerate() {
-                let right = if outside && i + 1 == panels.len() { legend_w } else { 0 };
-                let cap = if panels.len() == 1 { caption } else { (*name, caption.1) };
-                plots.push(line_panel(area, cap, &axes, series, right)?);
-            }
-            if !place_legend(&root, &plots, &entries, outside)? {
-                continue;
-            }
-            root.present().map_err(err)?;
+    with_legend(size, &entries, |root, right| {
+        let (body, caption) = if panels.len() == 1 {
+            (root.clone(), (title, 22))
+        } else {
+            (root.titled(title, ("sans-serif", 22)).map_err(err)?, ("", 18))
+        };
+        let areas = body.split_evenly((1, panels.len().max(1)));
+        let mut plots = Vec::new();
+        for (i, (area, (name, series))) in areas.iter().zip(panels).enumerate() {
+            let extra = if i + 1 == panels.len() { right } else { 0 };
+            let cap = if panels.len() == 1 { caption } else { (*name, caption.1) };
+            plots.push(line_panel(area, cap, &axes, series, extra)?);
         }
-        return Ok(svg);
-    }
-    unreachable!("the second attempt always places the legend outside")
+        Ok(plots)
+    })
 }
 
 /// A line chart. With `log_x`, points with x <= 0 are dropped. `markers` are labelled vertical
@@ -785,76 +800,65 @@ pub fn bar_chart(
         .enumerate()
         .map(|(s, (name, _))| Entry { label: (*name).to_string(), swatch: Swatch::Block(color(s)) })
         .collect();
-    let (legend_w, _) = legend_size(&entries);
-    for outside in [false, true] {
-        let mut svg = String::new();
-        {
-            let root = SVGBackend::with_string(&mut svg, SIZE).into_drawing_area();
-            root.fill(&WHITE).map_err(err)?;
-            let mut chart = ChartBuilder::on(&root)
-                .caption(title, ("sans-serif", 22))
-                .margin(12)
-                .margin_right(12 + if outside { legend_w + 2 * LEGEND_GAP } else { 0 })
-                .x_label_area_size(48)
-                .y_label_area_size(64)
-                .build_cartesian_2d(-0.5f64..n as f64 - 0.5, y0..y1)
-                .map_err(err)?;
-            let cats = categories.to_vec();
-            chart
-                .configure_mesh()
-                .disable_x_mesh()
-                .x_labels(n)
-                // Ticks at the integers, each under its group of bars.
-                .x_label_formatter(&|x| {
-                    let i = x.round();
-                    if (x - i).abs() < 1e-6 && i >= 0.0 {
-                        cats.get(i as usize).cloned().unwrap_or_default()
-                    } else {
-                        String::new()
-                    }
-                })
-                .y_desc(y_label)
-                .y_label_formatter(&|y| axis_tick(*y, y1 - y0))
-                .light_line_style(WHITE.mix(0.0))
-                .label_style(("sans-serif", 14))
-                .axis_desc_style(("sans-serif", 17))
-                .draw()
-                .map_err(err)?;
-            let plot = Rect::of_ranges(chart.plotting_area().get_pixel_range());
-            let mut occ = Occupancy::new(plot);
-            let w = 0.8 / m as f64;
-            for (s, (_, v)) in series.iter().enumerate() {
-                let bars: Vec<[(f64, f64); 2]> = v
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, y)| y.is_finite())
-                    .map(|(i, &y)| {
-                        let x = i as f64 - 0.4 + w * s as f64;
-                        [(x, 0.0), (x + w * 0.92, y)]
-                    })
-                    .collect();
-                for [a, b] in &bars {
-                    let (pa, pb) = (chart.backend_coord(a), chart.backend_coord(b));
-                    occ.mark_rect(Rect {
-                        x0: pa.0.min(pb.0),
-                        y0: pa.1.min(pb.1),
-                        x1: pa.0.max(pb.0),
-                        y1: pa.1.max(pb.1),
-                    });
+    with_legend(SIZE, &entries, |root, right| {
+        let mut chart = ChartBuilder::on(root)
+            .caption(title, ("sans-serif", 22))
+            .margin(12)
+            .margin_right(12 + if right > 0 { right + 2 * LEGEND_GAP } else { 0 })
+            .x_label_area_size(48)
+            .y_label_area_size(64)
+            .build_cartesian_2d(-0.5f64..n as f64 - 0.5, y0..y1)
+            .map_err(err)?;
+        let cats = categories.to_vec();
+        chart
+            .configure_mesh()
+            .disable_x_mesh()
+            .x_labels(n)
+            // Ticks at the integers, each under its group of bars.
+            .x_label_formatter(&|x| {
+                let i = x.round();
+                if (x - i).abs() < 1e-6 && i >= 0.0 {
+                    cats.get(i as usize).cloned().unwrap_or_default()
+                } else {
+                    String::new()
                 }
-                let c = color(s);
-                chart
-                    .draw_series(bars.into_iter().map(|r| Rectangle::new(r, c.filled())))
-                    .map_err(err)?;
+            })
+            .y_desc(y_label)
+            .y_label_formatter(&|y| axis_tick(*y, y1 - y0))
+            .light_line_style(WHITE.mix(0.0))
+            .label_style(("sans-serif", 14))
+            .axis_desc_style(("sans-serif", 17))
+            .draw()
+            .map_err(err)?;
+        let plot = Rect::of_ranges(chart.plotting_area().get_pixel_range());
+        let mut occ = Occupancy::new(plot);
+        let w = 0.8 / m as f64;
+        for (s, (_, v)) in series.iter().enumerate() {
+            let bars: Vec<[(f64, f64); 2]> = v
+                .iter()
+                .enumerate()
+                .filter(|(_, y)| y.is_finite())
+                .map(|(i, &y)| {
+                    let x = i as f64 - 0.4 + w * s as f64;
+                    [(x, 0.0), (x + w * 0.92, y)]
+                })
+                .collect();
+            for [a, b] in &bars {
+                let (pa, pb) = (chart.backend_coord(a), chart.backend_coord(b));
+                occ.mark_rect(Rect {
+                    x0: pa.0.min(pb.0),
+                    y0: pa.1.min(pb.1),
+                    x1: pa.0.max(pb.0),
+                    y1: pa.1.max(pb.1),
+                });
             }
-            if !place_legend(&root, &[(plot, occ)], &entries, outside)? {
-                continue;
-            }
-            root.present().map_err(err)?;
+            let c = color(s);
+            chart
+                .draw_series(bars.into_iter().map(|r| Rectangle::new(r, c.filled())))
+                .map_err(err)?;
         }
-        return Ok(svg);
-    }
-    unreachable!("the second attempt always places the legend outside")
+        Ok(vec![(plot, occ)])
+    })
 }
 
 #[cfg(test)]

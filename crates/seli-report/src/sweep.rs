@@ -279,8 +279,7 @@ pub fn theory_figures(
     for i in 0..THEORY_POINTS {
         let gamma = lo + (hi - lo) * i as f64 / (THEORY_POINTS - 1) as f64;
         let l = seli_core::Loss { gamma, ..loss };
-        let t =
-            seli_core::Target::solve(&profile, l, 1e-10, 200_000, 0).map_err(|e| e.to_string())?;
+        let t = seli_core::Target::certified(&profile, l).map_err(|e| e.to_string())?;
         let Some(b) = t.stats().map_err(|e| e.to_string())?.by_group else { continue };
         let vals = [
             b.cos_w.maj_maj,

@@ -85,13 +85,17 @@ pub fn results(command: Command, dir: &Path) -> Result<Vec<(String, String)>> {
     let mut out;
     match command {
         Command::Geometry => {
+            // SELI's record, or a loss target's (docs/formats.md).
             let loss = seli_io::record::LOSS_GEOMETRY_SCHEMA;
-            let schema =
-                match crate::read_record::<serde_json::Value>(&path, "a seli geometry record") {
-                    Ok(v) if v.get("schema").and_then(|t| t.as_str()) == Some(loss) => loss,
-                    _ => seli_io::record::GEOMETRY_SCHEMA,
-                };
-            let r = record(command, &path, schema)?;
+            let r: serde_json::Value = crate::read_record(&path, "a seli geometry record")?;
+            let tag = r.get("schema").and_then(|t| t.as_str()).unwrap_or_default();
+            if tag != loss && tag != seli_io::record::GEOMETRY_SCHEMA {
+                return Err(Error::record(
+                    &path,
+                    format!("schema {tag:?} is not {} or {loss}", seli_io::record::GEOMETRY_SCHEMA),
+                ));
+            }
+            let schema = tag;
             out = counts(&path, &r)?;
             if schema == loss {
                 // A loss's target: its certificate (nuclear_norm, gap, ...), its distances to
