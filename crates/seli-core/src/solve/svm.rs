@@ -304,6 +304,49 @@ fn certificate(p: &MarginProblem, B: MatRef<'_, f64>, search: bool) -> Result<(M
     Ok(best.1)
 }
 
+/// With a free bias, equal row weights and thresholds proportional to `√n_c` (cross-entropy
+/// and logit adjustment: `t = κ√n`), the candidate `X = κ Y (I − 11ᵀ/N)`, the label matrix
+/// centered over samples (`B = κ (I − n1ᵀ/N) D^{1/2}`, `b = κ (n/N − 1/k)`; every margin is
+/// tight), returned when its dual certificate closes the gap to `tol` (docs/theory.md §10).
+/// `None` for other problems, or when the certificate does not close the gap, so that ADMM
+/// decides.
+fn centered_labels(p: &MarginProblem, tol: f64) -> Result<Option<MarginSolution>> {
+    let k = p.k();
+    let kappa = p.t[0] / p.sqrt_n[0];
+    let proportional = (0..k).all(|c| {
+        (p.a[c] - p.a[0]).abs() <= 1e-12 * p.a[0]
+            && (p.t[c] / p.sqrt_n[c] - kappa).abs() <= 1e-12 * kappa
+    });
+    if !p.bias || !proportional {
+        return Ok(None);
+    }
+    let n: Vec<f64> = p.sqrt_n.iter().map(|s| s * s).collect();
+    let total: f64 = n.iter().sum();
+    // The row weight scales B only: a(B[c,c] − B[j,c]) = κ s_c (1 − (n_c − n_j)/N), and the
+    // bias makes up the rest, s_c (b_c − b_j) = κ s_c (n_c − n_j)/N.
+    let B = Mat::from_fn(k, k, |i, c| {
+        kappa / p.a[0] * p.sqrt_n[c] * (f64::from(u8::from(i == c)) - n[i] / total)
+    });
+    let b: Vec<f64> = n.iter().map(|&ni| kappa * (ni / total - 1.0 / k as f64)).collect();
+    let primal = nuclear(B.as_ref())?;
+    // The polar factor alone first; the null-space search (many more SVDs) only when needed.
+    let mut cert = certificate(p, B.as_ref(), false)?;
+    if primal - cert.1 > tol * primal.max(1.0) {
+        cert = certificate(p, B.as_ref(), true)?;
+    }
+    let (alpha, dual) = cert;
+    let gap = primal - dual;
+    Ok((gap <= tol * primal.max(1.0)).then(|| MarginSolution {
+        B,
+        b: Some(b),
+        primal,
+        dual,
+        gap: gap.max(0.0),
+        iters: 0,
+        alpha,
+    }))
+}
+
 /// Solves a class-level max-margin problem to a relative duality gap `tol` by ADMM:
 /// singular-value thresholding alternating with the exact column-wise projection onto the
 /// constraints (with a free bias, each column keeps its own copy of b, held to their mean by
@@ -319,6 +362,30 @@ pub fn solve_margin(
     max_iters: u64,
     seed: u64,
 ) -> Result<MarginSolution> {
+    checked(p, tol)?;
+    match centered_labels(p, tol)? {
+        Some(sol) => Ok(sol),
+        None => admm(p, tol, max_iters, seed),
+    }
+}
+
+/// [`solve_margin`] by ADMM alone, without trying the centered-label candidate first: the
+/// independent check that the candidate is the optimum.
+///
+/// # Errors
+/// As [`solve_margin`].
+pub fn solve_margin_admm(
+    p: &MarginProblem,
+    tol: f64,
+    max_iters: u64,
+    seed: u64,
+) -> Result<MarginSolution> {
+    checked(p, tol)?;
+    admm(p, tol, max_iters, seed)
+}
+
+/// The checks both entries make: `tol` positive and finite, the problem well formed.
+fn checked(p: &MarginProblem, tol: f64) -> Result<()> {
     if !(tol.is_finite() && tol > 0.0) {
         return Err(Error::InvalidParameter {
             name: "tol",
@@ -326,7 +393,11 @@ pub fn solve_margin(
             rule: "must be a finite number > 0",
         });
     }
-    p.check()?;
+    p.check()
+}
+
+/// [`solve_margin`]'s ADMM (the problem checked).
+fn admm(p: &MarginProblem, tol: f64, max_iters: u64, seed: u64) -> Result<MarginSolution> {
     let k = p.k();
     let scale = p.t.iter().sum::<f64>() / k as f64;
     let start =
