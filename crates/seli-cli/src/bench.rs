@@ -80,6 +80,10 @@ pub struct BenchTrainArgs {
     #[arg(long, default_value_t = 3)]
     pub resnet_steps: usize,
 
+    /// Where to train: cpu, cuda or cuda:N (a CUDA build: scripts/build-cuda.sh).
+    #[arg(long, value_name = "DEVICE", default_value = "cpu")]
+    pub device: seli_train::Device,
+
     /// Tiny sizes and one step each: checks that the benchmark works, measures nothing.
     #[arg(long)]
     pub quick: bool,
@@ -425,18 +429,32 @@ fn bench_train(a: &BenchTrainArgs) -> Result<()> {
         batch_norm,
         last_bias: false,
     };
+    // A device this build or machine lacks fails before anything is printed.
+    seli_train::device::burn_device(a.device)?;
     let (batch, width, resnet_width) = if a.quick { (8, 16, 2) } else { (128, 512, 64) };
     let (steps, rounds) = if a.quick { (1, 1) } else { (a.mlp_steps, 5) };
-    println!(
-        "training throughput, f32, batch {batch}, SGD with momentum, {} threads",
-        rayon::current_num_threads()
-    );
+    match a.device {
+        seli_train::Device::Cpu => println!(
+            "training throughput, f32, batch {batch}, SGD with momentum, cpu, {} threads",
+            rayon::current_num_threads()
+        ),
+        gpu => println!("training throughput, f32, batch {batch}, SGD with momentum, {gpu}"),
+    }
     println!("{:<44} {:>12}", "model", "samples/s");
     for (name, cfg) in [
         (format!("MLP 784-{width}-{width}-10 (no batch norm)"), mlp(2, width, false)),
         (format!("MLP 784-{width}x3-10 + batch norm (seli train)"), mlp(3, width, true)),
     ] {
-        let r = training_throughput(&cfg, [1, 28, 28], 10, batch, 3.min(steps), steps, rounds)?;
+        let r = training_throughput(
+            a.device,
+            &cfg,
+            [1, 28, 28],
+            10,
+            batch,
+            3.min(steps),
+            steps,
+            rounds,
+        )?;
         println!("{name:<44} {r:>12.0}");
     }
     if a.resnet_steps > 0 {
@@ -448,7 +466,7 @@ fn bench_train(a: &BenchTrainArgs) -> Result<()> {
             last_bias: false,
         };
         let steps = if a.quick { 1 } else { a.resnet_steps };
-        let r = training_throughput(&cfg, [3, 32, 32], 10, batch, 1, steps, 1)?;
+        let r = training_throughput(a.device, &cfg, [3, 32, 32], 10, batch, 1, steps, 1)?;
         println!("{:<44} {r:>12.1}", format!("ResNet-18 (width {resnet_width}) on 3x32x32"));
     }
     Ok(())

@@ -278,9 +278,8 @@ fn job(command: Command, point: &Point, inner_threads: usize) -> Result<(Job, Ve
         PointCli::Train(a) => {
             let mut cfg = a.config()?;
             cfg.threads = 0;
-            if cfg.device != seli_train::Device::Cpu {
-                bail!("device = {}: sweeps train on the CPU", cfg.device);
-            }
+            // A device this build or machine lacks fails the sweep before any point runs.
+            seli_train::device::burn_device(cfg.device)?;
             Job::Train(Box::new(cfg))
         }
     };

@@ -56,16 +56,7 @@ pub enum ModelArg {
     Resnet18,
 }
 
-/// Devices.
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum DeviceArg {
-    /// burn's flex backend on all cores (or --threads).
-    Cpu,
-    /// Not compiled into this build (see the README's GPU section).
-    Cuda,
-}
-
-const RUN_FLAGS: [&str; 25] = [
+const RUN_FLAGS: [&str; 24] = [
     "loss",
     "gamma",
     "tau",
@@ -90,7 +81,6 @@ const RUN_FLAGS: [&str; 25] = [
     "checkpoint_every",
     "eval_batch",
     "seed",
-    "device",
 ];
 
 /// Flags of `seli train`.
@@ -189,9 +179,11 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
 
-    /// Device.
-    #[arg(long, value_enum, default_value = "cpu")]
-    pub device: DeviceArg,
+    /// Where to train: cpu (burn's flex backend on all cores, or --threads), cuda or cuda:N
+    /// (the N-th NVIDIA GPU; needs a CUDA build, scripts/build-cuda.sh). With --resume: where
+    /// to continue (default: where the run started); checkpoints move between devices.
+    #[arg(long, value_name = "DEVICE")]
+    pub device: Option<seli_train::Device>,
 
     /// Worker threads (0: all cores).
     #[arg(long, default_value_t = 0)]
@@ -242,10 +234,7 @@ impl TrainArgs {
             checkpoint_every: self.checkpoint_every,
             eval_batch: self.eval_batch,
             seed: self.seed,
-            device: match self.device {
-                DeviceArg::Cpu => seli_train::Device::Cpu,
-                DeviceArg::Cuda => seli_train::Device::Cuda(0),
-            },
+            device: self.device.unwrap_or_default(),
             threads: self.threads,
             loss: self.loss.resolve(self.last_bias)?.kind,
             gamma: self.loss.gamma,
@@ -354,9 +343,25 @@ fn report(s: &TrainSummary, cfg: &TrainConfig, dir: &Path) {
 /// Runs `seli train`.
 pub fn run(args: &TrainArgs) -> Result<ExitCode> {
     let (cfg, dir, resume) = match &args.resume {
-        Some(dir) => (read_config(dir)?, dir.clone(), true),
+        Some(dir) => {
+            let mut cfg = read_config(dir)?;
+            cfg.device = args.device.unwrap_or(cfg.device);
+            if let Err(e) = seli_train::device::burn_device(cfg.device) {
+                bail!(
+                    "{e}\n(the run in {} started on {}; its checkpoint continues on any device: \
+                     seli train --resume {} --device cpu)",
+                    dir.display(),
+                    cfg.device,
+                    dir.display()
+                );
+            }
+            (cfg, dir.clone(), true)
+        }
         None => {
             let cfg = args.config()?;
+            // Before the run directory exists: a device this build or machine lacks leaves
+            // nothing behind.
+            seli_train::device::burn_device(cfg.device)?;
             seli_run::prepare_run_dir(&args.out, args.force, seli_run::Command::Train, &STALE)?;
             (cfg, args.out.clone(), false)
         }

@@ -340,7 +340,20 @@ fn malformed_sweep_files_are_rejected_with_line_and_key() {
             "point 1 (ratio=-1): invalid --step",
         ),
         ("command = \"ridge\"\n[grid]\nratio = [1, 2]\n", "give --lambda L"),
+        (
+            "command = \"train\"\n[grid]\ndevice = [\"cpu\", \"gpu\"]\n",
+            "point 1 (device=gpu): invalid value 'gpu' for '--device <DEVICE>'",
+        ),
     ];
+    // A device the build lacks stops the sweep before any point runs.
+    let mut cases = cases.to_vec();
+    if !cfg!(feature = "cuda") {
+        cases.push((
+            "command = \"train\"\n[base]\ndevice = \"cuda:2\"\n",
+            "device cuda:2: this seli was built without the CUDA backend; build one with \
+             scripts/build-cuda.sh",
+        ));
+    }
     for (i, (text, want)) in cases.iter().enumerate() {
         let spec = write_spec(tmp.path(), &format!("bad{i}.toml"), text);
         let out = tmp.path().join(format!("out{i}"));

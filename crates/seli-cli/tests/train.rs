@@ -84,6 +84,17 @@ fn trains_an_mlp_writes_the_run_and_resumes_a_finished_run() {
     assert!(e.contains("already holds a run") && e.contains("seli train --resume"), "{e}");
     ok(&["train", "--resume", out_s]);
     assert_eq!(json(&out.join("summary.json"))["last"], summary["last"]);
+    // Checkpoints move between devices: a run recorded as started on a GPU continues on the
+    // CPU with --device cpu (a build or machine without that GPU says so, and how).
+    let mut on_gpu = cfg.clone();
+    on_gpu["device"] = "cuda:0".into();
+    std::fs::write(out.join("config.json"), serde_json::to_string(&on_gpu).unwrap()).unwrap();
+    if !cfg!(feature = "cuda") {
+        let e = fails(&["train", "--resume", out_s]);
+        assert!(e.contains("started on cuda:0") && e.contains("--device cpu"), "{e}");
+    }
+    ok(&["train", "--resume", out_s, "--device", "cpu"]);
+    assert_eq!(json(&out.join("summary.json"))["last"], summary["last"]);
     // A training run's report: curves over epochs and the target heatmaps.
     ok(&["report", out_s]);
     let html = std::fs::read_to_string(out.join("report.html")).unwrap();
@@ -171,8 +182,13 @@ fn bad_inputs_are_named() {
     };
     let e = run(&["--step", "10,10,0.5,1"]);
     assert!(e.contains("class 0 asks for 10 training images, the dataset has 3"), "{e}");
-    let e = run(&["--step", "10,2,0.5,1", "--device", "cuda"]);
-    assert!(e.contains("CPU only"), "{e}");
+    if !cfg!(feature = "cuda") {
+        // The default build refuses a GPU and says how to get a CUDA build.
+        let e = run(&["--step", "10,2,0.5,1", "--device", "cuda:1"]);
+        assert!(e.contains("device cuda:1") && e.contains("scripts/build-cuda.sh"), "{e}");
+    }
+    let e = run(&["--step", "10,2,0.5,1", "--device", "gpu"]);
+    assert!(e.contains("\"gpu\"") && e.contains("cpu, cuda or cuda:N"), "{e}");
     let e = run(&["--step", "10,2,0.5,1", "--milestones", "5", "--epochs", "3"]);
     assert!(e.contains("milestones [5]"), "{e}");
     let e = run(&["--step", "4,2,0.5,1"]);

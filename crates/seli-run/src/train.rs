@@ -251,14 +251,17 @@ impl TrainConfig {
                 self.milestones, self.epochs
             ));
         }
-        if self.device != Device::Cpu {
-            return bad(format!(
-                "device {}: this build trains on the CPU only (no CUDA backend is compiled \
-                 in; see the README's GPU section)",
-                self.device
-            ));
-        }
         self.model.validate()
+    }
+
+    /// Whether `other` describes the same run: every setting but where it computes (`device`,
+    /// `threads`), which a resumed run may change (a run started on a GPU continues on the CPU
+    /// and the reverse; docs/formats.md).
+    pub fn same_run(&self, other: &TrainConfig) -> bool {
+        let mut a = self.clone();
+        a.device = other.device;
+        a.threads = other.threads;
+        &a == other
     }
 
     /// Learning rate during epoch `epoch` (1-based): `lr · decay^(milestones < epoch)`.
@@ -459,7 +462,13 @@ mod tests {
         check(&|c| c.momentum = 1.0, "momentum 1");
         check(&|c| c.milestones = vec![6, 3], "milestones [6, 3]");
         check(&|c| c.milestones = vec![9], "milestones [9]");
-        check(&|c| c.device = Device::Cuda(0), "CPU only");
+        // Where a run computes is not part of what it is: a resumed run may move.
+        let mut gpu = config();
+        gpu.device = Device::Cuda(0);
+        gpu.validate().unwrap();
+        assert!(gpu.same_run(&config()) && config().same_run(&gpu));
+        gpu.seed += 1;
+        assert!(!gpu.same_run(&config()));
         check(&|c| c.model.width = 0, "width");
         check(&|c| c.lr_decay = 0.0, "decay factor 0");
         check(&|c| c.weight_decay = -1.0, "weight decay -1");

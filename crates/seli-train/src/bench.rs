@@ -5,20 +5,22 @@ use std::time::Instant;
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::momentum::MomentumConfig;
 use burn::optim::{GradientsParams, SgdConfig};
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::{Int, Tensor, TensorData};
 use seli_core::random::{gaussian_matrix, rng_from_seed};
 
 use crate::config::ModelConfig;
 use crate::error::Result;
 use crate::model::Net;
 
-/// Samples per second of SGD steps (forward, backward, momentum update) of `cfg` on one
-/// random batch of `batch` images of shape `image` with `classes` classes: `warmup` untimed
+/// Samples per second of SGD steps (forward, backward, momentum update) of `cfg` on `device`
+/// on one random batch of `batch` images of shape `image` with `classes` classes: `warmup` untimed
 /// steps, then the median rate over `rounds` timed stretches of `steps` steps each.
 ///
 /// # Errors
-/// An invalid model configuration.
+/// An invalid model configuration; a device that cannot be used.
+#[allow(clippy::too_many_arguments)]
 pub fn training_throughput(
+    device: crate::device::Device,
     cfg: &ModelConfig,
     image: [usize; 3],
     classes: usize,
@@ -27,7 +29,7 @@ pub fn training_throughput(
     steps: usize,
     rounds: usize,
 ) -> Result<f64> {
-    let device = Device::flex().autodiff();
+    let device = crate::device::burn_device(device)?.autodiff();
     let mut net = Net::seeded(cfg, image, classes, &device, 0)?;
     let size: usize = image.iter().product();
     let x: Vec<f32> = gaussian_matrix(size, batch, 1.0, &mut rng_from_seed(1))

@@ -9,6 +9,10 @@ pub enum Error {
     /// An invalid training configuration (the message names the value and the rule).
     #[error("{0}")]
     Config(String),
+    /// The device cannot be used (CUDA missing from the build, no driver, NVRTC, headers or
+    /// GPU); the message says what is missing and how to provide it.
+    #[error("{0}")]
+    Device(String),
     /// A dataset or output file problem.
     #[error(transparent)]
     Io(#[from] seli_io::Error),

@@ -286,6 +286,8 @@ struct MetricsLog<'a> {
     last: &'a LastRow,
     eval_seconds: f64,
     failure: &'a Failure,
+    /// The run's device (without autodiff), where the measurement's forward passes run.
+    device: &'a Device,
 }
 
 impl MetricsLog<'_> {
@@ -294,12 +296,11 @@ impl MetricsLog<'_> {
             return Ok(());
         }
         let t = Instant::now();
-        let device = Device::flex();
         let probe = Probe {
             net: s.net().valid(),
             train: &self.data.train,
             test: &self.data.test,
-            device: &device,
+            device: self.device,
             d: self.d,
         };
         let data = self.data;
@@ -408,7 +409,7 @@ fn restore(
         path: run.config(),
         reason: format!("not a train config: {e}"),
     })?;
-    if &on_disk != cfg {
+    if !on_disk.same_run(cfg) {
         return Err(Error::Config(format!(
             "{} was written for another configuration; resume with the same flags, or \
              start a new --out directory",
@@ -465,7 +466,8 @@ pub fn train(
     cfg.validate()?;
     let run = TrainDir { dir: dir.to_path_buf() };
     let k = data.target.k();
-    let train_device = Device::flex().autodiff();
+    let device = crate::device::burn_device(cfg.device)?;
+    let train_device = device.clone().autodiff();
     let net = Net::seeded(&cfg.model, data.train.shape, k, &train_device, cfg.seed)?;
     let optim = SgdConfig::new()
         .with_momentum(Some(MomentumConfig {
@@ -516,6 +518,7 @@ pub fn train(
         last: &last,
         eval_seconds: 0.0,
         failure: &failure,
+        device: &device,
     };
     let epochs = Epochs {
         cfg,

@@ -1,0 +1,185 @@
+//! Where the networks compute: the run layer's [`Device`] (`cpu`, `cuda:N`) turned into a burn
+//! device, after checking that what the backend needs is there, so that a missing driver,
+//! NVRTC or CUDA headers is a clear error naming the library or path and how to provide it
+//! rather than a panic deep inside the backend.
+//!
+//! `cpu` is burn's flex backend. `cuda:N` is burn's CUDA backend (cubecl's CUDA C++ kernels,
+//! compiled by NVRTC at run time), present only in builds with the `cuda` feature
+//! (`scripts/build-cuda.sh`); other builds refuse it with a message saying how to get one.
+
+use crate::error::Result;
+pub use seli_run::train::Device;
+
+/// Whether this build has the CUDA backend.
+pub const CUDA_BUILD: bool = cfg!(feature = "cuda");
+
+/// How to get a build that has the CUDA backend (the text of the refusal).
+pub const HOW_TO_GET_CUDA: &str = "this seli was built without the CUDA backend; build one with \
+     scripts/build-cuda.sh (cargo's `cuda` feature with a patched cubecl-cuda; README, \"GPU\")";
+
+/// The burn device (without autodiff) for `device`, after checking its requirements.
+///
+/// # Errors
+/// [`Error::Device`]: CUDA requested from a CPU-only build; no NVIDIA driver (libcuda), no
+/// NVRTC, no CUDA headers, or no GPU with that index.
+pub fn burn_device(device: Device) -> Result<burn::tensor::Device> {
+    match device {
+        Device::Cpu => Ok(burn::tensor::Device::flex()),
+        Device::Cuda(index) => cuda_device(index),
+    }
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_device(index: usize) -> Result<burn::tensor::Device> {
+    Err(crate::error::Error::Device(format!("device cuda:{index}: {HOW_TO_GET_CUDA}")))
+}
+
+#[cfg(feature = "cuda")]
+fn cuda_device(index: usize) -> Result<burn::tensor::Device> {
+    cuda::preflight(index)?;
+    Ok(burn::tensor::Device::cuda(index))
+}
+
+/// The checks behind `cuda:N`: the backend panics (inside cudarc or cubecl) when one of these
+/// is missing, so they run first and fail with the remedy.
+#[cfg(feature = "cuda")]
+mod cuda {
+    use std::ffi::{CStr, CString, c_int, c_uint, c_void};
+    use std::path::PathBuf;
+
+    use crate::error::{Error, Result};
+
+    /// The shared library loaded from the first of `names` that loads, or the loader's message
+    /// for each.
+    fn open(names: &[&str]) -> std::result::Result<*mut c_void, String> {
+        let mut why = Vec::new();
+        for name in names {
+            let c = CString::new(*name).expect("no NUL in a library name");
+            // SAFETY: dlopen with a valid C string; the handle is kept for the process.
+            let handle = unsafe { libc::dlopen(c.as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL) };
+            if !handle.is_null() {
+                return Ok(handle);
+            }
+            // SAFETY: dlerror returns null or a C string valid until the next dl* call.
+            let err = unsafe { libc::dlerror() };
+            let msg = if err.is_null() {
+                "not found".to_string()
+            } else {
+                unsafe { CStr::from_ptr(err) }.to_string_lossy().into_owned()
+            };
+            why.push(msg);
+        }
+        Err(why.join("; "))
+    }
+
+    fn symbol(handle: *mut c_void, name: &CStr) -> Option<*mut c_void> {
+        // SAFETY: dlsym on a live handle with a valid C string.
+        let p = unsafe { libc::dlsym(handle, name.as_ptr()) };
+        (!p.is_null()).then_some(p)
+    }
+
+    /// Where cubecl looks for the CUDA headers: `$CUDA_PATH`, else /usr/local/cuda, /opt/cuda,
+    /// or /usr when nvcc is in /usr/bin.
+    pub(super) fn cuda_root() -> Option<PathBuf> {
+        if let Some(p) = std::env::var_os("CUDA_PATH") {
+            return Some(PathBuf::from(p));
+        }
+        ["/usr/local/cuda", "/opt/cuda"]
+            .into_iter()
+            .map(PathBuf::from)
+            .find(|p| p.exists())
+            .or_else(|| std::path::Path::new("/usr/bin/nvcc").exists().then(|| "/usr".into()))
+    }
+
+    pub(super) fn preflight(index: usize) -> Result<()> {
+        let dev = format!("device cuda:{index}");
+        let fail = |what: String| Err(Error::Device(format!("{dev}: {what}")));
+        let driver = match open(&["libcuda.so.1", "libcuda.so"]) {
+            Ok(h) => h,
+            Err(why) => {
+                return fail(format!(
+                    "the NVIDIA driver library could not be loaded ({why}); install the NVIDIA \
+                     driver, or put the directory holding libcuda.so.1 on LD_LIBRARY_PATH"
+                ));
+            }
+        };
+        type Init = unsafe extern "C" fn(c_uint) -> c_int;
+        type Count = unsafe extern "C" fn(*mut c_int) -> c_int;
+        let (Some(init), Some(count)) =
+            (symbol(driver, c"cuInit"), symbol(driver, c"cuDeviceGetCount"))
+        else {
+            return fail("libcuda has no cuInit/cuDeviceGetCount: not an NVIDIA driver".into());
+        };
+        // SAFETY: the driver API's signatures: CUresult cuInit(unsigned), and
+        // CUresult cuDeviceGetCount(int*).
+        let (init, count) = unsafe {
+            (
+                std::mem::transmute::<*mut c_void, Init>(init),
+                std::mem::transmute::<*mut c_void, Count>(count),
+            )
+        };
+        let status = unsafe { init(0) };
+        if status != 0 {
+            return fail(format!(
+                "the NVIDIA driver did not initialize (cuInit returned CUDA error {status}; 100 \
+                 means no GPU is visible: check nvidia-smi and CUDA_VISIBLE_DEVICES)"
+            ));
+        }
+        let mut n: c_int = 0;
+        let status = unsafe { count(&mut n) };
+        if status != 0 || index >= n.max(0) as usize {
+            return fail(format!("this machine has {n} visible NVIDIA GPU(s)"));
+        }
+        if let Err(why) = open(&["libnvrtc.so.13", "libnvrtc.so"]) {
+            return fail(format!(
+                "NVRTC (the CUDA run-time compiler) could not be loaded ({why}); install the \
+                 CUDA 13 runtime (the toolkit, or the nvidia-cuda-nvrtc wheel) and put the \
+                 directory holding libnvrtc.so.13 and libnvrtc-builtins.so.13.0 on \
+                 LD_LIBRARY_PATH"
+            ));
+        }
+        let Some(root) = cuda_root() else {
+            return fail(
+                "no CUDA headers: set CUDA_PATH to a directory whose include/ holds \
+                 cuda_fp16.h, mma.h and cuda/barrier (the CUDA toolkit, or the \
+                 nvidia-cuda-runtime, nvidia-cuda-crt and nvidia-cuda-cccl wheels merged)"
+                    .into(),
+            );
+        };
+        let include = root.join("include");
+        for header in ["cuda_fp16.h", "mma.h"] {
+            if !include.join(header).is_file() {
+                return fail(format!(
+                    "{} is missing: CUDA_PATH (or /usr/local/cuda) must point to a CUDA \
+                     installation with its headers",
+                    include.join(header).display()
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::Error;
+
+    #[test]
+    fn the_cpu_is_always_there_and_cuda_needs_a_cuda_build_or_a_gpu() {
+        assert!(burn_device(Device::Cpu).is_ok());
+        match burn_device(Device::Cuda(0)) {
+            // A CPU-only build says how to get a CUDA one; a CUDA build without a GPU (CI)
+            // names what is missing.
+            Err(Error::Device(msg)) => {
+                assert!(msg.starts_with("device cuda:0: "), "{msg}");
+                if !CUDA_BUILD {
+                    assert!(msg.contains("scripts/build-cuda.sh"), "{msg}");
+                }
+            }
+            Err(e) => panic!("unexpected error {e}"),
+            Ok(_) if CUDA_BUILD => {}
+            Ok(_) => panic!("a CPU-only build returned a CUDA device"),
+        }
+    }
+}
