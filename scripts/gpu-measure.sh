@@ -9,8 +9,9 @@
 #
 # Steps: the environment (nvidia-smi, where NVRTC and the CUDA headers are: the CUDA toolkit, or
 # PyTorch's nvidia wheels), the refusal when the headers are missing, training throughput of
-# both MLPs and ResNet-18 beside PyTorch (scripts/bench-train.py), and a short MNIST run on the
-# GPU that is interrupted and finished on the CPU from its checkpoint.
+# both MLPs and ResNet-18 beside PyTorch (scripts/bench-train.py), UFM iterations beside PyTorch
+# (scripts/bench-ufm.py), and a short MNIST run on the GPU that is interrupted and finished on
+# the CPU from its checkpoint.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -65,6 +66,9 @@ time "$seli" bench train --device cuda --mlp-steps 5 --resnet-steps 2
 step "training throughput beside PyTorch"
 timeout 300 python3 scripts/bench-train.py --device cuda --seli "$seli" --steps 200 \
     --resnet-steps 30 --json "$out/bench-train.json"
+
+step "UFM gradient descent beside PyTorch (burn tensors on the GPU)"
+timeout 240 python3 scripts/bench-ufm.py --device cuda --seli "$seli" --iters 2000
 
 step "a short MNIST run on the GPU, interrupted, finished on the CPU"
 mkdir -p "$work/data" && xz -dc target/cuda/mnist.tar.xz | tar -C "$work/data" -xf -

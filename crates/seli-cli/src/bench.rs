@@ -97,6 +97,17 @@ pub struct BenchUfmArgs {
     #[arg(long, default_value_t = 1000)]
     pub iters: u64,
 
+    /// cpu: seli's solver (what `seli ufm` runs). cuda or cuda:N: the same iteration with burn
+    /// tensors on that GPU (a CUDA build), at k = 10, d = 64, n = 2750 and at k = 100, d = 512,
+    /// n = 110 000.
+    #[arg(long, value_name = "DEVICE", default_value = "cpu")]
+    pub device: seli_train::Device,
+
+    /// Time the burn iteration on --device even when it is the CPU (burn's flex backend; slower
+    /// than seli's own solver, which --device cpu times otherwise).
+    #[arg(long)]
+    pub burn: bool,
+
     /// Small sizes and few iterations: checks that the benchmark works, measures nothing.
     #[arg(long)]
     pub quick: bool,
@@ -379,6 +390,9 @@ fn ufm_rate<T: Scalar>(profile: &Profile, d: usize, iters: u64, threads: usize) 
 }
 
 fn bench_ufm(a: &BenchUfmArgs) -> Result<()> {
+    if a.burn || a.device != seli_train::Device::Cpu {
+        return bench_device_ufm(a);
+    }
     let iters = if a.quick { 5 } else { a.iters.max(1) };
     let (k, d) = (10, 64);
     // STEP 500/50 (the reference size of the issue) and n close to 10^5.
@@ -414,6 +428,57 @@ fn bench_ufm(a: &BenchUfmArgs) -> Result<()> {
                     rate * flop / 1e9
                 );
             }
+        }
+    }
+    Ok(())
+}
+
+/// `seli bench ufm --device cuda`: the burn iteration (`seli_train::ufm::DeviceUfm`) on a GPU,
+/// iterations per second over a timed stretch after a warm-up, finished on the device.
+fn bench_device_ufm(a: &BenchUfmArgs) -> Result<()> {
+    use seli_train::ufm::DeviceUfm;
+    seli_train::device::burn_device(a.device)?;
+    let iters = if a.quick { 2 } else { a.iters.max(1) };
+    let cases = if a.quick {
+        vec![(Profile::step(4, 10.0, 0.5, 3)?, 4, iters)]
+    } else {
+        vec![
+            (Profile::step(10, 10.0, 0.5, 50)?, 64, iters),
+            (Profile::step(100, 10.0, 0.5, 200)?, 512, (iters / 5).max(1)),
+        ]
+    };
+    println!("seli bench ufm --device {}: full-batch GD on the UFM with burn tensors", a.device);
+    println!("summed CE, no ridge, no bias, constant steps; 6 k d n flop per iteration");
+    println!();
+    println!(
+        "{:>5}{:>6}{:>9}{:>6}{:>8}{:>12}{:>10}",
+        "k", "d", "n", "type", "iters", "iter/s", "GFLOP/s"
+    );
+    for (p, d, iters) in cases {
+        let cfg = seli_core::solve::ufm::UfmConfig { d, lr: 1e-3, ..Default::default() };
+        let flop = 6.0 * (p.k() * d) as f64 * p.n() as f64;
+        for (name, f64) in [("f32", false), ("f64", true)] {
+            let mut ufm = DeviceUfm::new(&p, &cfg, a.device, f64)?;
+            for _ in 0..3 {
+                ufm.step();
+            }
+            ufm.sync()?;
+            let t = std::time::Instant::now();
+            for _ in 0..iters {
+                ufm.step();
+            }
+            ufm.sync()?;
+            let rate = iters as f64 / t.elapsed().as_secs_f64();
+            println!(
+                "{:>5}{:>6}{:>9}{:>6}{:>8}{:>12.1}{:>10.1}",
+                p.k(),
+                d,
+                p.n(),
+                name,
+                iters,
+                rate,
+                rate * flop / 1e9
+            );
         }
     }
     Ok(())

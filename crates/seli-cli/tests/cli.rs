@@ -165,6 +165,12 @@ fn bench_geometry_quick_runs() {
     assert!(out.contains("dense (explicit k x n, thin SVD)"), "{out}");
     let out = ok(&["bench", "ufm", "--quick"]);
     assert!(out.contains("GFLOP/s") && out.contains("2750"), "{out}");
+    // The burn iteration (what --device cuda times), here on the CPU backend.
+    let out = ok(&["bench", "ufm", "--quick", "--burn"]);
+    assert!(out.contains("with burn tensors") && out.contains("f64"), "{out}");
+    if !cfg!(feature = "cuda") {
+        assert!(fails(&["bench", "ufm", "--device", "cuda"]).contains("scripts/build-cuda.sh"));
+    }
     let out = ok(&["bench", "analyze", "--quick"]);
     assert!(out.contains("n = 2000, d = 16, k = 4") && out.contains("samples/s"), "{out}");
     let out = ok(&["bench", "analyze", "--quick", "--json", "--classifier"]);

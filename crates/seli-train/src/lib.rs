@@ -18,6 +18,7 @@ pub mod error;
 pub mod eval;
 pub mod model;
 pub mod run;
+pub mod ufm;
 
 pub use config::{
     Device, ModelConfig, ModelKind, TRAIN_CONFIG_SCHEMA, TrainConfig, default_milestones,
