@@ -20,8 +20,8 @@ pub const HOW_TO_GET_CUDA: &str = "this seli was built without the CUDA backend;
 /// The burn device (without autodiff) for `device`, after checking its requirements.
 ///
 /// # Errors
-/// [`Error::Device`]: CUDA requested from a CPU-only build; no NVIDIA driver (libcuda), no
-/// NVRTC, no CUDA headers, or no GPU with that index.
+/// [`Error::Device`](crate::error::Error::Device): CUDA requested from a CPU-only build; no
+/// NVIDIA driver (libcuda), no NVRTC, no CUDA headers, or no GPU with that index.
 pub fn burn_device(device: Device) -> Result<burn::tensor::Device> {
     match device {
         Device::Cpu => Ok(burn::tensor::Device::flex()),
