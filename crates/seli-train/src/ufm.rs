@@ -98,11 +98,7 @@ impl DeviceUfm {
     /// # Errors
     /// The device could not hand the value back.
     pub fn sync(&self) -> Result<f64> {
-        let s = self.w.clone().sum() + self.h.clone().sum();
-        let v = s.into_data().convert::<f64>();
-        v.try_to_vec::<f64>()
-            .map(|v| v[0])
-            .map_err(|e| Error::Device(format!("reading the UFM back: {e:?}")))
+        Ok(to_host(self.w.clone().sum() + self.h.clone().sum())?[0])
     }
 
     /// `W` (d×k) and `H` (d×n) copied to the host, in f64.
@@ -112,14 +108,19 @@ impl DeviceUfm {
     pub fn params(&self) -> Result<(Mat<f64>, Mat<f64>)> {
         let download = |t: &Tensor<2>| -> Result<Mat<f64>> {
             let [r, c] = t.shape().dims();
-            let data = t.clone().into_data().convert::<f64>();
-            let v = data
-                .try_to_vec::<f64>()
-                .map_err(|e| Error::Device(format!("reading the UFM back: {e:?}")))?;
+            let v = to_host(t.clone())?;
             Ok(Mat::from_fn(r, c, |i, j| v[i * c + j]))
         };
         Ok((download(&self.w)?, download(&self.h)?))
     }
+}
+
+/// A tensor's entries on the host in f64, row-major.
+fn to_host<const D: usize>(t: Tensor<D>) -> Result<Vec<f64>> {
+    t.into_data()
+        .convert::<f64>()
+        .try_to_vec::<f64>()
+        .map_err(|e| Error::Device(format!("reading the UFM back: {e:?}")))
 }
 
 #[cfg(test)]
