@@ -624,6 +624,15 @@ pub fn run(args: &SweepArgs) -> Result<ExitCode> {
                 .with_max_len(1)
                 .map(|p| {
                     if complete(p) {
+                        // A worker killed between finishing the point and releasing its claim
+                        // left the claim behind: clear it.
+                        let claim = claim_of(p);
+                        if let Ok(ClaimState::Stale(..)) = claims.inspect(&claim)
+                            && let Ok(Attempt::Acquired { .. }) = claims.try_claim(&claim)
+                            && let Err(e) = claims.release(&claim)
+                        {
+                            tracing::warn!(point = %p.name, "releasing a stale claim: {e}");
+                        }
                         bar.inc(1);
                         return State::Done;
                     }
