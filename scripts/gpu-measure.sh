@@ -10,8 +10,9 @@
 # Steps: the environment (nvidia-smi, where NVRTC and the CUDA headers are: the CUDA toolkit, or
 # PyTorch's nvidia wheels), the refusal when the headers are missing, training throughput of
 # both MLPs and ResNet-18 beside PyTorch (scripts/bench-train.py), UFM iterations beside PyTorch
-# (scripts/bench-ufm.py), and a short MNIST run on the GPU that is interrupted and finished on
-# the CPU from its checkpoint.
+# (scripts/bench-ufm.py), `seli ufm --device cuda` (a tracked run beside the CPU's, the large
+# size in f32 and f64, Ctrl-C on the GPU and the end on the CPU), and a short MNIST run on the
+# GPU that is interrupted and finished on the CPU from its checkpoint.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -69,6 +70,23 @@ timeout 300 python3 scripts/bench-train.py --device cuda --seli "$seli" --steps 
 
 step "UFM gradient descent beside PyTorch (burn tensors on the GPU)"
 timeout 240 python3 scripts/bench-ufm.py --device cuda --seli "$seli" --iters 2000
+
+step "seli ufm on the GPU: a tracked run beside the same run on the CPU, then the large size"
+u="$out/ufm"
+for dev in cpu cuda; do
+    time "$seli" ufm --step 10,10,0.5,50 --d 64 --iters 2000 --every 500 --device "$dev" \
+        --out "$u-small-$dev" --force | tail -4
+done
+paste -d'\n' <(tail -1 "$u-small-cpu/metrics.csv") <(tail -1 "$u-small-cuda/metrics.csv")
+for dt in f32 f64; do
+    time timeout 120 "$seli" ufm --step 100,10,0.5,200 --d 512 --dtype "$dt" --iters 500 \
+        --every 250 --schedule constant --lr 1e-3 --device cuda --out "$u-large-$dt" --force \
+        | head -1
+done
+timeout -s INT 20 "$seli" ufm --step 100,10,0.5,200 --d 512 --dtype f32 --iters 100000 \
+    --every 1000 --device cuda --out "$u-stopped" --force | head -1
+echo "exit ${PIPESTATUS[0]} (130: interrupted)"
+"$seli" ufm --resume "$u-stopped" --device cpu --iters "$(( $(python3 -c "import json; print(json.load(open('$u-stopped/summary.json'))['iters_done'])") + 10 ))" | head -1
 
 step "a short MNIST run on the GPU, interrupted, finished on the CPU"
 mkdir -p "$work/data" && xz -dc target/cuda/mnist.tar.xz | tar -C "$work/data" -xf -

@@ -272,7 +272,8 @@ fn job(command: Command, point: &Point, inner_threads: usize) -> Result<(Job, Ve
             Job::RidgePath(a)
         }
         PointCli::Ufm(a) => {
-            let cfg = a.run_config()?.resumed_with(None, inner_threads)?;
+            let cfg = a.run_config()?.resumed_with(None, inner_threads, None)?;
+            seli_train::device::burn_device(cfg.device)?;
             Job::Ufm(Box::new(cfg))
         }
         PointCli::Train(a) => {
@@ -367,7 +368,8 @@ fn run_point(job: &Job, dir: &Path, data: &DataCache) -> Result<bool> {
             if !resumable {
                 run.start(cfg, true)?;
             }
-            let outcome = seli_run::ufm::execute(
+            let outcome = seli_run::ufm::execute_with(
+                &seli_train::ufm::AnyDevice::default(),
                 cfg,
                 Some(&run),
                 resumable,

@@ -340,21 +340,30 @@ fn report(s: &TrainSummary, cfg: &TrainConfig, dir: &Path) {
     println!("files in {}", dir.display());
 }
 
+/// Checks that a run in `dir` can continue on `device`, or says how to move it to the CPU
+/// (`command`: `train` or `ufm`).
+///
+/// # Errors
+/// A device this build or machine lacks, named, with the `--resume ... --device cpu` line.
+pub fn resume_device(device: seli_train::Device, dir: &Path, command: &str) -> Result<()> {
+    if let Err(e) = seli_train::device::burn_device(device) {
+        bail!(
+            "{e}\n(the run in {} continues on {device}; its checkpoint continues on any device: \
+             seli {command} --resume {} --device cpu)",
+            dir.display(),
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
 /// Runs `seli train`.
 pub fn run(args: &TrainArgs) -> Result<ExitCode> {
     let (cfg, dir, resume) = match &args.resume {
         Some(dir) => {
             let mut cfg = read_config(dir)?;
             cfg.device = args.device.unwrap_or(cfg.device);
-            if let Err(e) = seli_train::device::burn_device(cfg.device) {
-                bail!(
-                    "{e}\n(the run in {} started on {}; its checkpoint continues on any device: \
-                     seli train --resume {} --device cpu)",
-                    dir.display(),
-                    cfg.device,
-                    dir.display()
-                );
-            }
+            resume_device(cfg.device, dir, "train")?;
             (cfg, dir.clone(), true)
         }
         None => {

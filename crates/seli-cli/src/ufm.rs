@@ -172,6 +172,13 @@ pub struct UfmArgs {
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
 
+    /// Where the iterations run: cpu (seli's solver, all cores or --threads), cuda or cuda:N
+    /// (the N-th NVIDIA GPU, with burn tensors; needs a CUDA build, scripts/build-cuda.sh).
+    /// With --resume: where to continue (default: where the run was); checkpoints move
+    /// between devices.
+    #[arg(long, value_name = "DEVICE")]
+    pub device: Option<seli_train::Device>,
+
     /// Run directory.
     #[arg(long, default_value = "runs/ufm", conflicts_with = "resume")]
     pub out: PathBuf,
@@ -181,7 +188,7 @@ pub struct UfmArgs {
     pub force: bool,
 
     /// Continue the run in DIR from its last checkpoint, with its recorded configuration
-    /// (only --iters and --threads may be given with it).
+    /// (only --iters, --threads and --device may be given with it).
     #[arg(long, value_name = "DIR", conflicts_with_all = RUN_FLAGS)]
     pub resume: Option<PathBuf>,
 }
@@ -212,6 +219,7 @@ impl UfmArgs {
             record: record_schedule(self.every, self.log_every)?,
             checkpoint_every: self.checkpoint_every,
             threads: self.threads,
+            device: self.device.unwrap_or_default(),
             ..UfmParams::new(ProfileRecord::new(&profile, source.as_deref()))
         };
         Ok(params.check()?)
@@ -298,10 +306,12 @@ impl Watch for Bar {
 /// Runs `cfg` in `dir` (fresh or resumed) with a progress bar; Ctrl-C stops it.
 ///
 /// # Errors
-/// Those of [`seli_run::ufm::execute`], with the directory named.
+/// Those of [`seli_run::ufm::execute_with`], with the directory named.
 pub fn execute(cfg: &UfmRunConfig, dir: &UfmDir, resume: bool) -> Result<UfmOutcome> {
     let mut bar = Bar(progress_bar(cfg.iters, 0));
-    let out = seli_run::ufm::execute(cfg, Some(dir), resume, &mut bar, interrupt_flag());
+    let engines = seli_train::ufm::AnyDevice::default();
+    let out =
+        seli_run::ufm::execute_with(&engines, cfg, Some(dir), resume, &mut bar, interrupt_flag());
     bar.0.finish_and_clear();
     out.map_err(|e| anyhow::Error::new(e).context(format!("run in {}", dir.0.display())))
 }
@@ -355,12 +365,16 @@ pub fn run(args: &UfmArgs) -> Result<ExitCode> {
     let (cfg, dir, resume) = match &args.resume {
         Some(path) => {
             let dir = UfmDir(path.clone());
-            let cfg = dir.read_config()?.resumed_with(args.iters, args.threads)?;
+            let cfg = dir.read_config()?.resumed_with(args.iters, args.threads, args.device)?;
+            crate::train::resume_device(cfg.device, path, "ufm")?;
             dir.write_config(&cfg)?;
             (cfg, dir, true)
         }
         None => {
             let cfg = args.run_config()?;
+            // Before the run directory exists: a device this build or machine lacks leaves
+            // nothing behind.
+            seli_train::device::burn_device(cfg.device)?;
             let dir = UfmDir(args.out.clone());
             dir.start(&cfg, args.force)?;
             (cfg, dir, false)

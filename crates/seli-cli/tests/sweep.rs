@@ -353,6 +353,10 @@ fn malformed_sweep_files_are_rejected_with_line_and_key() {
             "device cuda:2: this seli was built without the CUDA backend; build one with \
              scripts/build-cuda.sh",
         ));
+        cases.push((
+            "command = \"ufm\"\n[grid]\ndevice = [\"cpu\", \"cuda\"]\n",
+            "device cuda:0: this seli was built without the CUDA backend",
+        ));
     }
     for (i, (text, want)) in cases.iter().enumerate() {
         let spec = write_spec(tmp.path(), &format!("bad{i}.toml"), text);

@@ -91,7 +91,7 @@ fn trains_an_mlp_writes_the_run_and_resumes_a_finished_run() {
     std::fs::write(out.join("config.json"), serde_json::to_string(&on_gpu).unwrap()).unwrap();
     if !cfg!(feature = "cuda") {
         let e = fails(&["train", "--resume", out_s]);
-        assert!(e.contains("started on cuda:0") && e.contains("--device cpu"), "{e}");
+        assert!(e.contains("continues on cuda:0") && e.contains("--device cpu"), "{e}");
     }
     ok(&["train", "--resume", out_s, "--device", "cpu"]);
     assert_eq!(json(&out.join("summary.json"))["last"], summary["last"]);

@@ -193,6 +193,46 @@ fn sigkill_at_random_moments_then_resume_gives_the_uninterrupted_run() {
     );
 }
 
+/// `--device`: recorded in config.json, refused by a build or machine without it before the run
+/// directory exists, and a run recorded on a GPU continues on the CPU with `--device cpu` to
+/// the numbers of a run that never left it.
+#[test]
+fn devices_are_recorded_refused_and_runs_move_between_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    run_small(&a, &["--iters", "100", "--device", "cpu"]);
+    assert_eq!(json(&a.join("config.json"))["device"], "cpu");
+    let e = fails(&small(&b, &["--device", "gpu"]).iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(e.contains("\"gpu\"") && e.contains("cpu, cuda or cuda:N"), "{e}");
+    if !cfg!(feature = "cuda") {
+        let args = small(&b, &["--device", "cuda:1"]);
+        let e = fails(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        assert!(e.contains("device cuda:1") && e.contains("scripts/build-cuda.sh"), "{e}");
+        assert!(!b.exists(), "nothing is written for a device the build lacks");
+    }
+    // Half the run, then recorded as if it had run on a GPU.
+    run_small(&b, &["--iters", "50"]);
+    let mut cfg = json(&b.join("config.json"));
+    cfg["device"] = "cuda:0".into();
+    std::fs::write(b.join("config.json"), serde_json::to_string(&cfg).unwrap()).unwrap();
+    let bs = b.to_str().unwrap();
+    if !cfg!(feature = "cuda") {
+        let e = fails(&["ufm", "--resume", bs, "--iters", "100"]);
+        assert!(e.contains("continues on cuda:0") && e.contains("--device cpu"), "{e}");
+    }
+    ok(&["ufm", "--resume", bs, "--iters", "100", "--device", "cpu"]);
+    assert_eq!(json(&b.join("config.json"))["device"], "cpu");
+    assert_eq!(
+        std::fs::read(a.join("metrics.csv")).unwrap(),
+        std::fs::read(b.join("metrics.csv")).unwrap()
+    );
+    // config.json of a version before devices (no "device") reads as the CPU.
+    let mut old = json(&a.join("config.json"));
+    old.as_object_mut().unwrap().remove("device");
+    std::fs::write(a.join("config.json"), serde_json::to_string(&old).unwrap()).unwrap();
+    ok(&["ufm", "--resume", a.to_str().unwrap(), "--iters", "110"]);
+}
+
 #[test]
 fn bad_inputs_are_named() {
     let tmp = tempfile::tempdir().unwrap();

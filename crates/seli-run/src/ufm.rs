@@ -17,16 +17,19 @@ use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use seli_core::solve::ufm::{Reduction, StepRule, UfmConfig, UfmSolver, UfmState};
-use seli_core::solve::{Executor, InterruptFlag, IterState, Observer, Schedule, Termination};
+use seli_core::solve::ufm::{Params, Reduction, StepRule, UfmConfig, UfmSolver, UfmState};
+use seli_core::solve::{
+    Executor, InterruptFlag, IterState, Observer, Schedule, Solver, Termination,
+};
 use seli_core::track::{Tracker, UfmMetrics};
-use seli_core::{Geometry, Scalar};
+use seli_core::{Geometry, Profile, Scalar};
 use seli_io::checkpoint::{load_checkpoint, save_checkpoint};
 use seli_io::csvlog::CsvLog;
 use seli_io::record::ProfileRecord;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::train::Device;
 use crate::watch::Watch;
 
 /// Schema tag of [`UfmRunConfig`].
@@ -238,6 +241,10 @@ pub struct UfmParams {
     pub checkpoint_every: u64,
     /// Threads used (0: all cores; results do not depend on it).
     pub threads: usize,
+    /// Where the iterations run (`cpu` in files written before devices existed). Like
+    /// `threads`, not part of the run's identity: a run may resume on another device.
+    #[serde(default)]
+    pub device: Device,
 }
 
 impl UfmParams {
@@ -267,6 +274,7 @@ impl UfmParams {
             record: Schedule::LogSpaced { per_decade: 10 },
             checkpoint_every: 1000,
             threads: 0,
+            device: Device::Cpu,
         }
     }
 
@@ -343,23 +351,33 @@ impl Deref for UfmRunConfig {
 }
 
 impl UfmRunConfig {
-    /// The same run with another iteration limit and thread count: what `--resume` may change.
+    /// The same run with another iteration limit, thread count and device: what `--resume`
+    /// may change (`None` keeps the recorded value).
     ///
     /// # Errors
     /// None in practice (the other fields were checked); kept for the type's invariant.
-    pub fn resumed_with(&self, iters: Option<u64>, threads: usize) -> Result<Self> {
+    pub fn resumed_with(
+        &self,
+        iters: Option<u64>,
+        threads: usize,
+        device: Option<Device>,
+    ) -> Result<Self> {
         let mut p = self.0.clone();
         if let Some(i) = iters {
             p.iters = i;
+        }
+        if let Some(d) = device {
+            p.device = d;
         }
         p.threads = threads;
         p.check()
     }
 
-    /// Whether `other` is the same run but for the thread count.
+    /// Whether `other` is the same run but for the thread count and the device.
     pub fn same_run(&self, other: &UfmRunConfig) -> bool {
         let mut a = self.0.clone();
         a.threads = other.threads;
+        a.device = other.device;
         a == other.0
     }
 }
@@ -563,6 +581,106 @@ impl<S: IterState> Observer<S> for Ticks<'_, '_> {
     }
 }
 
+/// Where observers read a run's state, told to its engine before the run starts.
+#[derive(Debug, Clone)]
+pub struct Reads {
+    /// The schedules of the observers that read the variables or the evaluation (the metrics
+    /// recorder, the checkpointer); observers that read only the iteration count are not here.
+    pub schedules: Vec<Schedule>,
+    /// The iteration limit (the final observers read the state there).
+    pub max_iters: u64,
+    /// The run's Ctrl-C flag.
+    pub interrupt: InterruptFlag,
+}
+
+impl Reads {
+    /// Whether an observer reads the state after iteration `t`.
+    pub fn at(&self, t: u64) -> bool {
+        t >= self.max_iters || self.schedules.iter().any(|s| s.fires(t))
+    }
+}
+
+/// What computes the iterations of a UFM run: seli-core's [`UfmSolver`] on the CPU, or an
+/// engine on another device. Both advance a host [`UfmState`]. The CPU solver's state is
+/// always current; a device engine copies its variables and evaluation to the host state
+/// only at the iterations in [`Reads`] (and where its stopping rule fires), keeps
+/// `state.iter` current always, and watches the interrupt flag itself so that a run never
+/// stops on a stale state.
+pub trait UfmEngine<T: Scalar>: Solver<State = UfmState<T>> {
+    /// The seeded start.
+    ///
+    /// # Errors
+    /// A non-finite start; a device that fails.
+    fn init_state(&mut self) -> seli_core::Result<UfmState<T>>;
+
+    /// The state at `params` after `iter` iterations (a resumed run).
+    ///
+    /// # Errors
+    /// Shapes that do not match; a non-finite evaluation; a device that fails.
+    fn state_at(&mut self, params: Params<T>, iter: u64) -> seli_core::Result<UfmState<T>>;
+
+    /// Called once before the run. Returns the flag the executor should watch: `Some` when the
+    /// state is always current (the executor stops at the flag), `None` when the engine stops
+    /// at it itself (through [`Solver::terminate`], once it has copied the state back).
+    fn plan(&mut self, reads: Reads) -> Option<InterruptFlag> {
+        Some(reads.interrupt)
+    }
+}
+
+impl<T: Scalar> UfmEngine<T> for UfmSolver<T> {
+    fn init_state(&mut self) -> seli_core::Result<UfmState<T>> {
+        UfmSolver::init_state(self)
+    }
+    fn state_at(&mut self, params: Params<T>, iter: u64) -> seli_core::Result<UfmState<T>> {
+        UfmSolver::state_at(self, params, iter)
+    }
+}
+
+/// Makes the engine of a run for its device.
+pub trait Engines {
+    /// The engine that runs `cfg` (on `cfg.device`, in precision `T`) for `profile`.
+    ///
+    /// # Errors
+    /// A device this program cannot use (named, with how to get one that can); an invalid
+    /// configuration.
+    fn ufm<T: Scalar>(
+        &self,
+        cfg: &UfmRunConfig,
+        profile: &Profile,
+    ) -> Result<Box<dyn UfmEngine<T>>>;
+}
+
+/// The CPU solver only: what the Python module and this crate's own callers use.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CpuEngines;
+
+impl Engines for CpuEngines {
+    fn ufm<T: Scalar>(
+        &self,
+        cfg: &UfmRunConfig,
+        profile: &Profile,
+    ) -> Result<Box<dyn UfmEngine<T>>> {
+        if cfg.device != Device::Cpu {
+            return Err(Error::Invalid(format!(
+                "device {}: only the seli command line runs UFMs on a GPU (built with \
+                 scripts/build-cuda.sh); here they run on the CPU (device cpu)",
+                cfg.device
+            )));
+        }
+        Ok(Box::new(UfmSolver::<T>::new(cfg.solver_config(), profile, cfg.threads)?))
+    }
+}
+
+/// The labels of `profile`'s samples in the order of `H`'s columns (sorted by class).
+pub fn sorted_labels(profile: &Profile) -> Vec<u32> {
+    profile
+        .counts()
+        .iter()
+        .enumerate()
+        .flat_map(|(c, &m)| std::iter::repeat_n(c as u32, m as usize))
+        .collect()
+}
+
 /// Runs gradient descent for `cfg`: fresh, or resumed from the checkpoint in `dir` when
 /// `resume`. With a directory, metrics rows go to `metrics.csv` as they are recorded,
 /// checkpoints every `checkpoint_every` iterations and at the end, and the summary to
@@ -570,8 +688,11 @@ impl<S: IterState> Observer<S> for Ticks<'_, '_> {
 /// iteration also reach `watch`; setting `interrupt` stops the run after the current iteration
 /// (termination `interrupted`, checkpoint written).
 ///
+/// The CPU solver runs it ([`CpuEngines`]); [`execute_with`] takes other engines.
+///
 /// # Errors
-/// An unreadable checkpoint or directory, a diverging iterate (named), a failing watch.
+/// An unreadable checkpoint or directory, a diverging iterate (named), a failing watch, a
+/// device other than the CPU.
 pub fn execute(
     cfg: &UfmRunConfig,
     dir: Option<&UfmDir>,
@@ -579,13 +700,29 @@ pub fn execute(
     watch: &mut dyn Watch,
     interrupt: InterruptFlag,
 ) -> Result<UfmOutcome> {
+    execute_with(&CpuEngines, cfg, dir, resume, watch, interrupt)
+}
+
+/// [`execute`] with the engine of `cfg.device` made by `engines`.
+///
+/// # Errors
+/// Those of [`execute`], and those of the engine's device.
+pub fn execute_with(
+    engines: &impl Engines,
+    cfg: &UfmRunConfig,
+    dir: Option<&UfmDir>,
+    resume: bool,
+    watch: &mut dyn Watch,
+    interrupt: InterruptFlag,
+) -> Result<UfmOutcome> {
     match cfg.dtype {
-        Dtype::F32 => execute_as::<f32>(cfg, dir, resume, watch, interrupt),
-        Dtype::F64 => execute_as::<f64>(cfg, dir, resume, watch, interrupt),
+        Dtype::F32 => execute_as::<f32>(engines, cfg, dir, resume, watch, interrupt),
+        Dtype::F64 => execute_as::<f64>(engines, cfg, dir, resume, watch, interrupt),
     }
 }
 
 fn execute_as<T: Scalar>(
+    engines: &impl Engines,
     cfg: &UfmRunConfig,
     dir: Option<&UfmDir>,
     resume: bool,
@@ -594,11 +731,11 @@ fn execute_as<T: Scalar>(
 ) -> Result<UfmOutcome> {
     let profile = cfg.profile.to_profile()?;
     let geometry = Geometry::new(&profile)?;
-    let mut solver = UfmSolver::<T>::new(cfg.solver_config(), &profile, cfg.threads)?;
+    let mut solver = engines.ufm::<T>(cfg, &profile)?;
     // The loss's own target (certified max-margin solve), unless it is SELI.
     let loss = cfg.solver_config().loss()?;
     let own = seli_core::implicit::LossTarget::solve(&profile, loss)?;
-    let labels = solver.labels().to_vec();
+    let labels = sorted_labels(&profile);
     // A run stopped before its first checkpoint has nothing to resume: it starts over (its
     // start is seeded, so the log and the end are those of an uninterrupted run).
     let (mut state, resumed_from) = match dir.filter(|d| resume && d.checkpoint().is_file()) {
@@ -635,6 +772,11 @@ fn execute_as<T: Scalar>(
             tracker = tracker.with_loss_target(own);
         }
         let record_start = resumed_from.is_none_or(|it| cfg.record.fires(it));
+        let mut schedules = vec![cfg.record];
+        if dir.is_some() {
+            schedules.push(Schedule::Every(cfg.checkpoint_every));
+        }
+        let watched = solver.plan(Reads { schedules, max_iters: cfg.iters, interrupt });
         let mut exec = Executor::new(solver, cfg.iters)
             .observe(Resumed { inner: &mut tracker, record_start }, cfg.record)
             .observe(Ticks(&watch), Schedule::Every(1));
@@ -644,7 +786,10 @@ fn execute_as<T: Scalar>(
                 Schedule::Every(cfg.checkpoint_every),
             );
         }
-        let why = exec.interrupt_on(interrupt).run(&mut state);
+        if let Some(flag) = watched {
+            exec = exec.interrupt_on(flag);
+        }
+        let why = exec.run(&mut state);
         let last = tracker.last.take();
         drop(tracker);
         (why?, last.expect("the final state is always recorded"))
@@ -806,7 +951,7 @@ mod tests {
                     .collect();
                 std::fs::write(b.metrics(), text + &extra).unwrap();
             }
-            let resumed = b.read_config().unwrap().resumed_with(Some(400), 0).unwrap();
+            let resumed = b.read_config().unwrap().resumed_with(Some(400), 0, None).unwrap();
             execute(&resumed, Some(&b), true, &mut crate::watch::Quiet, flag()).unwrap();
             let (_, got) = seli_io::csvlog::read_csv(&b.metrics()).unwrap();
             let iters =

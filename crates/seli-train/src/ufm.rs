@@ -1,96 +1,278 @@
-//! Gradient descent on the unconstrained-features model with burn tensors, on any device:
-//! the same iteration as seli-core's UFM solver (docs/theory.md §2) for plain cross-entropy,
-//! summed over samples, constant steps and no bias,
+//! Gradient descent on the unconstrained-features model with burn tensors, on any device: the
+//! iteration of seli-core's UFM solver (docs/theory.md §2 and §10) from the same seeded start
+//! ([`seli_core::solve::ufm::Params::init`]), for every configuration it takes (loss families,
+//! bias, summed or mean loss, every step rule, ridge). With `G = s·m ⊙ (softmax(u) − Y)` (by
+//! column; `u = m ⊙ z + ι` the family's logits of `z = WᵀH + b1ᵀ`),
 //!
 //! ```text
-//! G = softmax(WᵀH) − Y (by column),   W ← W − η (H Gᵀ + λ_W W),   H ← H − η (W G + λ_H H),
+//! W ← W − η (H Gᵀ + λ_W W),   H ← H − η (W G + λ_H H),   b ← b − η G1.
 //! ```
 //!
-//! from the same seeded start ([`seli_core::solve::ufm::Params::init`]). It is what
-//! `seli bench ufm --device` times on a GPU; `seli ufm` itself runs seli-core's solver on the
-//! CPU (tracking, checkpoints and the loss families live there).
+//! [`DeviceUfm`] holds the variables and gradients on the device; [`DeviceSolver`] runs it as
+//! a [`UfmEngine`] of `seli ufm --device`: it copies the variables and the evaluation to the
+//! host state only where the run reads them (metrics rows, checkpoints, the end, Ctrl-C, the
+//! gradient tolerance), so that the device is not waiting on the host between those.
 #![allow(non_snake_case)]
 
-use burn::tensor::activation::softmax;
-use burn::tensor::{DType, Tensor, TensorData};
+use std::marker::PhantomData;
+use std::sync::atomic::Ordering;
+
+use burn::tensor::{Bool, DType, Tensor, TensorData};
 use faer::Mat;
-use seli_core::Profile;
-use seli_core::solve::ufm::{Params, Reduction, StepRule, UfmConfig};
+use seli_core::solve::ufm::{
+    Eval, Params, StepRule, UfmConfig, UfmSolver, UfmState, check_finite, stopping_rule,
+};
+use seli_core::solve::{InterruptFlag, Solver, Termination};
+use seli_core::{LossKind, Profile, Scalar};
+use seli_run::ufm::{Engines, Reads, UfmEngine, UfmRunConfig, sorted_labels};
 
 use crate::device::{Device, burn_device};
 use crate::error::{Error, Result};
 
-/// The UFM variables on a device, and the one-hot labels.
+/// The step size of the next iteration: known on the host (constant steps, step decay), or a
+/// 1×1 tensor computed on the device from the evaluation (normalized rules).
+enum Eta {
+    Host(f64),
+    Device(Box<Tensor<2>>),
+}
+
+/// Positions in the device evaluation vector.
+const OBJECTIVE: usize = 0;
+const LOSS: usize = 1;
+const CORRECT: usize = 2;
+const MIN_MARGIN: usize = 3;
+const GRAD_NORM: usize = 4;
+const H_NORM_SQ: usize = 5;
+
+/// The UFM variables, their gradients and the labels on a device.
 pub struct DeviceUfm {
     w: Tensor<2>,
     h: Tensor<2>,
+    /// k×1, when a bias is trained.
+    b: Option<Tensor<2>>,
+    grad_w: Tensor<2>,
+    grad_h: Tensor<2>,
+    grad_b: Option<Tensor<2>>,
+    /// One-hot labels, k×n.
     y: Tensor<2>,
-    lr: f64,
-    lambda_w: f64,
-    lambda_h: f64,
+    /// The same as a mask.
+    y_mask: Tensor<2, Bool>,
+    /// `m` of the family's logits `u = m ⊙ z + ι`: k×1 (`Δ_c`: cdt, vs) or 1×n (`Δ_{y_i}`:
+    /// ldt); `None` when every `Δ` is 1.
+    m: Option<Tensor<2>>,
+    /// `ι`, k×1; `None` when it is 0.
+    iota: Option<Tensor<2>>,
+    /// The evaluation at the current point (objective, loss, correct, min margin, gradient
+    /// norm, ‖H‖² under ridge on H), when the last pass computed it.
+    eval: Option<Tensor<1>>,
+    eta: Eta,
+    cfg: UfmConfig,
+    /// `s`: 1 (summed loss) or 1/n (mean).
+    scale: f64,
+    iter: u64,
+    device: Device,
 }
 
 impl DeviceUfm {
-    /// The start of `cfg` on `profile` (samples sorted by class, as seli-core orders them) on
-    /// `device`, in f64 when `f64` (else f32).
+    /// The seeded start of `cfg` on `profile` (samples sorted by class, as seli-core orders
+    /// them) on `device`, in f64 when `f64` (else f32).
     ///
     /// # Errors
-    /// A configuration this iteration does not cover (a loss family, a bias, mean reduction,
-    /// another step rule), an invalid one, or a device that cannot be used.
+    /// An invalid configuration, or a device that cannot be used.
     pub fn new(profile: &Profile, cfg: &UfmConfig, device: Device, f64: bool) -> Result<Self> {
-        cfg.check(profile.k())?;
-        let plain = cfg.loss()?.is_plain()
-            && !cfg.bias
-            && cfg.reduction == Reduction::Sum
-            && cfg.step_rule == StepRule::Constant;
-        if !plain {
-            return Err(Error::Config(
-                "the device UFM covers plain cross-entropy, summed, with constant steps and no \
-                 bias"
-                    .into(),
-            ));
-        }
-        let dev = burn_device(device)?;
-        let dtype = if f64 { DType::F64 } else { DType::F32 };
         let (k, n) = (profile.k(), profile.n() as usize);
-        let p = Params::<f64>::init(cfg.d, k, n, cfg.init_scale, cfg.seed, false);
-        let upload = |m: &Mat<f64>| {
-            let (r, c) = (m.nrows(), m.ncols());
-            let v: Vec<f64> = (0..r).flat_map(|i| (0..c).map(move |j| m[(i, j)])).collect();
-            Tensor::<2>::from_data(TensorData::new(v, [r, c]), (&dev, dtype))
-        };
-        let mut onehot = Mat::<f64>::zeros(k, n);
-        let mut i = 0;
-        for (c, &count) in profile.counts().iter().enumerate() {
-            for _ in 0..count as usize {
-                onehot[(c, i)] = 1.0;
-                i += 1;
-            }
-        }
-        Ok(DeviceUfm {
-            w: upload(&p.W),
-            h: upload(&p.H),
-            y: upload(&onehot),
-            lr: cfg.lr,
-            lambda_w: cfg.lambda_w,
-            lambda_h: cfg.lambda_h,
-        })
+        let p = Params::<f64>::init(cfg.d, k, n, cfg.init_scale, cfg.seed, cfg.bias);
+        Self::at(profile, cfg, device, f64, &p, 0)
     }
 
-    /// One gradient step (queued on the device; [`Self::params`] waits for it).
+    /// `cfg` on `profile` at `params` after `iter` iterations (a resumed run).
+    ///
+    /// # Errors
+    /// An invalid configuration, shapes that do not match it, or a device that cannot be used.
+    pub fn at(
+        profile: &Profile,
+        cfg: &UfmConfig,
+        device: Device,
+        f64: bool,
+        params: &Params<f64>,
+        iter: u64,
+    ) -> Result<Self> {
+        cfg.check(profile.k())?;
+        let (d, k, n) = (cfg.d, profile.k(), profile.n() as usize);
+        check_shapes(params, d, k, n, cfg.bias)?;
+        let dev = burn_device(device)?;
+        let dtype = if f64 { DType::F64 } else { DType::F32 };
+        let upload = |r: usize, c: usize, v: Vec<f64>| {
+            Tensor::<2>::from_data(TensorData::new(v, [r, c]), (&dev, dtype))
+        };
+        let mat = |m: &Mat<f64>| {
+            let (r, c) = (m.nrows(), m.ncols());
+            upload(r, c, (0..r).flat_map(|i| (0..c).map(move |j| m[(i, j)])).collect())
+        };
+        let labels = sorted_labels(profile);
+        let mut onehot = vec![0.0; k * n];
+        for (i, &c) in labels.iter().enumerate() {
+            onehot[c as usize * n + i] = 1.0;
+        }
+        let y = upload(k, n, onehot);
+        let loss = cfg.loss()?;
+        let (delta, iota) = (loss.delta(profile), loss.iota(profile));
+        let m = if delta.iter().all(|&v| v == 1.0) {
+            None
+        } else if loss.kind == LossKind::Ldt {
+            Some(upload(1, n, labels.iter().map(|&c| delta[c as usize]).collect()))
+        } else {
+            Some(upload(k, 1, delta))
+        };
+        let iota = iota.iter().any(|&v| v != 0.0).then(|| upload(k, 1, iota));
+        let scale = match cfg.reduction {
+            seli_core::solve::ufm::Reduction::Sum => 1.0,
+            seli_core::solve::ufm::Reduction::Mean => 1.0 / n as f64,
+        };
+        let b = params.b.as_ref().map(|b| upload(k, 1, b.clone()));
+        let zeros = |r: usize, c: usize| Tensor::<2>::zeros([r, c], (&dev, dtype));
+        let mut ufm = DeviceUfm {
+            w: mat(&params.W),
+            h: mat(&params.H),
+            grad_b: b.as_ref().map(|_| zeros(k, 1)),
+            b,
+            grad_w: zeros(d, k),
+            grad_h: zeros(d, n),
+            y_mask: y.clone().equal_elem(1.0),
+            y,
+            m,
+            iota,
+            eval: None,
+            eta: Eta::Host(0.0),
+            cfg: cfg.clone(),
+            scale,
+            iter,
+            device,
+        };
+        ufm.pass(true);
+        Ok(ufm)
+    }
+
+    /// Whether the step rule needs the evaluation at every iteration.
+    fn step_needs_eval(&self) -> bool {
+        matches!(self.cfg.step_rule, StepRule::NormalizedGrad | StepRule::NormalizedLoss)
+    }
+
+    /// One gradient-descent iteration, queued on the device (nothing is read back). The
+    /// evaluation at the new point is computed when `evaluate` or when the step rule needs it.
+    pub fn advance(&mut self, evaluate: bool) {
+        let eta = std::mem::replace(&mut self.eta, Eta::Host(0.0));
+        let step = |x: Tensor<2>, g: Tensor<2>| match &eta {
+            Eta::Host(e) => x - g.mul_scalar(*e),
+            Eta::Device(e) => x - g * (**e).clone(),
+        };
+        self.w = step(self.w.clone(), self.grad_w.clone());
+        self.h = step(self.h.clone(), self.grad_h.clone());
+        if let (Some(b), Some(g)) = (self.b.take(), self.grad_b.clone()) {
+            self.b = Some(step(b, g));
+        }
+        self.iter += 1;
+        let evaluate = evaluate || self.step_needs_eval();
+        self.pass(evaluate);
+    }
+
+    /// The plain constant-step iteration that `seli bench ufm` times (same as
+    /// [`Self::advance`] without an evaluation).
     pub fn step(&mut self) {
-        let (w, h) = (self.w.clone(), self.h.clone());
-        let g = softmax(w.clone().transpose().matmul(h.clone()), 0) - self.y.clone();
-        let mut grad_w = h.clone().matmul(g.clone().transpose());
-        let mut grad_h = w.clone().matmul(g);
-        if self.lambda_w > 0.0 {
-            grad_w = grad_w + w.clone().mul_scalar(self.lambda_w);
+        self.advance(false);
+    }
+
+    /// Gradients (and, when `evaluate`, the evaluation) at the current point, and the step
+    /// that follows from them.
+    fn pass(&mut self, evaluate: bool) {
+        let [k, n] = self.y.shape().dims();
+        let s = self.scale;
+        let mut z = self.w.clone().transpose().matmul(self.h.clone());
+        if let Some(b) = &self.b {
+            z = z + b.clone();
         }
-        if self.lambda_h > 0.0 {
-            grad_h = grad_h + h.clone().mul_scalar(self.lambda_h);
+        let mut u = z.clone();
+        if let Some(m) = &self.m {
+            u = u * m.clone();
         }
-        self.w = w - grad_w.mul_scalar(self.lr);
-        self.h = h - grad_h.mul_scalar(self.lr);
+        if let Some(iota) = &self.iota {
+            u = u + iota.clone();
+        }
+        let max = u.clone().max_dim(0);
+        let e = (u.clone() - max.clone()).exp();
+        let is_max = u.clone().equal(max.clone().expand([k, n]));
+        // Σ_{c≠argmax} e^{u_c − max}, formed without subtracting from the maximum's 1 (every
+        // maximum but one counts 1), so that it stays accurate when it is far below ε.
+        let ties = e.zeros_like().mask_fill(is_max.clone(), 1.0).sum_dim(0);
+        let rest = e.clone().mask_fill(is_max.clone(), 0.0).sum_dim(0) + ties.sub_scalar(1.0);
+        let inv = rest.clone().add_scalar(1.0).recip().mul_scalar(s);
+        // s·(p − Y); where the label is the maximum, p_y − 1 = −rest/(1 + rest) exactly.
+        let at_max = (rest.clone().neg() * inv.clone()).expand([k, n]);
+        let mut g = (e * inv - self.y.clone().mul_scalar(s))
+            .mask_where(self.y_mask.clone().bool_and(is_max), at_max);
+        if let Some(m) = &self.m {
+            g = g * m.clone();
+        }
+        let (lw, lh) = (self.cfg.lambda_w, self.cfg.lambda_h);
+        self.grad_w = self.h.clone().matmul(g.clone().transpose());
+        self.grad_h = self.w.clone().matmul(g.clone());
+        if lw != 0.0 {
+            self.grad_w = self.grad_w.clone() + self.w.clone().mul_scalar(lw);
+        }
+        if lh != 0.0 {
+            self.grad_h = self.grad_h.clone() + self.h.clone().mul_scalar(lh);
+        }
+        if self.b.is_some() {
+            self.grad_b = Some(g.sum_dim(1));
+        }
+        self.eval = None;
+        if evaluate {
+            let loss = (max - (u * self.y.clone()).sum_dim(0) + rest.log1p()).sum().mul_scalar(s);
+            let zy = (z.clone() * self.y.clone()).sum_dim(0);
+            let margin = zy - z.mask_fill(self.y_mask.clone(), f64::NEG_INFINITY).max_dim(0);
+            let correct =
+                margin.zeros_like().mask_fill(margin.clone().greater_elem(0.0), 1.0).sum();
+            let h_sq = self.h.clone().square().sum();
+            let mut objective = loss.clone();
+            if lw != 0.0 {
+                objective = objective + self.w.clone().square().sum().mul_scalar(0.5 * lw);
+            }
+            if lh != 0.0 {
+                objective = objective + h_sq.clone().mul_scalar(0.5 * lh);
+            }
+            let mut grad_sq =
+                self.grad_w.clone().square().sum() + self.grad_h.clone().square().sum();
+            if let Some(gb) = &self.grad_b {
+                grad_sq = grad_sq + gb.clone().square().sum();
+            }
+            let grad_norm = grad_sq.sqrt();
+            let h_norm_sq = if lh != 0.0 { h_sq } else { h_sq.mul_scalar(0.0) };
+            let parts = [objective, loss, correct, margin.min(), grad_norm, h_norm_sq];
+            // The normalized rules' step: lr over the gradient norm or the objective, 0 at an
+            // exactly zero gradient (as seli-core's).
+            let lr = self.cfg.lr;
+            self.eta = match self.cfg.step_rule {
+                StepRule::NormalizedGrad | StepRule::NormalizedLoss => {
+                    let gn = parts[GRAD_NORM].clone().reshape([1, 1]);
+                    let by = match self.cfg.step_rule {
+                        StepRule::NormalizedGrad => gn.clone(),
+                        _ => parts[OBJECTIVE].clone().reshape([1, 1]),
+                    };
+                    Eta::Device(Box::new(
+                        by.recip().mul_scalar(lr).mask_fill(gn.equal_elem(0.0), 0.0),
+                    ))
+                }
+                _ => Eta::Host(self.cfg.step_rule.step(lr, self.iter, 0.0, 0.0)),
+            };
+            self.eval = Some(Tensor::cat(parts.to_vec(), 0));
+        } else {
+            self.eta = Eta::Host(self.cfg.step_rule.step(self.cfg.lr, self.iter, 0.0, 0.0));
+        }
+    }
+
+    /// Iterations done.
+    pub fn iter(&self) -> u64 {
+        self.iter
     }
 
     /// Waits until every queued step has been computed (reads one number back).
@@ -98,7 +280,20 @@ impl DeviceUfm {
     /// # Errors
     /// The device could not hand the value back.
     pub fn sync(&self) -> Result<f64> {
-        Ok(to_host(self.w.clone().sum() + self.h.clone().sum())?[0])
+        Ok(self.to_host(self.w.clone().sum() + self.h.clone().sum())?[0])
+    }
+
+    /// The gradient norm at the current point, read back (one number).
+    ///
+    /// # Errors
+    /// No evaluation at this point; the device could not hand the value back.
+    pub fn grad_norm(&self) -> Result<f64> {
+        let e = self.eval.as_ref().ok_or_else(|| {
+            Error::Config(
+                "the last pass computed no evaluation to read the gradient norm of".into(),
+            )
+        })?;
+        Ok(self.to_host(e.clone().narrow(0, GRAD_NORM, 1))?[0])
     }
 
     /// `W` (d×k) and `H` (d×n) copied to the host, in f64.
@@ -106,59 +301,469 @@ impl DeviceUfm {
     /// # Errors
     /// The device could not hand the values back.
     pub fn params(&self) -> Result<(Mat<f64>, Mat<f64>)> {
-        let download = |t: &Tensor<2>| -> Result<Mat<f64>> {
-            let [r, c] = t.shape().dims();
-            let v = to_host(t.clone())?;
-            Ok(Mat::from_fn(r, c, |i, j| v[i * c + j]))
+        Ok((self.download(&self.w)?, self.download(&self.h)?))
+    }
+
+    /// The host state at the current point: variables, evaluation and next step, in `T`.
+    ///
+    /// # Errors
+    /// No evaluation at this point; the device could not hand the values back; an evaluation
+    /// or step that is not finite (named with the iteration).
+    pub fn state<T: Scalar>(&self) -> Result<UfmState<T>> {
+        let cast = |m: Mat<f64>| Mat::from_fn(m.nrows(), m.ncols(), |i, j| T::from_f64(m[(i, j)]));
+        let (W, H) = self.params()?;
+        let b = match &self.b {
+            Some(b) => Some(self.to_host(b.clone())?.into_iter().map(T::from_f64).collect()),
+            None => None,
         };
-        Ok((download(&self.w)?, download(&self.h)?))
+        let e = self.eval.as_ref().ok_or_else(|| {
+            Error::Config("the last pass computed no evaluation to copy to the host".into())
+        })?;
+        let v = self.to_host(e.clone())?;
+        let eval = Eval {
+            objective: v[OBJECTIVE],
+            loss: v[LOSS],
+            correct: v[CORRECT] as u64,
+            min_margin: v[MIN_MARGIN],
+            grad_norm: v[GRAD_NORM],
+            h_norm_sq: v[H_NORM_SQ],
+        };
+        check_finite(self.iter, &eval)?;
+        let step = match &self.eta {
+            _ if eval.grad_norm == 0.0 => 0.0,
+            Eta::Host(e) => *e,
+            Eta::Device(t) => self.to_host((**t).clone())?[0],
+        };
+        if !(step.is_finite() && step >= 0.0) {
+            return Err(seli_core::Error::Diverged {
+                iter: self.iter,
+                quantity: "step size",
+                value: step,
+            }
+            .into());
+        }
+        Ok(UfmState { params: Params { W: cast(W), H: cast(H), b }, iter: self.iter, eval, step })
+    }
+
+    fn download(&self, t: &Tensor<2>) -> Result<Mat<f64>> {
+        let [r, c] = t.shape().dims();
+        let v = self.to_host(t.clone())?;
+        Ok(Mat::from_fn(r, c, |i, j| v[i * c + j]))
+    }
+
+    /// A tensor's entries on the host in f64, row-major.
+    fn to_host<const D: usize>(&self, t: Tensor<D>) -> Result<Vec<f64>> {
+        t.into_data().convert::<f64>().try_to_vec::<f64>().map_err(|e| {
+            Error::Device(format!("device {}: reading the UFM back: {e:?}", self.device))
+        })
     }
 }
 
-/// A tensor's entries on the host in f64, row-major.
-fn to_host<const D: usize>(t: Tensor<D>) -> Result<Vec<f64>> {
-    t.into_data()
-        .convert::<f64>()
-        .try_to_vec::<f64>()
-        .map_err(|e| Error::Device(format!("reading the UFM back: {e:?}")))
+fn check_shapes(p: &Params<f64>, d: usize, k: usize, n: usize, bias: bool) -> Result<()> {
+    let bad = |what: &str, got: String, want: String| {
+        Err(Error::Config(format!("{what} is {got}, the configuration needs {want}")))
+    };
+    if (p.W.nrows(), p.W.ncols()) != (d, k) {
+        return bad("W", format!("{}x{}", p.W.nrows(), p.W.ncols()), format!("{d}x{k}"));
+    }
+    if (p.H.nrows(), p.H.ncols()) != (d, n) {
+        return bad("H", format!("{}x{}", p.H.nrows(), p.H.ncols()), format!("{d}x{n}"));
+    }
+    match (&p.b, bias) {
+        (Some(b), true) if b.len() == k => Ok(()),
+        (None, false) => Ok(()),
+        (b, _) => bad(
+            "the bias",
+            b.as_ref().map_or("absent".into(), |b| format!("of length {}", b.len())),
+            if bias { format!("length {k}") } else { "none".into() },
+        ),
+    }
+}
+
+/// A [`DeviceUfm`] as the engine of a `seli ufm` run, with host state in `T`.
+pub struct DeviceSolver<T> {
+    ufm: Option<DeviceUfm>,
+    profile: Profile,
+    cfg: UfmConfig,
+    device: Device,
+    f64: bool,
+    reads: Option<Reads>,
+    /// Whether the host state equals the device's.
+    current: bool,
+    _t: PhantomData<T>,
+}
+
+fn core_err(e: Error) -> seli_core::Error {
+    match e {
+        Error::Math(e) => e,
+        other => seli_core::Error::Observer(other.to_string()),
+    }
+}
+
+impl<T: Scalar> DeviceSolver<T> {
+    /// The engine of `cfg` on `device`; the device is checked here, the variables are placed
+    /// there by [`UfmEngine::init_state`] or [`UfmEngine::state_at`].
+    ///
+    /// # Errors
+    /// An invalid configuration; a device that cannot be used (what is missing, named).
+    pub fn new(cfg: &UfmConfig, profile: &Profile, device: Device) -> Result<Self> {
+        cfg.check(profile.k())?;
+        burn_device(device)?;
+        Ok(DeviceSolver {
+            ufm: None,
+            profile: profile.clone(),
+            cfg: cfg.clone(),
+            device,
+            f64: T::NAME == "f64",
+            reads: None,
+            current: true,
+            _t: PhantomData,
+        })
+    }
+
+    fn placed(&mut self, ufm: DeviceUfm) -> seli_core::Result<UfmState<T>> {
+        let state = ufm.state().map_err(core_err)?;
+        self.ufm = Some(ufm);
+        self.current = true;
+        Ok(state)
+    }
+}
+
+impl<T: Scalar> Solver for DeviceSolver<T> {
+    type State = UfmState<T>;
+
+    fn next_iter(&mut self, state: &mut UfmState<T>) -> seli_core::Result<()> {
+        let ufm = self.ufm.as_mut().ok_or_else(|| {
+            seli_core::Error::Observer("the device UFM was not placed (init_state first)".into())
+        })?;
+        let t = state.iter + 1;
+        let mut read =
+            self.reads.as_ref().is_none_or(|r| r.at(t) || r.interrupt.load(Ordering::Relaxed));
+        ufm.advance(read || self.cfg.grad_tol.is_some());
+        state.iter = t;
+        if let (false, Some(tol)) = (read, self.cfg.grad_tol) {
+            // The tolerance is checked at every iteration (one number read back); a NaN reads
+            // the state too, so that the divergence is reported where it appeared.
+            read = ufm.grad_norm().map_err(core_err)?.partial_cmp(&tol).is_none_or(|o| o.is_le());
+        }
+        self.current = read;
+        if read {
+            *state = ufm.state().map_err(core_err)?;
+        }
+        Ok(())
+    }
+
+    fn terminate(&self, state: &UfmState<T>) -> Option<Termination> {
+        if !self.current {
+            return None;
+        }
+        if let Some(r) = &self.reads
+            && state.iter < r.max_iters
+            && r.interrupt.load(Ordering::Relaxed)
+        {
+            return Some(Termination::Interrupted);
+        }
+        stopping_rule::<T>(&self.cfg, &state.eval)
+    }
+}
+
+impl<T: Scalar> UfmEngine<T> for DeviceSolver<T> {
+    fn init_state(&mut self) -> seli_core::Result<UfmState<T>> {
+        let ufm =
+            DeviceUfm::new(&self.profile, &self.cfg, self.device, self.f64).map_err(core_err)?;
+        self.placed(ufm)
+    }
+
+    fn state_at(&mut self, params: Params<T>, iter: u64) -> seli_core::Result<UfmState<T>> {
+        let cast = |m: &Mat<T>| Mat::from_fn(m.nrows(), m.ncols(), |i, j| m[(i, j)].to_f64());
+        let p = Params {
+            W: cast(&params.W),
+            H: cast(&params.H),
+            b: params.b.map(|b| b.iter().map(|v| v.to_f64()).collect()),
+        };
+        let ufm = DeviceUfm::at(&self.profile, &self.cfg, self.device, self.f64, &p, iter)
+            .map_err(core_err)?;
+        self.placed(ufm)
+    }
+
+    fn plan(&mut self, reads: Reads) -> Option<InterruptFlag> {
+        self.reads = Some(reads);
+        None
+    }
+}
+
+/// The engines of `seli ufm`: seli-core's solver on the CPU, [`DeviceSolver`] on a GPU.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AnyDevice {
+    /// Run the burn iteration even on the CPU (burn's flex backend: slower than seli-core's
+    /// solver; the tests use it to check the device path without a GPU).
+    pub burn_on_cpu: bool,
+}
+
+impl Engines for AnyDevice {
+    fn ufm<T: Scalar>(
+        &self,
+        cfg: &UfmRunConfig,
+        profile: &Profile,
+    ) -> seli_run::Result<Box<dyn UfmEngine<T>>> {
+        let solver = cfg.solver_config();
+        if cfg.device == Device::Cpu && !self.burn_on_cpu {
+            return Ok(Box::new(UfmSolver::<T>::new(solver, profile, cfg.threads)?));
+        }
+        match DeviceSolver::<T>::new(&solver, profile, cfg.device) {
+            Ok(s) => Ok(Box::new(s)),
+            Err(Error::Math(e)) => Err(e.into()),
+            Err(e) => Err(seli_run::Error::Invalid(e.to_string())),
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use seli_core::solve::Solver;
-    use seli_core::solve::ufm::UfmSolver;
+    use seli_core::solve::ufm::Reduction;
+
+    fn rel(a: &Mat<f64>, b: &Mat<f64>) -> f64 {
+        (a - b).norm_l2() / b.norm_l2()
+    }
 
     /// The burn iteration on the CPU backend retraces seli-core's solver: same start, same
-    /// iterates (f64, to rounding), with and without ridge.
+    /// iterates, evaluations and steps (f64, to rounding), for every loss family, with and
+    /// without bias and ridge, summed and mean, under every step rule.
     #[test]
     fn the_device_iteration_is_seli_cores() {
         let p = Profile::step(4, 10.0, 0.5, 3).unwrap();
-        for (lambda_w, lambda_h) in [(0.0, 0.0), (5e-3, 1e-2)] {
-            let cfg = UfmConfig { d: 6, lr: 0.05, lambda_w, lambda_h, ..UfmConfig::default() };
+        let base = UfmConfig { d: 6, lr: 0.05, ..UfmConfig::default() };
+        let cases = [
+            UfmConfig { ..base.clone() },
+            UfmConfig { lambda_w: 5e-3, lambda_h: 1e-2, ..base.clone() },
+            UfmConfig { step_rule: StepRule::NormalizedGrad, lr: 0.1, ..base.clone() },
+            UfmConfig { step_rule: StepRule::NormalizedLoss, lr: 0.1, ..base.clone() },
+            UfmConfig {
+                step_rule: StepRule::parse("step:0.5@10,25").unwrap(),
+                reduction: Reduction::Mean,
+                lr: 2.0,
+                ..base.clone()
+            },
+            UfmConfig { loss: LossKind::Cdt, gamma: 0.5, ..base.clone() },
+            UfmConfig { loss: LossKind::Ldt, gamma: 0.5, lambda_h: 1e-3, ..base.clone() },
+            UfmConfig { loss: LossKind::La, tau: 1.0, bias: true, ..base.clone() },
+            UfmConfig {
+                loss: LossKind::Vs,
+                gamma: 0.3,
+                tau: 0.5,
+                bias: true,
+                step_rule: StepRule::NormalizedGrad,
+                lr: 0.1,
+                ..base.clone()
+            },
+        ];
+        for cfg in cases {
             let mut dev = DeviceUfm::new(&p, &cfg, Device::Cpu, true).unwrap();
             let mut core = UfmSolver::<f64>::new(cfg.clone(), &p, 1).unwrap();
             let mut state = core.init_state().unwrap();
             for _ in 0..40 {
-                dev.step();
+                dev.advance(false);
                 core.next_iter(&mut state).unwrap();
             }
-            let (W, H) = dev.params().unwrap();
-            let rel = |a: &Mat<f64>, b: &Mat<f64>| (a - b).norm_l2() / b.norm_l2();
-            assert!(rel(&W, &state.params.W) < 1e-12, "W: {}", rel(&W, &state.params.W));
-            assert!(rel(&H, &state.params.H) < 1e-12, "H: {}", rel(&H, &state.params.H));
+            dev.pass(true);
+            let got: UfmState<f64> = dev.state().unwrap();
+            let want = &state;
+            let name = format!("{cfg:?}");
+            assert_eq!(got.iter, want.iter, "{name}");
+            assert!(rel(&got.params.W, &want.params.W) < 1e-11, "W: {name}");
+            assert!(rel(&got.params.H, &want.params.H) < 1e-11, "H: {name}");
+            if let (Some(a), Some(b)) = (&got.params.b, &want.params.b) {
+                let d: f64 = a.iter().zip(b).map(|(x, y)| (x - y).abs()).sum();
+                assert!(d < 1e-10, "b: {name}");
+            }
+            let close = |a: f64, b: f64| (a - b).abs() <= 1e-9 * b.abs().max(1e-12);
+            let (g, w) = (&got.eval, &want.eval);
+            for (what, a, b) in [
+                ("objective", g.objective, w.objective),
+                ("loss", g.loss, w.loss),
+                ("min_margin", g.min_margin, w.min_margin),
+                ("grad_norm", g.grad_norm, w.grad_norm),
+                ("h_norm_sq", g.h_norm_sq, w.h_norm_sq),
+                ("step", got.step, want.step),
+            ] {
+                assert!(close(a, b), "{what}: {a} vs {b} in {name}");
+            }
+            assert_eq!(g.correct, w.correct, "{name}");
             // It moved: 40 steps are not the start.
             let start = Params::<f64>::init(6, 4, p.n() as usize, cfg.init_scale, cfg.seed, false);
-            assert!(rel(&W, &start.W) > 1e-2);
+            assert!(rel(&got.params.W, &start.W) > 1e-2, "{name}");
+        }
+    }
+
+    mod runs {
+        use std::sync::Arc;
+        use std::sync::atomic::AtomicBool;
+
+        use seli_io::record::ProfileRecord;
+        use seli_run::ufm::{UfmDir, UfmParams, execute_with};
+        use seli_run::watch::{Quiet, Watch};
+
+        use super::*;
+
+        fn params() -> UfmParams {
+            let p = Profile::step(4, 10.0, 0.5, 3).unwrap();
+            let mut u = UfmParams::new(ProfileRecord::new(&p, None));
+            u.d = 6;
+            u.iters = 60;
+            u.lr = 0.1;
+            u.checkpoint_every = 25;
+            u.loss = LossKind::Cdt;
+            u.gamma = 0.5;
+            u
+        }
+
+        fn flag() -> InterruptFlag {
+            Arc::new(AtomicBool::new(false))
+        }
+
+        fn rows(dir: &UfmDir) -> Vec<Vec<Option<f64>>> {
+            seli_io::csvlog::read_csv(&dir.metrics()).unwrap().1
+        }
+
+        fn run(
+            cfg: &UfmRunConfig,
+            dir: &UfmDir,
+            burn: bool,
+            resume: bool,
+            watch: &mut dyn Watch,
+            interrupt: InterruptFlag,
+        ) -> seli_run::ufm::UfmOutcome {
+            if !resume {
+                dir.start(cfg, true).unwrap();
+            }
+            let engines = AnyDevice { burn_on_cpu: burn };
+            execute_with(&engines, cfg, Some(dir), resume, watch, interrupt).unwrap()
+        }
+
+        fn checkpoint_iter(cfg: &UfmRunConfig, dir: &UfmDir) -> u64 {
+            let n = cfg.profile.to_profile().unwrap().n() as usize;
+            let path = dir.checkpoint();
+            seli_io::checkpoint::load_checkpoint::<f64>(&path, cfg.d, 4, n, false).unwrap().1
+        }
+
+        fn assert_close(a: &[Vec<Option<f64>>], b: &[Vec<Option<f64>>], tol: f64) {
+            assert_eq!(a.len(), b.len());
+            for (ra, rb) in a.iter().zip(b) {
+                for (x, y) in ra.iter().zip(rb) {
+                    match (x, y) {
+                        (Some(x), Some(y)) => assert!(
+                            (x - y).abs() <= tol * y.abs().max(1e-6),
+                            "{x} vs {y} in rows {ra:?} / {rb:?}"
+                        ),
+                        _ => assert_eq!(x, y),
+                    }
+                }
+            }
+        }
+
+        /// The run layer over the device engine writes what it writes over seli-core's
+        /// solver: the same rows at the same iterations (recorded log-spaced and at the end,
+        /// with checkpoints off the schedule), the same ending.
+        #[test]
+        fn a_device_run_records_what_the_cpu_run_records() {
+            let cfg = params().check().unwrap();
+            let tmp = tempfile::tempdir().unwrap();
+            let (a, b) = (UfmDir(tmp.path().join("cpu")), UfmDir(tmp.path().join("burn")));
+            let ca = run(&cfg, &a, false, false, &mut Quiet, flag());
+            let cb = run(&cfg, &b, true, false, &mut Quiet, flag());
+            assert_eq!(ca.summary.termination, "max-iters");
+            assert_eq!(cb.summary.termination, ca.summary.termination);
+            assert_eq!(cb.summary.iters_done, 60);
+            assert!(rows(&a).len() > 10, "log-spaced rows");
+            assert_close(&rows(&b), &rows(&a), 1e-8);
+            assert_eq!(checkpoint_iter(&cfg, &b), 60);
+        }
+
+        /// Raises the flag once iteration `at` is done.
+        struct StopAt(u64, InterruptFlag);
+        impl Watch for StopAt {
+            fn progress(&mut self, done: u64) -> std::result::Result<(), String> {
+                if done == self.0 {
+                    self.1.store(true, Ordering::Relaxed);
+                }
+                Ok(())
+            }
+        }
+
+        /// Ctrl-C on a device run stops it at the next iteration with the state copied back
+        /// (checkpoint and last row at the stop); resuming it gives the uninterrupted run's
+        /// log, row for row.
+        #[test]
+        fn an_interrupted_device_run_resumes_to_the_uninterrupted_one() {
+            let cfg = params().check().unwrap();
+            let tmp = tempfile::tempdir().unwrap();
+            let (a, b) = (UfmDir(tmp.path().join("full")), UfmDir(tmp.path().join("stopped")));
+            run(&cfg, &a, true, false, &mut Quiet, flag());
+            let f = flag();
+            let out = run(&cfg, &b, true, false, &mut StopAt(37, f.clone()), f);
+            assert_eq!(out.summary.termination, "interrupted");
+            assert_eq!(out.summary.iters_done, 38, "the iteration after the flag");
+            let last = rows(&b).last().unwrap()[0];
+            assert_eq!(last, Some(38.0), "a row at the stop");
+            assert_eq!(checkpoint_iter(&cfg, &b), 38);
+            // Resumed on the device, and (the other way) on seli-core's CPU solver.
+            let c = UfmDir(tmp.path().join("stopped-cpu"));
+            std::fs::create_dir_all(&c.0).unwrap();
+            for f in ["config.json", "metrics.csv", "checkpoint.safetensors"] {
+                std::fs::copy(b.0.join(f), c.0.join(f)).unwrap();
+            }
+            let done = run(&cfg, &b, true, true, &mut Quiet, flag());
+            assert_eq!(done.summary.resumed_from, Some(38));
+            assert_close(&rows(&b), &rows(&a), 1e-12);
+            run(&cfg, &c, false, true, &mut Quiet, flag());
+            assert_close(&rows(&c), &rows(&a), 1e-8);
+        }
+
+        /// The gradient tolerance stops a device run where it stops the CPU run.
+        #[test]
+        fn the_gradient_tolerance_stops_both_at_the_same_iteration() {
+            let mut p = params();
+            p.loss = LossKind::Ce;
+            p.gamma = 0.0;
+            p.step_rule = StepRule::Constant;
+            p.lambda_w = 0.05;
+            p.lambda_h = 0.05;
+            p.iters = 5000;
+            p.grad_tol = Some(1e-3);
+            let cfg = p.check().unwrap();
+            let tmp = tempfile::tempdir().unwrap();
+            let (a, b) = (UfmDir(tmp.path().join("cpu")), UfmDir(tmp.path().join("burn")));
+            let ca = run(&cfg, &a, false, false, &mut Quiet, flag());
+            let cb = run(&cfg, &b, true, false, &mut Quiet, flag());
+            assert_eq!(ca.summary.termination, "converged", "{}", ca.summary.message);
+            assert!(ca.summary.iters_done < 5000);
+            assert_eq!(cb.summary.termination, "converged");
+            assert_eq!(cb.summary.iters_done, ca.summary.iters_done);
+            assert_close(&rows(&b), &rows(&a), 1e-8);
+        }
+
+        /// A device the engines cannot use is refused before anything runs, naming it.
+        #[test]
+        fn a_missing_device_is_named() {
+            let mut p = params();
+            p.device = Device::Cuda(3);
+            let cfg = p.check().unwrap();
+            let prof = cfg.profile.to_profile().unwrap();
+            let e = AnyDevice::default().ufm::<f32>(&cfg, &prof).err().unwrap().to_string();
+            assert!(e.contains("cuda:3") || e.contains("CUDA"), "{e}");
+            let e = seli_run::ufm::CpuEngines.ufm::<f32>(&cfg, &prof).err().unwrap().to_string();
+            assert!(e.contains("cuda:3"), "{e}");
         }
     }
 
     #[test]
-    fn what_it_does_not_cover_is_refused() {
+    fn mismatched_shapes_and_invalid_configurations_are_refused() {
         let p = Profile::step(4, 10.0, 0.5, 3).unwrap();
         let cfg = UfmConfig { d: 6, bias: true, ..UfmConfig::default() };
-        let e = DeviceUfm::new(&p, &cfg, Device::Cpu, true).err().unwrap().to_string();
-        assert!(e.contains("no bias"), "{e}");
+        let params = Params::<f64>::init(6, 4, p.n() as usize, 0.1, 0, false);
+        let e = DeviceUfm::at(&p, &cfg, Device::Cpu, true, &params, 3).err().unwrap().to_string();
+        assert!(e.contains("bias is absent") && e.contains("length 4"), "{e}");
         let cfg = UfmConfig { d: 2, ..UfmConfig::default() };
         assert!(DeviceUfm::new(&p, &cfg, Device::Cpu, true).is_err());
     }

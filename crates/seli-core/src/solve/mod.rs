@@ -37,6 +37,17 @@ pub trait Solver {
     }
 }
 
+/// A boxed solver solves (so that a run can choose its solver at run time).
+impl<S: Solver + ?Sized> Solver for Box<S> {
+    type State = S::State;
+    fn next_iter(&mut self, state: &mut Self::State) -> Result<()> {
+        (**self).next_iter(state)
+    }
+    fn terminate(&self, state: &Self::State) -> Option<Termination> {
+        (**self).terminate(state)
+    }
+}
+
 /// Why a run stopped.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Termination {

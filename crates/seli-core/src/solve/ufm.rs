@@ -879,7 +879,11 @@ impl<T: Scalar> UfmSolver<T> {
     }
 }
 
-fn check_finite(iter: u64, e: &Eval) -> Result<()> {
+/// Refuses an evaluation that left the finite numbers, naming the iteration and the quantity.
+///
+/// # Errors
+/// [`Error::Diverged`] when the objective or the gradient norm is not finite.
+pub fn check_finite(iter: u64, e: &Eval) -> Result<()> {
     for (quantity, value) in [("objective", e.objective), ("gradient norm", e.grad_norm)] {
         if !value.is_finite() {
             return Err(Error::Diverged { iter, quantity, value });
@@ -916,18 +920,20 @@ impl<T: Scalar> Solver for UfmSolver<T> {
     }
 
     fn terminate(&self, state: &UfmState<T>) -> Option<Termination> {
-        if state.eval.grad_norm == 0.0 {
-            return Some(Termination::Converged(format!(
-                "the gradient is exactly zero in {} (the loss underflowed): a fixed point of GD",
-                T::NAME
-            )));
-        }
-        let tol = self.config.grad_tol?;
-        (state.eval.grad_norm <= tol).then(|| {
-            Termination::Converged(format!(
-                "gradient norm {:.3e} <= {tol:.1e}",
-                state.eval.grad_norm
-            ))
-        })
+        stopping_rule::<T>(&self.config, &state.eval)
     }
+}
+
+/// The UFM's stopping rule at an evaluation: an exactly zero gradient (a fixed point of GD in
+/// `T`), or a gradient norm at most `grad_tol`.
+pub fn stopping_rule<T: Scalar>(config: &UfmConfig, e: &Eval) -> Option<Termination> {
+    if e.grad_norm == 0.0 {
+        return Some(Termination::Converged(format!(
+            "the gradient is exactly zero in {} (the loss underflowed): a fixed point of GD",
+            T::NAME
+        )));
+    }
+    let tol = config.grad_tol?;
+    (e.grad_norm <= tol)
+        .then(|| Termination::Converged(format!("gradient norm {:.3e} <= {tol:.1e}", e.grad_norm)))
 }
