@@ -3,9 +3,12 @@
 # no registry: the CUDA build of seli (carried as target/cuda/seli.xz) beside PyTorch on the same
 # GPU, and a short real training run.
 #
-#   scripts/gpu-measure.sh --pack      here: target/cuda/mnist.tar.xz from data/mnist (after
-#                                      scripts/build-cuda.sh made target/cuda/seli.xz)
-#   scripts/gpu-measure.sh OUT         on the GPU machine: everything below, log in OUT/gpu.log
+#   scripts/gpu-measure.sh --pack          here: target/cuda/mnist.tar.xz from data/mnist (after
+#                                          scripts/build-cuda.sh made target/cuda/seli.xz)
+#   scripts/gpu-measure.sh OUT             on the GPU machine: everything below, log in OUT/gpu.log
+#   scripts/gpu-measure.sh --rehearse OUT  here, before spending device time: the same steps on
+#                                          the CPU with target/release/seli and small sizes (the
+#                                          GPU-only checks fail, as they should)
 #
 # Steps: the environment (nvidia-smi, where NVRTC and the CUDA headers are: the CUDA toolkit, or
 # PyTorch's nvidia wheels), the refusal when the headers are missing, training throughput of
@@ -21,24 +24,42 @@ if [[ "${1:-}" == --pack ]]; then
     ls -l target/cuda/
     exit 0
 fi
-out="${1:?usage: scripts/gpu-measure.sh OUT}"
+rehearse=""
+if [[ "${1:-}" == --rehearse ]]; then
+    rehearse=1
+    shift
+fi
+out="${1:?usage: scripts/gpu-measure.sh [--rehearse] OUT}"
 mkdir -p "$out"
+out="$(cd "$out" && pwd)"
 exec > >(tee "$out/gpu.log") 2>&1
 step() { echo; echo "=== $* ($(date +%T))"; }
+work="$(mktemp -d)"
+# Sizes: the issue's on the GPU; small ones for a rehearsal on the CPU.
+if [[ -n "$rehearse" ]]; then
+    dev=cpu seli="$PWD/target/release/seli" py="${PYTHON:-target/py-venv/bin/python}"
+    train_steps=20 resnet_steps=0 ufm_iters=20 large_iters=4 stop_after=8 mnist_stop=20
+    small=(--step 4,10,0.5,20 --d 16) large=(--step 10,10,0.5,200 --d 64) epochs=3
+    data="$PWD/data"
+else
+    dev=cuda seli="$work/seli" py=python3
+    xz -dc target/cuda/seli.xz >"$seli" && chmod +x "$seli"
+    train_steps=200 resnet_steps=30 ufm_iters=2000 large_iters=500 stop_after=20 mnist_stop=20
+    small=(--step 10,10,0.5,50 --d 64) large=(--step 100,10,0.5,200 --d 512) epochs=8
+    data="$work/data"
+    mkdir -p "$data" && xz -dc target/cuda/mnist.tar.xz | tar -C "$data" -xf -
+fi
 
 step environment
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv || true
-python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda, torch.cuda.get_device_name(0))'
-work="$(mktemp -d)"
-xz -dc target/cuda/seli.xz >"$work/seli" && chmod +x "$work/seli"
-seli="$work/seli"
+"$py" -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda, torch.cuda.get_device_name(0))'
 "$seli" --version
 
 # NVRTC and the headers: the toolkit when there is one, else PyTorch's nvidia/cu13 wheels.
 if command -v nvcc >/dev/null; then
     cuda_root="$(dirname "$(dirname "$(readlink -f "$(command -v nvcc)")")")"
 fi
-site="$(python3 -c 'import site; print(" ".join(site.getsitepackages()))')"
+site="$("$py" -c 'import site; print(" ".join(site.getsitepackages()))')"
 nvrtc="$(find "${cuda_root:-/nonexistent}" $site -name 'libnvrtc.so.13*' 2>/dev/null | head -1)"
 echo "nvcc root: ${cuda_root:-none}; libnvrtc: ${nvrtc:-not found}"
 [[ -n "$nvrtc" ]] && export LD_LIBRARY_PATH="$(dirname "$nvrtc")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
@@ -54,7 +75,12 @@ else
 fi
 echo "CUDA_PATH=$CUDA_PATH"; ls "$CUDA_PATH/include" | head -30
 for h in cuda_fp16.h mma.h cooperative_groups.h cuda/barrier; do
-    [[ -e "$CUDA_PATH/include/$h" ]] && echo "header $h: ok" || echo "header $h: MISSING"
+    # cubecl also searches include/cccl (where CUDA 13 keeps CCCL).
+    if [[ -e "$CUDA_PATH/include/$h" || -e "$CUDA_PATH/include/cccl/$h" ]]; then
+        echo "header $h: ok"
+    else
+        echo "header $h: MISSING"
+    fi
 done
 
 step "refusals (expected to fail, each with a clear message)"
@@ -62,38 +88,40 @@ CUDA_PATH=/nonexistent "$seli" bench train --device cuda --mlp-steps 1 --resnet-
 "$seli" bench train --device cuda:7 --mlp-steps 1 --resnet-steps 0 && echo UNEXPECTED-SUCCESS
 
 step "first kernels (compile time included)"
-time "$seli" bench train --device cuda --mlp-steps 5 --resnet-steps 2
+time "$seli" bench train --device "$dev" --mlp-steps 5 --resnet-steps "$(( resnet_steps > 0 ? 2 : 0 ))"
 
 step "training throughput beside PyTorch"
-timeout 300 python3 scripts/bench-train.py --device cuda --seli "$seli" --steps 200 \
-    --resnet-steps 30 --json "$out/bench-train.json"
+timeout 300 "$py" scripts/bench-train.py --device "$dev" --seli "$seli" --steps "$train_steps" \
+    --resnet-steps "$resnet_steps" --json "$out/bench-train.json"
 
 step "UFM gradient descent beside PyTorch (burn tensors on the GPU)"
-timeout 240 python3 scripts/bench-ufm.py --device cuda --seli "$seli" --iters 2000
+timeout 240 "$py" scripts/bench-ufm.py --device "$dev" --seli "$seli" --iters "$ufm_iters"
 
 step "seli ufm on the GPU: a tracked run beside the same run on the CPU, then the large size"
 u="$out/ufm"
-for dev in cpu cuda; do
-    time "$seli" ufm --step 10,10,0.5,50 --d 64 --iters 2000 --every 500 --device "$dev" \
-        --out "$u-small-$dev" --force | tail -4
+for d in cpu "$dev"; do
+    time "$seli" ufm "${small[@]}" --iters "$ufm_iters" --every "$(( ufm_iters / 4 ))" \
+        --device "$d" --out "$u-small-$d" --force | tail -4
 done
-paste -d'\n' <(tail -1 "$u-small-cpu/metrics.csv") <(tail -1 "$u-small-cuda/metrics.csv")
+echo "last rows, cpu then $dev:"
+tail -n1 "$u-small-cpu/metrics.csv"; tail -n1 "$u-small-$dev/metrics.csv"
 for dt in f32 f64; do
-    time timeout 120 "$seli" ufm --step 100,10,0.5,200 --d 512 --dtype "$dt" --iters 500 \
-        --every 250 --schedule constant --lr 1e-3 --device cuda --out "$u-large-$dt" --force \
-        | head -1
+    time timeout 120 "$seli" ufm "${large[@]}" --dtype "$dt" --iters "$large_iters" \
+        --every "$large_iters" --schedule constant --lr 1e-3 --device "$dev" \
+        --out "$u-large-$dt" --force | sed -n 1p
 done
-timeout -s INT 20 "$seli" ufm --step 100,10,0.5,200 --d 512 --dtype f32 --iters 100000 \
-    --every 1000 --device cuda --out "$u-stopped" --force | head -1
+timeout --preserve-status -s INT "$stop_after" "$seli" ufm "${large[@]}" --dtype f32 --iters 1000000 \
+    --every 1000 --device "$dev" --out "$u-stopped" --force | sed -n 1p
 echo "exit ${PIPESTATUS[0]} (130: interrupted)"
-"$seli" ufm --resume "$u-stopped" --device cpu --iters "$(( $(python3 -c "import json; print(json.load(open('$u-stopped/summary.json'))['iters_done'])") + 10 ))" | head -1
+done_iters="$("$py" -c "import json; s = json.load(open('$u-stopped/summary.json')); print(s['iters_done'])")"
+grep -o '"termination": "[a-z-]*"' "$u-stopped/summary.json"
+"$seli" ufm --resume "$u-stopped" --device cpu --iters "$(( done_iters + 2 ))" | sed -n 1p
 
 step "a short MNIST run on the GPU, interrupted, finished on the CPU"
-mkdir -p "$work/data" && xz -dc target/cuda/mnist.tar.xz | tar -C "$work/data" -xf -
 run="$out/mnist-gpu"
-timeout -s INT 45 "$seli" train --device cuda --data-dir "$work/data" --epochs 20 \
-    --checkpoint-every 1 --every 2 --out "$run" --force
+timeout --preserve-status -s INT "$mnist_stop" "$seli" train --device "$dev" --data-dir "$data" --epochs "$epochs" \
+    --checkpoint-every 1 --every 1 --out "$run" --force
 echo "exit $? (130: interrupted)"
-time "$seli" train --resume "$run" --device cpu
+time timeout 180 "$seli" train --resume "$run" --device cpu
 cat "$run/summary.json" | head -40
 rm -rf "$work"

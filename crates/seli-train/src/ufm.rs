@@ -55,6 +55,8 @@ pub struct DeviceUfm {
     grad_b: Option<Tensor<2>>,
     /// One-hot labels, k×n.
     y: Tensor<2>,
+    /// `s·Y`.
+    y_scaled: Tensor<2>,
     /// The same as a mask.
     y_mask: Tensor<2, Bool>,
     /// `m` of the family's logits `u = m ⊙ z + ι`: k×1 (`Δ_c`: cdt, vs) or 1×n (`Δ_{y_i}`:
@@ -139,6 +141,7 @@ impl DeviceUfm {
             grad_w: zeros(d, k),
             grad_h: zeros(d, n),
             y_mask: y.clone().equal_elem(1.0),
+            y_scaled: if scale == 1.0 { y.clone() } else { y.clone().mul_scalar(scale) },
             y,
             m,
             iota,
@@ -208,20 +211,21 @@ impl DeviceUfm {
         let inv = rest.clone().add_scalar(1.0).recip().mul_scalar(s);
         // s·(p − Y); where the label is the maximum, p_y − 1 = −rest/(1 + rest) exactly.
         let at_max = (rest.clone().neg() * inv.clone()).expand([k, n]);
-        let mut g = (e * inv - self.y.clone().mul_scalar(s))
+        let mut g = (e * inv - self.y_scaled.clone())
             .mask_where(self.y_mask.clone().bool_and(is_max), at_max);
         if let Some(m) = &self.m {
             g = g * m.clone();
         }
         let (lw, lh) = (self.cfg.lambda_w, self.cfg.lambda_h);
-        self.grad_w = self.h.clone().matmul(g.clone().transpose());
-        self.grad_h = self.w.clone().matmul(g.clone());
+        let mut grad_w = self.h.clone().matmul(g.clone().transpose());
+        let mut grad_h = self.w.clone().matmul(g.clone());
         if lw != 0.0 {
-            self.grad_w = self.grad_w.clone() + self.w.clone().mul_scalar(lw);
+            grad_w = grad_w + self.w.clone().mul_scalar(lw);
         }
         if lh != 0.0 {
-            self.grad_h = self.grad_h.clone() + self.h.clone().mul_scalar(lh);
+            grad_h = grad_h + self.h.clone().mul_scalar(lh);
         }
+        (self.grad_w, self.grad_h) = (grad_w, grad_h);
         if self.b.is_some() {
             self.grad_b = Some(g.sum_dim(1));
         }
