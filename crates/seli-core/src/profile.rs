@@ -267,6 +267,16 @@ impl Profile {
         &self.counts
     }
 
+    /// The label of every sample with the samples sorted by class (class 0's first): the
+    /// column order of the UFM's `H`.
+    pub fn sorted_labels(&self) -> Vec<u32> {
+        self.counts()
+            .iter()
+            .enumerate()
+            .flat_map(|(c, &m)| std::iter::repeat_n(c as u32, m as usize))
+            .collect()
+    }
+
     /// Total number of samples `n`.
     pub fn n(&self) -> u64 {
         self.counts.iter().sum()

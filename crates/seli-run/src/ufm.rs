@@ -671,16 +671,6 @@ impl Engines for CpuEngines {
     }
 }
 
-/// The labels of `profile`'s samples in the order of `H`'s columns (sorted by class).
-pub fn sorted_labels(profile: &Profile) -> Vec<u32> {
-    profile
-        .counts()
-        .iter()
-        .enumerate()
-        .flat_map(|(c, &m)| std::iter::repeat_n(c as u32, m as usize))
-        .collect()
-}
-
 /// Runs gradient descent for `cfg`: fresh, or resumed from the checkpoint in `dir` when
 /// `resume`. With a directory, metrics rows go to `metrics.csv` as they are recorded,
 /// checkpoints every `checkpoint_every` iterations and at the end, and the summary to
@@ -735,7 +725,7 @@ fn execute_as<T: Scalar>(
     // The loss's own target (certified max-margin solve), unless it is SELI.
     let loss = cfg.solver_config().loss()?;
     let own = seli_core::implicit::LossTarget::solve(&profile, loss)?;
-    let labels = sorted_labels(&profile);
+    let labels = profile.sorted_labels();
     // A run stopped before its first checkpoint has nothing to resume: it starts over (its
     // start is seeded, so the log and the end are those of an uninterrupted run).
     let (mut state, resumed_from) = match dir.filter(|d| resume && d.checkpoint().is_file()) {

@@ -24,7 +24,7 @@ use seli_core::solve::ufm::{
 };
 use seli_core::solve::{InterruptFlag, Solver, Termination};
 use seli_core::{LossKind, Profile, Scalar};
-use seli_run::ufm::{Engines, Reads, UfmEngine, UfmRunConfig, sorted_labels};
+use seli_run::ufm::{Engines, Reads, UfmEngine, UfmRunConfig};
 
 use crate::device::{Device, burn_device};
 use crate::error::{Error, Result};
@@ -111,7 +111,7 @@ impl DeviceUfm {
             let (r, c) = (m.nrows(), m.ncols());
             upload(r, c, (0..r).flat_map(|i| (0..c).map(move |j| m[(i, j)])).collect())
         };
-        let labels = sorted_labels(profile);
+        let labels = profile.sorted_labels();
         let mut onehot = vec![0.0; k * n];
         for (i, &c) in labels.iter().enumerate() {
             onehot[c as usize * n + i] = 1.0;

@@ -647,12 +647,7 @@ impl<T: Scalar> UfmSolver<T> {
     pub fn new(config: UfmConfig, profile: &Profile, threads: usize) -> Result<Self> {
         let k = profile.k();
         config.check(k)?;
-        let labels: Vec<u32> = profile
-            .counts()
-            .iter()
-            .enumerate()
-            .flat_map(|(c, &m)| std::iter::repeat_n(c as u32, m as usize))
-            .collect();
+        let labels = profile.sorted_labels();
         let n = labels.len();
         let d = config.d;
         let scale = match config.reduction {
