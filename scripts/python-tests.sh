@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the Python wheel (crates/seli-py, maturin), installs it into a virtual environment
 # under target/py-venv and runs the pytest suite, which compares the module with the seli CLI
-# (target/release/seli: build it first, as `cargo test --release --workspace` does).
+# (target/release/seli: build it first, as `cargo test --release` does).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
