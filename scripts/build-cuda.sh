@@ -4,6 +4,8 @@
 #   scripts/build-cuda.sh            release build: target/cuda/seli (stripped) and seli.xz
 #   scripts/build-cuda.sh --fusion   the same with burn's kernel fusion and autotuning
 #   scripts/build-cuda.sh --check    type-check only (what CI runs)
+#   scripts/build-cuda.sh --sources  print the id of the sources a build now would use (the
+#                                    build writes it to target/cuda/seli.sources)
 #
 # burn's `cuda` feature pulls cubecl-cuda 0.11.3, which always depends on cubecl-llvm, whose build
 # script downloads LLVM from outside the registries. patches/cubecl-cuda-0.11.3-cpp-only.patch
@@ -23,10 +25,29 @@ for arg in "$@"; do
     case "$arg" in
         --check) mode=check ;;
         --fusion) features=cuda-fusion ;;
-        -h | --help) sed -n '2,16p' "$0"; exit 0 ;;
-        *) echo "build-cuda.sh: unknown argument $arg (--check, --fusion)" >&2; exit 2 ;;
+        --sources) mode=sources ;;
+        -h | --help) sed -n '2,18p' "$0"; exit 0 ;;
+        *) echo "build-cuda.sh: unknown argument $arg (--check, --fusion, --sources)" >&2; exit 2 ;;
     esac
 done
+
+# What the binary is built from: the committed crates, manifests, lock file and patches (a hash
+# of their git trees), or "uncommitted" when the working tree differs there. A binary whose id
+# is not the current one is stale (scripts/gpu-measure.sh --pack refuses to carry it).
+sources_id() {
+    if git diff --quiet HEAD -- crates Cargo.toml Cargo.lock patches \
+        && [[ -z "$(git ls-files --others --exclude-standard -- crates patches)" ]]; then
+        git rev-parse HEAD:crates HEAD:Cargo.toml HEAD:Cargo.lock HEAD:patches | sha256sum | cut -c1-16
+    else
+        echo uncommitted
+    fi
+}
+if [[ "$mode" == sources ]]; then
+    sources_id
+    exit 0
+fi
+# Taken before the patch rewrites Cargo.lock for the build.
+sources="$(sources_id)"
 
 crate=cubecl-cuda
 version=0.11.3
@@ -80,4 +101,6 @@ out="$target_dir/cuda/seli"
 cp "$target_dir/cuda-build/release/seli" "$out"
 strip "$out"
 xz -T0 -6 -c "$out" >"$out.xz"
+echo "$sources" >"$out.sources"
 ls -l "$out" "$out.xz"
+echo "build-cuda.sh: built from sources $sources"

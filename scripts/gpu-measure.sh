@@ -20,6 +20,13 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 
 if [[ "${1:-}" == --pack ]]; then
+    built="$(cat target/cuda/seli.sources 2>/dev/null || echo unknown)"
+    now="$(scripts/build-cuda.sh --sources)"
+    if [[ "$built" != "$now" || "$now" == uncommitted ]]; then
+        echo "gpu-measure.sh: target/cuda/seli was built from sources $built, the checkout is at $now:" \
+            "commit, then run scripts/build-cuda.sh" >&2
+        exit 1
+    fi
     tar -C data -cf - mnist | xz -T0 -6 >target/cuda/mnist.tar.xz
     ls -l target/cuda/
     exit 0
@@ -54,6 +61,7 @@ step environment
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv || true
 "$py" -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda, torch.cuda.get_device_name(0))'
 "$seli" --version
+[[ -z "$rehearse" ]] && echo "built from sources $(cat target/cuda/seli.sources 2>/dev/null || echo unknown)"
 
 # NVRTC and the headers: the toolkit when there is one, else PyTorch's nvidia/cu13 wheels.
 if command -v nvcc >/dev/null; then
@@ -88,7 +96,7 @@ CUDA_PATH=/nonexistent "$seli" bench train --device cuda --mlp-steps 1 --resnet-
 "$seli" bench train --device cuda:7 --mlp-steps 1 --resnet-steps 0 && echo UNEXPECTED-SUCCESS
 
 step "first kernels (compile time included)"
-time "$seli" bench train --device "$dev" --mlp-steps 5 --resnet-steps "$(( resnet_steps > 0 ? 2 : 0 ))"
+time timeout 180 "$seli" bench train --device "$dev" --mlp-steps 5 --resnet-steps "$(( resnet_steps > 0 ? 2 : 0 ))"
 
 step "training throughput beside PyTorch"
 timeout 300 "$py" scripts/bench-train.py --device "$dev" --seli "$seli" --steps "$train_steps" \
