@@ -10,12 +10,15 @@ with momentum 0.9, cross-entropy, learning rate 0.01), forward + backward + upda
   - ResNet-18, CIFAR style (3x3 stem without max-pool, widths 64-128-256-512), 3x32x32 images,
 
 the last layer without a bias in every case. Rates are samples/s, the median over `--rounds`
-stretches of `--steps` steps after `--warmup` untimed steps (PyTorch synchronizes the GPU before
+stretches of `--steps` steps after a few untimed steps (PyTorch synchronizes the GPU before
 reading the clock). seli is timed by `seli bench train --device DEV` in a subprocess, then
-PyTorch in this process, on the same thread count (`--threads`, default 2).
+PyTorch in this process, on the same thread count (`--threads`, default 2); that pair is
+repeated `--pairs` times (seli, PyTorch, seli, PyTorch, ...), and each model's row gives the
+medians of both sides and the median of the ratios pair by pair, with their range. On a shared
+machine whose speed drifts, the pairwise ratio is the figure to quote.
 
     python scripts/bench-train.py                      # CPU, 2 threads
-    python scripts/bench-train.py --device cuda --resnet-steps 20 --seli target/cuda/seli
+    python scripts/bench-train.py --device cuda --resnet-steps 20 --pairs 2 --seli target/cuda/seli
 
 Needs torch in the running Python and a release build of seli (`cargo build --release`, or a
 CUDA build from scripts/build-cuda.sh for --device cuda). --json writes the figures as JSON.
@@ -135,6 +138,11 @@ def seli_rates(seli, device, threads, mlp_steps, resnet_steps):
     return rates, out
 
 
+def median(values):
+    v = sorted(values)
+    return v[len(v) // 2] if len(v) % 2 else 0.5 * (v[len(v) // 2 - 1] + v[len(v) // 2])
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (both sides)")
@@ -143,41 +151,51 @@ def main():
     ap.add_argument("--steps", type=int, default=40, help="timed steps per stretch (MLPs)")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--resnet-steps", type=int, default=3, help="0 skips ResNet-18")
+    ap.add_argument("--pairs", type=int, default=5, help="seli-then-PyTorch measurements, alternated")
     ap.add_argument("--seli", default=str(Path(__file__).resolve().parent.parent / "target/release/seli"))
     ap.add_argument("--json", help="also write the figures here")
     a = ap.parse_args()
+    if a.pairs < 1:
+        sys.exit(f"--pairs {a.pairs}: at least one pair")
 
     import torch
 
     torch.set_num_threads(a.threads)
     device = "cuda:0" if a.device == "cuda" else a.device
-    seli, seli_out = seli_rates(a.seli, a.device, a.threads, a.steps, a.resnet_steps)
     models = torch_models()
-    peer = {}
-    for key in ("mlp", "mlp_bn"):
-        build, shape = models[key]
-        peer[key] = torch_rate(build, shape, device, a.batch, 3, a.steps, a.rounds)
-    if a.resnet_steps > 0:
-        build, shape = models["resnet18"]
-        warm = 1 if device == "cpu" else 5
-        peer["resnet18"] = torch_rate(build, shape, device, a.batch, warm, a.resnet_steps, 1)
+    pairs = []
+    for _ in range(a.pairs):
+        seli, seli_out = seli_rates(a.seli, a.device, a.threads, a.steps, a.resnet_steps)
+        if not seli:
+            print(seli_out, file=sys.stderr)
+            sys.exit("no seli figures parsed from `seli bench train`")
+        peer = {}
+        for key in ("mlp", "mlp_bn"):
+            build, shape = models[key]
+            peer[key] = torch_rate(build, shape, device, a.batch, 3, a.steps, a.rounds)
+        if a.resnet_steps > 0:
+            build, shape = models["resnet18"]
+            warm = 1 if device == "cpu" else 5
+            peer["resnet18"] = torch_rate(build, shape, device, a.batch, warm, a.resnet_steps, 1)
+        pairs.append((seli, peer))
 
-    print(f"training throughput, f32, batch {a.batch}, {a.device}, {a.threads} threads")
+    print(f"training throughput, f32, batch {a.batch}, {a.device}, {a.threads} threads, {a.pairs} pairs")
     print(f"torch {torch.__version__}; seli: {a.seli}")
-    print(f"{'model':<46} {'seli':>12} {'PyTorch':>12} {'ratio':>7}")
+    print(f"{'model':<46} {'seli':>10} {'PyTorch':>10} {'ratio':>7}  ratio range")
     rows = []
     for key, name in MODELS.items():
-        if key not in peer:
+        if key not in pairs[0][1]:
             continue
-        s = seli.get(key)
-        ratio = s / peer[key] if s else float("nan")
-        print(f"{name:<46} {s or float('nan'):>12.1f} {peer[key]:>12.1f} {ratio:>6.2f}x")
-        rows.append({"model": key, "seli": s, "pytorch": peer[key], "ratio": ratio})
+        ours = [s.get(key, float("nan")) for s, _ in pairs]
+        theirs = [p[key] for _, p in pairs]
+        ratios = [o / t for o, t in zip(ours, theirs)]
+        r = median(ratios)
+        print(f"{name:<46} {median(ours):>10.1f} {median(theirs):>10.1f} {r:>6.2f}x"
+              f"  {min(ratios):.2f}-{max(ratios):.2f}")
+        rows.append({"model": key, "seli": median(ours), "pytorch": median(theirs), "ratio": r,
+                     "pairs": [{"seli": o, "pytorch": t} for o, t in zip(ours, theirs)]})
     if a.json:
         Path(a.json).write_text(json.dumps({"device": a.device, "threads": a.threads, "rows": rows}, indent=1))
-    if not seli:
-        print(seli_out, file=sys.stderr)
-        sys.exit("no seli figures parsed from `seli bench train`")
 
 
 if __name__ == "__main__":

@@ -99,7 +99,7 @@ step "first kernels (compile time included)"
 time timeout 180 "$seli" bench train --device "$dev" --mlp-steps 5 --resnet-steps "$(( resnet_steps > 0 ? 2 : 0 ))"
 
 step "training throughput beside PyTorch"
-timeout 300 "$py" scripts/bench-train.py --device "$dev" --seli "$seli" --steps "$train_steps" \
+timeout 300 "$py" scripts/bench-train.py --device "$dev" --seli "$seli" --steps "$train_steps" --pairs 2 \
     --resnet-steps "$resnet_steps" --json "$out/bench-train.json"
 
 step "UFM gradient descent beside PyTorch (burn tensors on the GPU)"
