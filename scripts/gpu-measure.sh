@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # The GPU checks and measurements, in one script for a GPU machine that has no Rust toolchain and
-# no registry: the CUDA build of seli (carried as target/cuda/seli.xz) beside PyTorch on the same
+# no registry: the CUDA build of seli (carried compressed) beside PyTorch on the same
 # GPU, and a short real training run.
 #
-#   scripts/gpu-measure.sh --pack          here: target/cuda/mnist.tar.xz from data/mnist (after
-#                                          scripts/build-cuda.sh made target/cuda/seli.xz)
-#   scripts/gpu-measure.sh OUT             on the GPU machine: everything below, log in OUT/gpu.log
+#   scripts/gpu-measure.sh --pack          here, after scripts/build-cuda.sh: target/gpu-carry,
+#                                          what travels (the compressed binary, its sources id,
+#                                          data/mnist compressed; about 21 MB)
+#   scripts/gpu-measure.sh OUT             on the GPU machine, with target/gpu-carry carried:
+#                                          everything below, log in OUT/gpu.log
 #   scripts/gpu-measure.sh --rehearse OUT  here, before spending device time: the same steps on
 #                                          the CPU with target/release/seli and small sizes (the
 #                                          GPU-only checks fail, as they should)
@@ -27,8 +29,18 @@ if [[ "${1:-}" == --pack ]]; then
             "commit, then run scripts/build-cuda.sh" >&2
         exit 1
     fi
-    tar -C data -cf - mnist | xz -T0 -6 >target/cuda/mnist.tar.xz
-    ls -l target/cuda/
+    # Only what travels (the uncompressed binary alone is over the 64 MiB a device run carries).
+    carry=target/gpu-carry
+    rm -rf "$carry" && mkdir -p "$carry"
+    cp target/cuda/seli.xz target/cuda/seli.sources "$carry/"
+    tar -C data -cf - mnist | xz -T0 -6 >"$carry/mnist.tar.xz"
+    ls -l "$carry"
+    size="$(du -sm "$carry" | cut -f1)"
+    if (( size > 60 )); then
+        echo "gpu-measure.sh: $carry is $size MiB, over what a device run carries (64 MiB)" >&2
+        exit 1
+    fi
+    echo "gpu-measure.sh: carry $carry ($size MiB); on the GPU machine: bash scripts/gpu-measure.sh \$OUT"
     exit 0
 fi
 rehearse=""
@@ -50,18 +62,18 @@ if [[ -n "$rehearse" ]]; then
     data="$PWD/data"
 else
     dev=cuda seli="$work/seli" py=python3
-    xz -dc target/cuda/seli.xz >"$seli" && chmod +x "$seli"
+    xz -dc target/gpu-carry/seli.xz >"$seli" && chmod +x "$seli"
     train_steps=200 resnet_steps=30 ufm_iters=2000 large_iters=500 stop_after=20 mnist_stop=20
     small=(--step 10,10,0.5,50 --d 64) large=(--step 100,10,0.5,200 --d 512) epochs=8
     data="$work/data"
-    mkdir -p "$data" && xz -dc target/cuda/mnist.tar.xz | tar -C "$data" -xf -
+    mkdir -p "$data" && xz -dc target/gpu-carry/mnist.tar.xz | tar -C "$data" -xf -
 fi
 
 step environment
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv || true
 "$py" -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda, torch.cuda.get_device_name(0))'
 "$seli" --version
-[[ -z "$rehearse" ]] && echo "built from sources $(cat target/cuda/seli.sources 2>/dev/null || echo unknown)"
+[[ -z "$rehearse" ]] && echo "built from sources $(cat target/gpu-carry/seli.sources 2>/dev/null || echo unknown)"
 
 # NVRTC and the headers: the toolkit when there is one, else PyTorch's nvidia/cu13 wheels.
 if command -v nvcc >/dev/null; then
