@@ -129,7 +129,10 @@ def seli_rates(seli, device, threads, mlp_steps, resnet_steps):
     cmd = [seli, "bench", "train", "--device", device, "--mlp-steps", str(mlp_steps)]
     cmd += ["--resnet-steps", str(resnet_steps)]
     env = dict(os.environ, RAYON_NUM_THREADS=str(threads))
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if r.returncode != 0:
+        sys.exit(f"{' '.join(cmd)}: exit {r.returncode}\n{r.stderr.strip()}")
+    out = r.stdout
     rates = {}
     for key, name in MODELS.items():
         m = re.search(re.escape(name) + r"\s+([0-9.]+)\s*$", out, re.M)

@@ -16,6 +16,7 @@ for cuda; --device cpu compares PyTorch's CPU with `seli bench ufm --burn`).
 import argparse
 import re
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -62,7 +63,10 @@ def main():
     cmd = [a.seli, "bench", "ufm", "--device", a.device, "--iters", str(a.iters)]
     if a.device == "cpu":
         cmd.append("--burn")
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode != 0:
+        sys.exit(f"{' '.join(cmd)}: exit {r.returncode}\n{r.stderr.strip()}")
+    out = r.stdout
     seli = {}
     for m in re.finditer(r"^\s*(\d+)\s+(\d+)\s+(\d+)\s+(f32|f64)\s+\d+\s+([0-9.]+)", out, re.M):
         seli[(int(m.group(1)), m.group(4))] = float(m.group(5))
