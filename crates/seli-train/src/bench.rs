@@ -29,39 +29,41 @@ pub fn training_throughput(
     steps: usize,
     rounds: usize,
 ) -> Result<f64> {
-    let device = crate::device::burn_device(device)?.autodiff();
-    let mut net = Net::seeded(cfg, image, classes, &device, 0)?;
-    let size: usize = image.iter().product();
-    let x: Vec<f32> = gaussian_matrix(size, batch, 1.0, &mut rng_from_seed(1))
-        .col_iter()
-        .flat_map(|c| c.iter().map(|&v| v as f32).collect::<Vec<_>>())
-        .collect();
-    let y: Vec<i64> = (0..batch).map(|i| (i % classes) as i64).collect();
-    let x: Tensor<4> =
-        Tensor::from_data(TensorData::new(x, [batch, image[0], image[1], image[2]]), &device);
-    let y: Tensor<1, Int> = Tensor::from_data(TensorData::new(y, [batch]), &device);
-    let mut optim = SgdConfig::new()
-        .with_momentum(Some(MomentumConfig { momentum: 0.9, dampening: 0.0, nesterov: false }))
-        .init();
-    let loss_fn = CrossEntropyLossConfig::new().init(&device);
-    let mut step = |net: Net| {
-        let loss = loss_fn.forward(net.forward(x.clone()), y.clone());
-        let grads = GradientsParams::from_grads(loss.backward(), &net);
-        optim.step(0.01, net, grads)
-    };
-    for _ in 0..warmup {
-        net = step(net);
-    }
-    let mut rates = Vec::with_capacity(rounds);
-    for _ in 0..rounds.max(1) {
-        let t = Instant::now();
-        for _ in 0..steps {
+    crate::device::on_compute_threads(device, || {
+        let device = crate::device::burn_device(device)?.autodiff();
+        let mut net = Net::seeded(cfg, image, classes, &device, 0)?;
+        let size: usize = image.iter().product();
+        let x: Vec<f32> = gaussian_matrix(size, batch, 1.0, &mut rng_from_seed(1))
+            .col_iter()
+            .flat_map(|c| c.iter().map(|&v| v as f32).collect::<Vec<_>>())
+            .collect();
+        let y: Vec<i64> = (0..batch).map(|i| (i % classes) as i64).collect();
+        let x: Tensor<4> =
+            Tensor::from_data(TensorData::new(x, [batch, image[0], image[1], image[2]]), &device);
+        let y: Tensor<1, Int> = Tensor::from_data(TensorData::new(y, [batch]), &device);
+        let mut optim = SgdConfig::new()
+            .with_momentum(Some(MomentumConfig { momentum: 0.9, dampening: 0.0, nesterov: false }))
+            .init();
+        let loss_fn = CrossEntropyLossConfig::new().init(&device);
+        let mut step = |net: Net| {
+            let loss = loss_fn.forward(net.forward(x.clone()), y.clone());
+            let grads = GradientsParams::from_grads(loss.backward(), &net);
+            optim.step(0.01, net, grads)
+        };
+        for _ in 0..warmup {
             net = step(net);
         }
-        // Make sure the last update has been computed before stopping the clock.
-        let _ = net.classifier_weights();
-        rates.push((steps * batch) as f64 / t.elapsed().as_secs_f64());
-    }
-    rates.sort_by(f64::total_cmp);
-    Ok(rates[rates.len() / 2])
+        let mut rates = Vec::with_capacity(rounds);
+        for _ in 0..rounds.max(1) {
+            let t = Instant::now();
+            for _ in 0..steps {
+                net = step(net);
+            }
+            // Make sure the last update has been computed before stopping the clock.
+            let _ = net.classifier_weights();
+            rates.push((steps * batch) as f64 / t.elapsed().as_secs_f64());
+        }
+        rates.sort_by(f64::total_cmp);
+        Ok(rates[rates.len() / 2])
+    })
 }

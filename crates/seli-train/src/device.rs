@@ -29,6 +29,20 @@ pub fn burn_device(device: Device) -> Result<burn::tensor::Device> {
     }
 }
 
+/// Runs `f` where the work on `device` is cheapest to hand out: for the CPU, on a thread of
+/// rayon's current pool (the global one unless the caller installed another), the pool burn's
+/// flex kernels and gemm split their loops over. Called from outside the pool, each of those
+/// kernels would be injected into it and the calling thread put to sleep until the kernel ends:
+/// a wake-up and a sleep per tensor operation. From a pool thread the caller takes part and the
+/// other threads steal. GPU work stays on the calling thread.
+pub fn on_compute_threads<R: Send>(device: Device, f: impl FnOnce() -> R + Send) -> R {
+    match device {
+        // `scope` runs its body on a pool thread (this one when it is already one).
+        Device::Cpu => rayon::scope(|_| f()),
+        Device::Cuda(_) => f(),
+    }
+}
+
 #[cfg(not(feature = "cuda"))]
 fn cuda_device(index: usize) -> Result<burn::tensor::Device> {
     Err(crate::error::Error::Device(format!("device cuda:{index}: {HOW_TO_GET_CUDA}")))
@@ -164,6 +178,30 @@ mod cuda {
 mod tests {
     use super::*;
     use crate::error::Error;
+
+    #[test]
+    fn cpu_work_runs_on_a_pool_thread_and_gpu_work_on_the_callers() {
+        // Test threads are not rayon's.
+        assert_eq!(rayon::current_thread_index(), None);
+        let caller = std::thread::current().id();
+        let (index, thread) = on_compute_threads(Device::Cpu, || {
+            (rayon::current_thread_index(), std::thread::current().id())
+        });
+        assert!(index.is_some() && thread != caller);
+        // Already on a pool thread: it stays there.
+        let (outer, inner) = on_compute_threads(Device::Cpu, || {
+            let here = std::thread::current().id();
+            (here, on_compute_threads(Device::Cpu, || std::thread::current().id()))
+        });
+        assert_eq!(outer, inner);
+        let (index, thread) = on_compute_threads(Device::Cuda(0), || {
+            (rayon::current_thread_index(), std::thread::current().id())
+        });
+        assert_eq!((index, thread), (None, caller));
+        // The kernels of a pool thread see the whole pool.
+        let threads = on_compute_threads(Device::Cpu, rayon::current_num_threads);
+        assert_eq!(threads, rayon::current_num_threads());
+    }
 
     #[test]
     fn the_cpu_is_always_there_and_cuda_needs_a_cuda_build_or_a_gpu() {

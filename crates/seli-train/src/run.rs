@@ -35,8 +35,9 @@ use seli_run::train::{
     TRAIN_SUMMARY_SCHEMA, TrainDir, TrainGrams, TrainSummary,
 };
 
-/// Receives progress: a bar in the CLI, nothing in tests.
-pub trait Progress {
+/// Receives progress: a bar in the CLI, nothing in tests. `Send`: on the CPU, training runs on
+/// a thread of rayon's pool ([`crate::device::on_compute_threads`]).
+pub trait Progress: Send {
     /// Epoch `epoch` (1-based) starts with `batches` mini-batches.
     fn epoch_start(&mut self, _epoch: usize, _batches: usize) {}
     /// A mini-batch finished; running mean loss and accuracy of the epoch so far.
@@ -456,6 +457,20 @@ fn restore(
 /// An invalid config; on resume, a directory whose `config.json` differs from `cfg` or whose
 /// checkpoint is damaged (a run stopped before its first checkpoint starts over); divergence (non-finite loss, named with its epoch); I/O.
 pub fn train(
+    dir: &Path,
+    cfg: &TrainConfig,
+    data: &RunData,
+    resume: bool,
+    progress: &mut dyn Progress,
+    interrupt: &AtomicBool,
+) -> Result<TrainSummary> {
+    crate::device::on_compute_threads(cfg.device, || {
+        train_here(dir, cfg, data, resume, progress, interrupt)
+    })
+}
+
+/// [`train`] on the calling thread.
+fn train_here(
     dir: &Path,
     cfg: &TrainConfig,
     data: &RunData,
