@@ -31,6 +31,7 @@ import re
 import subprocess
 import sys
 import time
+from statistics import median
 from pathlib import Path
 
 MODELS = {
@@ -139,11 +140,6 @@ def seli_rates(seli, device, threads, mlp_steps, resnet_steps):
         if m:
             rates[key] = float(m.group(1))
     return rates, out
-
-
-def median(values):
-    v = sorted(values)
-    return v[len(v) // 2] if len(v) % 2 else 0.5 * (v[len(v) // 2 - 1] + v[len(v) // 2])
 
 
 def main():
