@@ -31,8 +31,8 @@ import re
 import subprocess
 import sys
 import time
-from statistics import median
 from pathlib import Path
+from statistics import median
 
 MODELS = {
     "mlp": "MLP 784-512-512-10 (no batch norm)",
