@@ -3,14 +3,14 @@
 use std::time::Instant;
 
 use burn::nn::loss::CrossEntropyLossConfig;
-use burn::optim::momentum::MomentumConfig;
-use burn::optim::{GradientsParams, SgdConfig};
+use burn::optim::GradientsParams;
 use burn::tensor::{Int, Tensor, TensorData};
 use seli_core::random::{gaussian_matrix, rng_from_seed};
 
 use crate::config::ModelConfig;
 use crate::error::Result;
 use crate::model::Net;
+use crate::optim::SgdMomentum;
 
 /// Samples per second of SGD steps (forward, backward, momentum update) of `cfg` on `device`
 /// on one random batch of `batch` images of shape `image` with `classes` classes: `warmup` untimed
@@ -41,9 +41,7 @@ pub fn training_throughput(
         let x: Tensor<4> =
             Tensor::from_data(TensorData::new(x, [batch, image[0], image[1], image[2]]), &device);
         let y: Tensor<1, Int> = Tensor::from_data(TensorData::new(y, [batch]), &device);
-        let mut optim = SgdConfig::new()
-            .with_momentum(Some(MomentumConfig { momentum: 0.9, dampening: 0.0, nesterov: false }))
-            .init();
+        let mut optim = SgdMomentum::new(0.9, 0.0).init();
         let loss_fn = CrossEntropyLossConfig::new().init(&device);
         let mut step = |net: Net| {
             let loss = loss_fn.forward(net.forward(x.clone()), y.clone());

@@ -4,7 +4,9 @@
 //! (docs/theory.md §7 and §8): imbalanced subsets of MNIST, Fashion-MNIST and CIFAR-10 ([`data`]), an
 //! MLP and a CIFAR-style ResNet-18 ([`model`]) built on burn's pure-Rust `flex` CPU backend,
 //! SGD with momentum, weight decay and step decays, checkpoints and exact resume ([`run`]),
-//! and the geometry of the penultimate features and last layer ([`eval`]).
+//! and the geometry of the penultimate features and last layer ([`eval`]). On the CPU the
+//! linear layers ([`linear`]), batch norm ([`norm`]) and the optimizer ([`optim`]) take fused
+//! paths written here; on other devices they are burn's.
 //!
 //! This crate holds the deep-learning framework so that `seli-core` (the math) and `seli-io`
 //! (the formats) stay free of it.
@@ -16,7 +18,11 @@ pub mod data;
 pub mod device;
 pub mod error;
 pub mod eval;
+mod flex;
+pub mod linear;
 pub mod model;
+pub mod norm;
+pub mod optim;
 pub mod run;
 pub mod ufm;
 

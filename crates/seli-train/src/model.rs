@@ -10,6 +10,8 @@ use burn::tensor::{Device, Tensor};
 
 use crate::config::{ModelConfig, ModelKind};
 use crate::error::Result;
+use crate::linear::linear;
+use crate::norm::batch_norm;
 
 /// A hidden layer of the MLP: linear, optional batch norm, ReLU.
 #[derive(Module, Debug)]
@@ -43,9 +45,9 @@ impl Mlp {
     fn forward(&self, x: Tensor<4>) -> Tensor<2> {
         let mut h: Tensor<2> = x.flatten(1, 3);
         for layer in &self.hidden {
-            h = layer.linear.forward(h);
+            h = linear(&layer.linear, h);
             if let Some(n) = &layer.norm {
-                h = n.forward(h);
+                h = batch_norm(n, h);
             }
             h = relu(h);
         }
@@ -98,10 +100,10 @@ impl BasicBlock {
     }
 
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let out = relu(self.bn1.forward(self.conv1.forward(x.clone())));
-        let out = self.bn2.forward(self.conv2.forward(out));
+        let out = relu(batch_norm(&self.bn1, self.conv1.forward(x.clone())));
+        let out = batch_norm(&self.bn2, self.conv2.forward(out));
         let skip = match &self.shortcut {
-            Some(s) => s.bn.forward(s.conv.forward(x)),
+            Some(s) => batch_norm(&s.bn, s.conv.forward(x)),
             None => x,
         };
         relu(out + skip)
@@ -137,7 +139,7 @@ impl ResNet18 {
     }
 
     fn forward(&self, x: Tensor<4>) -> Tensor<2> {
-        let mut h = relu(self.stem_bn.forward(self.stem.forward(x)));
+        let mut h = relu(batch_norm(&self.stem_bn, self.stem.forward(x)));
         for b in &self.blocks {
             h = b.forward(h);
         }
@@ -274,7 +276,7 @@ impl Net {
 
     /// Logits of features, `[batch, k]`.
     pub fn classify(&self, h: Tensor<2>) -> Tensor<2> {
-        self.classifier.forward(h)
+        linear(&self.classifier, h)
     }
 
     /// Logits, `[batch, k]`.

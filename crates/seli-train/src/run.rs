@@ -12,9 +12,7 @@ use std::time::Instant;
 
 use burn::module::Module;
 use burn::nn::loss::CrossEntropyLossConfig;
-use burn::optim::decay::WeightDecayConfig;
-use burn::optim::momentum::MomentumConfig;
-use burn::optim::{GradientsParams, ModuleOptimizer, SgdConfig};
+use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::store::ModuleRecord;
 use burn::tensor::{Bytes, Device, Tensor, TensorData};
 use faer::Mat;
@@ -30,6 +28,7 @@ use crate::data::{Prepared, subsample};
 use crate::error::{Error, Result};
 use crate::eval::{self, FeatureModel, Split};
 use crate::model::Net;
+use crate::optim::SgdMomentum;
 use seli_run::train::{
     SubsetRecord, TRAIN_CHECKPOINT_FORMAT, TRAIN_GRAMS_SCHEMA, TRAIN_SUBSET_SCHEMA,
     TRAIN_SUMMARY_SCHEMA, TrainDir, TrainGrams, TrainSummary,
@@ -484,14 +483,7 @@ fn train_here(
     let device = crate::device::burn_device(cfg.device)?;
     let train_device = device.clone().autodiff();
     let net = Net::seeded(&cfg.model, data.train.shape, k, &train_device, cfg.seed)?;
-    let optim = SgdConfig::new()
-        .with_momentum(Some(MomentumConfig {
-            momentum: cfg.momentum,
-            dampening: 0.0,
-            nesterov: false,
-        }))
-        .with_weight_decay(Some(WeightDecayConfig { penalty: cfg.weight_decay as f32 }))
-        .init();
+    let optim = SgdMomentum::new(cfg.momentum, cfg.weight_decay).init();
     let header = eval::header();
     // A run stopped before its first checkpoint has nothing to resume: it starts over (seeded,
     // so it retraces the uninterrupted run).
