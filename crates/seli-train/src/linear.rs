@@ -246,6 +246,34 @@ mod tests {
         }
     }
 
+    /// The products split their outputs, not their sums, over the threads: bit-identical
+    /// results with one thread and with three (a resumed run retraces the uninterrupted one).
+    #[test]
+    fn results_do_not_depend_on_the_thread_count() {
+        let run = || {
+            let device = Device::flex().autodiff();
+            let mut layer = LinearConfig::new(300, 200).init(&device);
+            let w = TensorData::new(seq(300 * 200, 0.11), [300, 200]);
+            layer.weight = Param::from_tensor(Tensor::from_data(w, &device));
+            let b = TensorData::new(seq(200, 0.5), [200]);
+            layer.bias = Some(Param::from_tensor(Tensor::from_data(b, &device)));
+            let x = Tensor::<2>::from_data(TensorData::new(seq(64 * 300, 0.3), [64, 300]), &device)
+                .require_grad();
+            let y = linear(&layer, x.clone());
+            let grads = y.clone().powi_scalar(2).sum().backward();
+            let w = layer.weight.val().grad(&grads).expect("∂W");
+            [f64s(y), f64s(x.grad(&grads).expect("∂x")), f64s(w)]
+        };
+        let on = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            pool.install(run)
+        };
+        let (one, three) = (on(1), on(3));
+        for (k, name) in ["y", "∂x", "∂W"].iter().enumerate() {
+            assert!(one[k] == three[k], "{name} differs between one thread and three");
+        }
+    }
+
     /// Reference: the definition y = x W + b, in f64.
     #[test]
     fn output_follows_the_definition() {

@@ -161,7 +161,10 @@ fn gradient_sums(dy: &[f32], x: &[f32], c: usize, s: usize, mean: &[f64]) -> (Ve
 }
 
 /// Two per-channel sums over the rows of `x` and `y` (both `[N, C, S]` row-major): `row` adds
-/// one row of each to the sums; the rows are split over rayon's threads.
+/// one row of each to the sums. The rows are cut into parts of a size fixed by the shape, summed
+/// on rayon's threads, and the parts' sums added in order: the result does not depend on the
+/// thread count or on which thread took which part, so training is reproducible (a resumed run
+/// retraces the uninterrupted one).
 fn channel_sums(
     x: &[f32],
     y: &[f32],
@@ -169,18 +172,26 @@ fn channel_sums(
     s: usize,
     row: impl Fn(&[f32], &[f32], &mut [f64], &mut [f64]) + Sync,
 ) -> (Vec<f64>, Vec<f64>) {
-    let zero = || (vec![0.0f64; c], vec![0.0f64; c]);
-    x.par_chunks(c * s)
-        .zip(y.par_chunks(c * s))
-        .fold(zero, |(mut a, mut b), (xr, yr)| {
-            row(xr, yr, &mut a, &mut b);
+    const PART: usize = 1 << 15;
+    let width = c * s;
+    let part = width * (PART / width).max(1);
+    let parts: Vec<(Vec<f64>, Vec<f64>)> = x
+        .par_chunks(part)
+        .zip(y.par_chunks(part))
+        .map(|(xp, yp)| {
+            let (mut a, mut b) = (vec![0.0f64; c], vec![0.0f64; c]);
+            for (xr, yr) in xp.chunks_exact(width).zip(yp.chunks_exact(width)) {
+                row(xr, yr, &mut a, &mut b);
+            }
             (a, b)
         })
-        .reduce(zero, |(mut a, mut b), (p, q)| {
-            a.iter_mut().zip(p).for_each(|(u, v)| *u += v);
-            b.iter_mut().zip(q).for_each(|(u, v)| *u += v);
-            (a, b)
-        })
+        .collect();
+    let (mut a, mut b) = (vec![0.0f64; c], vec![0.0f64; c]);
+    for (p, q) in parts {
+        a.iter_mut().zip(p).for_each(|(u, v)| *u += v);
+        b.iter_mut().zip(q).for_each(|(u, v)| *u += v);
+    }
+    (a, b)
 }
 
 /// `a_c x + k_c`, plus `b_c z` when `z` is given (`[N, C, S]` row-major), in f32.
@@ -422,6 +433,20 @@ mod tests {
             assert!(shift.abs() < 1e-5 * shift_size, "channel {j}: Σ ∂x = {shift}");
             assert!(scale.abs() < 1e-5 * scale_size, "channel {j}: Σ ∂x (x − μ) = {scale}");
         }
+    }
+
+    /// The sums are cut into parts by the shape, not by the threads: bit-identical results
+    /// with one thread and with three, over several parts.
+    #[test]
+    fn results_do_not_depend_on_the_thread_count() {
+        let x = random(256 * 4 * 96, 4, 3.0);
+        let on = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            pool.install(|| (channel_moments(&x, 4, 96), run([256, 4, 96], 3.0, batch_norm)))
+        };
+        let (one, three) = (on(1), on(3));
+        assert!(one.0 == three.0, "moments: {:?} against {:?}", one.0, three.0);
+        assert!(one.1 == three.1, "the outputs or gradients differ");
     }
 
     /// Off the autodiff device (evaluation) the running statistics are used and left alone.
