@@ -62,7 +62,7 @@ fn ncs(shape: &Shape) -> (usize, usize, usize) {
 }
 
 /// The training step on the flex backend: the output (tracked), and the batch mean and biased
-/// variance per channel. `None` when the tensors are not tracked f32 flex tensors.
+/// variance per channel. `None` when the tensors are not f32 tensors of autodiff over flex.
 fn flex_train<const D: usize>(
     x: &Tensor<D>,
     gamma: Tensor<1>,
