@@ -1,9 +1,12 @@
 //! Reading and writing the tensors of burn's flex backend (the CPU) directly, for the fused
-//! operations of [`norm`](crate::norm) and [`optim`](crate::optim).
+//! operations of [`linear`](crate::linear), [`norm`](crate::norm) and [`optim`](crate::optim).
 
 use std::borrow::Cow;
 
-use burn::tensor::{Bytes, DType, Shape};
+use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
+use burn::backend::autodiff::ops::{Backward, NodeGuard, OpsKind};
+use burn::backend::{Autodiff, Flex};
+use burn::tensor::{Bytes, DType, Shape, Tensor};
 use burn_flex::{FlexTensor, Layout};
 
 /// The f32 tensor's values in row-major order (copied only when it is not contiguous).
@@ -36,4 +39,19 @@ pub(crate) fn contiguous(t: &FlexTensor) -> FlexTensor {
         Some(_) => t.clone(),
         None => tensor(values(t).into_owned(), t.layout().shape().clone()),
     }
+}
+
+/// `output` of the operation `op` on `parents`, registered with burn's autodiff: `op` gets
+/// `state` back in the backward pass when some parent is tracked.
+pub(crate) fn record<O: Backward<Flex, N>, const N: usize, const D: usize>(
+    op: O,
+    parents: [NodeGuard; N],
+    state: O::State,
+    output: FlexTensor,
+) -> Tensor<D> {
+    let out = match op.prepare::<NoCheckpointing>(parents).compute_bound().stateful() {
+        OpsKind::Tracked(prep) => prep.finish(state, output),
+        OpsKind::UnTracked(prep) => prep.finish(output),
+    };
+    Tensor::from_primitive::<Autodiff<Flex>>(out)
 }

@@ -13,9 +13,8 @@
 
 use burn::backend::autodiff::NodeId;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
-use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
-use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::autodiff::ops::{Backward, Ops};
 use burn::backend::{Autodiff, Flex};
 use burn::nn::Linear;
 use burn::tensor::{DType, Tensor};
@@ -23,7 +22,7 @@ use burn_flex::FlexTensor;
 use faer::linalg::matmul::matmul;
 use faer::{Accum, MatMut, MatRef, Par};
 
-use crate::flex::{contiguous, tensor, values};
+use crate::flex::{contiguous, record, tensor, values};
 
 /// `layer` applied to `x` (`[N, d_in]`): the fused step when `x` is a tracked f32 tensor of the
 /// flex backend, burn's [`Linear::forward`] otherwise.
@@ -69,24 +68,10 @@ fn flex_linear(layer: &Linear, x: &Tensor<2>) -> Option<Tensor<2>> {
         None => product(&mut vec![0.0; n * d_out], Accum::Replace, saved.input(), saved.weight()),
     };
     let y = tensor(y, [n, d_out].into());
-    let out = match b {
-        Some(b) => match WithBias
-            .prepare::<NoCheckpointing>([x.node(), w.node(), b.node()])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => prep.finish(saved, y),
-            OpsKind::UnTracked(prep) => prep.finish(y),
-        },
-        None => {
-            match NoBias.prepare::<NoCheckpointing>([x.node(), w.node()]).compute_bound().stateful()
-            {
-                OpsKind::Tracked(prep) => prep.finish(saved, y),
-                OpsKind::UnTracked(prep) => prep.finish(y),
-            }
-        }
-    };
-    Some(Tensor::from_primitive::<Ad>(out))
+    Some(match b {
+        Some(b) => record(WithBias, [x.node(), w.node(), b.node()], saved, y),
+        None => record(NoBias, [x.node(), w.node()], saved, y),
+    })
 }
 
 /// `dst ← lhs rhs` (or `dst + lhs rhs`), `dst` row-major with `lhs`'s rows and `rhs`'s

@@ -22,16 +22,15 @@
 
 use burn::backend::TensorMetadata;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
-use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
-use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::autodiff::ops::{Backward, Ops};
 use burn::backend::{Autodiff, Flex};
 use burn::nn::BatchNorm;
 use burn::tensor::{DType, Shape, Tensor, TensorData};
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
-use crate::flex::{tensor, values};
+use crate::flex::{contiguous, record, tensor, values};
 
 /// `bn` applied to `x` (`[N, C, ...]`): the fused training step when `x` is a tracked f32 tensor
 /// of the flex backend and `bn` is in training mode, burn's [`BatchNorm::forward`] otherwise.
@@ -82,7 +81,8 @@ fn flex_train<const D: usize>(
     if n * s == 0 {
         return None;
     }
-    let xs = values(x.primitive());
+    let input = contiguous(x.primitive());
+    let xs = values(&input);
     let (mean, var) = channel_moments(&xs, c, s);
     let inv_std: Vec<f64> = var.iter().map(|v| 1.0 / (v + epsilon).sqrt()).collect();
     let g = values(gamma.primitive()).into_owned();
@@ -91,18 +91,11 @@ fn flex_train<const D: usize>(
     let shift: Vec<f32> =
         (0..c).map(|j| (f64::from(b[j]) - mean[j] * f64::from(g[j]) * inv_std[j]) as f32).collect();
     let y = tensor(affine(&xs, None, c, s, &scale, &shift), shape.clone());
-    let saved = Saved { x: x.primitive().clone(), gamma: g, mean: mean.clone(), inv_std };
     drop(xs);
-    let out = match FusedBatchNorm
-        .prepare::<NoCheckpointing>([x.node(), gamma.node(), beta.node()])
-        .compute_bound()
-        .stateful()
-    {
-        OpsKind::Tracked(prep) => prep.finish(saved, y),
-        OpsKind::UnTracked(prep) => prep.finish(y),
-    };
+    let saved = Saved { x: input, gamma: g, mean: mean.clone(), inv_std };
+    let y = record(FusedBatchNorm, [x.node(), gamma.node(), beta.node()], saved, y);
     let f32s = |v: Vec<f64>| v.into_iter().map(|a| a as f32).collect();
-    Some((Tensor::from_primitive::<Ad>(out), f32s(mean), f32s(var)))
+    Some((y, f32s(mean), f32s(var)))
 }
 
 /// Per-channel mean and biased variance of `x` (`[N, C, S]` row-major), in f64. The sums are
