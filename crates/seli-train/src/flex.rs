@@ -3,8 +3,14 @@
 
 use std::borrow::Cow;
 
+use std::fmt::Debug;
+use std::marker::PhantomData;
+
+use burn::backend::autodiff::NodeId;
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
-use burn::backend::autodiff::ops::{Backward, NodeGuard, OpsKind};
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, NodeGuard, Ops, OpsKind};
 use burn::backend::{Autodiff, Flex};
 use burn::tensor::{Bytes, DType, Shape, Tensor};
 use burn_flex::{FlexTensor, Layout};
@@ -54,4 +60,74 @@ pub(crate) fn record<O: Backward<Flex, N>, const N: usize, const D: usize>(
         OpsKind::UnTracked(prep) => prep.finish(output),
     };
     Tensor::from_primitive::<Autodiff<Flex>>(out)
+}
+
+/// What an operation with two parents (an input and a weight) keeps for its backward pass.
+pub(crate) trait TwoParents: Clone + Send + Debug + 'static {
+    /// Registers the gradients of the parents that are tracked (`Some` node), given `dy`, the
+    /// gradient of the output.
+    fn backward(&self, dy: &FlexTensor, parents: [Option<NodeId>; 2], grads: &mut Gradients);
+}
+
+/// The operation whose backward pass is its state's ([`TwoParents`]).
+#[derive(Debug)]
+pub(crate) struct TwoParentOp<S>(PhantomData<S>);
+
+impl<S> TwoParentOp<S> {
+    pub(crate) fn new() -> Self {
+        TwoParentOp(PhantomData)
+    }
+}
+
+impl<S: TwoParents> Backward<Flex, 2> for TwoParentOp<S> {
+    type State = S;
+
+    fn backward(self, ops: Ops<S, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let dy: FlexTensor = grads.consume::<Flex>(&ops.node);
+        ops.state.backward(&dy, ops.parents.map(|p| p.map(|node| node.id)), grads);
+    }
+}
+
+/// Helpers of the tests of the fused operations.
+#[cfg(test)]
+pub(crate) mod testing {
+    use burn::tensor::{Gradients, Tensor};
+
+    /// The tensor's values in f64.
+    pub(crate) fn f64s<const D: usize>(t: Tensor<D>) -> Vec<f64> {
+        t.into_data().convert::<f64>().try_into_vec::<f64>().expect("floats")
+    }
+
+    /// `sin(i a)` for `i < len`: values spread over [-1, 1] without a pattern the operations
+    /// could be blind to.
+    pub(crate) fn seq(len: usize, a: f32) -> Vec<f32> {
+        (0..len).map(|i| (i as f32 * a).sin()).collect()
+    }
+
+    /// `y`, `∂W` and, when `x` is tracked, `∂x`, of `Σ y ⊙ r` with `r` a fixed pattern (`y` of
+    /// `x` through a layer with weight `w`); the gradients for the rest.
+    pub(crate) fn weighted_sum_grads<const D: usize, const E: usize>(
+        y: Tensor<D>,
+        w: &Tensor<E>,
+        x: &Tensor<D>,
+        track_x: bool,
+    ) -> (Vec<Vec<f64>>, Gradients) {
+        let r = Tensor::<D>::from_data(
+            burn::tensor::TensorData::new(seq(y.shape().num_elements(), 1.3), y.dims()),
+            &y.device(),
+        );
+        let grads = (y.clone() * r).sum().backward();
+        let mut out = vec![f64s(y), f64s(w.grad(&grads).expect("∂W"))];
+        if track_x {
+            out.push(f64s(x.grad(&grads).expect("∂x")));
+        } else {
+            assert!(x.grad(&grads).is_none(), "an untracked input gets no gradient");
+        }
+        (out, grads)
+    }
+
+    /// `f` on a pool of `threads` threads.
+    pub(crate) fn on_threads<T: Send>(threads: usize, f: impl FnOnce() -> T + Send) -> T {
+        rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap().install(f)
+    }
 }

@@ -5,7 +5,7 @@
 //! MLP and a CIFAR-style ResNet-18 ([`model`]) built on burn's pure-Rust `flex` CPU backend,
 //! SGD with momentum, weight decay and step decays, checkpoints and exact resume ([`run`]),
 //! and the geometry of the penultimate features and last layer ([`eval`]). On the CPU the
-//! linear layers ([`linear`]), batch norm ([`norm`]) and the optimizer ([`optim`]) take fused
+//! convolutions ([`conv`]), linear layers ([`linear`]), batch norm ([`norm`]) and the optimizer ([`optim`]) take fused
 //! paths written here; on other devices they are burn's.
 //!
 //! This crate holds the deep-learning framework so that `seli-core` (the math) and `seli-io`
@@ -14,6 +14,7 @@
 
 pub mod bench;
 pub mod config;
+pub mod conv;
 pub mod data;
 pub mod device;
 pub mod error;

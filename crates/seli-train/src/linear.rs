@@ -22,7 +22,7 @@ use burn_flex::FlexTensor;
 use faer::linalg::matmul::matmul;
 use faer::{Accum, MatMut, MatRef, Par};
 
-use crate::flex::{contiguous, record, tensor, values};
+use crate::flex::{TwoParentOp, TwoParents, contiguous, record, tensor, values};
 
 /// `layer` applied to `x` (`[N, d_in]`): the fused step when `x` is a tracked f32 tensor of the
 /// flex backend, burn's [`Linear::forward`] otherwise.
@@ -70,7 +70,7 @@ fn flex_linear(layer: &Linear, x: &Tensor<2>) -> Option<Tensor<2>> {
     let y = tensor(y, [n, d_out].into());
     Some(match b {
         Some(b) => record(WithBias, [x.node(), w.node(), b.node()], saved, y),
-        None => record(NoBias, [x.node(), w.node()], saved, y),
+        None => record(TwoParentOp::new(), [x.node(), w.node()], saved, y),
     })
 }
 
@@ -114,8 +114,9 @@ impl Saved {
             d_out,
         )
     }
+}
 
-    /// Registers `∂x` and `∂W` for `x` and `W` where they are tracked (`Some` node).
+impl TwoParents for Saved {
     fn backward(&self, dy: &FlexTensor, [x, w]: [Option<NodeId>; 2], grads: &mut Gradients) {
         let (n, d_in, d_out) = self.dims();
         let dys = values(dy);
@@ -137,10 +138,6 @@ impl Saved {
 #[derive(Debug)]
 struct WithBias;
 
-/// The operation without a bias; parents `x`, `W`.
-#[derive(Debug)]
-struct NoBias;
-
 impl Backward<Flex, 3> for WithBias {
     type State = Saved;
 
@@ -160,15 +157,6 @@ impl Backward<Flex, 3> for WithBias {
     }
 }
 
-impl Backward<Flex, 2> for NoBias {
-    type State = Saved;
-
-    fn backward(self, ops: Ops<Saved, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let dy: FlexTensor = grads.consume::<Flex>(&ops.node);
-        ops.state.backward(&dy, ops.parents.map(|p| p.map(|node| node.id)), grads);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use burn::module::Param;
@@ -176,14 +164,7 @@ mod tests {
     use burn::tensor::{Device, TensorData};
 
     use super::*;
-
-    fn f64s<const D: usize>(t: Tensor<D>) -> Vec<f64> {
-        t.into_data().convert::<f64>().try_into_vec::<f64>().expect("floats")
-    }
-
-    fn seq(len: usize, a: f32) -> Vec<f32> {
-        (0..len).map(|i| (i as f32 * a).sin()).collect()
-    }
+    use crate::flex::testing::{f64s, on_threads, seq, weighted_sum_grads};
 
     /// Output and gradients (x, W, b) of Σ y ⊙ r through `f`, for a 5×3 → 4 layer.
     fn run(
@@ -202,15 +183,8 @@ mod tests {
         }
         let x = t2(seq(15, 0.37), [5, 3]);
         let x = if track_x { x.require_grad() } else { x };
-        let r = t2(seq(20, 1.3), [5, 4]);
-        let y = f(&layer, x.clone());
-        let grads = (y.clone() * r).sum().backward();
-        let mut out = vec![f64s(y), f64s(layer.weight.val().grad(&grads).expect("∂W"))];
-        if track_x {
-            out.push(f64s(x.grad(&grads).expect("∂x")));
-        } else {
-            assert!(x.grad(&grads).is_none(), "an untracked input gets no gradient");
-        }
+        let (mut out, grads) =
+            weighted_sum_grads(f(&layer, x.clone()), &layer.weight.val(), &x, track_x);
         if let Some(b) = &layer.bias {
             out.push(f64s(b.val().grad(&grads).expect("∂b")));
         }
@@ -255,10 +229,7 @@ mod tests {
             let w = layer.weight.val().grad(&grads).expect("∂W");
             [f64s(y), f64s(x.grad(&grads).expect("∂x")), f64s(w)]
         };
-        let on = |threads: usize| {
-            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
-            pool.install(run)
-        };
+        let on = |threads| on_threads(threads, run);
         let (one, three) = (on(1), on(3));
         for (k, name) in ["y", "∂x", "∂W"].iter().enumerate() {
             assert!(one[k] == three[k], "{name} differs between one thread and three");

@@ -9,6 +9,7 @@ use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 
 use crate::config::{ModelConfig, ModelKind};
+use crate::conv::conv2d;
 use crate::error::Result;
 use crate::linear::linear;
 use crate::norm::batch_norm;
@@ -100,10 +101,10 @@ impl BasicBlock {
     }
 
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let out = relu(batch_norm(&self.bn1, self.conv1.forward(x.clone())));
-        let out = batch_norm(&self.bn2, self.conv2.forward(out));
+        let out = relu(batch_norm(&self.bn1, conv2d(&self.conv1, x.clone())));
+        let out = batch_norm(&self.bn2, conv2d(&self.conv2, out));
         let skip = match &self.shortcut {
-            Some(s) => batch_norm(&s.bn, s.conv.forward(x)),
+            Some(s) => batch_norm(&s.bn, conv2d(&s.conv, x)),
             None => x,
         };
         relu(out + skip)
@@ -139,7 +140,7 @@ impl ResNet18 {
     }
 
     fn forward(&self, x: Tensor<4>) -> Tensor<2> {
-        let mut h = relu(batch_norm(&self.stem_bn, self.stem.forward(x)));
+        let mut h = relu(batch_norm(&self.stem_bn, conv2d(&self.stem, x)));
         for b in &self.blocks {
             h = b.forward(h);
         }

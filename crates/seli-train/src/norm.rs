@@ -295,6 +295,7 @@ mod tests {
     use seli_core::random::{gaussian_matrix, rng_from_seed};
 
     use super::*;
+    use crate::flex::testing::on_threads;
 
     fn values_of<const D: usize>(t: Tensor<D>) -> Vec<f64> {
         t.into_data()
@@ -433,9 +434,8 @@ mod tests {
     #[test]
     fn results_do_not_depend_on_the_thread_count() {
         let x = random(256 * 4 * 96, 4, 3.0);
-        let on = |threads: usize| {
-            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
-            pool.install(|| (channel_moments(&x, 4, 96), run([256, 4, 96], 3.0, batch_norm)))
+        let on = |threads| {
+            on_threads(threads, || (channel_moments(&x, 4, 96), run([256, 4, 96], 3.0, batch_norm)))
         };
         let (one, three) = (on(1), on(3));
         assert!(one.0 == three.0, "moments: {:?} against {:?}", one.0, three.0);

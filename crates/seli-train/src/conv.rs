@@ -1,0 +1,515 @@
+//! The convolutions of ResNet-18: burn's [`Conv2d`] module (its parameters and checkpoint
+//! encoding), with its training step on the CPU as one autodiff operation built on faer's matrix
+//! products over images gathered into large column blocks.
+//!
+//! burn's flex backend convolves image by image (its weight repacked for every image, columns of
+//! at most 512 output positions), differentiates the weight through a second convolution whose
+//! kernel is the output gradient, and the input through a transposed convolution. For
+//! `x` of shape `[N, C, H, W]`, a weight `W` of shape `[O, C, kh, kw]` (read as the matrix
+//! `[O, K]`, `K = C·kh·kw`), stride `s` and zero padding `p`, [`conv2d`] lays the input patches
+//! of `G` images side by side as the columns of `X_G` (`[K, G·P]`, `P = Ho·Wo` output positions
+//! per image, `G` fixed by the shape so that a block has about 2 048 columns), and computes
+//!
+//! - forward `Y_G = W X_G`, each block of `P` columns one image's output;
+//! - backward `∂W = Σ_G ∂Y_G X_Gᵀ` (the blocks in order, each product's sums split over output
+//!   entries, not over terms: results do not depend on the thread count), and, only when `x` is
+//!   tracked (not for the input images), `∂X_G = Wᵀ ∂Y_G`, scattered back onto the input
+//!   positions each column came from (`∂x[n, c, h, w] = Σ ∂X_G` over the patch entries that read
+//!   `x[n, c, h, w]`).
+//!
+//! The columns are rebuilt in the backward pass rather than kept (they are `kh·kw` times the
+//! input's size). Layers with a bias, groups, dilation or `Same` padding, other devices (CUDA)
+//! and other float types are burn's module unchanged; so is evaluation outside autodiff.
+
+use burn::backend::autodiff::NodeId;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::{Autodiff, Flex};
+use burn::nn::PaddingConfig2d;
+use burn::nn::conv::Conv2d;
+use burn::tensor::{DType, Tensor};
+use burn_flex::FlexTensor;
+use faer::linalg::matmul::matmul;
+use faer::{Accum, MatMut, MatRef, Par};
+use rayon::prelude::*;
+
+use crate::flex::{TwoParentOp, TwoParents, contiguous, record, tensor};
+
+/// About this many columns (output positions of whole images) per block of the products.
+const BLOCK_COLUMNS: usize = 2048;
+
+/// `layer` applied to `x` (`[N, C, H, W]`): the fused step when `x` is an f32 tensor of the
+/// flex backend (tracked or not) and the layer has no bias, one group, no dilation and explicit
+/// (or no) padding; burn's [`Conv2d::forward`] otherwise.
+pub fn conv2d(layer: &Conv2d, x: Tensor<4>) -> Tensor<4> {
+    let fused =
+        if x.device().is_autodiff() { flex_conv(layer, &x, None) } else { flex_infer(layer, &x) };
+    fused.unwrap_or_else(|| layer.forward(x))
+}
+
+type Ad = Autodiff<Flex>;
+
+/// The geometry of one convolution.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Geometry {
+    /// Images, input channels, input height and width.
+    n: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    /// Output channels, kernel height and width.
+    o: usize,
+    kh: usize,
+    kw: usize,
+    /// Strides and the padding before the first row and column.
+    sh: usize,
+    sw: usize,
+    ph: usize,
+    pw: usize,
+    /// Output height and width.
+    ho: usize,
+    wo: usize,
+    /// Images per block of columns.
+    g: usize,
+}
+
+impl Geometry {
+    /// `K`, the rows of the column matrices.
+    fn k(&self) -> usize {
+        self.c * self.kh * self.kw
+    }
+
+    /// `P`, the output positions of one image.
+    fn p(&self) -> usize {
+        self.ho * self.wo
+    }
+
+    /// The blocks: first image and number of images.
+    fn blocks(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
+        (0..self.n).step_by(self.g).map(|n0| (n0, self.g.min(self.n - n0)))
+    }
+
+    /// Writes into `cols` (`[K, g·P]`, row-major) the patches of images `n0..n0 + g` of `x`.
+    fn im2col(&self, x: &[f32], n0: usize, g: usize, cols: &mut [f32]) {
+        let l = g * self.p();
+        cols[..self.k() * l]
+            .par_chunks_mut(l)
+            .enumerate()
+            .for_each(|(row, dst)| self.im2col_row(x, n0, row, dst));
+    }
+
+    /// Row `row` of the patches of images `n0..`: kernel entry `(c, i, j)` at every output
+    /// position.
+    fn im2col_row(&self, x: &[f32], n0: usize, row: usize, dst: &mut [f32]) {
+        let (c, i, j) = (row / (self.kh * self.kw), row / self.kw % self.kh, row % self.kw);
+        for (gi, img) in dst.chunks_exact_mut(self.p()).enumerate() {
+            let plane = &x[((n0 + gi) * self.c + c) * self.h * self.w..][..self.h * self.w];
+            for (oh, out) in img.chunks_exact_mut(self.wo).enumerate() {
+                match (oh * self.sh + i).checked_sub(self.ph).filter(|&r| r < self.h) {
+                    Some(r) => self.fill_row(&plane[r * self.w..][..self.w], j, out),
+                    None => out.fill(0.0),
+                }
+            }
+        }
+    }
+
+    /// One output row of the patches: `out[ow] = src[ow·sw + j − pw]`, zero outside `src`.
+    fn fill_row(&self, src: &[f32], j: usize, out: &mut [f32]) {
+        let (first, end) = self.inside(j);
+        out[..first].fill(0.0);
+        out[end..].fill(0.0);
+        if self.sw == 1 {
+            let start = first + j - self.pw;
+            out[first..end].copy_from_slice(&src[start..start + end - first]);
+        } else {
+            for (ow, v) in out.iter_mut().enumerate().take(end).skip(first) {
+                *v = src[ow * self.sw + j - self.pw];
+            }
+        }
+    }
+
+    /// The output columns `first..end` whose kernel column `j` falls inside the input row.
+    fn inside(&self, j: usize) -> (usize, usize) {
+        let first = self.pw.saturating_sub(j).div_ceil(self.sw).min(self.wo);
+        let end = match (self.w + self.pw).checked_sub(j + 1) {
+            Some(last) => (last / self.sw + 1).min(self.wo),
+            None => 0,
+        };
+        (first, end.max(first))
+    }
+
+    /// Adds the column gradients `dcols` (`[K, g·P]`) of images `n0..n0 + g` onto the input
+    /// positions they came from, in `dx` (the gradient of those images, `[g, C, H, W]`).
+    fn col2im(&self, dcols: &[f32], g: usize, dx: &mut [f32]) {
+        let l = g * self.p();
+        dx.par_chunks_mut(self.h * self.w)
+            .enumerate()
+            .for_each(|(index, plane)| self.col2im_plane(dcols, l, index, plane));
+    }
+
+    /// Plane `index` (image `index / C`, channel `index % C`) of the block's input gradient,
+    /// from the column gradients `dcols` (`l` columns).
+    fn col2im_plane(&self, dcols: &[f32], l: usize, index: usize, plane: &mut [f32]) {
+        let (p, gi, c) = (self.p(), index / self.c, index % self.c);
+        plane.fill(0.0);
+        for i in 0..self.kh {
+            for j in 0..self.kw {
+                let row = (c * self.kh + i) * self.kw + j;
+                let src = &dcols[row * l + gi * p..][..p];
+                let (first, end) = self.inside(j);
+                for (oh, vals) in src.chunks_exact(self.wo).enumerate() {
+                    let Some(r) = (oh * self.sh + i).checked_sub(self.ph) else { continue };
+                    if r >= self.h {
+                        continue;
+                    }
+                    let dst = &mut plane[r * self.w..][..self.w];
+                    if self.sw == 1 {
+                        let start = first + j - self.pw;
+                        let dst = &mut dst[start..start + end - first];
+                        dst.iter_mut().zip(&vals[first..end]).for_each(|(d, v)| *d += v);
+                    } else {
+                        for (ow, v) in vals.iter().enumerate().take(end).skip(first) {
+                            dst[ow * self.sw + j - self.pw] += v;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The layer's geometry for `x`'s shape and `block` columns per product, `None` where the fused
+/// step does not apply (bias, groups, dilation, `Same` padding, mismatched shapes: burn's module
+/// then runs, and names a mismatch).
+fn geometry(layer: &Conv2d, x: &[usize], wshape: &[usize], block: usize) -> Option<Geometry> {
+    let (top, left, bottom, right) = match layer.padding {
+        PaddingConfig2d::Valid => (0, 0, 0, 0),
+        PaddingConfig2d::Explicit(t, l, b, r) => (t, l, b, r),
+        PaddingConfig2d::Same => return None,
+    };
+    let plain = layer.bias.is_none() && layer.groups == 1 && layer.dilation == [1, 1];
+    let [sh, sw] = layer.stride;
+    if !plain || x.len() != 4 || wshape[1] != x[1] || sh == 0 || sw == 0 {
+        return None;
+    }
+    let (kh, kw) = (wshape[2], wshape[3]);
+    let ho = (x[2] + top + bottom).checked_sub(kh)? / sh + 1;
+    let wo = (x[3] + left + right).checked_sub(kw)? / sw + 1;
+    let g = block.div_ceil(ho * wo).clamp(1, x[0].max(1));
+    let (n, c, h, w, o) = (x[0], x[1], x[2], x[3], wshape[0]);
+    Some(Geometry { n, c, h, w, o, kh, kw, sh, sw, ph: top, pw: left, ho, wo, g })
+}
+
+/// The training step on the flex backend with blocks of about `block` columns (else
+/// [`BLOCK_COLUMNS`]); `None` when the tensors are not f32 tensors of autodiff over flex or the
+/// layer is not one the fused step covers.
+fn flex_conv(layer: &Conv2d, x: &Tensor<4>, block: Option<usize>) -> Option<Tensor<4>> {
+    let x = x.clone().try_into_primitive::<Ad>().ok()?;
+    let w = layer.weight.val().try_into_primitive::<Ad>().ok()?;
+    let saved = Saved::new(layer, x.primitive(), w.primitive(), block)?;
+    let y = saved.forward();
+    Some(record(TwoParentOp::new(), [x.node(), w.node()], saved, y))
+}
+
+/// The forward pass alone (evaluation) on plain flex tensors.
+fn flex_infer(layer: &Conv2d, x: &Tensor<4>) -> Option<Tensor<4>> {
+    let x = x.clone().try_into_primitive::<Flex>().ok()?;
+    let w = layer.weight.val().try_into_primitive::<Flex>().ok()?;
+    Some(Tensor::from_primitive::<Flex>(Saved::new(layer, &x, &w, None)?.forward()))
+}
+
+/// `dst ← lhs rhs` (or `dst + lhs rhs`), `dst` row-major, on rayon's threads.
+fn product(dst: &mut [f32], accum: Accum, lhs: MatRef<'_, f32>, rhs: MatRef<'_, f32>) {
+    let (rows, cols) = (lhs.nrows(), rhs.ncols());
+    let dst = MatMut::from_row_major_slice_mut(dst, rows, cols);
+    matmul(dst, accum, lhs, rhs, 1.0, Par::rayon(0));
+}
+
+/// What the backward pass needs: the input, the weight and the geometry.
+#[derive(Clone, Debug)]
+struct Saved {
+    x: FlexTensor,
+    w: FlexTensor,
+    geo: Geometry,
+}
+
+impl Saved {
+    /// The operation of `layer` on `x` with the weight `w`; `None` unless both are f32 and the
+    /// layer is one the fused step covers.
+    fn new(layer: &Conv2d, x: &FlexTensor, w: &FlexTensor, block: Option<usize>) -> Option<Self> {
+        if [x, w].iter().any(|t| t.dtype() != DType::F32) {
+            return None;
+        }
+        let (xs, ws) = (x.layout().shape(), w.layout().shape());
+        let geo = geometry(layer, xs.as_slice(), ws.as_slice(), block.unwrap_or(BLOCK_COLUMNS))?;
+        Some(Saved { x: contiguous(x), w: contiguous(w), geo })
+    }
+
+    fn input(&self) -> &[f32] {
+        self.x.as_slice::<f32>().expect("contiguous input")
+    }
+
+    /// The weight as the matrix `[O, K]`.
+    fn weight(&self) -> MatRef<'_, f32> {
+        let w = self.w.as_slice::<f32>().expect("contiguous weight");
+        MatRef::from_row_major_slice(w, self.geo.o, self.geo.k())
+    }
+
+    /// `y` (`[N, O, Ho, Wo]`).
+    fn forward(&self) -> FlexTensor {
+        let geo = &self.geo;
+        let (o, k, p) = (geo.o, geo.k(), geo.p());
+        let mut y = vec![0.0f32; geo.n * o * p];
+        let mut cols = vec![0.0f32; k * geo.g * p];
+        let mut block = if geo.g > 1 { vec![0.0f32; o * geo.g * p] } else { Vec::new() };
+        for (n0, g) in geo.blocks() {
+            let l = g * p;
+            geo.im2col(self.input(), n0, g, &mut cols);
+            let rhs = MatRef::from_row_major_slice(&cols[..k * l], k, l);
+            let out = &mut y[n0 * o * p..(n0 + g) * o * p];
+            if g == 1 {
+                product(out, Accum::Replace, self.weight(), rhs);
+            } else {
+                product(&mut block[..o * l], Accum::Replace, self.weight(), rhs);
+                // Column block gi of row oc is image n0 + gi's output channel oc.
+                out.par_chunks_mut(p).enumerate().for_each(|(at, dst)| {
+                    let (gi, oc) = (at / o, at % o);
+                    dst.copy_from_slice(&block[oc * l + gi * p..][..p]);
+                });
+            }
+        }
+        tensor(y, [geo.n, o, geo.ho, geo.wo].into())
+    }
+}
+
+impl TwoParents for Saved {
+    fn backward(&self, dy: &FlexTensor, [x, w]: [Option<NodeId>; 2], grads: &mut Gradients) {
+        let geo = &self.geo;
+        let (o, k, p) = (geo.o, geo.k(), geo.p());
+        let dy = contiguous(dy);
+        let dy = dy.as_slice::<f32>().expect("contiguous output gradient");
+        let mut dw = vec![0.0f32; o * k];
+        let mut dx = x.map(|_| vec![0.0f32; geo.n * geo.c * geo.h * geo.w]);
+        let mut cols = vec![0.0f32; k * geo.g * p];
+        let mut block = if geo.g > 1 { vec![0.0f32; o * geo.g * p] } else { Vec::new() };
+        for (index, (n0, g)) in geo.blocks().enumerate() {
+            let l = g * p;
+            let dyb = &dy[n0 * o * p..(n0 + g) * o * p];
+            // ∂Y of the block as `[O, g·P]`: image gi's channel oc is column block gi of row oc.
+            let dyb = if g == 1 {
+                dyb
+            } else {
+                block[..o * l].par_chunks_mut(l).enumerate().for_each(|(oc, row)| {
+                    for (gi, dst) in row.chunks_exact_mut(p).enumerate() {
+                        dst.copy_from_slice(&dyb[(gi * o + oc) * p..][..p]);
+                    }
+                });
+                &block[..o * l]
+            };
+            let dyb = MatRef::from_row_major_slice(dyb, o, l);
+            if w.is_some() {
+                geo.im2col(self.input(), n0, g, &mut cols);
+                let xt = MatRef::from_row_major_slice(&cols[..k * l], k, l).transpose();
+                let accum = if index == 0 { Accum::Replace } else { Accum::Add };
+                product(&mut dw, accum, dyb, xt);
+            }
+            if let Some(dx) = dx.as_mut() {
+                product(&mut cols[..k * l], Accum::Replace, self.weight().transpose(), dyb);
+                let plane = geo.c * geo.h * geo.w;
+                geo.col2im(&cols[..k * l], g, &mut dx[n0 * plane..(n0 + g) * plane]);
+            }
+        }
+        if let (Some(id), Some(dx)) = (x, dx) {
+            grads.register::<Flex>(id, tensor(dx, [geo.n, geo.c, geo.h, geo.w].into()));
+        }
+        if let Some(id) = w {
+            grads.register::<Flex>(id, tensor(dw, [o, geo.c, geo.kh, geo.kw].into()));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::module::Param;
+    use burn::nn::conv::Conv2dConfig;
+    use burn::tensor::{Device, TensorData};
+
+    use super::*;
+    use crate::flex::testing::{f64s, on_threads, seq, weighted_sum_grads};
+
+    /// A layer: `[O, C, kh, kw]`, stride, padding (top, left, bottom, right).
+    struct Case {
+        shape: [usize; 4],
+        weight: [usize; 4],
+        stride: [usize; 2],
+        padding: (usize, usize, usize, usize),
+    }
+
+    /// Stride 1 and 2, 3×3 and 1×1 and 2×3 kernels, padding none, symmetric and not, inputs not
+    /// square; the first block sizes give one image per block, the last every image in one.
+    const CASES: [Case; 5] = [
+        Case { shape: [5, 3, 7, 6], weight: [4, 3, 3, 3], stride: [1, 1], padding: (1, 1, 1, 1) },
+        Case { shape: [5, 3, 7, 6], weight: [4, 3, 3, 3], stride: [2, 2], padding: (1, 1, 1, 1) },
+        Case { shape: [4, 6, 5, 5], weight: [3, 6, 1, 1], stride: [2, 2], padding: (0, 0, 0, 0) },
+        Case { shape: [3, 2, 6, 7], weight: [5, 2, 2, 3], stride: [1, 2], padding: (2, 0, 1, 1) },
+        Case { shape: [3, 2, 4, 5], weight: [2, 2, 3, 3], stride: [3, 1], padding: (0, 2, 0, 0) },
+    ];
+
+    fn layer(case: &Case, device: &Device) -> Conv2d {
+        let [o, c, kh, kw] = case.weight;
+        let (t, l, b, r) = case.padding;
+        let mut layer = Conv2dConfig::new([c, o], [kh, kw])
+            .with_stride(case.stride)
+            .with_padding(PaddingConfig2d::Explicit(t, l, b, r))
+            .with_bias(false)
+            .init(device);
+        let w = TensorData::new(seq(o * c * kh * kw, 0.7), case.weight);
+        layer.weight = Param::from_tensor(Tensor::from_data(w, device));
+        layer
+    }
+
+    /// Output and gradients (W, and x when tracked) of Σ y ⊙ r through `f`.
+    fn run(
+        case: &Case,
+        track_x: bool,
+        f: impl Fn(&Conv2d, Tensor<4>) -> Tensor<4>,
+    ) -> Vec<Vec<f64>> {
+        let device = Device::flex().autodiff();
+        let layer = layer(case, &device);
+        let len = case.shape.iter().product();
+        let x = Tensor::<4>::from_data(TensorData::new(seq(len, 0.37), case.shape), &device);
+        let x = if track_x { x.require_grad() } else { x };
+        weighted_sum_grads(f(&layer, x.clone()), &layer.weight.val(), &x, track_x).0
+    }
+
+    fn fused(block: usize) -> impl Fn(&Conv2d, Tensor<4>) -> Tensor<4> {
+        move |l, x| flex_conv(l, &x, Some(block)).expect("the fused step applies")
+    }
+
+    fn assert_close(ours: &[Vec<f64>], reference: &[Vec<f64>], tol: f64, what: &str) {
+        let names = ["y", "∂W", "∂x"];
+        assert_eq!(ours.len(), reference.len(), "{what}");
+        for (k, (a, b)) in ours.iter().zip(reference).enumerate() {
+            assert_eq!(a.len(), b.len(), "{what}: {}", names[k]);
+            for (i, (u, v)) in a.iter().zip(b).enumerate() {
+                assert!((u - v).abs() < tol, "{what}: {}[{i}] {u} vs {v}", names[k]);
+            }
+        }
+    }
+
+    /// Reference: burn's own convolution, differentiated by its autodiff.
+    #[test]
+    fn fused_step_matches_burns_module() {
+        for (index, case) in CASES.iter().enumerate() {
+            for track_x in [false, true] {
+                let burns = run(case, track_x, |l, x| l.forward(x));
+                for block in [1, 20, 10_000] {
+                    let ours = run(case, track_x, fused(block));
+                    let what = format!("case {index}, x tracked {track_x}, block {block}");
+                    assert_close(&ours, &burns, 1e-4, &what);
+                }
+            }
+        }
+    }
+
+    /// Reference: the definitions in f64, written as loops over the output positions:
+    /// `y[n,o,a,b] = Σ_{c,i,j} W[o,c,i,j] x[n,c,a·sh+i−pt, b·sw+j−pl]` (zero outside `x`),
+    /// `∂W[o,c,i,j] = Σ_{n,a,b} ∂y[n,o,a,b] x[n,c,…]` and `∂x[n,c,…] += Σ_o ∂y[n,o,a,b] W[o,c,i,j]`.
+    #[test]
+    fn output_and_gradients_follow_the_definition() {
+        for (index, case) in CASES.iter().enumerate() {
+            let [n, c, h, w] = case.shape;
+            let [o, _, kh, kw] = case.weight;
+            let (pt, pl, pb, pr) = case.padding;
+            let [sh, sw] = case.stride;
+            let (ho, wo) = ((h + pt + pb - kh) / sh + 1, (w + pl + pr - kw) / sw + 1);
+            let x: Vec<f64> = seq(n * c * h * w, 0.37).into_iter().map(f64::from).collect();
+            let wt: Vec<f64> = seq(o * c * kh * kw, 0.7).into_iter().map(f64::from).collect();
+            let r: Vec<f64> = seq(n * o * ho * wo, 1.3).into_iter().map(f64::from).collect();
+            let (mut y, mut dw, mut dx) =
+                (vec![0.0; r.len()], vec![0.0; wt.len()], vec![0.0; x.len()]);
+            for (ni, oi, a, b) in itertools(n, o, ho, wo) {
+                let at = ((ni * o + oi) * ho + a) * wo + b;
+                for (ci, i, j) in (0..c)
+                    .flat_map(|ci| (0..kh).flat_map(move |i| (0..kw).map(move |j| (ci, i, j))))
+                {
+                    let (row, col) =
+                        ((a * sh + i) as isize - pt as isize, (b * sw + j) as isize - pl as isize);
+                    if row < 0 || col < 0 || row as usize >= h || col as usize >= w {
+                        continue;
+                    }
+                    let xi = ((ni * c + ci) * h + row as usize) * w + col as usize;
+                    let wi = ((oi * c + ci) * kh + i) * kw + j;
+                    y[at] += wt[wi] * x[xi];
+                    dw[wi] += r[at] * x[xi];
+                    dx[xi] += r[at] * wt[wi];
+                }
+            }
+            let want = [y, dw, dx];
+            for block in [1, 20, 10_000] {
+                let ours = run(case, true, fused(block));
+                assert_close(&ours, &want, 1e-4, &format!("case {index}, block {block}"));
+            }
+        }
+    }
+
+    fn itertools(
+        n: usize,
+        o: usize,
+        ho: usize,
+        wo: usize,
+    ) -> impl Iterator<Item = (usize, usize, usize, usize)> {
+        (0..n).flat_map(move |ni| {
+            (0..o)
+                .flat_map(move |oi| (0..ho).flat_map(move |a| (0..wo).map(move |b| (ni, oi, a, b))))
+        })
+    }
+
+    /// The products split their outputs, not their sums, and the blocks are added in order:
+    /// bit-identical results with one thread and with three.
+    #[test]
+    fn results_do_not_depend_on_the_thread_count() {
+        let case = Case {
+            shape: [6, 8, 9, 9],
+            weight: [16, 8, 3, 3],
+            stride: [1, 1],
+            padding: (1, 1, 1, 1),
+        };
+        let on = |threads| on_threads(threads, || run(&case, true, fused(100)));
+        let (one, three) = (on(1), on(3));
+        for (k, name) in ["y", "∂W", "∂x"].iter().enumerate() {
+            assert!(one[k] == three[k], "{name} differs between one thread and three");
+        }
+    }
+
+    /// Evaluation (plain flex tensors, no autodiff): the forward pass alone, as burn's.
+    #[test]
+    fn evaluation_matches_burns_forward() {
+        let device = Device::flex();
+        for (index, case) in CASES.iter().enumerate() {
+            let layer = layer(case, &device);
+            let len = case.shape.iter().product();
+            let x = Tensor::<4>::from_data(TensorData::new(seq(len, 0.37), case.shape), &device);
+            assert!(flex_infer(&layer, &x).is_some(), "case {index}: the fused pass applies");
+            let (ours, burns) = (f64s(conv2d(&layer, x.clone())), f64s(layer.forward(x)));
+            assert_close(&[ours], &[burns], 1e-4, &format!("case {index}"));
+        }
+    }
+
+    /// Layers the fused step does not cover run burn's module: a bias, `Same` padding.
+    #[test]
+    fn other_layers_fall_back_to_burn() {
+        let device = Device::flex().autodiff();
+        let x =
+            Tensor::<4>::from_data(TensorData::new(seq(2 * 3 * 5 * 5, 0.3), [2, 3, 5, 5]), &device);
+        let with_bias = Conv2dConfig::new([3, 4], [3, 3]).init(&device);
+        let same = Conv2dConfig::new([3, 4], [3, 3])
+            .with_padding(PaddingConfig2d::Same)
+            .with_bias(false)
+            .init(&device);
+        for layer in [with_bias, same] {
+            assert!(flex_conv(&layer, &x, None).is_none());
+            let (ours, burns) = (f64s(conv2d(&layer, x.clone())), f64s(layer.forward(x.clone())));
+            assert_eq!(ours, burns);
+        }
+    }
+}
