@@ -1,6 +1,7 @@
 //! The convolutions of ResNet-18: burn's [`Conv2d`] module (its parameters and checkpoint
 //! encoding), with its training step on the CPU as one autodiff operation built on faer's matrix
-//! products over images gathered into large column blocks.
+//! products over images gathered into large column blocks, and its evaluation (forward pass
+//! alone) on the same products.
 //!
 //! burn's flex backend convolves image by image (its weight repacked for every image, columns of
 //! at most 512 output positions), differentiates the weight through a second convolution whose
@@ -19,7 +20,7 @@
 //!
 //! The columns are rebuilt in the backward pass rather than kept (they are `kh·kw` times the
 //! input's size). Layers with a bias, groups, dilation or `Same` padding, other devices (CUDA)
-//! and other float types are burn's module unchanged; so is evaluation outside autodiff.
+//! and other float types are burn's module unchanged.
 
 use burn::backend::autodiff::NodeId;
 use burn::backend::autodiff::grads::Gradients;
