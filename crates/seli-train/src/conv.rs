@@ -1,26 +1,29 @@
 //! The convolutions of ResNet-18: burn's [`Conv2d`] module (its parameters and checkpoint
 //! encoding), with its training step on the CPU as one autodiff operation built on faer's matrix
-//! products over images gathered into large column blocks, and its evaluation (forward pass
-//! alone) on the same products.
+//! products over blocks of several images, and its evaluation (forward pass alone) on the same
+//! products.
 //!
 //! burn's flex backend convolves image by image (its weight repacked for every image, columns of
 //! at most 512 output positions), differentiates the weight through a second convolution whose
-//! kernel is the output gradient, and the input through a transposed convolution. For
-//! `x` of shape `[N, C, H, W]`, a weight `W` of shape `[O, C, kh, kw]` (read as the matrix
-//! `[O, K]`, `K = C·kh·kw`), stride `s` and zero padding `p`, [`conv2d`] lays the input patches
-//! of `G` images side by side as the columns of `X_G` (`[K, G·P]`, `P = Ho·Wo` output positions
-//! per image, `G` fixed by the shape so that a block has about 2 048 columns), and computes
+//! kernel is the output gradient, and the input through a transposed convolution. Here, for
+//! `x` of shape `[N, C, H, W]`, a weight `W` of shape `[O, C, kh, kw]`, stride `s` and zero
+//! padding `p`, images are taken in blocks of `G` (`G` fixed by the shape, so that a block's
+//! products have about 2 048 columns), and:
 //!
-//! - forward `Y_G = W X_G`, each block of `P` columns one image's output;
-//! - backward `∂W = Σ_G ∂Y_G X_Gᵀ` (the blocks in order, each product's sums split over output
-//!   entries, not over terms: results do not depend on the thread count), and, only when `x` is
-//!   tracked (not for the input images), `∂X_G = Wᵀ ∂Y_G`, scattered back onto the input
-//!   positions each column came from (`∂x[n, c, h, w] = Σ ∂X_G` over the patch entries that read
-//!   `x[n, c, h, w]`).
+//! - 3×3 kernels of stride 1 (fourteen of ResNet-18's twenty convolutions, and nearly all
+//!   of its arithmetic) go through Winograd's F(2×2, 3×3) ([`winograd`]): 16 products per pair
+//!   of channels and 2×2 outputs instead of 36;
+//! - the others lay the input patches of the block side by side as the columns of `X_G`
+//!   (`[K, G·P]`, `K = C·kh·kw`, `P = Ho·Wo`, `W` read as the matrix `[O, K]`): forward
+//!   `Y_G = W X_G`; backward `∂W = Σ_G ∂Y_G X_Gᵀ` and, only when `x` is tracked (not for the
+//!   input images), `∂X_G = Wᵀ ∂Y_G`, scattered back onto the input positions each column came
+//!   from (`∂x[n, c, h, w] = Σ ∂X_G` over the patch entries that read `x[n, c, h, w]`).
 //!
-//! The columns are rebuilt in the backward pass rather than kept (they are `kh·kw` times the
-//! input's size). Layers with a bias, groups, dilation or `Same` padding, other devices (CUDA)
-//! and other float types are burn's module unchanged.
+//! Either way the blocks' weight gradients are added in order and each product splits its
+//! output entries, not its sums, over the threads: results do not depend on the thread count.
+//! The columns (and Winograd's transformed tiles) are rebuilt in the backward pass rather than
+//! kept (they are several times the input's size). Layers with a bias, groups, dilation or
+//! `Same` padding, other devices (CUDA) and other float types are burn's module unchanged.
 
 use burn::backend::autodiff::NodeId;
 use burn::backend::autodiff::grads::Gradients;
@@ -32,6 +35,8 @@ use burn_flex::FlexTensor;
 use faer::linalg::matmul::matmul;
 use faer::{Accum, MatMut, MatRef, Par};
 use rayon::prelude::*;
+
+mod winograd;
 
 use crate::flex::{TwoParentOp, TwoParents, contiguous, record, tensor};
 
@@ -74,6 +79,11 @@ struct Geometry {
 }
 
 impl Geometry {
+    /// Whether Winograd's F(2×2, 3×3) computes it ([`winograd`]): 3×3 kernels, stride 1.
+    fn winograd(&self) -> bool {
+        (self.kh, self.kw, self.sh, self.sw) == (3, 3, 1, 1)
+    }
+
     /// `K`, the rows of the column matrices.
     fn k(&self) -> usize {
         self.c * self.kh * self.kw
@@ -195,9 +205,16 @@ fn geometry(layer: &Conv2d, x: &[usize], wshape: &[usize], block: usize) -> Opti
     let (kh, kw) = (wshape[2], wshape[3]);
     let ho = (x[2] + top + bottom).checked_sub(kh)? / sh + 1;
     let wo = (x[3] + left + right).checked_sub(kw)? / sw + 1;
-    let g = block.div_ceil(ho * wo).clamp(1, x[0].max(1));
     let (n, c, h, w, o) = (x[0], x[1], x[2], x[3], wshape[0]);
-    Some(Geometry { n, c, h, w, o, kh, kw, sh, sw, ph: top, pw: left, ho, wo, g })
+    let mut geo = Geometry { n, c, h, w, o, kh, kw, sh, sw, ph: top, pw: left, ho, wo, g: 1 };
+    // Columns of the products per image: output positions, or Winograd's tiles (four outputs
+    // each: half as many columns per block, as each holds 16 rows per channel, not 9).
+    let (per_image, block) = match geo.winograd() {
+        true => (geo.tiles().0 * geo.tiles().1, block.div_ceil(2)),
+        false => (ho * wo, block),
+    };
+    geo.g = block.div_ceil(per_image).clamp(1, n.max(1));
+    Some(geo)
 }
 
 /// The training step on the flex backend with blocks of about `block` columns (else
@@ -218,11 +235,14 @@ fn flex_infer(layer: &Conv2d, x: &Tensor<4>) -> Option<Tensor<4>> {
     Some(Tensor::from_primitive::<Flex>(Saved::new(layer, &x, &w, None)?.forward()))
 }
 
-/// `dst ← lhs rhs` (or `dst + lhs rhs`), `dst` row-major, on rayon's threads.
-fn product(dst: &mut [f32], accum: Accum, lhs: MatRef<'_, f32>, rhs: MatRef<'_, f32>) {
-    let (rows, cols) = (lhs.nrows(), rhs.ncols());
-    let dst = MatMut::from_row_major_slice_mut(dst, rows, cols);
+/// `dst ← lhs rhs` (or `dst + lhs rhs`) on rayon's threads.
+fn product(dst: MatMut<'_, f32>, accum: Accum, lhs: MatRef<'_, f32>, rhs: MatRef<'_, f32>) {
     matmul(dst, accum, lhs, rhs, 1.0, Par::rayon(0));
+}
+
+/// `dst` (row-major) as the matrix with `lhs`'s rows and `rhs`'s columns.
+fn rows_of<'a>(dst: &'a mut [f32], lhs: MatRef<'_, f32>, rhs: MatRef<'_, f32>) -> MatMut<'a, f32> {
+    MatMut::from_row_major_slice_mut(dst, lhs.nrows(), rhs.ncols())
 }
 
 /// What the backward pass needs: the input, the weight and the geometry.
@@ -251,12 +271,25 @@ impl Saved {
 
     /// The weight as the matrix `[O, K]`.
     fn weight(&self) -> MatRef<'_, f32> {
-        let w = self.w.as_slice::<f32>().expect("contiguous weight");
-        MatRef::from_row_major_slice(w, self.geo.o, self.geo.k())
+        MatRef::from_row_major_slice(self.weights(), self.geo.o, self.geo.k())
+    }
+
+    fn weights(&self) -> &[f32] {
+        self.w.as_slice::<f32>().expect("contiguous weight")
     }
 
     /// `y` (`[N, O, Ho, Wo]`).
     fn forward(&self) -> FlexTensor {
+        let geo = &self.geo;
+        let y = match geo.winograd() {
+            true => winograd::forward(geo, self.input(), self.weights()),
+            false => self.forward_by_columns(),
+        };
+        tensor(y, [geo.n, geo.o, geo.ho, geo.wo].into())
+    }
+
+    /// `y` through the patches laid out as columns.
+    fn forward_by_columns(&self) -> Vec<f32> {
         let geo = &self.geo;
         let (o, k, p) = (geo.o, geo.k(), geo.p());
         let mut y = vec![0.0f32; geo.n * o * p];
@@ -268,9 +301,14 @@ impl Saved {
             let rhs = MatRef::from_row_major_slice(&cols[..k * l], k, l);
             let out = &mut y[n0 * o * p..(n0 + g) * o * p];
             if g == 1 {
-                product(out, Accum::Replace, self.weight(), rhs);
+                product(rows_of(out, self.weight(), rhs), Accum::Replace, self.weight(), rhs);
             } else {
-                product(&mut block[..o * l], Accum::Replace, self.weight(), rhs);
+                product(
+                    rows_of(&mut block[..o * l], self.weight(), rhs),
+                    Accum::Replace,
+                    self.weight(),
+                    rhs,
+                );
                 // Column block gi of row oc is image n0 + gi's output channel oc.
                 out.par_chunks_mut(p).enumerate().for_each(|(at, dst)| {
                     let (gi, oc) = (at / o, at % o);
@@ -278,18 +316,20 @@ impl Saved {
                 });
             }
         }
-        tensor(y, [geo.n, o, geo.ho, geo.wo].into())
+        y
     }
-}
 
-impl TwoParents for Saved {
-    fn backward(&self, dy: &FlexTensor, [x, w]: [Option<NodeId>; 2], grads: &mut Gradients) {
+    /// `(∂x, ∂W)` through the patches laid out as columns, each when asked for.
+    fn backward_by_columns(
+        &self,
+        dy: &[f32],
+        want_dx: bool,
+        want_dw: bool,
+    ) -> (Option<Vec<f32>>, Option<Vec<f32>>) {
         let geo = &self.geo;
         let (o, k, p) = (geo.o, geo.k(), geo.p());
-        let dy = contiguous(dy);
-        let dy = dy.as_slice::<f32>().expect("contiguous output gradient");
         let mut dw = vec![0.0f32; o * k];
-        let mut dx = x.map(|_| vec![0.0f32; geo.n * geo.c * geo.h * geo.w]);
+        let mut dx = want_dx.then(|| vec![0.0f32; geo.n * geo.c * geo.h * geo.w]);
         let mut cols = vec![0.0f32; k * geo.g * p];
         let mut block = if geo.g > 1 { vec![0.0f32; o * geo.g * p] } else { Vec::new() };
         for (index, (n0, g)) in geo.blocks().enumerate() {
@@ -307,23 +347,38 @@ impl TwoParents for Saved {
                 &block[..o * l]
             };
             let dyb = MatRef::from_row_major_slice(dyb, o, l);
-            if w.is_some() {
+            if want_dw {
                 geo.im2col(self.input(), n0, g, &mut cols);
                 let xt = MatRef::from_row_major_slice(&cols[..k * l], k, l).transpose();
                 let accum = if index == 0 { Accum::Replace } else { Accum::Add };
-                product(&mut dw, accum, dyb, xt);
+                product(rows_of(&mut dw, dyb, xt), accum, dyb, xt);
             }
             if let Some(dx) = dx.as_mut() {
-                product(&mut cols[..k * l], Accum::Replace, self.weight().transpose(), dyb);
+                let wt = self.weight().transpose();
+                product(rows_of(&mut cols[..k * l], wt, dyb), Accum::Replace, wt, dyb);
                 let plane = geo.c * geo.h * geo.w;
                 geo.col2im(&cols[..k * l], g, &mut dx[n0 * plane..(n0 + g) * plane]);
             }
         }
+        (dx, want_dw.then_some(dw))
+    }
+}
+
+impl TwoParents for Saved {
+    fn backward(&self, dy: &FlexTensor, [x, w]: [Option<NodeId>; 2], grads: &mut Gradients) {
+        let geo = &self.geo;
+        let dy = contiguous(dy);
+        let dy = dy.as_slice::<f32>().expect("contiguous output gradient");
+        let (want_dx, want_dw) = (x.is_some(), w.is_some());
+        let (dx, dw) = match geo.winograd() {
+            true => winograd::backward(geo, self.input(), self.weights(), dy, want_dx, want_dw),
+            false => self.backward_by_columns(dy, want_dx, want_dw),
+        };
         if let (Some(id), Some(dx)) = (x, dx) {
             grads.register::<Flex>(id, tensor(dx, [geo.n, geo.c, geo.h, geo.w].into()));
         }
-        if let Some(id) = w {
-            grads.register::<Flex>(id, tensor(dw, [o, geo.c, geo.kh, geo.kw].into()));
+        if let (Some(id), Some(dw)) = (w, dw) {
+            grads.register::<Flex>(id, tensor(dw, [geo.o, geo.c, geo.kh, geo.kw].into()));
         }
     }
 }
@@ -347,12 +402,16 @@ mod tests {
 
     /// Stride 1 and 2, 3×3 and 1×1 and 2×3 kernels, padding none, symmetric and not, inputs not
     /// square; the first block sizes give one image per block, the last every image in one.
-    const CASES: [Case; 5] = [
+    /// The 3×3 kernels of stride 1 (the first and last two cases) go through Winograd's
+    /// transforms, with odd output sizes (tiles half outside) and padding of 0 to 2.
+    const CASES: [Case; 7] = [
         Case { shape: [5, 3, 7, 6], weight: [4, 3, 3, 3], stride: [1, 1], padding: (1, 1, 1, 1) },
         Case { shape: [5, 3, 7, 6], weight: [4, 3, 3, 3], stride: [2, 2], padding: (1, 1, 1, 1) },
         Case { shape: [4, 6, 5, 5], weight: [3, 6, 1, 1], stride: [2, 2], padding: (0, 0, 0, 0) },
         Case { shape: [3, 2, 6, 7], weight: [5, 2, 2, 3], stride: [1, 2], padding: (2, 0, 1, 1) },
         Case { shape: [3, 2, 4, 5], weight: [2, 2, 3, 3], stride: [3, 1], padding: (0, 2, 0, 0) },
+        Case { shape: [3, 4, 5, 8], weight: [6, 4, 3, 3], stride: [1, 1], padding: (0, 2, 1, 0) },
+        Case { shape: [2, 3, 9, 4], weight: [2, 3, 3, 3], stride: [1, 1], padding: (0, 0, 0, 0) },
     ];
 
     fn layer(case: &Case, device: &Device) -> Conv2d {
@@ -466,19 +525,25 @@ mod tests {
     }
 
     /// The products split their outputs, not their sums, and the blocks are added in order:
-    /// bit-identical results with one thread and with three.
+    /// bit-identical results with one thread and with three, through Winograd's transforms
+    /// (stride 1) and through the columns (stride 2).
     #[test]
     fn results_do_not_depend_on_the_thread_count() {
-        let case = Case {
-            shape: [6, 8, 9, 9],
-            weight: [16, 8, 3, 3],
-            stride: [1, 1],
-            padding: (1, 1, 1, 1),
-        };
-        let on = |threads| on_threads(threads, || run(&case, true, fused(100)));
-        let (one, three) = (on(1), on(3));
-        for (k, name) in ["y", "∂W", "∂x"].iter().enumerate() {
-            assert!(one[k] == three[k], "{name} differs between one thread and three");
+        for stride in [1, 2] {
+            let case = Case {
+                shape: [6, 8, 9, 9],
+                weight: [16, 8, 3, 3],
+                stride: [stride, stride],
+                padding: (1, 1, 1, 1),
+            };
+            let on = |threads| on_threads(threads, || run(&case, true, fused(100)));
+            let (one, three) = (on(1), on(3));
+            for (k, name) in ["y", "∂W", "∂x"].iter().enumerate() {
+                assert!(
+                    one[k] == three[k],
+                    "stride {stride}: {name} differs between thread counts"
+                );
+            }
         }
     }
 
