@@ -33,13 +33,12 @@ use burn::nn::PaddingConfig2d;
 use burn::nn::conv::Conv2d;
 use burn::tensor::{DType, Tensor};
 use burn_flex::FlexTensor;
-use faer::linalg::matmul::matmul;
-use faer::{Accum, MatMut, MatRef, Par};
+use faer::{Accum, MatMut, MatRef};
 use rayon::prelude::*;
 
 mod winograd;
 
-use crate::flex::{TwoParentOp, TwoParents, contiguous, record, tensor};
+use crate::flex::{TwoParentOp, TwoParents, contiguous, product, record, tensor};
 
 /// About this many columns (output positions of whole images) per block of the products.
 const BLOCK_COLUMNS: usize = 2048;
@@ -243,11 +242,6 @@ fn flex_infer(layer: &Conv2d, x: &Tensor<4>) -> Option<Tensor<4>> {
     let x = x.clone().try_into_primitive::<Flex>().ok()?;
     let w = layer.weight.val().try_into_primitive::<Flex>().ok()?;
     Some(Tensor::from_primitive::<Flex>(Saved::new(layer, &x, &w, None)?.forward()))
-}
-
-/// `dst ← lhs rhs` (or `dst + lhs rhs`) on rayon's threads.
-fn product(dst: MatMut<'_, f32>, accum: Accum, lhs: MatRef<'_, f32>, rhs: MatRef<'_, f32>) {
-    matmul(dst, accum, lhs, rhs, 1.0, Par::rayon(0));
 }
 
 /// `dst` (row-major) as the matrix with `lhs`'s rows and `rhs`'s columns.

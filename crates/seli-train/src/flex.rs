@@ -1,5 +1,6 @@
 //! Reading and writing the tensors of burn's flex backend (the CPU) directly, for the fused
-//! operations of [`linear`](crate::linear), [`norm`](crate::norm) and [`optim`](crate::optim).
+//! operations of [`linear`](crate::linear), [`conv`](crate::conv), [`norm`](crate::norm) and
+//! [`optim`](crate::optim), and the matrix products of the first two.
 
 use std::borrow::Cow;
 
@@ -14,6 +15,8 @@ use burn::backend::autodiff::ops::{Backward, NodeGuard, Ops, OpsKind};
 use burn::backend::{Autodiff, Flex};
 use burn::tensor::{Bytes, DType, Shape, Tensor};
 use burn_flex::{FlexTensor, Layout};
+use faer::linalg::matmul::matmul;
+use faer::{Accum, MatMut, MatRef, Par};
 
 /// The f32 tensor's values in row-major order (copied only when it is not contiguous).
 pub(crate) fn values(t: &FlexTensor) -> Cow<'_, [f32]> {
@@ -44,6 +47,59 @@ pub(crate) fn contiguous(t: &FlexTensor) -> FlexTensor {
     match t.as_slice::<f32>() {
         Some(_) => t.clone(),
         None => tensor(values(t).into_owned(), t.layout().shape().clone()),
+    }
+}
+
+/// Products smaller than this many multiply-adds run on the calling thread alone.
+const SPLIT_MIN_WORK: usize = 1 << 18;
+
+/// `dst ← lhs rhs` (or `dst + lhs rhs`) on rayon's threads, for the fused operations of
+/// [`linear`](crate::linear) and [`conv`](crate::conv). The output is cut along its longer side
+/// into one piece per thread (multiples of 16 rows or columns), each piece one sequential faer
+/// product: on two cores this ran the MLP's products at 250–260 GFLOP/s against 220–235 for
+/// faer's own parallel split. Each entry is one sequential sum over the inner dimension,
+/// whatever the pieces: results do not depend on the thread count.
+pub(crate) fn product(
+    dst: MatMut<'_, f32>,
+    accum: Accum,
+    lhs: MatRef<'_, f32>,
+    rhs: MatRef<'_, f32>,
+) {
+    let work = dst.nrows() * dst.ncols() * lhs.ncols();
+    let parts = if work < SPLIT_MIN_WORK { 1 } else { rayon::current_num_threads() };
+    split_product(dst, accum, lhs, rhs, parts);
+}
+
+fn split_product(
+    dst: MatMut<'_, f32>,
+    accum: Accum,
+    lhs: MatRef<'_, f32>,
+    rhs: MatRef<'_, f32>,
+    parts: usize,
+) {
+    let (rows, cols) = (dst.nrows(), dst.ncols());
+    let long = rows.max(cols);
+    // The first piece: `first` of the `parts` shares, rounded to 16.
+    let first = parts / 2;
+    let cut = (long * first / parts.max(1)).div_ceil(16) * 16;
+    if parts < 2 || cut == 0 || cut >= long {
+        return matmul(dst, accum, lhs, rhs, 1.0, Par::Seq);
+    }
+    let rest = parts - first;
+    if rows >= cols {
+        let (top, bottom) = dst.split_at_row_mut(cut);
+        let (upper, lower) = lhs.split_at_row(cut);
+        rayon::join(
+            || split_product(top, accum, upper, rhs, first),
+            || split_product(bottom, accum, lower, rhs, rest),
+        );
+    } else {
+        let (left, right) = dst.split_at_col_mut(cut);
+        let (front, back) = rhs.split_at_col(cut);
+        rayon::join(
+            || split_product(left, accum, lhs, front, first),
+            || split_product(right, accum, lhs, back, rest),
+        );
     }
 }
 
@@ -129,5 +185,45 @@ pub(crate) mod testing {
     /// `f` on a pool of `threads` threads.
     pub(crate) fn on_threads<T: Send>(threads: usize, f: impl FnOnce() -> T + Send) -> T {
         rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap().install(f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use faer::Mat;
+
+    use super::testing::{on_threads, seq};
+    use super::*;
+
+    /// The split product equals faer's sequential one entry for entry (each entry one
+    /// sequential sum whatever the pieces), for tall and wide outputs, sizes not multiples of
+    /// 16, transposed views, replacing and accumulating, on 1 to 5 threads; and equals the
+    /// definition `Σ_l lhs[i, l] rhs[l, j]` in f64 to rounding.
+    #[test]
+    fn split_products_equal_the_sequential_product() {
+        for (m, k, n) in [(300, 70, 45), (37, 90, 260), (129, 129, 129), (5, 7, 3)] {
+            let (av, bv) = (seq(m * k, 0.3), seq(n * k, 0.7));
+            let a = Mat::<f32>::from_fn(m, k, |i, j| av[i * k + j]);
+            let bt = Mat::<f32>::from_fn(n, k, |i, j| bv[i * k + j]);
+            let (lhs, rhs) = (a.as_ref(), bt.as_ref().transpose());
+            let start = Mat::<f32>::from_fn(m, n, |i, j| (i as f32 - j as f32) * 0.01);
+            for accum in [Accum::Replace, Accum::Add] {
+                let mut want = start.clone();
+                matmul(want.as_mut(), accum, lhs, rhs, 1.0, Par::Seq);
+                for threads in 1..=5 {
+                    let mut got = start.clone();
+                    on_threads(threads, || product(got.as_mut(), accum, lhs, rhs));
+                    assert!(got == want, "{m}x{k}x{n}, {accum:?}, {threads} threads");
+                }
+                for (i, j) in [(0, 0), (m - 1, n - 1), (m / 2, n / 3)] {
+                    let sum: f64 =
+                        (0..k).map(|l| f64::from(lhs[(i, l)]) * f64::from(rhs[(l, j)])).sum();
+                    let base = if accum == Accum::Add { f64::from(start[(i, j)]) } else { 0.0 };
+                    let close =
+                        (f64::from(want[(i, j)]) - base - sum).abs() < 1e-4 * (1.0 + sum.abs());
+                    assert!(close, "{m}x{k}x{n} entry ({i}, {j})");
+                }
+            }
+        }
     }
 }

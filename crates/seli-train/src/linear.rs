@@ -19,8 +19,7 @@ use burn::backend::{Autodiff, Flex};
 use burn::nn::Linear;
 use burn::tensor::{DType, Tensor};
 use burn_flex::FlexTensor;
-use faer::linalg::matmul::matmul;
-use faer::{Accum, MatMut, MatRef, Par};
+use faer::{Accum, MatMut, MatRef};
 
 use crate::flex::{TwoParentOp, TwoParents, contiguous, record, tensor, values};
 
@@ -83,7 +82,7 @@ fn product(
     rhs: MatRef<'_, f32>,
 ) -> Vec<f32> {
     let (rows, cols) = (lhs.nrows(), rhs.ncols());
-    matmul(MatMut::from_row_major_slice_mut(dst, rows, cols), accum, lhs, rhs, 1.0, Par::rayon(0));
+    crate::flex::product(MatMut::from_row_major_slice_mut(dst, rows, cols), accum, lhs, rhs);
     std::mem::take(dst)
 }
 
