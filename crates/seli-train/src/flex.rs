@@ -50,6 +50,27 @@ pub(crate) fn contiguous(t: &FlexTensor) -> FlexTensor {
     }
 }
 
+/// `f()` compiled for AVX-512 where the processor has it, else for the build's baseline (SSE2):
+/// for the element-wise loops of the fused operations, which the compiler then vectorizes 16
+/// f32 or 8 f64 wide instead of 4 or 2. The results are the same either way: the loops are
+/// vectorized across independent entries (no sum is reordered) and no multiply and add are
+/// fused into one rounding.
+#[inline(always)]
+pub(crate) fn vectorized<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx512f")]
+        fn wide<R>(f: impl FnOnce() -> R) -> R {
+            f()
+        }
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the processor has the one feature `wide` is compiled for.
+            return unsafe { wide(f) };
+        }
+    }
+    f()
+}
+
 /// Products smaller than this many multiply-adds run on the calling thread alone.
 const SPLIT_MIN_WORK: usize = 1 << 18;
 
@@ -194,6 +215,32 @@ mod tests {
 
     use super::testing::{on_threads, seq};
     use super::*;
+
+    /// The loops of batch norm and the optimizer give the same bits compiled for AVX-512 (where
+    /// this processor has it) as for the baseline: an affine map in f32 and running f64 sums
+    /// across channels, as in `norm`.
+    #[test]
+    fn vectorized_loops_give_the_baseline_bits() {
+        let (x, z) = (seq(4096, 0.37), seq(4096, 0.91));
+        let loops = || {
+            let (mut s1, mut s2) = (vec![0.0f64; 64], vec![0.0f64; 64]);
+            let mut out = vec![0.0f32; x.len()];
+            for ((o, xr), zr) in out.chunks_exact_mut(64).zip(x.chunks_exact(64)).zip(z.chunks(64))
+            {
+                for (j, ((o, &u), &v)) in o.iter_mut().zip(xr).zip(zr).enumerate() {
+                    *o = 1.7 * u + 0.3 * v - 0.2;
+                    let d = f64::from(u) - 0.1;
+                    s1[j] += d;
+                    s2[j] += d * f64::from(v);
+                }
+            }
+            (out, s1, s2)
+        };
+        let (wide, plain) = (vectorized(loops), loops());
+        assert!(wide.0.iter().zip(&plain.0).all(|(a, b)| a.to_bits() == b.to_bits()));
+        assert!(wide.1.iter().zip(&plain.1).all(|(a, b)| a.to_bits() == b.to_bits()));
+        assert!(wide.2.iter().zip(&plain.2).all(|(a, b)| a.to_bits() == b.to_bits()));
+    }
 
     /// The split product equals faer's sequential one entry for entry (each entry one
     /// sequential sum whatever the pieces), for tall and wide outputs, sizes not multiples of

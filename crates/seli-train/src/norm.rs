@@ -30,7 +30,7 @@ use burn::tensor::{DType, Shape, Tensor, TensorData};
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
-use crate::flex::{contiguous, record, tensor, values};
+use crate::flex::{contiguous, record, tensor, values, vectorized};
 
 /// `bn` applied to `x` (`[N, C, ...]`): the fused training step when `x` is a tracked f32 tensor
 /// of the flex backend and `bn` is in training mode, burn's [`BatchNorm::forward`] otherwise.
@@ -172,11 +172,13 @@ fn channel_sums(
         .par_chunks(part)
         .zip(y.par_chunks(part))
         .map(|(xp, yp)| {
-            let (mut a, mut b) = (vec![0.0f64; c], vec![0.0f64; c]);
-            for (xr, yr) in xp.chunks_exact(width).zip(yp.chunks_exact(width)) {
-                row(xr, yr, &mut a, &mut b);
-            }
-            (a, b)
+            vectorized(|| {
+                let (mut a, mut b) = (vec![0.0f64; c], vec![0.0f64; c]);
+                for (xr, yr) in xp.chunks_exact(width).zip(yp.chunks_exact(width)) {
+                    row(xr, yr, &mut a, &mut b);
+                }
+                (a, b)
+            })
         })
         .collect();
     let (mut a, mut b) = (vec![0.0f64; c], vec![0.0f64; c]);
@@ -199,42 +201,44 @@ fn affine(
     let mut out = vec![0.0f32; x.len()];
     let row = c * s;
     out.par_chunks_mut(row).enumerate().for_each(|(i, o)| {
-        let xr = &x[i * row..(i + 1) * row];
-        let zr = z.map(|(z, b)| (&z[i * row..(i + 1) * row], b));
-        // Channel j's coefficients on its stretch of `s` values; for s = 1 the loop runs
-        // across channels, element by element (vectorized).
-        match (zr, s) {
-            (Some((zr, b)), 1) => {
-                for ((((o, &u), &v), &a), (&b, &k)) in
-                    o.iter_mut().zip(xr).zip(zr).zip(a).zip(b.iter().zip(k))
-                {
-                    *o = a * u + b * v + k;
-                }
-            }
-            (None, 1) => {
-                for (((o, &u), &a), &k) in o.iter_mut().zip(xr).zip(a).zip(k) {
-                    *o = a * u + k;
-                }
-            }
-            (Some((zr, b)), _) => {
-                let stretches =
-                    o.chunks_exact_mut(s).zip(xr.chunks_exact(s)).zip(zr.chunks_exact(s));
-                for (j, ((o, xs), zs)) in stretches.enumerate() {
-                    let (a, b, k) = (a[j], b[j], k[j]);
-                    for ((o, &u), &v) in o.iter_mut().zip(xs).zip(zs) {
+        vectorized(|| {
+            let xr = &x[i * row..(i + 1) * row];
+            let zr = z.map(|(z, b)| (&z[i * row..(i + 1) * row], b));
+            // Channel j's coefficients on its stretch of `s` values; for s = 1 the loop runs
+            // across channels, element by element (vectorized).
+            match (zr, s) {
+                (Some((zr, b)), 1) => {
+                    for ((((o, &u), &v), &a), (&b, &k)) in
+                        o.iter_mut().zip(xr).zip(zr).zip(a).zip(b.iter().zip(k))
+                    {
                         *o = a * u + b * v + k;
                     }
                 }
-            }
-            (None, _) => {
-                for (j, (o, xs)) in o.chunks_exact_mut(s).zip(xr.chunks_exact(s)).enumerate() {
-                    let (a, k) = (a[j], k[j]);
-                    for (o, &u) in o.iter_mut().zip(xs) {
+                (None, 1) => {
+                    for (((o, &u), &a), &k) in o.iter_mut().zip(xr).zip(a).zip(k) {
                         *o = a * u + k;
                     }
                 }
+                (Some((zr, b)), _) => {
+                    let stretches =
+                        o.chunks_exact_mut(s).zip(xr.chunks_exact(s)).zip(zr.chunks_exact(s));
+                    for (j, ((o, xs), zs)) in stretches.enumerate() {
+                        let (a, b, k) = (a[j], b[j], k[j]);
+                        for ((o, &u), &v) in o.iter_mut().zip(xs).zip(zs) {
+                            *o = a * u + b * v + k;
+                        }
+                    }
+                }
+                (None, _) => {
+                    for (j, (o, xs)) in o.chunks_exact_mut(s).zip(xr.chunks_exact(s)).enumerate() {
+                        let (a, k) = (a[j], k[j]);
+                        for (o, &u) in o.iter_mut().zip(xs) {
+                            *o = a * u + k;
+                        }
+                    }
+                }
             }
-        }
+        })
     });
     out
 }

@@ -21,7 +21,7 @@ use burn::optim::{LearningRate, ModuleOptimizer, Optimizer, RecordState, StateSi
 use burn::tensor::{DType, Device, Tensor};
 use rayon::prelude::*;
 
-use crate::flex::{owned, tensor, values};
+use crate::flex::{owned, tensor, values, vectorized};
 
 /// SGD with momentum `momentum` and weight decay `weight_decay` (the `λ w` added to the
 /// gradient).
@@ -145,10 +145,12 @@ fn flex_step<const D: usize>(
         const CHUNK: usize = 1 << 14;
         ws.par_chunks_mut(CHUNK).zip(vs.par_chunks_mut(CHUNK)).zip(gs.par_chunks(CHUNK)).for_each(
             |((w, v), g)| {
-                for ((w, v), &g) in w.iter_mut().zip(v.iter_mut()).zip(g) {
-                    *v = mu * *v + g + wd * *w;
-                    *w -= lr * *v;
-                }
+                vectorized(|| {
+                    for ((w, v), &g) in w.iter_mut().zip(v.iter_mut()).zip(g) {
+                        *v = mu * *v + g + wd * *w;
+                        *w -= lr * *v;
+                    }
+                })
             },
         );
     }
