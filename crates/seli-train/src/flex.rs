@@ -77,8 +77,8 @@ const SPLIT_MIN_WORK: usize = 1 << 18;
 /// `dst ← lhs rhs` (or `dst + lhs rhs`) on rayon's threads, for the fused operations of
 /// [`linear`](crate::linear) and [`conv`](crate::conv). The output is cut along its longer side
 /// into one piece per thread (multiples of 16 rows or columns), each piece one sequential faer
-/// product: on two cores this ran the MLP's products at 250–260 GFLOP/s against 220–235 for
-/// faer's own parallel split. Each entry is one sequential sum over the inner dimension,
+/// product: on two cores `seli bench train` ran 3–10 % faster than with faer's own parallel
+/// split (README, "Training throughput"). Each entry is one sequential sum over the inner dimension,
 /// whatever the pieces: results do not depend on the thread count.
 pub(crate) fn product(
     dst: MatMut<'_, f32>,
