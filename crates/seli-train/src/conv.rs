@@ -10,10 +10,10 @@
 //! padding `p`, images are taken in blocks of `G` (`G` fixed by the shape, so that a block's
 //! products have about 2 048 columns), and:
 //!
-//! - 3×3 kernels of stride 1 with at least [`WINOGRAD_MIN_CHANNELS`] channels in and out
-//!   (thirteen of ResNet-18's twenty convolutions at width 64, all but the stem, and nearly all
-//!   of its arithmetic) go through Winograd's F(2×2, 3×3) ([`winograd`]): 16 products per pair
-//!   of channels and 2×2 outputs instead of 36;
+//! - 3×3 kernels of stride 1 with at least 64 channels in and out (`WINOGRAD_MIN_CHANNELS`;
+//!   thirteen of ResNet-18's twenty convolutions at width 64, all but the stem, and nearly all
+//!   of its arithmetic) go through Winograd's F(2×2, 3×3) (`conv/winograd.rs`): 16 products
+//!   per pair of channels and 2×2 outputs instead of 36;
 //! - the others lay the input patches of the block side by side as the columns of `X_G`
 //!   (`[K, G·P]`, `K = C·kh·kw`, `P = Ho·Wo`, `W` read as the matrix `[O, K]`): forward
 //!   `Y_G = W X_G`; backward `∂W = Σ_G ∂Y_G X_Gᵀ` and, only when `x` is tracked (not for the
