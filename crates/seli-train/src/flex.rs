@@ -71,7 +71,9 @@ pub(crate) fn vectorized<R>(f: impl FnOnce() -> R) -> R {
     f()
 }
 
-/// Products smaller than this many multiply-adds run on the calling thread alone.
+/// Products smaller than this many multiply-adds run on the calling thread alone; larger ones
+/// are cut into pieces of at least a quarter of this and 64 rows or columns (so that no piece
+/// falls to faer's kernels for tiny or one-row products, which may sum in another order).
 const SPLIT_MIN_WORK: usize = 1 << 18;
 
 /// `dst ← lhs rhs` (or `dst + lhs rhs`) on rayon's threads, for the fused operations of
@@ -87,8 +89,12 @@ pub(crate) fn product(
     rhs: MatRef<'_, f32>,
 ) {
     let work = dst.nrows() * dst.ncols() * lhs.ncols();
-    let parts = if work < SPLIT_MIN_WORK { 1 } else { rayon::current_num_threads() };
-    split_product(dst, accum, lhs, rhs, parts);
+    let long = dst.nrows().max(dst.ncols());
+    let parts = match work < SPLIT_MIN_WORK {
+        true => 1,
+        false => rayon::current_num_threads().min(long / 64).min(4 * work / SPLIT_MIN_WORK),
+    };
+    split_product(dst, accum, lhs, rhs, parts.max(1));
 }
 
 fn split_product(
@@ -244,11 +250,13 @@ mod tests {
 
     /// The split product equals faer's sequential one entry for entry (each entry one
     /// sequential sum whatever the pieces), for tall and wide outputs, sizes not multiples of
-    /// 16, transposed views, replacing and accumulating, on 1 to 5 threads; and equals the
-    /// definition `Σ_l lhs[i, l] rhs[l, j]` in f64 to rounding.
+    /// 16, an inner dimension past faer's blocks of 512, transposed views, replacing and
+    /// accumulating, on 1 to 5 and 16 threads; and equals the definition
+    /// `Σ_l lhs[i, l] rhs[l, j]` in f64 to rounding.
     #[test]
     fn split_products_equal_the_sequential_product() {
-        for (m, k, n) in [(300, 70, 45), (37, 90, 260), (129, 129, 129), (5, 7, 3)] {
+        let cases = [(300, 70, 45), (37, 90, 260), (129, 129, 129), (5, 7, 3), (150, 1100, 200)];
+        for (m, k, n) in cases {
             let (av, bv) = (seq(m * k, 0.3), seq(n * k, 0.7));
             let a = Mat::<f32>::from_fn(m, k, |i, j| av[i * k + j]);
             let bt = Mat::<f32>::from_fn(n, k, |i, j| bv[i * k + j]);
@@ -257,7 +265,7 @@ mod tests {
             for accum in [Accum::Replace, Accum::Add] {
                 let mut want = start.clone();
                 matmul(want.as_mut(), accum, lhs, rhs, 1.0, Par::Seq);
-                for threads in 1..=5 {
+                for threads in [1, 2, 3, 4, 5, 16] {
                     let mut got = start.clone();
                     on_threads(threads, || product(got.as_mut(), accum, lhs, rhs));
                     assert!(got == want, "{m}x{k}x{n}, {accum:?}, {threads} threads");
