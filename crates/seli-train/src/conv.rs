@@ -33,12 +33,12 @@ use burn::nn::PaddingConfig2d;
 use burn::nn::conv::Conv2d;
 use burn::tensor::{DType, Tensor};
 use burn_flex::FlexTensor;
-use faer::{Accum, MatMut, MatRef};
+use faer::{Accum, MatRef};
 use rayon::prelude::*;
 
 mod winograd;
 
-use crate::flex::{TwoParentOp, TwoParents, contiguous, product, record, tensor};
+use crate::flex::{TwoParentOp, TwoParents, contiguous, product, product_rows, record, tensor};
 
 /// About this many columns (output positions of whole images) per block of the products.
 const BLOCK_COLUMNS: usize = 2048;
@@ -244,11 +244,6 @@ fn flex_infer(layer: &Conv2d, x: &Tensor<4>) -> Option<Tensor<4>> {
     Some(Tensor::from_primitive::<Flex>(Saved::new(layer, &x, &w, None)?.forward()))
 }
 
-/// `dst` (row-major) as the matrix with `lhs`'s rows and `rhs`'s columns.
-fn rows_of<'a>(dst: &'a mut [f32], lhs: MatRef<'_, f32>, rhs: MatRef<'_, f32>) -> MatMut<'a, f32> {
-    MatMut::from_row_major_slice_mut(dst, lhs.nrows(), rhs.ncols())
-}
-
 /// What the backward pass needs: the input, the weight and the geometry.
 #[derive(Clone, Debug)]
 struct Saved {
@@ -305,14 +300,9 @@ impl Saved {
             let rhs = MatRef::from_row_major_slice(&cols[..k * l], k, l);
             let out = &mut y[n0 * o * p..(n0 + g) * o * p];
             if g == 1 {
-                product(rows_of(out, self.weight(), rhs), Accum::Replace, self.weight(), rhs);
+                product_rows(out, Accum::Replace, self.weight(), rhs);
             } else {
-                product(
-                    rows_of(&mut block[..o * l], self.weight(), rhs),
-                    Accum::Replace,
-                    self.weight(),
-                    rhs,
-                );
+                product_rows(&mut block[..o * l], Accum::Replace, self.weight(), rhs);
                 // Column block gi of row oc is image n0 + gi's output channel oc.
                 out.par_chunks_mut(p).enumerate().for_each(|(at, dst)| {
                     let (gi, oc) = (at / o, at % o);
@@ -355,11 +345,11 @@ impl Saved {
                 geo.im2col(self.input(), n0, g, &mut cols);
                 let xt = MatRef::from_row_major_slice(&cols[..k * l], k, l).transpose();
                 let accum = if index == 0 { Accum::Replace } else { Accum::Add };
-                product(rows_of(&mut dw, dyb, xt), accum, dyb, xt);
+                product_rows(&mut dw, accum, dyb, xt);
             }
             if let Some(dx) = dx.as_mut() {
                 let wt = self.weight().transpose();
-                product(rows_of(&mut cols[..k * l], wt, dyb), Accum::Replace, wt, dyb);
+                product_rows(&mut cols[..k * l], Accum::Replace, wt, dyb);
                 let plane = geo.c * geo.h * geo.w;
                 geo.col2im(&cols[..k * l], g, &mut dx[n0 * plane..(n0 + g) * plane]);
             }

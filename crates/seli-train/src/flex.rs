@@ -97,6 +97,16 @@ pub(crate) fn product(
     split_product(dst, accum, lhs, rhs, parts.max(1));
 }
 
+/// [`product`] into `dst` read as the row-major matrix with `lhs`'s rows and `rhs`'s columns.
+pub(crate) fn product_rows(
+    dst: &mut [f32],
+    accum: Accum,
+    lhs: MatRef<'_, f32>,
+    rhs: MatRef<'_, f32>,
+) {
+    product(MatMut::from_row_major_slice_mut(dst, lhs.nrows(), rhs.ncols()), accum, lhs, rhs);
+}
+
 fn split_product(
     dst: MatMut<'_, f32>,
     accum: Accum,

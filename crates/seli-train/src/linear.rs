@@ -19,7 +19,7 @@ use burn::backend::{Autodiff, Flex};
 use burn::nn::Linear;
 use burn::tensor::{DType, Tensor};
 use burn_flex::FlexTensor;
-use faer::{Accum, MatMut, MatRef};
+use faer::{Accum, MatRef};
 
 use crate::flex::{TwoParentOp, TwoParents, contiguous, record, tensor, values};
 
@@ -81,8 +81,7 @@ fn product(
     lhs: MatRef<'_, f32>,
     rhs: MatRef<'_, f32>,
 ) -> Vec<f32> {
-    let (rows, cols) = (lhs.nrows(), rhs.ncols());
-    crate::flex::product(MatMut::from_row_major_slice_mut(dst, rows, cols), accum, lhs, rhs);
+    crate::flex::product_rows(dst, accum, lhs, rhs);
     std::mem::take(dst)
 }
 

@@ -16,7 +16,7 @@
 use faer::{Accum, MatMut, MatRef};
 use rayon::prelude::*;
 
-use super::{Geometry, product, rows_of};
+use super::{Geometry, product, product_rows};
 
 /// `Bᵀ v` for a 4-vector.
 #[inline(always)]
@@ -68,16 +68,24 @@ impl Geometry {
         (self.ho.div_ceil(2), self.wo.div_ceil(2))
     }
 
-    /// Row `r` of the padded input of tile row `y` (`2y + r` counting the padding) into `dst`
-    /// (`2·tx + 2` columns, zero outside the input).
+    /// The input row that row `r` of tile row `y` reads (`2y + r` counting the padding), if
+    /// it is inside the input.
+    fn input_row(&self, y: usize, r: usize) -> Option<usize> {
+        (2 * y + r).checked_sub(self.ph).filter(|&v| v < self.h)
+    }
+
+    /// The columns of a padded row of `wp` columns that hold input (from `pw`, at most `w`).
+    fn input_columns(&self, wp: usize) -> std::ops::Range<usize> {
+        self.pw..(self.pw + self.w).min(wp).max(self.pw)
+    }
+
+    /// Row `r` of the padded input of tile row `y` into `dst` (`2·tx + 2` columns, zero
+    /// outside the input).
     fn padded_row(&self, plane: &[f32], y: usize, r: usize, dst: &mut [f32]) {
         dst.fill(0.0);
-        if let Some(row) = (2 * y + r).checked_sub(self.ph).filter(|&v| v < self.h) {
-            let src = &plane[row * self.w..][..self.w];
-            let end = (self.pw + self.w).min(dst.len());
-            if end > self.pw {
-                dst[self.pw..end].copy_from_slice(&src[..end - self.pw]);
-            }
+        if let Some(row) = self.input_row(y, r) {
+            let cols = self.input_columns(dst.len());
+            dst[cols.clone()].copy_from_slice(&plane[row * self.w..][..cols.len()]);
         }
     }
 
@@ -147,14 +155,11 @@ impl Geometry {
                     }
                 }
                 columns(&dt, &mut dd, wp, b);
+                let cols = self.input_columns(wp);
                 for (r, src) in dd.chunks_exact(wp).enumerate() {
-                    let Some(row) = (2 * y + r).checked_sub(self.ph).filter(|&v| v < self.h) else {
-                        continue;
-                    };
-                    let end = (self.pw + self.w).min(wp);
-                    if end > self.pw {
-                        let dst = &mut plane[row * self.w..][..end - self.pw];
-                        dst.iter_mut().zip(&src[self.pw..end]).for_each(|(d, s)| *d += s);
+                    if let Some(row) = self.input_row(y, r) {
+                        let dst = &mut plane[row * self.w..][..cols.len()];
+                        dst.iter_mut().zip(&src[cols.clone()]).for_each(|(d, s)| *d += s);
                     }
                 }
             }
@@ -310,6 +315,11 @@ fn entry(v: &[f32], xi: usize, rows: usize, t: usize) -> MatRef<'_, f32> {
     MatRef::from_row_major_slice_with_stride(&v[xi * t..], rows, t, 16 * t)
 }
 
+/// Entry `ξ` of the transformed kernels `U` (`[16][O][C]`) as the matrix `[O, C]`.
+fn kernel_entry(u: &[f32], xi: usize, o: usize, c: usize) -> MatRef<'_, f32> {
+    MatRef::from_row_major_slice(&u[xi * o * c..][..o * c], o, c)
+}
+
 /// [`entry`], writable. Built as the transpose of a column-major view: faer 0.24.4's
 /// `MatMut::from_row_major_slice_with_stride_mut` checks row-major bounds but lays the matrix
 /// out column-major (row stride 1), which writes outside the slice.
@@ -331,9 +341,8 @@ pub(super) fn forward(geo: &Geometry, x: &[f32], w: &[f32]) -> Vec<f32> {
         let t = g * ty * tx;
         geo.transform_input(x, n0, g, &mut v);
         for xi in 0..16 {
-            let ui = MatRef::from_row_major_slice(&u[xi * o * c..][..o * c], o, c);
             let dst = entry_mut(&mut m, xi, o, t);
-            product(dst, Accum::Replace, ui, entry(&v, xi, c, t));
+            product(dst, Accum::Replace, kernel_entry(&u, xi, o, c), entry(&v, xi, c, t));
         }
         geo.transform_output(&m, g, &mut y[n0 * o * p..(n0 + g) * o * p]);
     }
@@ -366,14 +375,14 @@ pub(super) fn backward(
             let accum = if index == 0 { Accum::Replace } else { Accum::Add };
             for xi in 0..16 {
                 let (lhs, rhs) = (entry(&dm, xi, o, t), entry(&v, xi, c, t).transpose());
-                product(rows_of(&mut du[xi * o * c..][..o * c], lhs, rhs), accum, lhs, rhs);
+                product_rows(&mut du[xi * o * c..][..o * c], accum, lhs, rhs);
             }
         }
         if let Some(dx) = dx.as_mut() {
             for xi in 0..16 {
-                let ui = MatRef::from_row_major_slice(&u[xi * o * c..][..o * c], o, c);
+                let ut = kernel_entry(&u, xi, o, c).transpose();
                 let dst = entry_mut(&mut v, xi, c, t);
-                product(dst, Accum::Replace, ui.transpose(), entry(&dm, xi, o, t));
+                product(dst, Accum::Replace, ut, entry(&dm, xi, o, t));
             }
             geo.transform_input_adjoint(&v, g, &mut dx[n0 * plane..(n0 + g) * plane]);
         }
