@@ -35,12 +35,62 @@ pub fn burn_device(device: Device) -> Result<burn::tensor::Device> {
 /// kernels would be injected into it and the calling thread put to sleep until the kernel ends:
 /// a wake-up and a sleep per tensor operation. From a pool thread the caller takes part and the
 /// other threads steal. GPU work stays on the calling thread.
+///
+/// Called from outside the pool (the CLI's `seli train` and `seli bench train`), the pool's
+/// other threads also stay awake while `f` runs ([`hot`]), as OpenMP's threads do under
+/// PyTorch: a rayon thread idle for a few tens of microseconds goes to sleep, and waking it
+/// takes about as long as half of one of the MLPs' products (on a two-core virtual machine a
+/// 128×512×512 product split in two took 190–210 µs with the other thread awake, 260–340 µs
+/// after 100–500 µs of one-thread work had let it sleep; `seli bench train`: MLPs +15–25 %,
+/// ResNet-18 +10–15 %). Called
+/// from a pool thread (a sweep's point), `f` just runs: the pool's threads are the sweep's.
 pub fn on_compute_threads<R: Send>(device: Device, f: impl FnOnce() -> R + Send) -> R {
     match device {
-        // `scope` runs its body on a pool thread (this one when it is already one).
-        Device::Cpu => rayon::scope(|_| f()),
-        Device::Cuda(_) => f(),
+        // `scope` runs its body on a pool thread.
+        Device::Cpu if rayon::current_thread_index().is_none() => rayon::scope(|_| hot(f)),
+        Device::Cpu | Device::Cuda(_) => f(),
     }
+}
+
+thread_local! {
+    /// Whether this thread is one of [`hot`]'s spinners.
+    static SPINNING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// `f()` on this pool thread with every other thread of the pool spinning meanwhile: each of
+/// them loops on [`rayon::yield_now`], which runs any job waiting in the pool (a product's
+/// other half, a kernel's chunk), until `f` returns or unwinds. The spinners are broadcast, one
+/// in each thread's own queue; the one of `f`'s thread, and any that lands on a thread already
+/// spinning (a nested call), returns at once, so no thread ever waits on itself.
+fn hot<R>(f: impl FnOnce() -> R) -> R {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    /// Sets the flag when dropped: on return and on unwinding alike.
+    struct Stop(Arc<AtomicBool>);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Release);
+        }
+    }
+
+    let stop = Stop(Arc::new(AtomicBool::new(false)));
+    let home = rayon::current_thread_index();
+    let spin = Arc::clone(&stop.0);
+    // One job in each thread's own queue: no thread can take another's.
+    rayon::spawn_broadcast(move |ctx| {
+        if Some(ctx.index()) == home || SPINNING.get() {
+            return;
+        }
+        SPINNING.set(true);
+        while !spin.load(Ordering::Acquire) {
+            if rayon::yield_now() != Some(rayon::Yield::Executed) {
+                std::hint::spin_loop();
+            }
+        }
+        SPINNING.set(false);
+    });
+    f()
 }
 
 #[cfg(not(feature = "cuda"))]
@@ -201,6 +251,48 @@ mod tests {
         // The kernels of a pool thread see the whole pool.
         let threads = on_compute_threads(Device::Cpu, rayon::current_num_threads);
         assert_eq!(threads, rayon::current_num_threads());
+    }
+
+    /// Whether each thread of the current pool is spinning; polled until `want` holds for all
+    /// but `home` (never spinning), for at most ten seconds.
+    fn spinning_becomes(want: bool, home: Option<usize>) -> bool {
+        let start = std::time::Instant::now();
+        while start.elapsed().as_secs() < 10 {
+            let states = rayon::broadcast(|ctx| (ctx.index(), SPINNING.get()));
+            if states.iter().all(|&(i, s)| if Some(i) == home { !s } else { s == want }) {
+                return true;
+            }
+            std::thread::yield_now();
+        }
+        false
+    }
+
+    /// The other threads spin while `f` runs and stop when it returns or panics; joins,
+    /// nested calls and spinners that land on `f`'s thread neither deadlock nor change results.
+    #[test]
+    fn the_other_threads_spin_while_cpu_work_runs() {
+        fn tree(depth: u32) -> u64 {
+            match depth {
+                0 => 1,
+                _ => {
+                    let (a, b) = rayon::join(|| tree(depth - 1), || hot(|| tree(depth - 1)));
+                    a + b
+                }
+            }
+        }
+        for threads in 1..=4 {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            pool.install(|| {
+                let home = rayon::current_thread_index();
+                let (up, sum) = hot(|| (spinning_becomes(true, home), tree(10)));
+                assert!(up || threads == 1, "{threads} threads: the others never spun");
+                assert_eq!(sum, 1 << 10, "{threads} threads");
+                assert!(spinning_becomes(false, None), "{threads} threads: spinners left behind");
+                let unwound = std::panic::catch_unwind(|| hot(|| panic!("inside")));
+                assert!(unwound.is_err());
+                assert!(spinning_becomes(false, None), "{threads} threads: left after a panic");
+            });
+        }
     }
 
     #[test]
