@@ -88,13 +88,18 @@ pub(crate) fn product(
     lhs: MatRef<'_, f32>,
     rhs: MatRef<'_, f32>,
 ) {
-    let work = dst.nrows() * dst.ncols() * lhs.ncols();
-    let long = dst.nrows().max(dst.ncols());
-    let parts = match work < SPLIT_MIN_WORK {
+    let parts = parts(dst.nrows(), dst.ncols(), lhs.ncols());
+    split_product(dst, accum, lhs, rhs, parts, Start::Values);
+}
+
+/// How many pieces [`product`] cuts an `m × n` output with inner dimension `k` into.
+fn parts(m: usize, n: usize, k: usize) -> usize {
+    let work = m * n * k;
+    match work < SPLIT_MIN_WORK {
         true => 1,
-        false => rayon::current_num_threads().min(long / 64).min(4 * work / SPLIT_MIN_WORK),
-    };
-    split_product(dst, accum, lhs, rhs, parts.max(1));
+        false => rayon::current_num_threads().min(m.max(n) / 64).min(4 * work / SPLIT_MIN_WORK),
+    }
+    .max(1)
 }
 
 /// [`product`] into `dst` read as the row-major matrix with `lhs`'s rows and `rhs`'s columns.
@@ -107,12 +112,46 @@ pub(crate) fn product_rows(
     product(MatMut::from_row_major_slice_mut(dst, lhs.nrows(), rhs.ncols()), accum, lhs, rhs);
 }
 
+/// `lhs rhs`, plus `row` on every row when given (a bias), in a new row-major buffer, split as
+/// [`product`] is. The buffer is not filled as a whole first (a pass over the output on one
+/// thread, about 3 % of an MLP's training step): each piece's thread writes its rows' start
+/// (zeros, or its part of `row`) just before its product overwrites or adds to them.
+pub(crate) fn product_new(
+    lhs: MatRef<'_, f32>,
+    rhs: MatRef<'_, f32>,
+    row: Option<&[f32]>,
+) -> Vec<f32> {
+    let (m, n) = (lhs.nrows(), rhs.ncols());
+    assert!(row.is_none_or(|r| r.len() == n), "a start row of {n} entries");
+    let mut out = Vec::<f32>::with_capacity(m * n);
+    // SAFETY: the view spans the `m n` entries of the buffer's capacity, row-major; the pieces
+    // are disjoint, and each is written through raw pointers before it is used.
+    let dst = unsafe { MatMut::from_raw_parts_mut(out.as_mut_ptr(), m, n, n as isize, 1) };
+    let start = Start::Fresh(row);
+    split_product(dst, Accum::Replace, lhs, rhs, parts(m, n, lhs.ncols()), start);
+    // SAFETY: every entry was written: started, then replaced by or added to the product.
+    unsafe { out.set_len(m * n) };
+    out
+}
+
+/// What a product's destination holds before it.
+#[derive(Clone, Copy)]
+enum Start<'a> {
+    /// Values (the caller's `Accum` says what to do with them).
+    Values,
+    /// Nothing yet, its columns unit-strided: each piece writes its rows' start first, zeros
+    /// (`None`, then replaced) or this row's entries (then added to).
+    Fresh(Option<&'a [f32]>),
+}
+
+/// The product cut into `parts` pieces.
 fn split_product(
     dst: MatMut<'_, f32>,
     accum: Accum,
     lhs: MatRef<'_, f32>,
     rhs: MatRef<'_, f32>,
     parts: usize,
+    start: Start<'_>,
 ) {
     let (rows, cols) = (dst.nrows(), dst.ncols());
     let long = rows.max(cols);
@@ -120,6 +159,22 @@ fn split_product(
     let first = parts / 2;
     let cut = (long * first / parts.max(1)).div_ceil(16) * 16;
     if parts < 2 || cut == 0 || cut >= long {
+        let accum = match start {
+            Start::Values => accum,
+            Start::Fresh(row) => {
+                assert_eq!(dst.col_stride(), 1, "a fresh product's rows are contiguous");
+                for i in 0..rows {
+                    let dst = dst.ptr_at_mut(i, 0);
+                    match row {
+                        // SAFETY: row `i` of the piece, `cols` entries in bounds and this
+                        // piece's alone; `r` has `cols` entries.
+                        Some(r) => unsafe { std::ptr::copy_nonoverlapping(r.as_ptr(), dst, cols) },
+                        None => unsafe { std::ptr::write_bytes(dst, 0, cols) },
+                    }
+                }
+                if row.is_some() { Accum::Add } else { Accum::Replace }
+            }
+        };
         return matmul(dst, accum, lhs, rhs, 1.0, Par::Seq);
     }
     let rest = parts - first;
@@ -127,15 +182,19 @@ fn split_product(
         let (top, bottom) = dst.split_at_row_mut(cut);
         let (upper, lower) = lhs.split_at_row(cut);
         rayon::join(
-            || split_product(top, accum, upper, rhs, first),
-            || split_product(bottom, accum, lower, rhs, rest),
+            || split_product(top, accum, upper, rhs, first, start),
+            || split_product(bottom, accum, lower, rhs, rest, start),
         );
     } else {
         let (left, right) = dst.split_at_col_mut(cut);
         let (front, back) = rhs.split_at_col(cut);
+        let (a, b) = match start {
+            Start::Fresh(Some(r)) => (Start::Fresh(Some(&r[..cut])), Start::Fresh(Some(&r[cut..]))),
+            other => (other, other),
+        };
         rayon::join(
-            || split_product(left, accum, lhs, front, first),
-            || split_product(right, accum, lhs, back, rest),
+            || split_product(left, accum, lhs, front, first, a),
+            || split_product(right, accum, lhs, back, rest, b),
         );
     }
 }
@@ -259,7 +318,8 @@ mod tests {
     }
 
     /// The split product equals faer's sequential one entry for entry (each entry one
-    /// sequential sum whatever the pieces), for tall and wide outputs, sizes not multiples of
+    /// sequential sum whatever the pieces), into a given matrix or a new buffer (started with
+    /// zeros or a repeated row), for tall and wide outputs, sizes not multiples of
     /// 16, an inner dimension past faer's blocks of 512, transposed views, replacing and
     /// accumulating, on 1 to 5 and 16 threads; and equals the definition
     /// `Σ_l lhs[i, l] rhs[l, j]` in f64 to rounding.
@@ -279,6 +339,16 @@ mod tests {
                     let mut got = start.clone();
                     on_threads(threads, || product(got.as_mut(), accum, lhs, rhs));
                     assert!(got == want, "{m}x{k}x{n}, {accum:?}, {threads} threads");
+                    // Into a new buffer: replaced from zeros, or added to a repeated row (the
+                    // first row of `start`).
+                    let row: Vec<f32> = (0..n).map(|j| start[(0, j)]).collect();
+                    let add = accum == Accum::Add;
+                    let fresh =
+                        on_threads(threads, || product_new(lhs, rhs, add.then_some(&row[..])));
+                    let mut want = Mat::<f32>::from_fn(m, n, |_, j| if add { row[j] } else { 0.0 });
+                    matmul(want.as_mut(), accum, lhs, rhs, 1.0, Par::Seq);
+                    let same = (0..m).all(|i| (0..n).all(|j| fresh[i * n + j] == want[(i, j)]));
+                    assert!(same, "{m}x{k}x{n}, new buffer, row {add}, {threads} threads");
                 }
                 for (i, j) in [(0, 0), (m - 1, n - 1), (m / 2, n / 3)] {
                     let sum: f64 =

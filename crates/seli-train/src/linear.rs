@@ -19,9 +19,9 @@ use burn::backend::{Autodiff, Flex};
 use burn::nn::Linear;
 use burn::tensor::{DType, Tensor};
 use burn_flex::FlexTensor;
-use faer::{Accum, MatRef};
+use faer::MatRef;
 
-use crate::flex::{TwoParentOp, TwoParents, contiguous, record, tensor, values};
+use crate::flex::{TwoParentOp, TwoParents, contiguous, product_new, record, tensor, values};
 
 /// `layer` applied to `x` (`[N, d_in]`): the fused step when `x` is a tracked f32 tensor of the
 /// flex backend, burn's [`Linear::forward`] otherwise.
@@ -56,33 +56,13 @@ fn flex_linear(layer: &Linear, x: &Tensor<2>) -> Option<Tensor<2>> {
     }
     let saved = Saved { x: contiguous(x.primitive()), w: contiguous(w.primitive()) };
     let (n, _, d_out) = saved.dims();
-    let y = match &b {
-        // Each row starts as the bias; the product is added onto it.
-        Some(b) => {
-            let b = values(b.primitive());
-            let mut y = Vec::with_capacity(n * d_out);
-            (0..n).for_each(|_| y.extend_from_slice(&b));
-            product(&mut y, Accum::Add, saved.input(), saved.weight())
-        }
-        None => product(&mut vec![0.0; n * d_out], Accum::Replace, saved.input(), saved.weight()),
-    };
+    let bias = b.as_ref().map(|b| values(b.primitive()));
+    let y = product_new(saved.input(), saved.weight(), bias.as_deref());
     let y = tensor(y, [n, d_out].into());
     Some(match b {
         Some(b) => record(WithBias, [x.node(), w.node(), b.node()], saved, y),
         None => record(TwoParentOp::new(), [x.node(), w.node()], saved, y),
     })
-}
-
-/// `dst ← lhs rhs` (or `dst + lhs rhs`), `dst` row-major with `lhs`'s rows and `rhs`'s
-/// columns, on rayon's threads; returns `dst`'s buffer.
-fn product(
-    dst: &mut Vec<f32>,
-    accum: Accum,
-    lhs: MatRef<'_, f32>,
-    rhs: MatRef<'_, f32>,
-) -> Vec<f32> {
-    crate::flex::product_rows(dst, accum, lhs, rhs);
-    std::mem::take(dst)
 }
 
 /// What the backward pass needs: the input and the weight.
@@ -120,13 +100,11 @@ impl TwoParents for Saved {
         let dys = values(dy);
         let g = MatRef::from_row_major_slice(&dys, n, d_out);
         if let Some(id) = x {
-            let dx =
-                product(&mut vec![0.0; n * d_in], Accum::Replace, g, self.weight().transpose());
+            let dx = product_new(g, self.weight().transpose(), None);
             grads.register::<Flex>(id, tensor(dx, [n, d_in].into()));
         }
         if let Some(id) = w {
-            let dw =
-                product(&mut vec![0.0; d_in * d_out], Accum::Replace, self.input().transpose(), g);
+            let dw = product_new(self.input().transpose(), g, None);
             grads.register::<Flex>(id, tensor(dw, [d_in, d_out].into()));
         }
     }
