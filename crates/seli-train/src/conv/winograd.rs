@@ -62,6 +62,9 @@ fn both<const I: usize, const J: usize>(
     std::array::from_fn(|r| f(std::array::from_fn(|s| cols[s][r])))
 }
 
+/// Kernels per block of [`Geometry::transform_weight`]'s parallel loop.
+const KERNEL_BLOCK: usize = 4096;
+
 impl Geometry {
     /// Tiles per image: rows and columns of 2×2 output blocks.
     pub(super) fn tiles(&self) -> (usize, usize) {
@@ -166,29 +169,37 @@ impl Geometry {
         });
     }
 
-    /// `U`: `[16][O][C]`, from the kernels `[O, C, 3, 3]`.
+    /// `U`: `[16][O][C]`, from the kernels `[O, C, 3, 3]`, blocks of kernels on rayon's
+    /// threads.
     fn transform_weight(&self, w: &[f32]) -> Vec<f32> {
-        let (o, c) = (self.o, self.c);
-        let mut u = vec![0.0f32; 16 * o * c];
-        for (oc, k) in w.chunks_exact(9).enumerate() {
-            let tile = both(std::array::from_fn(|r| std::array::from_fn(|s| k[r * 3 + s])), g);
-            for (xi, value) in tile.iter().flatten().enumerate() {
-                u[xi * o * c + oc] = *value;
-            }
+        let oc = self.o * self.c;
+        let mut u = vec![0.0f32; 16 * oc];
+        // Block `b` of every one of the 16 planes, for each block of kernels.
+        let mut blocks: Vec<Vec<&mut [f32]>> =
+            (0..oc.div_ceil(KERNEL_BLOCK)).map(|_| Vec::with_capacity(16)).collect();
+        for plane in u.chunks_mut(oc) {
+            plane.chunks_mut(KERNEL_BLOCK).zip(&mut blocks).for_each(|(c, b)| b.push(c));
         }
+        blocks.into_par_iter().zip(w.par_chunks(9 * KERNEL_BLOCK)).for_each(|(mut planes, ws)| {
+            for (i, k) in ws.chunks_exact(9).enumerate() {
+                let tile = both(std::array::from_fn(|r| std::array::from_fn(|s| k[r * 3 + s])), g);
+                for (plane, value) in planes.iter_mut().zip(tile.iter().flatten()) {
+                    plane[i] = *value;
+                }
+            }
+        });
         u
     }
 
-    /// `Gᵀ ∂U G` for every kernel: `[O, C, 3, 3]` from `du` (`[16][O][C]`).
+    /// `Gᵀ ∂U G` for every kernel: `[O, C, 3, 3]` from `du` (`[16][O][C]`), on rayon's threads.
     fn transform_weight_adjoint(&self, du: &[f32]) -> Vec<f32> {
         let oc = self.o * self.c;
-        (0..oc)
-            .flat_map(|i| {
-                let tile =
-                    std::array::from_fn(|r| std::array::from_fn(|s| du[(r * 4 + s) * oc + i]));
-                both(tile, gt).into_iter().flatten()
-            })
-            .collect()
+        let mut dw = vec![0.0f32; 9 * oc];
+        dw.par_chunks_mut(9).enumerate().for_each(|(i, k)| {
+            let tile = std::array::from_fn(|r| std::array::from_fn(|s| du[(r * 4 + s) * oc + i]));
+            k.iter_mut().zip(both(tile, gt).iter().flatten()).for_each(|(d, v)| *d = *v);
+        });
+        dw
     }
 
     /// `∂M` of a block (`[O][16][T]`) from the gradient of its outputs (`dy`, `[g, O, Ho, Wo]`):
