@@ -16,6 +16,11 @@ mod ufm;
 
 use std::process::ExitCode;
 
+/// Large freed blocks are kept for the next request of the same size (training steps allocate
+/// the same buffers every time): `seli_train::recycle`.
+#[global_allocator]
+static ALLOCATOR: seli_train::recycle::Recycling = seli_train::recycle::Recycling::new();
+
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 

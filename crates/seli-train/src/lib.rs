@@ -6,7 +6,8 @@
 //! SGD with momentum, weight decay and step decays, checkpoints and exact resume ([`run`]),
 //! and the geometry of the penultimate features and last layer ([`eval`]). On the CPU the
 //! convolutions ([`conv`]), linear layers ([`linear`]), batch norm ([`norm`]) and the optimizer ([`optim`]) take fused
-//! paths written here; on other devices they are burn's.
+//! paths written here; on other devices they are burn's. [`recycle`] is the `seli` binary's
+//! allocator, which keeps large freed blocks for the next training step.
 //!
 //! This crate holds the deep-learning framework so that `seli-core` (the math) and `seli-io`
 //! (the formats) stay free of it.
@@ -24,6 +25,7 @@ pub mod linear;
 pub mod model;
 pub mod norm;
 pub mod optim;
+pub mod recycle;
 pub mod run;
 pub mod ufm;
 
