@@ -37,7 +37,7 @@ pub fn burn_device(device: Device) -> Result<burn::tensor::Device> {
 /// other threads steal. GPU work stays on the calling thread.
 ///
 /// Called from outside the pool (the CLI's `seli train` and `seli bench train`), the pool's
-/// other threads also stay awake while `f` runs ([`hot`]), as OpenMP's threads do under
+/// other threads also stay awake while `f` runs (spinning on [`rayon::yield_now`]), as OpenMP's threads do under
 /// PyTorch: a rayon thread idle for a few tens of microseconds goes to sleep, and waking it
 /// takes about as long as half of one of the MLPs' products (on a two-core virtual machine a
 /// 128×512×512 product split in two took 190–210 µs with the other thread awake, 260–340 µs
