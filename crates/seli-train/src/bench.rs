@@ -44,7 +44,7 @@ pub fn training_throughput(
         let mut optim = SgdMomentum::new(0.9, 0.0).init();
         let loss_fn = CrossEntropyLossConfig::new().init(&device);
         let mut step = |net: Net| {
-            let loss = loss_fn.forward(net.forward(x.clone()), y.clone());
+            let loss = crate::loss::cross_entropy(&loss_fn, net.forward(x.clone()), y.clone());
             let grads = GradientsParams::from_grads(loss.backward(), &net);
             optim.step(0.01, net, grads)
         };

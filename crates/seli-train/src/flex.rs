@@ -1,6 +1,7 @@
 //! Reading and writing the tensors of burn's flex backend (the CPU) directly, for the fused
-//! operations of [`linear`](crate::linear), [`conv`](crate::conv), [`norm`](crate::norm) and
-//! [`optim`](crate::optim), and the matrix products of the first two.
+//! operations of [`linear`](crate::linear), [`conv`](crate::conv), [`norm`](crate::norm),
+//! [`activation`](crate::activation), [`loss`](crate::loss) and [`optim`](crate::optim), and
+//! the matrix products of the first two.
 
 use std::borrow::Cow;
 
@@ -243,6 +244,33 @@ impl<S: TwoParents> Backward<Flex, 2> for TwoParentOp<S> {
     fn backward(self, ops: Ops<S, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
         let dy: FlexTensor = grads.consume::<Flex>(&ops.node);
         ops.state.backward(&dy, ops.parents.map(|p| p.map(|node| node.id)), grads);
+    }
+}
+
+/// What an operation with one parent keeps for its backward pass.
+pub(crate) trait OneParent: Clone + Send + Debug + 'static {
+    /// The gradient of the parent, given `dy`, the gradient of the output.
+    fn backward(self, dy: FlexTensor) -> FlexTensor;
+}
+
+/// The operation whose backward pass is its state's ([`OneParent`]).
+#[derive(Debug)]
+pub(crate) struct OneParentOp<S>(PhantomData<S>);
+
+impl<S> OneParentOp<S> {
+    pub(crate) fn new() -> Self {
+        OneParentOp(PhantomData)
+    }
+}
+
+impl<S: OneParent> Backward<Flex, 1> for OneParentOp<S> {
+    type State = S;
+
+    fn backward(self, ops: Ops<S, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let dy: FlexTensor = grads.consume::<Flex>(&ops.node);
+        if let [Some(node)] = ops.parents {
+            grads.register::<Flex>(node.id, ops.state.backward(dy));
+        }
     }
 }
 

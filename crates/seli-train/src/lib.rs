@@ -5,7 +5,8 @@
 //! MLP and a CIFAR-style ResNet-18 ([`model`]) built on burn's pure-Rust `flex` CPU backend,
 //! SGD with momentum, weight decay and step decays, checkpoints and exact resume ([`run`]),
 //! and the geometry of the penultimate features and last layer ([`eval`]). On the CPU the
-//! convolutions ([`conv`]), linear layers ([`linear`]), batch norm ([`norm`]) and the optimizer ([`optim`]) take fused
+//! convolutions ([`conv`]), linear layers ([`linear`]), batch norm ([`norm`]), the activation
+//! ([`activation`]), the loss ([`loss`]) and the optimizer ([`optim`]) take fused
 //! paths written here; on other devices they are burn's. [`recycle`] is the `seli` binary's
 //! allocator, which keeps large freed blocks for the next training step.
 //!
@@ -13,6 +14,7 @@
 //! (the formats) stay free of it.
 #![warn(missing_docs)]
 
+pub mod activation;
 pub mod bench;
 pub mod config;
 pub mod conv;
@@ -22,6 +24,7 @@ pub mod error;
 pub mod eval;
 mod flex;
 pub mod linear;
+pub mod loss;
 pub mod model;
 pub mod norm;
 pub mod optim;

@@ -1,11 +1,11 @@
 //! The networks: an MLP and a CIFAR-style ResNet-18, each split into a feature extractor
 //! (everything up to the penultimate layer) and a linear classifier, bias-free by default.
 
+use crate::activation::relu;
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId, RunningState};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::pool::{AdaptiveAvgPool2d, AdaptiveAvgPool2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig, PaddingConfig2d};
-use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 
 use crate::config::{ModelConfig, ModelKind};

@@ -230,7 +230,7 @@ impl Solver for Epochs<'_, '_> {
                     t.apply(logits.clone(), &labels, &self.device)
                 }
             };
-            let loss = self.loss_fn.forward(u, y.clone());
+            let loss = crate::loss::cross_entropy(&self.loss_fn, u, y.clone());
             let value = f64::from(loss.clone().into_scalar::<f32>());
             if !value.is_finite() {
                 return Err(seli_core::Error::Diverged {
