@@ -72,6 +72,24 @@ pub(crate) fn vectorized<R>(f: impl FnOnce() -> R) -> R {
     f()
 }
 
+/// `vzeroupper`: marks the upper halves of the vector registers clean after faer's AVX-512
+/// kernels, which leave them dirty; until then every instruction of code compiled for the
+/// baseline (SSE) pays a transition penalty.
+#[inline]
+pub(crate) fn clean_upper_state() {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx")]
+        fn zero_upper() {
+            std::arch::x86_64::_mm256_zeroupper();
+        }
+        if std::arch::is_x86_feature_detected!("avx") {
+            // SAFETY: the processor has the one feature `zero_upper` is compiled for.
+            unsafe { zero_upper() };
+        }
+    }
+}
+
 /// Products smaller than this many multiply-adds run on the calling thread alone; larger ones
 /// are cut into pieces of at least a quarter of this and 64 rows or columns (so that no piece
 /// falls to faer's kernels for tiny or one-row products, which may sum in another order).
@@ -182,7 +200,9 @@ fn split_product(
                 Accum::Add
             }
         };
-        return matmul(dst, accum, lhs, rhs, 1.0, Par::Seq);
+        matmul(dst, accum, lhs, rhs, 1.0, Par::Seq);
+        clean_upper_state();
+        return;
     }
     let rest = parts - first;
     if rows >= cols {
