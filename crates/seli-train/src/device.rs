@@ -37,13 +37,13 @@ pub fn burn_device(device: Device) -> Result<burn::tensor::Device> {
 /// other threads steal. GPU work stays on the calling thread.
 ///
 /// Called from outside the pool (the CLI's `seli train` and `seli bench train`), the pool's
-/// other threads also stay awake while `f` runs (spinning on [`rayon::yield_now`]), as OpenMP's threads do under
-/// PyTorch: a rayon thread idle for a few tens of microseconds goes to sleep, and waking it
-/// takes about as long as half of one of the MLPs' products (on a two-core virtual machine a
-/// 128×512×512 product split in two took 190–210 µs with the other thread awake, 260–340 µs
-/// after 100–500 µs of one-thread work had let it sleep; `seli bench train`: MLPs +15–25 %,
-/// ResNet-18 +10–15 %). Called
-/// from a pool thread (a sweep's point), `f` just runs: the pool's threads are the sweep's.
+/// other threads also stay awake while `f` runs, spinning on [`rayon::yield_now`] as OpenMP's
+/// threads do under PyTorch: a rayon thread idle for a few tens of microseconds goes to sleep,
+/// and waking it takes about as long as half of one of the MLPs' products (on a two-core
+/// virtual machine a 128×512×512 product split in two took 190–210 µs with the other thread
+/// awake, 260–340 µs after 100–500 µs of one-thread work had let it sleep; `seli bench train`:
+/// MLPs +15–25 %, ResNet-18 +10–15 %). Called from a pool thread (a sweep's point), `f` just
+/// runs: the pool's threads are the sweep's.
 pub fn on_compute_threads<R: Send>(device: Device, f: impl FnOnce() -> R + Send) -> R {
     match device {
         // `scope` runs its body on a pool thread.
