@@ -15,7 +15,7 @@ use burn::tensor::{DType, Tensor};
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
-use crate::flex::{OneParent, OneParentOp, owned, record, tensor, values, vectorized};
+use crate::flex::{OneParent, OneParentOp, owned, record, tensor, values, vectorized, zeros};
 
 /// Entries per chunk of the parallel loops.
 const CHUNK: usize = 1 << 14;
@@ -37,7 +37,7 @@ fn flex_relu<const D: usize>(x: &Tensor<D>) -> Option<Tensor<D>> {
         return None;
     }
     let xs = values(x.primitive());
-    let mut y = vec![0.0f32; xs.len()];
+    let mut y = zeros(xs.len());
     y.par_chunks_mut(CHUNK).zip(xs.par_chunks(CHUNK)).for_each(|(y, x)| {
         vectorized(|| {
             for (y, &v) in y.iter_mut().zip(x) {

@@ -38,7 +38,9 @@ use rayon::prelude::*;
 
 mod winograd;
 
-use crate::flex::{TwoParentOp, TwoParents, contiguous, product, product_rows, record, tensor};
+use crate::flex::{
+    TwoParentOp, TwoParents, contiguous, product, product_rows, record, tensor, zeros,
+};
 
 /// About this many columns (output positions of whole images) per block of the products.
 const BLOCK_COLUMNS: usize = 2048;
@@ -291,9 +293,9 @@ impl Saved {
     fn forward_by_columns(&self) -> Vec<f32> {
         let geo = &self.geo;
         let (o, k, p) = (geo.o, geo.k(), geo.p());
-        let mut y = vec![0.0f32; geo.n * o * p];
-        let mut cols = vec![0.0f32; k * geo.g * p];
-        let mut block = if geo.g > 1 { vec![0.0f32; o * geo.g * p] } else { Vec::new() };
+        let mut y = zeros(geo.n * o * p);
+        let mut cols = zeros(k * geo.g * p);
+        let mut block = if geo.g > 1 { zeros(o * geo.g * p) } else { Vec::new() };
         for (n0, g) in geo.blocks() {
             let l = g * p;
             geo.im2col(self.input(), n0, g, &mut cols);
@@ -323,9 +325,9 @@ impl Saved {
         let geo = &self.geo;
         let (o, k, p) = (geo.o, geo.k(), geo.p());
         let mut dw = vec![0.0f32; o * k];
-        let mut dx = want_dx.then(|| vec![0.0f32; geo.n * geo.c * geo.h * geo.w]);
-        let mut cols = vec![0.0f32; k * geo.g * p];
-        let mut block = if geo.g > 1 { vec![0.0f32; o * geo.g * p] } else { Vec::new() };
+        let mut dx = want_dx.then(|| zeros(geo.n * geo.c * geo.h * geo.w));
+        let mut cols = zeros(k * geo.g * p);
+        let mut block = if geo.g > 1 { zeros(o * geo.g * p) } else { Vec::new() };
         for (index, (n0, g)) in geo.blocks().enumerate() {
             let l = g * p;
             let dyb = &dy[n0 * o * p..(n0 + g) * o * p];

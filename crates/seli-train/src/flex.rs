@@ -18,6 +18,7 @@ use burn::tensor::{Bytes, DType, Shape, Tensor};
 use burn_flex::{FlexTensor, Layout};
 use faer::linalg::matmul::matmul;
 use faer::{Accum, MatMut, MatRef, Par};
+use rayon::prelude::*;
 
 /// The f32 tensor's values in row-major order (copied only when it is not contiguous).
 pub(crate) fn values(t: &FlexTensor) -> Cow<'_, [f32]> {
@@ -30,6 +31,23 @@ pub(crate) fn values(t: &FlexTensor) -> Cow<'_, [f32]> {
 /// A contiguous f32 tensor holding `v` (its buffer, without a copy).
 pub(crate) fn tensor(v: Vec<f32>, shape: Shape) -> FlexTensor {
     FlexTensor::new(Bytes::from_elems(v), Layout::contiguous(shape), DType::F32)
+}
+
+/// `len` zeros, written on rayon's threads when there are many: the fused operations' large
+/// buffers (activations of tens of MB in ResNet-18), which the allocator hands back used, so
+/// zeroing them on one thread left the others idle (4–5 % of a ResNet-18 step).
+pub(crate) fn zeros(len: usize) -> Vec<f32> {
+    const CHUNK: usize = 1 << 15;
+    if len < 4 * CHUNK {
+        return vec![0.0; len];
+    }
+    let mut v = Vec::with_capacity(len);
+    v.spare_capacity_mut()[..len]
+        .par_chunks_mut(CHUNK)
+        .for_each(|c| c.fill(std::mem::MaybeUninit::new(0.0)));
+    // SAFETY: the first `len` entries were all written just above.
+    unsafe { v.set_len(len) };
+    v
 }
 
 /// A contiguous f32 tensor that the caller owns alone: `t` itself when it already is one, else
@@ -369,6 +387,19 @@ mod tests {
         assert!(wide.0.iter().zip(&plain.0).all(|(a, b)| a.to_bits() == b.to_bits()));
         assert!(wide.1.iter().zip(&plain.1).all(|(a, b)| a.to_bits() == b.to_bits()));
         assert!(wide.2.iter().zip(&plain.2).all(|(a, b)| a.to_bits() == b.to_bits()));
+    }
+
+    /// New zero buffers are zeros at every size, also where the allocator hands back a block
+    /// that held NaNs, on one thread and on three.
+    #[test]
+    fn new_zero_buffers_are_zero() {
+        for len in [0, 5, (1 << 17) - 1, 1 << 17, 300_007] {
+            for threads in [1, 3] {
+                drop(vec![f32::NAN; len]);
+                let v = on_threads(threads, || zeros(len));
+                assert!(v.len() == len && v.iter().all(|&x| x.to_bits() == 0), "{len} entries");
+            }
+        }
     }
 
     /// The split product equals faer's sequential one entry for entry (each entry one

@@ -30,7 +30,7 @@ use burn::tensor::{DType, Shape, Tensor, TensorData};
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
-use crate::flex::{contiguous, record, tensor, values, vectorized};
+use crate::flex::{contiguous, record, tensor, values, vectorized, zeros};
 
 /// `bn` applied to `x` (`[N, C, ...]`): the fused training step when `x` is a tracked f32 tensor
 /// of the flex backend and `bn` is in training mode, burn's [`BatchNorm::forward`] otherwise.
@@ -198,7 +198,7 @@ fn affine(
     a: &[f32],
     k: &[f32],
 ) -> Vec<f32> {
-    let mut out = vec![0.0f32; x.len()];
+    let mut out = zeros(x.len());
     let row = c * s;
     out.par_chunks_mut(row).enumerate().for_each(|(i, o)| {
         vectorized(|| {

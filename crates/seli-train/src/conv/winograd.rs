@@ -17,6 +17,7 @@ use faer::{Accum, MatMut, MatRef};
 use rayon::prelude::*;
 
 use super::{Geometry, product, product_rows};
+use crate::flex::zeros;
 
 /// `Bᵀ v` for a 4-vector.
 #[inline(always)]
@@ -173,7 +174,7 @@ impl Geometry {
     /// threads.
     fn transform_weight(&self, w: &[f32]) -> Vec<f32> {
         let oc = self.o * self.c;
-        let mut u = vec![0.0f32; 16 * oc];
+        let mut u = zeros(16 * oc);
         // Block `b` of every one of the 16 planes, for each block of kernels.
         let mut blocks: Vec<Vec<&mut [f32]>> =
             (0..oc.div_ceil(KERNEL_BLOCK)).map(|_| Vec::with_capacity(16)).collect();
@@ -194,7 +195,7 @@ impl Geometry {
     /// `Gᵀ ∂U G` for every kernel: `[O, C, 3, 3]` from `du` (`[16][O][C]`), on rayon's threads.
     fn transform_weight_adjoint(&self, du: &[f32]) -> Vec<f32> {
         let oc = self.o * self.c;
-        let mut dw = vec![0.0f32; 9 * oc];
+        let mut dw = zeros(9 * oc);
         dw.par_chunks_mut(9).enumerate().for_each(|(i, k)| {
             let tile = std::array::from_fn(|r| std::array::from_fn(|s| du[(r * 4 + s) * oc + i]));
             k.iter_mut().zip(both(tile, gt).iter().flatten()).for_each(|(d, v)| *d = *v);
@@ -345,9 +346,9 @@ pub(super) fn forward(geo: &Geometry, x: &[f32], w: &[f32]) -> Vec<f32> {
     let (ty, tx) = geo.tiles();
     let u = geo.transform_weight(w);
     let p = geo.ho * geo.wo;
-    let mut y = vec![0.0f32; geo.n * o * p];
-    let mut v = vec![0.0f32; c * 16 * geo.g * ty * tx];
-    let mut m = vec![0.0f32; o * 16 * geo.g * ty * tx];
+    let mut y = zeros(geo.n * o * p);
+    let mut v = zeros(c * 16 * geo.g * ty * tx);
+    let mut m = zeros(o * 16 * geo.g * ty * tx);
     for (n0, g) in geo.blocks() {
         let t = g * ty * tx;
         geo.transform_input(x, n0, g, &mut v);
@@ -374,10 +375,10 @@ pub(super) fn backward(
     let u = geo.transform_weight(w);
     let p = geo.ho * geo.wo;
     let plane = c * geo.h * geo.w;
-    let mut du = vec![0.0f32; 16 * o * c];
-    let mut dx = want_dx.then(|| vec![0.0f32; geo.n * plane]);
-    let mut v = vec![0.0f32; c * 16 * geo.g * ty * tx];
-    let mut dm = vec![0.0f32; o * 16 * geo.g * ty * tx];
+    let mut du = zeros(16 * o * c);
+    let mut dx = want_dx.then(|| zeros(geo.n * plane));
+    let mut v = zeros(c * 16 * geo.g * ty * tx);
+    let mut dm = zeros(o * 16 * geo.g * ty * tx);
     for (index, (n0, g)) in geo.blocks().enumerate() {
         let t = g * ty * tx;
         geo.transform_output_adjoint(&dy[n0 * o * p..(n0 + g) * o * p], g, &mut dm);
