@@ -6,9 +6,12 @@
 //! of more than 32 MB afresh and unmaps them when freed (its dynamic threshold stops there), so
 //! every step the kernel zeroes those pages again on first touch: 6–8 % of a ResNet-18 step
 //! (perf: `clear_page_erms` and page faults). [`Recycling`] keeps freed blocks of at least
-//! [`MIN_BLOCK`] bytes, up to [`SLOTS`] of them and [`MAX_KEPT`] bytes in all, and hands one back
-//! for the next request with the same size and alignment (zeroed when the request asks for
-//! zeros); everything else goes to the system allocator unchanged.
+//! [`MIN_BLOCK`] bytes, up to [`SLOTS`] of them and [`MAX_KEPT`] bytes in all (the oldest given
+//! back to the system first), and hands the newest one back for the next request with the same
+//! size and alignment (zeroed when the request asks for zeros); everything else goes to the
+//! system allocator unchanged. `seli bench train --mlp-steps 1 --resnet-steps 3`, three rounds
+//! in turn: ResNet-18 49.9, 50.4, 51.8 samples/s without it, 57.4, 57.6, 57.7 with; the MLPs,
+//! whose blocks glibc reuses itself, unchanged.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::Mutex;
