@@ -405,13 +405,17 @@ mod tests {
     /// The split product equals faer's sequential one entry for entry (each entry one
     /// sequential sum whatever the pieces), into a given matrix or a new buffer (started with
     /// zeros or a repeated row), for tall and wide outputs, sizes not multiples of
-    /// 16, an inner dimension past faer's blocks of 512, transposed views, replacing and
+    /// 16, an inner dimension past faer's blocks of 512, one row, one inner index or one column,
+    /// transposed views, replacing and
     /// accumulating, on 1 to 5 and 16 threads; and equals the definition
     /// `Σ_l lhs[i, l] rhs[l, j]` in f64 to rounding.
     #[test]
     fn split_products_equal_the_sequential_product() {
         let cases =
-            [(300, 70, 45), (37, 90, 260), (129, 129, 129), (5, 7, 3), (150, 1100, 200), (4, 0, 3)];
+            [(300, 70, 45), (37, 90, 260), (129, 129, 129), (5, 7, 3), (150, 1100, 200), (4, 0, 3)]
+                .into_iter()
+                // One row, one inner index, one column: faer's vector and rank-one paths.
+                .chain([(1, 300, 260), (300, 1, 260), (260, 300, 1)]);
         for (m, k, n) in cases {
             let (av, bv) = (seq(m * k, 0.3), seq(n * k, 0.7));
             let a = Mat::<f32>::from_fn(m, k, |i, j| av[i * k + j]);
@@ -434,10 +438,13 @@ mod tests {
                     drop(vec![f32::NAN; m * n]);
                     let fresh =
                         on_threads(threads, || product_new(lhs, rhs, add.then_some(&row[..])));
-                    let mut want = Mat::<f32>::from_fn(m, n, |_, j| if add { row[j] } else { 0.0 });
-                    matmul(want.as_mut(), accum, lhs, rhs, 1.0, Par::Seq);
-                    let same = (0..m).all(|i| (0..n).all(|j| fresh[i * n + j] == want[(i, j)]));
-                    assert!(same, "{m}x{k}x{n}, new buffer, row {add}, {threads} threads");
+                    // Against faer's sequential product into a row-major matrix, as the new
+                    // buffer is (faer's one-row paths sum in an order that follows the layout).
+                    let mut want: Vec<f32> =
+                        (0..m * n).map(|e| if add { row[e % n] } else { 0.0 }).collect();
+                    let view = MatMut::from_row_major_slice_mut(&mut want, m, n);
+                    matmul(view, accum, lhs, rhs, 1.0, Par::Seq);
+                    assert!(fresh == want, "{m}x{k}x{n}, new buffer, row {add}, {threads} threads");
                 }
                 for (i, j) in [(0, 0), (m - 1, n - 1), (m / 2, n / 3)] {
                     let sum: f64 =
