@@ -16,13 +16,13 @@ mod ufm;
 
 use std::process::ExitCode;
 
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
 /// Large freed blocks are kept for the next request of the same size (training steps allocate
 /// the same buffers every time): `seli_train::recycle`.
 #[global_allocator]
 static ALLOCATOR: seli_train::recycle::Recycling = seli_train::recycle::Recycling::new();
-
-use clap::{Parser, Subcommand};
-use tracing_subscriber::EnvFilter;
 
 /// SELI geometry of classifiers under class imbalance (Thrampoulidis et al., NeurIPS 2022).
 ///
