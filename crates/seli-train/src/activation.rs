@@ -15,7 +15,7 @@ use burn::tensor::{DType, Tensor};
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
-use crate::flex::{OneParent, OneParentOp, owned, record, tensor, values, vectorized, zeros};
+use crate::flex::{OneParent, OneParentOp, filled, owned, record, tensor, values, vectorized};
 
 /// Entries per chunk of the parallel loops.
 const CHUNK: usize = 1 << 14;
@@ -37,10 +37,9 @@ fn flex_relu<const D: usize>(x: &Tensor<D>) -> Option<Tensor<D>> {
         return None;
     }
     let xs = values(x.primitive());
-    let mut y = zeros(xs.len());
-    y.par_chunks_mut(CHUNK).zip(xs.par_chunks(CHUNK)).for_each(|(y, x)| {
+    let y = filled(xs.len(), CHUNK, |i, y| {
         vectorized(|| {
-            for (y, &v) in y.iter_mut().zip(x) {
+            for (y, &v) in y.iter_mut().zip(&xs[i * CHUNK..]) {
                 *y = if v <= 0.0 { 0.0 } else { v };
             }
         })

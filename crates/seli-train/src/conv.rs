@@ -39,7 +39,7 @@ use rayon::prelude::*;
 mod winograd;
 
 use crate::flex::{
-    TwoParentOp, TwoParents, contiguous, product, product_rows, record, tensor, zeros,
+    TwoParentOp, TwoParents, contiguous, grow, product, product_rows, record, tensor, zeros,
 };
 
 /// About this many columns (output positions of whole images) per block of the products.
@@ -168,11 +168,10 @@ impl Geometry {
             .for_each(|(index, plane)| self.col2im_plane(dcols, l, index, plane));
     }
 
-    /// Plane `index` (image `index / C`, channel `index % C`) of the block's input gradient,
-    /// from the column gradients `dcols` (`l` columns).
+    /// Adds onto plane `index` (image `index / C`, channel `index % C`) of the block's input
+    /// gradient its part of the column gradients `dcols` (`l` columns).
     fn col2im_plane(&self, dcols: &[f32], l: usize, index: usize, plane: &mut [f32]) {
         let (p, gi, c) = (self.p(), index / self.c, index % self.c);
-        plane.fill(0.0);
         for i in 0..self.kh {
             for j in 0..self.kw {
                 let row = (c * self.kh + i) * self.kw + j;
@@ -293,14 +292,14 @@ impl Saved {
     fn forward_by_columns(&self) -> Vec<f32> {
         let geo = &self.geo;
         let (o, k, p) = (geo.o, geo.k(), geo.p());
-        let mut y = zeros(geo.n * o * p);
+        let mut y = Vec::with_capacity(geo.n * o * p);
         let mut cols = zeros(k * geo.g * p);
         let mut block = if geo.g > 1 { zeros(o * geo.g * p) } else { Vec::new() };
         for (n0, g) in geo.blocks() {
             let l = g * p;
             geo.im2col(self.input(), n0, g, &mut cols);
             let rhs = MatRef::from_row_major_slice(&cols[..k * l], k, l);
-            let out = &mut y[n0 * o * p..(n0 + g) * o * p];
+            let out = grow(&mut y, o * l);
             if g == 1 {
                 product_rows(out, Accum::Replace, self.weight(), rhs);
             } else {
@@ -325,7 +324,8 @@ impl Saved {
         let geo = &self.geo;
         let (o, k, p) = (geo.o, geo.k(), geo.p());
         let mut dw = vec![0.0f32; o * k];
-        let mut dx = want_dx.then(|| zeros(geo.n * geo.c * geo.h * geo.w));
+        let plane = geo.c * geo.h * geo.w;
+        let mut dx = want_dx.then(|| Vec::with_capacity(geo.n * plane));
         let mut cols = zeros(k * geo.g * p);
         let mut block = if geo.g > 1 { zeros(o * geo.g * p) } else { Vec::new() };
         for (index, (n0, g)) in geo.blocks().enumerate() {
@@ -352,8 +352,8 @@ impl Saved {
             if let Some(dx) = dx.as_mut() {
                 let wt = self.weight().transpose();
                 product_rows(&mut cols[..k * l], Accum::Replace, wt, dyb);
-                let plane = geo.c * geo.h * geo.w;
-                geo.col2im(&cols[..k * l], g, &mut dx[n0 * plane..(n0 + g) * plane]);
+                // Zeroed block by block, just before `col2im` adds onto it.
+                geo.col2im(&cols[..k * l], g, grow(dx, g * plane));
             }
         }
         (dx, want_dw.then_some(dw))

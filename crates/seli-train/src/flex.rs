@@ -7,6 +7,7 @@ use std::borrow::Cow;
 
 use std::fmt::Debug;
 use std::marker::PhantomData;
+use std::mem::MaybeUninit;
 
 use burn::backend::autodiff::NodeId;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
@@ -37,15 +38,50 @@ pub(crate) fn tensor(v: Vec<f32>, shape: Shape) -> FlexTensor {
 /// buffers (activations of tens of MB in ResNet-18), which the allocator hands back used, so
 /// zeroing them on one thread left the others idle (4–5 % of a ResNet-18 step).
 pub(crate) fn zeros(len: usize) -> Vec<f32> {
-    const CHUNK: usize = 1 << 15;
-    if len < 4 * CHUNK {
-        return vec![0.0; len];
+    let mut v = Vec::new();
+    grow(&mut v, len);
+    v
+}
+
+/// Entries per chunk of [`grow`]'s zeroing.
+const ZERO_CHUNK: usize = 1 << 15;
+
+/// Appends `len` zeros to `v` (on rayon's threads when there are many) and returns them: for
+/// buffers filled block by block, each block zeroed just before it is written, while it still
+/// sits in the cache, instead of the whole buffer in one pass first.
+pub(crate) fn grow(v: &mut Vec<f32>, len: usize) -> &mut [f32] {
+    let start = v.len();
+    if len < 4 * ZERO_CHUNK {
+        v.resize(start + len, 0.0);
+    } else {
+        v.reserve(len);
+        v.spare_capacity_mut()[..len]
+            .par_chunks_mut(ZERO_CHUNK)
+            .for_each(|c| c.fill(MaybeUninit::new(0.0)));
+        // SAFETY: the `len` entries after the first `start` were all written just above.
+        unsafe { v.set_len(start + len) };
     }
+    &mut v[start..]
+}
+
+/// A new buffer of `len` entries cut into chunks of `chunk` (the last may be shorter), each
+/// zeroed and then handed to `fill` with its index, on rayon's threads: for outputs that `fill`
+/// overwrites, so that the zeros go to the cache just before the values do, instead of a whole
+/// pass over the buffer first (tens of MB in ResNet-18, about 4 % of its training step).
+pub(crate) fn filled(
+    len: usize,
+    chunk: usize,
+    fill: impl Fn(usize, &mut [f32]) + Sync + Send,
+) -> Vec<f32> {
     let mut v = Vec::with_capacity(len);
-    v.spare_capacity_mut()[..len]
-        .par_chunks_mut(CHUNK)
-        .for_each(|c| c.fill(std::mem::MaybeUninit::new(0.0)));
-    // SAFETY: the first `len` entries were all written just above.
+    v.spare_capacity_mut()[..len].par_chunks_mut(chunk.max(1)).enumerate().for_each(|(i, c)| {
+        c.fill(MaybeUninit::new(0.0));
+        // SAFETY: every entry of `c` was written just above, and `MaybeUninit<f32>` has the
+        // layout of `f32`.
+        let c = unsafe { &mut *(std::ptr::from_mut(c) as *mut [f32]) };
+        fill(i, c);
+    });
+    // SAFETY: the first `len` entries were all written above (each chunk zeroed).
     unsafe { v.set_len(len) };
     v
 }
@@ -390,14 +426,34 @@ mod tests {
     }
 
     /// New zero buffers are zeros at every size, also where the allocator hands back a block
-    /// that held NaNs, on one thread and on three.
+    /// that held NaNs, on one thread and on three; so are the entries [`grow`] appends (the
+    /// ones before kept) and those [`filled`]'s `fill` leaves alone, and `fill` gets every chunk
+    /// once with its index.
     #[test]
     fn new_zero_buffers_are_zero() {
+        let zero = |v: &[f32]| v.iter().all(|&x| x.to_bits() == 0);
         for len in [0, 5, (1 << 17) - 1, 1 << 17, 300_007] {
             for threads in [1, 3] {
                 drop(vec![f32::NAN; len]);
                 let v = on_threads(threads, || zeros(len));
-                assert!(v.len() == len && v.iter().all(|&x| x.to_bits() == 0), "{len} entries");
+                assert!(v.len() == len && zero(&v), "{len} entries");
+                drop(vec![f32::NAN; len + 7]);
+                let mut v = Vec::with_capacity(1);
+                v.extend([1.0f32, 2.0]);
+                let tail = on_threads(threads, || grow(&mut v, len)).len();
+                assert!(tail == len && v[..2] == [1.0, 2.0] && zero(&v[2..]), "grow {len}");
+                drop(vec![f32::NAN; len]);
+                let chunk = 1000;
+                let v = on_threads(threads, || {
+                    filled(len, chunk, |i, c| {
+                        assert!(zero(c) && c.len() == chunk.min(len - i * chunk));
+                        c[0] = i as f32 + 1.0;
+                    })
+                });
+                for (i, c) in v.chunks(chunk).enumerate() {
+                    assert!(c[0] == i as f32 + 1.0 && zero(&c[1..]), "filled {len}, chunk {i}");
+                }
+                assert_eq!(v.len(), len);
             }
         }
     }

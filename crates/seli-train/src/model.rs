@@ -12,7 +12,7 @@ use crate::config::{ModelConfig, ModelKind};
 use crate::conv::conv2d;
 use crate::error::Result;
 use crate::linear::linear;
-use crate::norm::batch_norm;
+use crate::norm::{batch_norm, batch_norm_relu};
 
 /// A hidden layer of the MLP: linear, optional batch norm, ReLU.
 #[derive(Module, Debug)]
@@ -47,10 +47,10 @@ impl Mlp {
         let mut h: Tensor<2> = x.flatten(1, 3);
         for layer in &self.hidden {
             h = linear(&layer.linear, h);
-            if let Some(n) = &layer.norm {
-                h = batch_norm(n, h);
-            }
-            h = relu(h);
+            h = match &layer.norm {
+                Some(n) => batch_norm_relu(n, h, None),
+                None => relu(h),
+            };
         }
         h
     }
@@ -101,13 +101,12 @@ impl BasicBlock {
     }
 
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let out = relu(batch_norm(&self.bn1, conv2d(&self.conv1, x.clone())));
-        let out = batch_norm(&self.bn2, conv2d(&self.conv2, out));
+        let out = batch_norm_relu(&self.bn1, conv2d(&self.conv1, x.clone()), None);
         let skip = match &self.shortcut {
             Some(s) => batch_norm(&s.bn, conv2d(&s.conv, x)),
             None => x,
         };
-        relu(out + skip)
+        batch_norm_relu(&self.bn2, conv2d(&self.conv2, out), Some(skip))
     }
 }
 
@@ -140,7 +139,7 @@ impl ResNet18 {
     }
 
     fn forward(&self, x: Tensor<4>) -> Tensor<2> {
-        let mut h = relu(batch_norm(&self.stem_bn, conv2d(&self.stem, x)));
+        let mut h = batch_norm_relu(&self.stem_bn, conv2d(&self.stem, x), None);
         for b in &self.blocks {
             h = b.forward(h);
         }

@@ -30,17 +30,46 @@ use burn::tensor::{DType, Shape, Tensor, TensorData};
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
-use crate::flex::{contiguous, record, tensor, values, vectorized, zeros};
+use crate::flex::{contiguous, filled, owned, record, tensor, values, vectorized};
 
 /// `bn` applied to `x` (`[N, C, ...]`): the fused training step when `x` is a tracked f32 tensor
 /// of the flex backend and `bn` is in training mode, burn's [`BatchNorm::forward`] otherwise.
 /// Updates the running statistics in training mode, as burn does.
 pub fn batch_norm<const D: usize>(bn: &BatchNorm, x: Tensor<D>) -> Tensor<D> {
-    if !(x.device().is_autodiff() && bn.training.is_enabled()) {
-        return bn.forward(x);
-    }
-    let Some((y, mean, var)) = flex_train(&x, bn.gamma.val(), bn.beta.val(), bn.epsilon) else {
-        return bn.forward(x);
+    normalize(bn, x, None, false)
+}
+
+/// `relu(bn(x) + skip)`, `skip` (when given) of `x`'s shape: [`batch_norm`] with the sum and
+/// the ReLU in its output pass and their gradients in its backward passes when it is fused (the
+/// networks' batch norms before a ReLU, and a residual block's last one); burn's operations
+/// after [`batch_norm`] otherwise. The values and gradients are those of the three operations
+/// one after the other, bit for bit.
+pub fn batch_norm_relu<const D: usize>(
+    bn: &BatchNorm,
+    x: Tensor<D>,
+    skip: Option<Tensor<D>>,
+) -> Tensor<D> {
+    normalize(bn, x, skip, true)
+}
+
+/// `bn(x) (+ skip)`, then ReLU when `relu`.
+fn normalize<const D: usize>(
+    bn: &BatchNorm,
+    x: Tensor<D>,
+    skip: Option<Tensor<D>>,
+    relu: bool,
+) -> Tensor<D> {
+    let fused = match x.device().is_autodiff() && bn.training.is_enabled() {
+        true => flex_train(&x, skip.as_ref(), relu, bn.gamma.val(), bn.beta.val(), bn.epsilon),
+        false => None,
+    };
+    let Some((y, mean, var)) = fused else {
+        let y = bn.forward(x);
+        let y = match skip {
+            Some(skip) => y + skip,
+            None => y,
+        };
+        return if relu { crate::activation::relu(y) } else { y };
     };
     let device = x.device();
     let c = mean.len();
@@ -61,9 +90,12 @@ fn ncs(shape: &Shape) -> (usize, usize, usize) {
 }
 
 /// The training step on the flex backend: the output (tracked), and the batch mean and biased
-/// variance per channel. `None` when the tensors are not f32 tensors of autodiff over flex.
+/// variance per channel. `None` when the tensors are not f32 tensors of autodiff over flex, or
+/// `skip` has another shape than `x`.
 fn flex_train<const D: usize>(
     x: &Tensor<D>,
+    skip: Option<&Tensor<D>>,
+    relu: bool,
     gamma: Tensor<1>,
     beta: Tensor<1>,
     epsilon: f64,
@@ -72,11 +104,18 @@ fn flex_train<const D: usize>(
     let x = x.clone().try_into_primitive::<Ad>().ok()?;
     let gamma = gamma.try_into_primitive::<Ad>().ok()?;
     let beta = beta.try_into_primitive::<Ad>().ok()?;
-    if [x.primitive(), gamma.primitive(), beta.primitive()].iter().any(|t| t.dtype() != DType::F32)
-    {
+    let skip = match skip {
+        Some(t) => Some(t.clone().try_into_primitive::<Ad>().ok()?),
+        None => None,
+    };
+    let tensors = [Some(&x), Some(&gamma), Some(&beta), skip.as_ref()];
+    if tensors.iter().flatten().any(|t| t.primitive().dtype() != DType::F32) {
         return None;
     }
     let shape = x.primitive().shape();
+    if skip.as_ref().is_some_and(|t| t.primitive().shape() != shape) {
+        return None;
+    }
     let (n, c, s) = ncs(&shape);
     if n * s == 0 {
         return None;
@@ -90,10 +129,17 @@ fn flex_train<const D: usize>(
     let scale: Vec<f32> = (0..c).map(|j| (f64::from(g[j]) * inv_std[j]) as f32).collect();
     let shift: Vec<f32> =
         (0..c).map(|j| (f64::from(b[j]) - mean[j] * f64::from(g[j]) * inv_std[j]) as f32).collect();
-    let y = tensor(affine(&xs, None, c, s, &scale, &shift), shape.clone());
-    drop(xs);
-    let saved = Saved { x: input, gamma: g, mean: mean.clone(), inv_std };
-    let y = record(FusedBatchNorm, [x.node(), gamma.node(), beta.node()], saved, y);
+    let added = skip.as_ref().map(|t| values(t.primitive()));
+    let then = Then { add: added.as_deref(), relu };
+    let y = tensor(affine(&xs, None, c, s, &scale, &shift, then), shape.clone());
+    drop((xs, added));
+    let saved =
+        Saved { x: input, gamma: g, mean: mean.clone(), inv_std, output: relu.then(|| y.clone()) };
+    let (nx, ng, nb, op) = (x.node(), gamma.node(), beta.node(), FusedBatchNorm);
+    let y = match skip {
+        Some(skip) => record(op, [nx, ng, nb, skip.node()], saved, y),
+        None => record(op, [nx, ng, nb], saved, y),
+    };
     let f32s = |v: Vec<f64>| v.into_iter().map(|a| a as f32).collect();
     Some((y, f32s(mean), f32s(var)))
 }
@@ -102,38 +148,49 @@ fn flex_train<const D: usize>(
 /// taken about each channel's first value, so that a large mean does not cancel the variance.
 fn channel_moments(x: &[f32], c: usize, s: usize) -> (Vec<f64>, Vec<f64>) {
     let pivot: Vec<f64> = (0..c).map(|j| f64::from(x[j * s])).collect();
-    let (s1, s2) = channel_sums(x, x, c, s, |xr, _, a, b| {
-        if s == 1 {
-            // One value per channel and row: the loop runs across channels (vectorized).
-            for (((&u, &p), a), b) in xr.iter().zip(&pivot).zip(a).zip(b) {
-                let d = f64::from(u) - p;
-                *a += d;
-                *b += d * d;
-            }
-        } else {
-            for (j, xs) in xr.chunks_exact(s).enumerate() {
-                let (mut sa, mut sb) = (0.0, 0.0);
-                for &u in xs {
-                    let d = f64::from(u) - pivot[j];
-                    sa += d;
-                    sb += d * d;
+    let part = part_len(c, s);
+    let (s1, s2) = channel_sums(
+        x.par_chunks(part),
+        c,
+        #[inline(always)]
+        |xp, a, b| {
+            for xr in xp.chunks_exact(c * s) {
+                if s == 1 {
+                    // One value per channel and row: the loop runs across channels (vectorized).
+                    for (((&u, &p), a), b) in xr.iter().zip(&pivot).zip(&mut *a).zip(&mut *b) {
+                        let d = f64::from(u) - p;
+                        *a += d;
+                        *b += d * d;
+                    }
+                } else {
+                    for (j, xs) in xr.chunks_exact(s).enumerate() {
+                        let (mut sa, mut sb) = (0.0, 0.0);
+                        for &u in xs {
+                            let d = f64::from(u) - pivot[j];
+                            sa += d;
+                            sb += d * d;
+                        }
+                        a[j] += sa;
+                        b[j] += sb;
+                    }
                 }
-                a[j] += sa;
-                b[j] += sb;
             }
-        }
-    });
+        },
+    );
     let m = (x.len() / c) as f64;
     let mean = (0..c).map(|j| pivot[j] + s1[j] / m).collect();
     let var = (0..c).map(|j| (s2[j] / m - (s1[j] / m).powi(2)).max(0.0)).collect();
     (mean, var)
 }
 
-/// `(Σ ∂y, Σ ∂y (x − μ))` per channel, in f64 (`[N, C, S]` row-major).
-fn gradient_sums(dy: &[f32], x: &[f32], c: usize, s: usize, mean: &[f64]) -> (Vec<f64>, Vec<f64>) {
-    channel_sums(dy, x, c, s, |gr, xr, a, b| {
+/// Adds `(Σ ∂y, Σ ∂y (x − μ))` per channel over the rows of `dy` and `x` (`[rows, C, S]`
+/// row-major) to `a` and `b`.
+#[inline(always)]
+fn add_gradient_sums(dy: &[f32], x: &[f32], s: usize, mean: &[f64], a: &mut [f64], b: &mut [f64]) {
+    let width = a.len() * s;
+    for (gr, xr) in dy.chunks_exact(width).zip(x.chunks_exact(width)) {
         if s == 1 {
-            for ((((&g, &u), &m), a), b) in gr.iter().zip(xr).zip(mean).zip(a).zip(b) {
+            for ((((&g, &u), &m), a), b) in gr.iter().zip(xr).zip(mean).zip(&mut *a).zip(&mut *b) {
                 let g = f64::from(g);
                 *a += g;
                 *b += g * (f64::from(u) - m);
@@ -150,35 +207,35 @@ fn gradient_sums(dy: &[f32], x: &[f32], c: usize, s: usize, mean: &[f64]) -> (Ve
                 b[j] += sb;
             }
         }
-    })
+    }
 }
 
-/// Two per-channel sums over the rows of `x` and `y` (both `[N, C, S]` row-major): `row` adds
-/// one row of each to the sums. The rows are cut into parts of a size fixed by the shape, summed
-/// on rayon's threads, and the parts' sums added in order: the result does not depend on the
-/// thread count or on which thread took which part, so training is reproducible (a resumed run
-/// retraces the uninterrupted one).
-fn channel_sums(
-    x: &[f32],
-    y: &[f32],
-    c: usize,
-    s: usize,
-    row: impl Fn(&[f32], &[f32], &mut [f64], &mut [f64]) + Sync,
-) -> (Vec<f64>, Vec<f64>) {
+/// Entries per part of the channel sums: whole rows of `C × S` entries, about 32 768 of them.
+fn part_len(c: usize, s: usize) -> usize {
     const PART: usize = 1 << 15;
     let width = c * s;
-    let part = width * (PART / width).max(1);
-    let parts: Vec<(Vec<f64>, Vec<f64>)> = x
-        .par_chunks(part)
-        .zip(y.par_chunks(part))
-        .map(|(xp, yp)| {
-            vectorized(|| {
-                let (mut a, mut b) = (vec![0.0f64; c], vec![0.0f64; c]);
-                for (xr, yr) in xp.chunks_exact(width).zip(yp.chunks_exact(width)) {
-                    row(xr, yr, &mut a, &mut b);
-                }
-                (a, b)
-            })
+    width * (PART / width).max(1)
+}
+
+/// Two per-channel sums: `part` adds one part's rows to the sums. The parts are whole rows of
+/// [`part_len`] entries (fixed by the shape), summed on rayon's threads, and their sums added in
+/// order: the result does not depend on the thread count or on which thread took which part,
+/// so training is reproducible (a resumed run retraces the uninterrupted one).
+fn channel_sums<P: Send>(
+    parts: impl IndexedParallelIterator<Item = P>,
+    c: usize,
+    part: impl Fn(P, &mut [f64], &mut [f64]) + Sync,
+) -> (Vec<f64>, Vec<f64>) {
+    let parts: Vec<(Vec<f64>, Vec<f64>)> = parts
+        .map(|p| {
+            vectorized(
+                #[inline(always)]
+                || {
+                    let (mut a, mut b) = (vec![0.0f64; c], vec![0.0f64; c]);
+                    part(p, &mut a, &mut b);
+                    (a, b)
+                },
+            )
         })
         .collect();
     let (mut a, mut b) = (vec![0.0f64; c], vec![0.0f64; c]);
@@ -189,7 +246,20 @@ fn channel_sums(
     (a, b)
 }
 
-/// `a_c x + k_c`, plus `b_c z` when `z` is given (`[N, C, S]` row-major), in f32.
+/// What the output pass does to each value after the affine map: add the entry of `add`, then
+/// apply the ReLU when `relu`.
+#[derive(Clone, Copy)]
+struct Then<'a> {
+    add: Option<&'a [f32]>,
+    relu: bool,
+}
+
+impl Then<'_> {
+    const NOTHING: Then<'static> = Then { add: None, relu: false };
+}
+
+/// `a_c x + k_c`, plus `b_c z` when `z` is given (`[N, C, S]` row-major), in f32, then `then`
+/// (row by row, while the row is in the cache).
 fn affine(
     x: &[f32],
     z: Option<(&[f32], &[f32])>,
@@ -197,10 +267,10 @@ fn affine(
     s: usize,
     a: &[f32],
     k: &[f32],
+    then: Then<'_>,
 ) -> Vec<f32> {
-    let mut out = zeros(x.len());
     let row = c * s;
-    out.par_chunks_mut(row).enumerate().for_each(|(i, o)| {
+    filled(x.len(), row, |i, o| {
         vectorized(|| {
             let xr = &x[i * row..(i + 1) * row];
             let zr = z.map(|(z, b)| (&z[i * row..(i + 1) * row], b));
@@ -238,36 +308,83 @@ fn affine(
                     }
                 }
             }
+            if let Some(add) = then.add {
+                o.iter_mut().zip(&add[i * row..(i + 1) * row]).for_each(|(o, &v)| *o += v);
+            }
+            if then.relu {
+                // As burn's ReLU (and `activation::relu`): NaN stays NaN.
+                o.iter_mut().for_each(|o| *o = if *o <= 0.0 { 0.0 } else { *o });
+            }
         })
-    });
-    out
+    })
 }
 
-/// The fused operation's place in burn's autodiff graph; its parents are `x`, `γ` and `β`.
+/// The fused operation's place in burn's autodiff graph; its parents are `x`, `γ`, `β` and,
+/// when there are four, the tensor added before the ReLU.
 #[derive(Debug)]
 struct FusedBatchNorm;
 
-/// What the backward pass needs: the input, `γ`, and the batch statistics.
+/// What the backward pass needs: the input, `γ`, the batch statistics, and the output when a
+/// ReLU gates the gradient.
 #[derive(Clone, Debug)]
 struct Saved {
     x: FlexTensor,
     gamma: Vec<f32>,
     mean: Vec<f64>,
     inv_std: Vec<f64>,
+    output: Option<FlexTensor>,
 }
 
-impl Backward<Flex, 3> for FusedBatchNorm {
+impl<const N: usize> Backward<Flex, N> for FusedBatchNorm {
     type State = Saved;
 
-    fn backward(self, ops: Ops<Saved, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let [node_x, node_gamma, node_beta] = ops.parents;
+    fn backward(self, ops: Ops<Saved, N>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let mut parents = ops.parents.into_iter();
+        let mut parent = || parents.next().flatten();
+        let (node_x, node_gamma, node_beta, node_skip) = (parent(), parent(), parent(), parent());
         let grad: FlexTensor = grads.consume::<Flex>(&ops.node);
-        let Saved { x, gamma, mean, inv_std } = ops.state;
+        let Saved { x, gamma, mean, inv_std, output } = ops.state;
         let shape = x.shape();
         let (_, c, s) = ncs(&shape);
-        let (xs, dy) = (values(&x), values(&grad));
+        let xs = values(&x);
         let m = (xs.len() / c) as f64;
-        let (sum_dy, sum_dy_xc) = gradient_sums(&dy, &xs, c, s, &mean);
+        let part = part_len(c, s);
+        // The gradient of the batch norm's output: `∂y`, zero where the ReLU gave zero (in
+        // place, while each part's sums are taken), as burn's ReLU does.
+        let (grad, (sum_dy, sum_dy_xc)) = match output {
+            Some(y) => {
+                let mut grad = owned(grad);
+                let ys = values(&y);
+                let n = ys.len();
+                let gs = &mut grad.try_storage_mut::<f32>().expect("owned")[..n];
+                let parts =
+                    gs.par_chunks_mut(part).zip(ys.par_chunks(part)).zip(xs.par_chunks(part));
+                let sums = channel_sums(
+                    parts,
+                    c,
+                    #[inline(always)]
+                    |((g, y), x), a, b| {
+                        for (g, &v) in g.iter_mut().zip(y) {
+                            *g = if v <= 0.0 { 0.0 } else { *g };
+                        }
+                        add_gradient_sums(g, x, s, &mean, a, b);
+                    },
+                );
+                (grad, sums)
+            }
+            None => {
+                let dy = values(&grad);
+                let parts = dy.par_chunks(part).zip(xs.par_chunks(part));
+                let sums = channel_sums(
+                    parts,
+                    c,
+                    #[inline(always)]
+                    |(g, x), a, b| add_gradient_sums(g, x, s, &mean, a, b),
+                );
+                drop(dy);
+                (grad, sums)
+            }
+        };
         let beta_grad: Vec<f64> = sum_dy;
         let gamma_grad: Vec<f64> = (0..c).map(|j| sum_dy_xc[j] * inv_std[j]).collect();
         if let Some(node) = node_x {
@@ -277,7 +394,8 @@ impl Backward<Flex, 3> for FusedBatchNorm {
             let k: Vec<f32> =
                 (0..c).map(|j| (-a[j] * beta_grad[j] / m - b[j] * mean[j]) as f32).collect();
             let to32 = |v: &[f64]| v.iter().map(|&u| u as f32).collect::<Vec<f32>>();
-            let dx = affine(&dy, Some((&xs, &to32(&b))), c, s, &to32(&a), &k);
+            let dy = values(&grad);
+            let dx = affine(&dy, Some((&xs, &to32(&b))), c, s, &to32(&a), &k, Then::NOTHING);
             grads.register::<Flex>(node.id, tensor(dx, shape.clone()));
         }
         let per_channel =
@@ -287,6 +405,9 @@ impl Backward<Flex, 3> for FusedBatchNorm {
         }
         if let Some(node) = node_beta {
             grads.register::<Flex>(node.id, per_channel(beta_grad));
+        }
+        if let Some(node) = node_skip {
+            grads.register::<Flex>(node.id, grad);
         }
     }
 }
@@ -431,6 +552,94 @@ mod tests {
             assert!(shift.abs() < 1e-5 * shift_size, "channel {j}: Σ ∂x = {shift}");
             assert!(scale.abs() < 1e-5 * scale_size, "channel {j}: Σ ∂x (x − μ) = {scale}");
         }
+    }
+
+    /// Output, running statistics and the gradients of `Σ y ⊙ w` with respect to `x`, `γ`, `β`
+    /// and the skip tensor, of `y = f(bn, x, skip)` (skip of `x`'s shape, with a NaN and
+    /// values that make the sum negative, zero and positive).
+    fn run_relu<const D: usize>(
+        shape: [usize; D],
+        with_skip: bool,
+        f: impl Fn(&BatchNorm, Tensor<D>, Option<Tensor<D>>) -> Tensor<D>,
+    ) -> Vec<Vec<f64>> {
+        let device = Device::flex().autodiff();
+        let len: usize = shape.iter().product();
+        let bn = layer(shape[1], &device);
+        let data = |v: Vec<f32>| TensorData::new(v, shape);
+        let x: Tensor<D> = Tensor::from_data(data(random(len, 1, 0.5)), &device).require_grad();
+        let mut skip_values = random(len, 3, -0.5);
+        skip_values[len / 2] = f32::NAN;
+        let skip: Tensor<D> = Tensor::from_data(data(skip_values), &device).require_grad();
+        let w: Tensor<D> = Tensor::from_data(data(random(len, 2, 0.5)), &device);
+        let y = f(&bn, x.clone(), with_skip.then(|| skip.clone()));
+        let grads = (y.clone() * w).sum().backward();
+        let mut out = vec![
+            values_of(y),
+            values_of(bn.running_mean.value()),
+            values_of(bn.running_var.value()),
+            values_of(x.grad(&grads).unwrap()),
+            values_of(bn.gamma.val().grad(&grads).unwrap()),
+            values_of(bn.beta.val().grad(&grads).unwrap()),
+        ];
+        if with_skip {
+            out.push(values_of(skip.grad(&grads).unwrap()));
+        }
+        out
+    }
+
+    /// `batch_norm_relu` is the batch norm, the sum and the ReLU one after the other (our
+    /// batch norm, burn's sum, our ReLU, each checked against burn's above and in
+    /// `activation`), bit for bit: values, running statistics and every gradient, NaN
+    /// included, with and without the skip tensor, for the MLP's `[N, C]` and the networks'
+    /// `[N, C, H, W]`, on one thread and on three. The output is then `max(·, 0)` of the batch
+    /// norm's, and the gradient is zero exactly where the output is.
+    #[test]
+    fn fused_relu_is_the_three_operations_in_turn() {
+        fn apart<const D: usize>(
+            bn: &BatchNorm,
+            x: Tensor<D>,
+            skip: Option<Tensor<D>>,
+        ) -> Tensor<D> {
+            let y = batch_norm(bn, x);
+            crate::activation::relu(match skip {
+                Some(s) => y + s,
+                None => y,
+            })
+        }
+        let same = |a: &[Vec<f64>], b: &[Vec<f64>], what: &str| {
+            assert_eq!(a.len(), b.len(), "{what}");
+            for (k, (u, v)) in a.iter().zip(b).enumerate() {
+                let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert!(bits(u) == bits(v), "{what}: quantity {k} differs");
+            }
+        };
+        for with_skip in [false, true] {
+            for threads in [1, 3] {
+                let fused = on_threads(threads, || run_relu([64, 24], with_skip, batch_norm_relu));
+                same(&fused, &run_relu([64, 24], with_skip, apart), "[64, 24]");
+                let shape = [96, 4, 9, 11];
+                let fused = on_threads(threads, || run_relu(shape, with_skip, batch_norm_relu));
+                same(&fused, &run_relu(shape, with_skip, apart), "[96, 4, 9, 11]");
+                let (y, dx) = (&fused[0], &fused[3]);
+                assert!(y.iter().all(|v| v.is_nan() || *v >= 0.0));
+                assert!(y.iter().filter(|v| **v == 0.0).count() > y.len() / 4, "few zeros");
+                if with_skip {
+                    let dskip = &fused[6];
+                    assert!(y.iter().zip(dskip).all(|(y, d)| (*y == 0.0) == (*d == 0.0)));
+                    assert!(y[y.len() / 2].is_nan() && dskip[y.len() / 2] != 0.0);
+                }
+                // The NaN's gradient is `w`'s entry (as burn's ReLU lets it through): finite.
+                assert!(dx.iter().all(|v| v.is_finite()), "∂x finite");
+            }
+        }
+        // Off the autodiff device (evaluation): the module, the sum and the ReLU.
+        let device = Device::flex();
+        let bn = layer(3, &device);
+        let t =
+            |seed| Tensor::<2>::from_data(TensorData::new(random(12, seed, 0.0), [4, 3]), &device);
+        let ours = values_of(batch_norm_relu(&bn, t(3), Some(t(4))));
+        let want = values_of(burn::tensor::activation::relu(bn.forward(t(3)) + t(4)));
+        assert_close("evaluation", &ours, &want, 0.0);
     }
 
     /// The sums are cut into parts by the shape, not by the threads: bit-identical results

@@ -17,7 +17,7 @@ use faer::{Accum, MatMut, MatRef};
 use rayon::prelude::*;
 
 use super::{Geometry, product, product_rows};
-use crate::flex::zeros;
+use crate::flex::{grow, zeros};
 
 /// `Bᵀ v` for a 4-vector.
 #[inline(always)]
@@ -86,10 +86,14 @@ impl Geometry {
     /// Row `r` of the padded input of tile row `y` into `dst` (`2·tx + 2` columns, zero
     /// outside the input).
     fn padded_row(&self, plane: &[f32], y: usize, r: usize, dst: &mut [f32]) {
-        dst.fill(0.0);
-        if let Some(row) = self.input_row(y, r) {
-            let cols = self.input_columns(dst.len());
-            dst[cols.clone()].copy_from_slice(&plane[row * self.w..][..cols.len()]);
+        match self.input_row(y, r) {
+            Some(row) => {
+                let cols = self.input_columns(dst.len());
+                dst[..cols.start].fill(0.0);
+                dst[cols.end..].fill(0.0);
+                dst[cols.clone()].copy_from_slice(&plane[row * self.w..][..cols.len()]);
+            }
+            None => dst.fill(0.0),
         }
     }
 
@@ -137,7 +141,6 @@ impl Geometry {
             let rows = &dv[c * 16 * t..][..16 * t];
             let (mut dt, mut dd) = (vec![0.0f32; 4 * wp], vec![0.0f32; 4 * wp]);
             let (mut ev, mut od) = (vec![0.0f32; tx + 1], vec![0.0f32; tx + 1]);
-            plane.fill(0.0);
             for y in 0..ty {
                 let base = (gi * ty + y) * tx;
                 for (i, dt_i) in dt.chunks_exact_mut(wp).enumerate() {
@@ -346,7 +349,7 @@ pub(super) fn forward(geo: &Geometry, x: &[f32], w: &[f32]) -> Vec<f32> {
     let (ty, tx) = geo.tiles();
     let u = geo.transform_weight(w);
     let p = geo.ho * geo.wo;
-    let mut y = zeros(geo.n * o * p);
+    let mut y = Vec::with_capacity(geo.n * o * p);
     let mut v = zeros(c * 16 * geo.g * ty * tx);
     let mut m = zeros(o * 16 * geo.g * ty * tx);
     for (n0, g) in geo.blocks() {
@@ -356,7 +359,7 @@ pub(super) fn forward(geo: &Geometry, x: &[f32], w: &[f32]) -> Vec<f32> {
             let dst = entry_mut(&mut m, xi, o, t);
             product(dst, Accum::Replace, kernel_entry(&u, xi, o, c), entry(&v, xi, c, t));
         }
-        geo.transform_output(&m, g, &mut y[n0 * o * p..(n0 + g) * o * p]);
+        geo.transform_output(&m, g, grow(&mut y, g * o * p));
     }
     y
 }
@@ -376,7 +379,7 @@ pub(super) fn backward(
     let p = geo.ho * geo.wo;
     let plane = c * geo.h * geo.w;
     let mut du = zeros(16 * o * c);
-    let mut dx = want_dx.then(|| zeros(geo.n * plane));
+    let mut dx = want_dx.then(|| Vec::with_capacity(geo.n * plane));
     let mut v = zeros(c * 16 * geo.g * ty * tx);
     let mut dm = zeros(o * 16 * geo.g * ty * tx);
     for (index, (n0, g)) in geo.blocks().enumerate() {
@@ -396,7 +399,8 @@ pub(super) fn backward(
                 let dst = entry_mut(&mut v, xi, c, t);
                 product(dst, Accum::Replace, ut, entry(&dm, xi, o, t));
             }
-            geo.transform_input_adjoint(&v, g, &mut dx[n0 * plane..(n0 + g) * plane]);
+            // Zeroed block by block, just before the adjoint adds onto it.
+            geo.transform_input_adjoint(&v, g, grow(dx, g * plane));
         }
     }
     (dx, want_dw.then(|| geo.transform_weight_adjoint(&du)))
