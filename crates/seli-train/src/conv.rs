@@ -38,9 +38,7 @@ use rayon::prelude::*;
 
 mod winograd;
 
-use crate::flex::{
-    TwoParentOp, TwoParents, contiguous, grow, product, product_rows, record, tensor, zeros,
-};
+use crate::flex::{TwoParentOp, TwoParents, contiguous, grow, product_rows, record, tensor, zeros};
 
 /// About this many columns (output positions of whole images) per block of the products.
 const BLOCK_COLUMNS: usize = 2048;

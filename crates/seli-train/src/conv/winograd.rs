@@ -13,11 +13,11 @@
 //! gradients of the function computed; it differs from the direct sum only by rounding (tests
 //! in the parent module compare it with burn's convolution and with the definition in f64).
 
-use faer::{Accum, MatMut, MatRef};
+use faer::{Accum, MatRef};
 use rayon::prelude::*;
 
-use super::{Geometry, product, product_rows};
-use crate::flex::{grow, zeros};
+use super::Geometry;
+use crate::flex::{Entries, grow, products, zeros};
 
 /// `Bᵀ v` for a 4-vector.
 #[inline(always)]
@@ -335,14 +335,6 @@ fn kernel_entry(u: &[f32], xi: usize, o: usize, c: usize) -> MatRef<'_, f32> {
     MatRef::from_row_major_slice(&u[xi * o * c..][..o * c], o, c)
 }
 
-/// [`entry`], writable. Built as the transpose of a column-major view: faer 0.24.4's
-/// `MatMut::from_row_major_slice_with_stride_mut` checks row-major bounds but lays the matrix
-/// out column-major (row stride 1), which writes outside the slice.
-fn entry_mut(v: &mut [f32], xi: usize, rows: usize, t: usize) -> MatMut<'_, f32> {
-    MatMut::from_column_major_slice_with_stride_mut(&mut v[xi * t..], t, rows, 16 * t)
-        .transpose_mut()
-}
-
 /// The output `[N, O, Ho, Wo]` of the convolution of `x` with the kernels `w`.
 pub(super) fn forward(geo: &Geometry, x: &[f32], w: &[f32]) -> Vec<f32> {
     let (o, c) = (geo.o, geo.c);
@@ -355,10 +347,10 @@ pub(super) fn forward(geo: &Geometry, x: &[f32], w: &[f32]) -> Vec<f32> {
     for (n0, g) in geo.blocks() {
         let t = g * ty * tx;
         geo.transform_input(x, n0, g, &mut v);
-        for xi in 0..16 {
-            let dst = entry_mut(&mut m, xi, o, t);
-            product(dst, Accum::Replace, kernel_entry(&u, xi, o, c), entry(&v, xi, c, t));
-        }
+        let entries = Entries::Interleaved { rows: o, cols: t };
+        products(&mut m, entries, 16, Accum::Replace, |xi| {
+            (kernel_entry(&u, xi, o, c), entry(&v, xi, c, t))
+        });
         geo.transform_output(&m, g, grow(&mut y, g * o * p));
     }
     y
@@ -388,17 +380,16 @@ pub(super) fn backward(
         if want_dw {
             geo.transform_input(x, n0, g, &mut v);
             let accum = if index == 0 { Accum::Replace } else { Accum::Add };
-            for xi in 0..16 {
-                let (lhs, rhs) = (entry(&dm, xi, o, t), entry(&v, xi, c, t).transpose());
-                product_rows(&mut du[xi * o * c..][..o * c], accum, lhs, rhs);
-            }
+            let entries = Entries::Stacked { rows: o, cols: c };
+            products(&mut du, entries, 16, accum, |xi| {
+                (entry(&dm, xi, o, t), entry(&v, xi, c, t).transpose())
+            });
         }
         if let Some(dx) = dx.as_mut() {
-            for xi in 0..16 {
-                let ut = kernel_entry(&u, xi, o, c).transpose();
-                let dst = entry_mut(&mut v, xi, c, t);
-                product(dst, Accum::Replace, ut, entry(&dm, xi, o, t));
-            }
+            let entries = Entries::Interleaved { rows: c, cols: t };
+            products(&mut v, entries, 16, Accum::Replace, |xi| {
+                (kernel_entry(&u, xi, o, c).transpose(), entry(&dm, xi, o, t))
+            });
             // Zeroed block by block, just before the adjoint adds onto it.
             geo.transform_input_adjoint(&v, g, grow(dx, g * plane));
         }
