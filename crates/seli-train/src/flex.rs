@@ -86,6 +86,37 @@ pub(crate) fn filled(
     v
 }
 
+thread_local! {
+    /// [`with_scratch`]'s buffers on this thread.
+    static SCRATCH: std::cell::RefCell<[Vec<f32>; 2]> = const { std::cell::RefCell::new([Vec::new(), Vec::new()]) };
+}
+
+/// `f` given two work buffers of `a` and `b` entries that hold whatever an earlier call on this
+/// thread left there (NaN in this crate's unit tests, so that a read before a write shows), for
+/// intermediate values of which every entry is written before it is read: Winograd's
+/// transformed tiles, tens of MB per block in ResNet-18, which new zeroed buffers for every
+/// convolution wrote over once more for nothing. The buffers are taken out while `f` runs: a
+/// call nested on the same thread (rayon runs other work while a thread waits) gets buffers of
+/// its own.
+pub(crate) fn with_scratch<R>(
+    a: usize,
+    b: usize,
+    f: impl FnOnce(&mut [f32], &mut [f32]) -> R,
+) -> R {
+    let [mut x, mut y] = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
+    for (buf, len) in [(&mut x, a), (&mut y, b)] {
+        if buf.len() < len {
+            grow(buf, len - buf.len());
+        }
+        if cfg!(test) {
+            buf[..len].fill(f32::NAN);
+        }
+    }
+    let r = f(&mut x[..a], &mut y[..b]);
+    SCRATCH.with(|s| *s.borrow_mut() = [x, y]);
+    r
+}
+
 /// A contiguous f32 tensor that the caller owns alone: `t` itself when it already is one, else
 /// a copy, so that it can be written in place.
 pub(crate) fn owned(mut t: FlexTensor) -> FlexTensor {
@@ -527,6 +558,26 @@ mod tests {
                 }
                 assert_eq!(v.len(), len);
             }
+        }
+    }
+
+    /// Scratch buffers have the sizes asked for and NaN in every entry (under test), also
+    /// when reused at another size; a nested call gets buffers of its own, and the outer
+    /// call's writes are not disturbed by it.
+    #[test]
+    fn scratch_buffers_are_poisoned_and_not_shared() {
+        for (a, b) in [(10, 3), (2, 300_000), (0, 7)] {
+            with_scratch(a, b, |x, y| {
+                assert!(x.len() == a && y.len() == b && x.iter().chain(&*y).all(|v| v.is_nan()));
+                x.fill(1.0);
+                y.fill(2.0);
+                with_scratch(b, a, |u, w| {
+                    assert!(u.len() == b && w.len() == a);
+                    assert!(u.iter().chain(&*w).all(|v| v.is_nan()), "fresh nested buffers");
+                    u.fill(3.0);
+                });
+                assert!(x.iter().all(|&v| v == 1.0) && y.iter().all(|&v| v == 2.0));
+            });
         }
     }
 

@@ -17,7 +17,7 @@ use faer::{Accum, MatRef};
 use rayon::prelude::*;
 
 use super::Geometry;
-use crate::flex::{Entries, grow, products, zeros};
+use crate::flex::{Entries, grow, products, with_scratch, zeros};
 
 /// `Bᵀ v` for a 4-vector.
 #[inline(always)]
@@ -342,17 +342,19 @@ pub(super) fn forward(geo: &Geometry, x: &[f32], w: &[f32]) -> Vec<f32> {
     let u = geo.transform_weight(w);
     let p = geo.ho * geo.wo;
     let mut y = Vec::with_capacity(geo.n * o * p);
-    let mut v = zeros(c * 16 * geo.g * ty * tx);
-    let mut m = zeros(o * 16 * geo.g * ty * tx);
-    for (n0, g) in geo.blocks() {
-        let t = g * ty * tx;
-        geo.transform_input(x, n0, g, &mut v);
-        let entries = Entries::Interleaved { rows: o, cols: t };
-        products(&mut m, entries, 16, Accum::Replace, |xi| {
-            (kernel_entry(&u, xi, o, c), entry(&v, xi, c, t))
-        });
-        geo.transform_output(&m, g, grow(&mut y, g * o * p));
-    }
+    let tiles = 16 * geo.g * ty * tx;
+    // `V` and `M` of each block, every entry written before it is read.
+    with_scratch(c * tiles, o * tiles, |v, m| {
+        for (n0, g) in geo.blocks() {
+            let t = g * ty * tx;
+            geo.transform_input(x, n0, g, v);
+            let entries = Entries::Interleaved { rows: o, cols: t };
+            products(m, entries, 16, Accum::Replace, |xi| {
+                (kernel_entry(&u, xi, o, c), entry(v, xi, c, t))
+            });
+            geo.transform_output(m, g, grow(&mut y, g * o * p));
+        }
+    });
     y
 }
 
@@ -372,27 +374,29 @@ pub(super) fn backward(
     let plane = c * geo.h * geo.w;
     let mut du = zeros(16 * o * c);
     let mut dx = want_dx.then(|| Vec::with_capacity(geo.n * plane));
-    let mut v = zeros(c * 16 * geo.g * ty * tx);
-    let mut dm = zeros(o * 16 * geo.g * ty * tx);
-    for (index, (n0, g)) in geo.blocks().enumerate() {
-        let t = g * ty * tx;
-        geo.transform_output_adjoint(&dy[n0 * o * p..(n0 + g) * o * p], g, &mut dm);
-        if want_dw {
-            geo.transform_input(x, n0, g, &mut v);
-            let accum = if index == 0 { Accum::Replace } else { Accum::Add };
-            let entries = Entries::Stacked { rows: o, cols: c };
-            products(&mut du, entries, 16, accum, |xi| {
-                (entry(&dm, xi, o, t), entry(&v, xi, c, t).transpose())
-            });
+    let tiles = 16 * geo.g * ty * tx;
+    // `V` (then `∂V`) and `∂M` of each block, every entry written before it is read.
+    with_scratch(c * tiles, o * tiles, |v, dm| {
+        for (index, (n0, g)) in geo.blocks().enumerate() {
+            let t = g * ty * tx;
+            geo.transform_output_adjoint(&dy[n0 * o * p..(n0 + g) * o * p], g, dm);
+            if want_dw {
+                geo.transform_input(x, n0, g, v);
+                let accum = if index == 0 { Accum::Replace } else { Accum::Add };
+                let entries = Entries::Stacked { rows: o, cols: c };
+                products(&mut du, entries, 16, accum, |xi| {
+                    (entry(dm, xi, o, t), entry(v, xi, c, t).transpose())
+                });
+            }
+            if let Some(dx) = dx.as_mut() {
+                let entries = Entries::Interleaved { rows: c, cols: t };
+                products(v, entries, 16, Accum::Replace, |xi| {
+                    (kernel_entry(&u, xi, o, c).transpose(), entry(dm, xi, o, t))
+                });
+                // Zeroed block by block, just before the adjoint adds onto it.
+                geo.transform_input_adjoint(v, g, grow(dx, g * plane));
+            }
         }
-        if let Some(dx) = dx.as_mut() {
-            let entries = Entries::Interleaved { rows: c, cols: t };
-            products(&mut v, entries, 16, Accum::Replace, |xi| {
-                (kernel_entry(&u, xi, o, c).transpose(), entry(&dm, xi, o, t))
-            });
-            // Zeroed block by block, just before the adjoint adds onto it.
-            geo.transform_input_adjoint(&v, g, grow(dx, g * plane));
-        }
-    }
+    });
     (dx, want_dw.then(|| geo.transform_weight_adjoint(&du)))
 }
