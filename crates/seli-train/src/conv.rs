@@ -397,8 +397,8 @@ mod tests {
     /// Stride 1 and 2, 3×3 and 1×1 and 2×3 kernels, padding none, symmetric and not, inputs not
     /// square; the first block sizes give one image per block, the last every image in one.
     /// The last three cases (3×3, stride 1, 64 channels or more) go through Winograd's
-    /// transforms, with odd output heights and widths (tiles half outside) and padding of 0 to 2; the first, 3×3 of stride
-    /// 1 with 3 channels, through the columns.
+    /// transforms, with odd output heights and widths (tiles half outside) and padding of 0 to
+    /// 2; the first, 3×3 of stride 1 with 3 channels, through the columns.
     const CASES: [Case; 8] = [
         Case { shape: [5, 3, 7, 6], weight: [4, 3, 3, 3], stride: [1, 1], padding: (1, 1, 1, 1) },
         Case { shape: [5, 3, 7, 6], weight: [4, 3, 3, 3], stride: [2, 2], padding: (1, 1, 1, 1) },

@@ -4,6 +4,7 @@
 //! the matrix products of the first two.
 
 use std::borrow::Cow;
+use std::cell::RefCell;
 
 use std::fmt::Debug;
 use std::marker::PhantomData;
@@ -88,7 +89,7 @@ pub(crate) fn filled(
 
 thread_local! {
     /// [`with_scratch`]'s buffers on this thread.
-    static SCRATCH: std::cell::RefCell<[Vec<f32>; 2]> = const { std::cell::RefCell::new([Vec::new(), Vec::new()]) };
+    static SCRATCH: RefCell<[Vec<f32>; 2]> = const { RefCell::new([Vec::new(), Vec::new()]) };
 }
 
 /// `f` given two work buffers of `a` and `b` entries that hold whatever an earlier call on this

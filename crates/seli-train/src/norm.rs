@@ -8,7 +8,9 @@
 //! [`batch_norm`] computes the same function on flex tensors in two passes forward (channel sums,
 //! then the affine map) and two backward (two channel sums, then the input gradient), registered
 //! with burn's autodiff as one operation; on other devices (CUDA) and in evaluation mode it is
-//! burn's module unchanged.
+//! burn's module unchanged. [`batch_norm_relu`] is the same operation followed by a residual
+//! sum and a ReLU, which it applies in its output pass (and to the gradient in its backward
+//! sums) instead of three more operations with their own passes over the activations.
 //!
 //! With `x` of shape `[N, C, ...]` and `M = N × (spatial size)` values per channel `c`, training
 //! mode computes `μ_c`, the biased variance `σ²_c` over those values, `x̂ = (x − μ_c)/√(σ²_c + ε)`
