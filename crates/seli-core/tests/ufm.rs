@@ -324,3 +324,78 @@ fn gradient_stays_consistent_when_the_loss_is_below_epsilon() {
     assert!(scale > 0.0, "loss {loss}, grad_b {gb:?}");
     assert!(gb.iter().sum::<f64>().abs() < 1e-12 * scale, "{gb:?}");
 }
+
+/// The evaluation and the gradients over several chunks (n = 263: two whole chunks of 128 and
+/// a partial one) on 1 and 3 threads, against the definitions computed here sample by sample:
+/// loss, correct count and smallest margin of the logits z = Wᵀh + b, and
+/// G = s·m ⊙ (softmax(u) − Y) with u = m ⊙ z + ι, ∇_W = H Gᵀ, ∇_H = W G, ∇_b = G 1. Some
+/// samples have all-zero embeddings, so their logits tie (margin 0: not correct; uniform
+/// softmax without a bias).
+#[test]
+fn evaluation_and_gradients_match_their_definitions_across_chunks() {
+    let counts = vec![150u64, 90, 23];
+    let profile = Profile::from_counts(counts.clone()).unwrap();
+    let labels: Vec<usize> =
+        counts.iter().enumerate().flat_map(|(c, &m)| vec![c; m as usize]).collect();
+    let k = counts.len();
+    for (loss, gamma) in [(LossKind::Ce, 0.0), (LossKind::Cdt, 0.6), (LossKind::Ldt, -0.5)] {
+        for bias in [false, true] {
+            for threads in [1, 3] {
+                let cfg = UfmConfig { loss, gamma, bias, reduction: Reduction::Mean, ..config(4) };
+                let mut solver = UfmSolver::<f64>::new(cfg.clone(), &profile, threads).unwrap();
+                let mut p = solver.init_state().unwrap().params;
+                p.W = &p.W * faer::Scale(20.0);
+                p.H = &p.H * faer::Scale(20.0);
+                for i in [0, 127, 128, 200, 262] {
+                    p.H.col_mut(i).fill(0.0);
+                }
+                if let Some(b) = p.b.as_mut() {
+                    b.iter_mut().enumerate().for_each(|(c, v)| *v = 0.1 - 0.3 * c as f64);
+                }
+                let e = solver.state_at(p.clone(), 0).unwrap().eval;
+                let (gW, gH, gb) = solver.gradients();
+                let l = cfg.loss().unwrap();
+                let (delta, iota) = (l.delta(&profile), l.iota(&profile));
+                let n = labels.len();
+                let (mut want_loss, mut correct, mut min_margin) = (0.0, 0u64, f64::INFINITY);
+                let mut G = Mat::<f64>::zeros(k, n);
+                for (i, &y) in labels.iter().enumerate() {
+                    let z: Vec<f64> = (0..k)
+                        .map(|c| {
+                            (0..4).map(|r| p.W[(r, c)] * p.H[(r, i)]).sum::<f64>()
+                                + p.b.as_ref().map_or(0.0, |b| b[c])
+                        })
+                        .collect();
+                    let other = (0..k).filter(|&c| c != y).map(|c| z[c]).fold(f64::MIN, f64::max);
+                    min_margin = min_margin.min(z[y] - other);
+                    correct += u64::from(z[y] > other);
+                    let m = |c: usize| if loss == LossKind::Ldt { delta[y] } else { delta[c] };
+                    let u: Vec<f64> = (0..k).map(|c| m(c) * z[c] + iota[c]).collect();
+                    let top = u.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                    let sum: f64 = u.iter().map(|v| (v - top).exp()).sum();
+                    want_loss += (top + sum.ln() - u[y]) / n as f64;
+                    for c in 0..k {
+                        let p_c = (u[c] - top).exp() / sum;
+                        G[(c, i)] = m(c) * (p_c - f64::from(c == y)) / n as f64;
+                    }
+                }
+                let ctx = format!("{loss} bias {bias} threads {threads}");
+                assert!((e.loss - want_loss).abs() < 1e-12 * want_loss, "{ctx}: {}", e.loss);
+                assert_eq!(e.correct, correct, "{ctx}");
+                assert!(correct < n as u64 - 5 && correct > 0, "{ctx}: {correct}");
+                assert!((e.min_margin - min_margin).abs() < 1e-12, "{ctx}: {}", e.min_margin);
+                let close = |a: faer::MatRef<'_, f64>, b: faer::MatRef<'_, f64>, what: &str| {
+                    let err = (a - b).norm_max();
+                    assert!(err < 1e-13 * (1.0 + b.norm_max()), "{ctx}: {what} off by {err}");
+                };
+                close(gW, (&p.H * G.transpose()).as_ref(), "grad W");
+                close(gH, (&p.W * &G).as_ref(), "grad H");
+                for c in 0..gb.len() {
+                    let want: f64 = (0..n).map(|i| G[(c, i)]).sum();
+                    assert!((gb[c] - want).abs() < 1e-14, "{ctx}: grad b[{c}] {} vs {want}", gb[c]);
+                }
+                assert_eq!(gb.len(), if bias { k } else { 0 });
+            }
+        }
+    }
+}

@@ -24,6 +24,7 @@
 use faer::linalg::matmul::matmul;
 use faer::prelude::{Reborrow, ReborrowMut};
 use faer::{Accum, Mat, MatMut, MatRef, Par};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::{IterState, Solver, Termination};
 use crate::error::{Error, Result};
@@ -35,6 +36,10 @@ use crate::scalar::{Scalar, sum_sq};
 /// Columns of `H` per work item. Fixed, so that reductions happen in the same order on any
 /// number of threads (and a resumed run repeats an uninterrupted one bit for bit).
 pub const CHUNK: usize = 128;
+
+/// How many times the calling thread checks whether the workers are done before blocking
+/// (each check a pause instruction: about 2 ms at most on current processors).
+const SPIN_WAIT: u32 = 50_000;
 
 /// Whether the loss is summed or averaged over samples. Every λ threshold differs by a
 /// factor n between the two (docs/theory.md §2).
@@ -327,7 +332,11 @@ impl<T> IterState for UfmState<T> {
 /// Per-chunk partial results, reduced in chunk order.
 struct ChunkAcc<T> {
     grad_w: Mat<T>,
+    /// Per column of the chunk: the position of the largest logit, the largest logit, and
+    /// scratch (the largest logit of another class, then Σ of the other exponentials).
     amax: Vec<u32>,
+    max: Vec<T>,
+    aux: Vec<T>,
     grad_b: Vec<f64>,
     loss: f64,
     correct: u64,
@@ -342,8 +351,10 @@ pub struct UfmSolver<T: Scalar> {
     labels: Vec<u32>,
     k: usize,
     scale: f64,
-    /// `s·(softmax − Y)` at the current point, k×n column-major with stride k, so that a
-    /// chunk's block is one contiguous slice (the exponentials run over it in one pass).
+    /// `s·(softmax − Y)` at the current point, one contiguous k×cols block per chunk, stored
+    /// by class (row-major: a class's entries for the chunk's samples side by side), so that
+    /// the softmax's loops run across samples in SIMD lanes and the exponentials over the
+    /// whole block in one pass.
     g_buf: Vec<T>,
     /// `∇_H F` at the current point, d×n.
     grad_h: Mat<T>,
@@ -407,12 +418,6 @@ impl<T: Scalar> LossTransform<T> {
             per_label: loss.kind == LossKind::Ldt,
             shift: cast(loss.iota(profile)),
         })
-    }
-
-    /// The multiplier of logit c for a sample of class y.
-    #[inline(always)]
-    fn m(&self, y: usize, c: usize) -> T {
-        if self.per_label { self.delta[y] } else { self.delta[c] }
     }
 }
 
@@ -480,10 +485,10 @@ fn chunk_body<T: Scalar>(job: ChunkJob<'_, '_, T>) {
         }
     }
     // 2. Logits Z = WᵀH (+ b) into the chunk's block of G, then softmax in place.
-    let mut Gc = MatMut::from_column_major_slice_mut(g, k, cols);
+    let mut Gc = MatMut::from_row_major_slice_mut(g, k, cols);
     matmul(Gc.rb_mut(), Accum::Replace, ctx.W.transpose(), Hc.rb(), one, Par::Seq);
-    softmax_block(g, k, yc, ctx.b, ctx.tr, ctx.scale, a);
-    let Gc = MatRef::from_column_major_slice(g, k, cols);
+    softmax_block(g, yc, ctx.b, ctx.tr, ctx.scale, a);
+    let Gc = MatRef::from_row_major_slice(g, k, cols);
     // 3. This chunk's part of ∇_W = H Gᵀ.
     matmul(a.grad_w.as_mut(), Accum::Replace, Hc.rb(), Gc.transpose(), one, Par::Seq);
     // 4. Its columns of ∇_H = W G + λ_H H, and the squared norms of H and ∇_H.
@@ -522,83 +527,99 @@ fn scaled_norm<T: Scalar>(mats: &[MatRef<'_, T>], v: &[T]) -> f64 {
     m * all().map(|x| (x / m) * (x / m)).sum::<f64>().sqrt()
 }
 
-/// Softmax cross-entropy on a k×cols block of logits `g` (column-major, stride k), in place:
-/// on return `g = s·(softmax − Y)` (with a loss transform `u = m ⊙ z + ι`, the cross-entropy
-/// of u and its gradient with respect to z, `m ⊙ s·(softmax(u) − Y)`), and `a` holds the
-/// block's loss, correct count, minimum margin (of the model's logits z) and bias-gradient
-/// sums.
+/// Softmax cross-entropy on a k×cols block of logits `g` (row-major: class c's logits are
+/// `g[c·cols..(c+1)·cols]`), in place: on return `g = s·(softmax − Y)` (with a loss transform
+/// `u = m ⊙ z + ι`, the cross-entropy of u and its gradient with respect to z,
+/// `m ⊙ s·(softmax(u) − Y)`), and `a` holds the block's loss, correct count, minimum margin
+/// (of the model's logits z) and bias-gradient sums.
+///
+/// Each sample's arithmetic is the same sequence of IEEE operations whatever the layout
+/// (classes in order, loss terms in sample order); the loops over classes run across the
+/// samples side by side, which vectorizes for any k.
 #[inline(always)]
 fn softmax_block<T: Scalar>(
     g: &mut [T],
-    k: usize,
     labels: &[u32],
     b: Option<&[T]>,
     tr: Option<&LossTransform<T>>,
     s: f64,
     a: &mut ChunkAcc<T>,
 ) {
+    let cols = labels.len();
     let s_t = T::from_f64(s);
     let zero = T::from_f64(0.0);
+    let neg_inf = T::from_f64(f64::NEG_INFINITY);
     a.loss = 0.0;
     a.correct = 0;
     a.min_margin = f64::INFINITY;
     a.grad_b.iter_mut().for_each(|v| *v = 0.0);
-    // Pass 1, per column: bias, maximum, margin, the `max − z_y` part of the loss; shift.
-    for (j, z) in g.chunks_exact_mut(k).enumerate() {
-        let y = labels[j] as usize;
-        if let Some(b) = b {
-            for (zc, &bc) in z.iter_mut().zip(b) {
-                *zc += bc;
-            }
-        }
-        // Branch-free scans (selects, not jumps: logits near initialization are random and
-        // would defeat the branch predictor): the maximum, its first position, and the
-        // largest logit of another class.
-        let neg_inf = T::from_f64(f64::NEG_INFINITY);
-        let (mut max, mut other) = (neg_inf, neg_inf);
-        for (c, &zc) in z.iter().enumerate() {
-            max = if zc > max { zc } else { max };
-            other = if (zc > other) & (c != y) { zc } else { other };
-        }
-        let mut amax = 0;
-        for (c, &zc) in z.iter().enumerate().rev() {
-            amax = if zc == max { c } else { amax };
-        }
-        let margin = (z[y] - other).to_f64();
-        a.correct += u64::from(margin > 0.0);
-        a.min_margin = a.min_margin.min(margin);
-        if let Some(t) = tr {
-            // The family's logits u = m ⊙ z + ι; the loss and its softmax are over u.
-            max = neg_inf;
-            for (c, zc) in z.iter_mut().enumerate() {
-                *zc = t.m(y, c) * *zc + t.shift[c];
-                max = if *zc > max { *zc } else { max };
-            }
-            amax = 0;
-            for (c, &zc) in z.iter().enumerate().rev() {
-                amax = if zc == max { c } else { amax };
-            }
-        }
-        a.loss += (max - z[y]).to_f64();
-        a.amax[j] = amax as u32;
-        for zc in z.iter_mut() {
-            *zc -= max;
+    let (amax, max, other) = (&mut a.amax[..cols], &mut a.max[..cols], &mut a.aux[..cols]);
+    // Pass 1: bias; the maximum, its first position and the largest logit of another class,
+    // by branch-free selects (logits near initialization are random and would defeat the
+    // branch predictor).
+    if let Some(b) = b {
+        for (row, &bc) in g.chunks_exact_mut(cols).zip(b) {
+            row.iter_mut().for_each(|z| *z += bc);
         }
     }
-    // Pass 2: all exponentials of the block at once (vectorized).
-    T::exp_nonpos_in_place(g);
-    // Pass 3, per column: log Σ exp(z_c) − max = log1p(Σ_{c≠argmax} e^{z_c − max}), accurate
-    // even when the loss is far below machine epsilon; then normalize and subtract Y.
-    let mut product = 1.0f64;
-    for (j, z) in g.chunks_exact_mut(k).enumerate() {
-        let y = labels[j] as usize;
-        let amax = a.amax[j] as usize;
-        let mut rest = zero;
-        for (c, &e) in z.iter().enumerate() {
-            if c != amax {
-                rest += e;
+    max.fill(neg_inf);
+    other.fill(neg_inf);
+    for (c, row) in g.chunks_exact(cols).enumerate() {
+        let c32 = c as u32;
+        for (((m, o), &z), &y) in max.iter_mut().zip(other.iter_mut()).zip(row).zip(labels) {
+            *m = if z > *m { z } else { *m };
+            *o = if (z > *o) & (c32 != y) { z } else { *o };
+        }
+    }
+    first_max_positions(g, cols, max, amax);
+    for (j, (&y, &o)) in labels.iter().zip(other.iter()).enumerate() {
+        let margin = (g[y as usize * cols + j] - o).to_f64();
+        a.correct += u64::from(margin > 0.0);
+        a.min_margin = a.min_margin.min(margin);
+    }
+    if let Some(t) = tr {
+        // The family's logits u = m ⊙ z + ι; the loss and its softmax are over u.
+        max.fill(neg_inf);
+        for (c, row) in g.chunks_exact_mut(cols).enumerate() {
+            let shift = t.shift[c];
+            if t.per_label {
+                for ((z, m), &y) in row.iter_mut().zip(max.iter_mut()).zip(labels) {
+                    *z = t.delta[y as usize] * *z + shift;
+                    *m = if *z > *m { *z } else { *m };
+                }
+            } else {
+                let dc = t.delta[c];
+                for (z, m) in row.iter_mut().zip(max.iter_mut()) {
+                    *z = dc * *z + shift;
+                    *m = if *z > *m { *z } else { *m };
+                }
             }
         }
+        first_max_positions(g, cols, max, amax);
+    }
+    for (j, (&y, &m)) in labels.iter().zip(max.iter()).enumerate() {
+        a.loss += (m - g[y as usize * cols + j]).to_f64();
+    }
+    for row in g.chunks_exact_mut(cols) {
+        for (z, &m) in row.iter_mut().zip(max.iter()) {
+            *z -= m;
+        }
+    }
+    // Pass 2: all exponentials of the block at once.
+    T::exp_nonpos_in_place(g);
+    // Pass 3: log Σ exp(z_c) − max = log1p(Σ_{c≠argmax} e^{z_c − max}), accurate even when
+    // the loss is far below machine epsilon; then normalize and subtract Y.
+    let rest = other;
+    rest.fill(zero);
+    for (c, row) in g.chunks_exact(cols).enumerate() {
+        let c32 = c as u32;
+        for ((r, &e), &am) in rest.iter_mut().zip(row).zip(amax.iter()) {
+            *r += if c32 != am { e } else { zero };
+        }
+    }
+    let mut product = 1.0f64;
+    let inv = max;
+    for (&rest, inv) in rest.iter().zip(inv.iter_mut()) {
         // ln(1 + rest): a short series when rest is small (error below rest⁶/6, relative
         // 1e-21 at the 1e-4 cutoff); otherwise into a running product whose logarithm is
         // taken once per chunk, keeping libm's log out of the per-sample loop.
@@ -612,30 +633,54 @@ fn softmax_block<T: Scalar>(
                 product = 1.0;
             }
         }
-        let inv = s_t / (rest + T::from_f64(1.0));
-        for zc in z.iter_mut() {
-            *zc *= inv;
+        *inv = s_t / (rest + T::from_f64(1.0));
+    }
+    for row in g.chunks_exact_mut(cols) {
+        for (z, &i) in row.iter_mut().zip(inv.iter()) {
+            *z *= i;
         }
-        // g_y = s(p_y − 1). When y is the argmax, p_y = 1/(1 + rest) and p_y − 1 must be
-        // formed as −rest/(1 + rest): subtracting from 1 would round to 0 once the loss is
-        // below machine epsilon, and the gradient would no longer sum to zero over classes.
-        if y == amax {
-            z[y] = -(rest * inv);
-        } else {
-            z[y] -= s_t;
-        }
-        if let Some(t) = tr {
-            for (c, zc) in z.iter_mut().enumerate() {
-                *zc *= t.m(y, c);
+    }
+    // g_y = s(p_y − 1). When y is the argmax, p_y = 1/(1 + rest) and p_y − 1 must be formed as
+    // −rest/(1 + rest): subtracting from 1 would round to 0 once the loss is below machine
+    // epsilon, and the gradient would no longer sum to zero over classes.
+    for (j, (((&y, &am), &r), &i)) in
+        labels.iter().zip(amax.iter()).zip(rest.iter()).zip(inv.iter()).enumerate()
+    {
+        let gy = &mut g[y as usize * cols + j];
+        *gy = if y == am { -(r * i) } else { *gy - s_t };
+    }
+    if let Some(t) = tr {
+        for (c, row) in g.chunks_exact_mut(cols).enumerate() {
+            if t.per_label {
+                for (z, &y) in row.iter_mut().zip(labels) {
+                    *z *= t.delta[y as usize];
+                }
+            } else {
+                let dc = t.delta[c];
+                row.iter_mut().for_each(|z| *z *= dc);
             }
         }
-        if b.is_some() {
-            for (gb, &gc) in a.grad_b.iter_mut().zip(z.iter()) {
+    }
+    if b.is_some() {
+        for (gb, row) in a.grad_b.iter_mut().zip(g.chunks_exact(cols)) {
+            for &gc in row {
                 *gb += gc.to_f64();
             }
         }
     }
     a.loss = (a.loss + product.ln()) * s;
+}
+
+/// `amax[j]` = the first class c with `g[c·cols + j] == max[j]` (0 when none: a NaN maximum).
+#[inline(always)]
+fn first_max_positions<T: Scalar>(g: &[T], cols: usize, max: &[T], amax: &mut [u32]) {
+    amax.fill(0);
+    for (c, row) in g.chunks_exact(cols).enumerate().rev() {
+        let c32 = c as u32;
+        for ((am, &z), &m) in amax.iter_mut().zip(row).zip(max) {
+            *am = if z == m { c32 } else { *am };
+        }
+    }
 }
 
 impl<T: Scalar> UfmSolver<T> {
@@ -670,6 +715,8 @@ impl<T: Scalar> UfmSolver<T> {
             .map(|_| ChunkAcc {
                 grad_w: Mat::zeros(d, k),
                 amax: vec![0; CHUNK],
+                max: vec![T::from_f64(0.0); CHUNK],
+                aux: vec![T::from_f64(0.0); CHUNK],
                 grad_b: vec![0.0; k],
                 loss: 0.0,
                 correct: 0,
@@ -813,12 +860,29 @@ impl<T: Scalar> UfmSolver<T> {
         // The calling thread takes part 0 itself; the pool's threads − 1 workers take the rest.
         match parts.split_first() {
             Some((first, [])) => run(first),
-            Some((first, rest)) => self.pool.in_place_scope(|scope| {
-                for part in rest {
-                    scope.spawn(|_| run(part));
-                }
-                run(first);
-            }),
+            Some((first, rest)) => {
+                // The scope's end blocks the calling thread on a lock until the last worker is
+                // done, and a blocked caller must be woken by the kernel: tens of microseconds
+                // each iteration, as long as a whole pass at small n. The caller spins on a
+                // count of finished parts first (a short while: the parts are the same size).
+                let done = AtomicUsize::new(0);
+                let (run, done) = (&run, &done);
+                self.pool.in_place_scope(|scope| {
+                    for part in rest {
+                        scope.spawn(move |_| {
+                            run(part);
+                            done.fetch_add(1, Ordering::Release);
+                        });
+                    }
+                    run(first);
+                    for _ in 0..SPIN_WAIT {
+                        if done.load(Ordering::Acquire) == rest.len() {
+                            break;
+                        }
+                        std::hint::spin_loop();
+                    }
+                });
+            }
             None => {}
         }
         // Reduce in chunk order.
