@@ -115,7 +115,9 @@ timeout 300 "$py" scripts/bench-train.py --device "$dev" --seli "$seli" --steps 
     --resnet-steps "$resnet_steps" --json "$out/bench-train.json"
 
 step "UFM gradient descent beside PyTorch (burn tensors on the GPU)"
-timeout 240 "$py" scripts/bench-ufm.py --device "$dev" --seli "$seli" --iters "$ufm_iters"
+# (A rehearsal times the same burn iteration on the CPU backend: --burn.)
+timeout 240 "$py" scripts/bench-ufm.py --device "$dev" --seli "$seli" --iters "$ufm_iters" \
+    ${rehearse:+--burn}
 
 step "seli ufm on the GPU: a tracked run beside the same run on the CPU, then the large size"
 u="$out/ufm"

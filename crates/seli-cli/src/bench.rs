@@ -93,7 +93,8 @@ pub struct BenchTrainArgs {
 #[derive(Debug, Args)]
 pub struct BenchUfmArgs {
     /// Iterations timed for the reference size (k = 10, d = 64, n = 2750), in five stretches
-    /// whose median rate is reported; the n = 10^5 case runs a fifth of them.
+    /// whose median rate is reported; the n = 10^5 case runs a fifth of them, and on the CPU
+    /// the k = 100, d = 512, n = 110 000 case a hundredth (at least 5).
     #[arg(long, default_value_t = 1000)]
     pub iters: u64,
 
@@ -394,32 +395,38 @@ fn bench_ufm(a: &BenchUfmArgs) -> Result<()> {
         return bench_device_ufm(a);
     }
     let iters = if a.quick { 5 } else { a.iters.max(1) };
-    let (k, d) = (10, 64);
-    // STEP 500/50 (the reference size of the issue) and n close to 10^5.
-    let cases =
-        [(Profile::step(k, 10.0, 0.5, 50)?, iters), (step_near(k, 100_000)?, (iters / 5).max(1))];
-    let cases = if a.quick { &cases[..1] } else { &cases[..] };
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    println!(
-        "seli bench ufm: full-batch GD on the UFM, k = {k}, d = {d}, summed CE, no ridge, no bias"
-    );
+    let mut one_and_all = vec![1, cores];
+    one_and_all.dedup();
+    // (profile, d, iterations, thread counts): STEP 500/50 (the reference size of the issue that
+    // specified the solver), n close to 10^5, and the large size of `seli bench ufm --device`
+    // (k = 100, d = 512, STEP 2000/200) on every core only (about a second per iteration).
+    let cases = [
+        (Profile::step(10, 10.0, 0.5, 50)?, 64, iters, one_and_all.clone()),
+        (step_near(10, 100_000)?, 64, (iters / 5).max(1), one_and_all),
+        (Profile::step(100, 10.0, 0.5, 200)?, 512, (iters / 100).max(5), vec![cores]),
+    ];
+    let cases = if a.quick { &cases[..1] } else { &cases[..] };
+    println!("seli bench ufm: full-batch GD on the UFM, summed CE, no ridge, no bias");
     println!("one iteration = 3 products of k x d x n (logits, grad W, grad H) = 6 k d n flop");
     println!();
     println!("(median rate of five timed stretches after a warm-up; a busy machine lowers it)");
     println!();
     println!(
-        "{:>8}{:>6}{:>9}{:>8}{:>12}{:>10}",
-        "n", "type", "threads", "iters", "iter/s", "GFLOP/s"
+        "{:>5}{:>6}{:>9}{:>6}{:>9}{:>8}{:>12}{:>10}",
+        "k", "d", "n", "type", "threads", "iters", "iter/s", "GFLOP/s"
     );
-    for (p, iters) in cases {
-        let flop = 6.0 * (k * d) as f64 * p.n() as f64;
-        for threads in [1, cores].into_iter().collect::<std::collections::BTreeSet<_>>() {
+    for (p, d, iters, threads) in cases {
+        let flop = 6.0 * (p.k() * d) as f64 * p.n() as f64;
+        for &threads in threads {
             for (name, rate) in [
-                ("f64", ufm_rate::<f64>(p, d, *iters, threads)?),
-                ("f32", ufm_rate::<f32>(p, d, *iters, threads)?),
+                ("f64", ufm_rate::<f64>(p, *d, *iters, threads)?),
+                ("f32", ufm_rate::<f32>(p, *d, *iters, threads)?),
             ] {
                 println!(
-                    "{:>8}{:>6}{:>9}{:>8}{:>12.0}{:>10.1}",
+                    "{:>5}{:>6}{:>9}{:>6}{:>9}{:>8}{:>12.1}{:>10.1}",
+                    p.k(),
+                    d,
                     p.n(),
                     name,
                     threads,

@@ -121,3 +121,35 @@ def test_the_benchmark_script_runs_and_seli_matches_the_pytorch_reference_nc1(tm
     seli_nc1 = rows["seli.metrics (every column)"][1]
     # float32 products on both sides.
     assert abs(seli_nc1 - torch_nc1) <= 1e-5 * torch_nc1, (seli_nc1, torch_nc1)
+
+
+def test_the_ufm_benchmark_times_the_ufm_gradient_step_beside_seli(tmp_path):
+    """scripts/bench-ufm.py: the step PyTorch times is gradient descent on the summed
+    cross-entropy (checked against autograd), and the script runs beside seli's solver and
+    beside its burn iteration, one PyTorch figure and ratio per seli row."""
+    import importlib.util
+    import subprocess
+    import sys
+
+    path = ROOT / "scripts/bench-ufm.py"
+    spec = importlib.util.spec_from_file_location("bench_ufm", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    g = torch.Generator().manual_seed(3)
+    W = torch.randn(6, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    H = torch.randn(6, 9, generator=g, dtype=torch.float64, requires_grad=True)
+    y = torch.tensor([0, 0, 0, 1, 1, 2, 2, 3, 3])
+    Y = torch.nn.functional.one_hot(y, 4).T.to(torch.float64)
+    torch.nn.functional.cross_entropy((W.T @ H).T, y, reduction="sum").backward()
+    W1, H1 = bench.ufm_step(W.detach(), H.detach(), Y, 0.1)
+    assert torch.allclose(W1, W.detach() - 0.1 * W.grad, rtol=0, atol=1e-12)
+    assert torch.allclose(H1, H.detach() - 0.1 * H.grad, rtol=0, atol=1e-12)
+
+    # seli's solver: one and every thread (one row each when there is one core), f64 and f32.
+    for extra, rows in [([], {2, 4}), (["--burn"], {2})]:
+        cmd = [sys.executable, str(path), "--device", "cpu", "--quick", *extra]
+        if "SELI_BIN" in os.environ:
+            cmd += ["--seli", os.environ["SELI_BIN"]]
+        printed = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+        ratios = re.findall(r"^\s*\d+\s+\d+\s+\d+\s+f(?:32|64)\s.*\s([0-9.]+)x$", printed, re.M)
+        assert len(ratios) in rows and all(float(r) > 0 for r in ratios), printed
