@@ -37,9 +37,10 @@ use crate::scalar::{Scalar, sum_sq};
 /// number of threads (and a resumed run repeats an uninterrupted one bit for bit).
 pub const CHUNK: usize = 128;
 
-/// How many times the calling thread checks whether the workers are done before blocking
-/// (each check a pause instruction: about 2 ms at most on current processors).
-const SPIN_WAIT: u32 = 50_000;
+/// How the calling thread waits for the workers before blocking: this many checks with a pause
+/// instruction between them (tens of microseconds), then as many with a yield of its core
+/// (so that a worker waiting for a core, when other programs share them, gets it).
+const SPIN_WAIT: u32 = 1024;
 
 /// Whether the loss is summed or averaged over samples. Every λ threshold differs by a
 /// factor n between the two (docs/theory.md §2).
@@ -875,11 +876,15 @@ impl<T: Scalar> UfmSolver<T> {
                         });
                     }
                     run(first);
-                    for _ in 0..SPIN_WAIT {
+                    for i in 0..2 * SPIN_WAIT {
                         if done.load(Ordering::Acquire) == rest.len() {
                             break;
                         }
-                        std::hint::spin_loop();
+                        if i < SPIN_WAIT {
+                            std::hint::spin_loop();
+                        } else {
+                            std::thread::yield_now();
+                        }
                     }
                 });
             }
