@@ -77,7 +77,7 @@ def seli_rows(out):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="cuda")
-    ap.add_argument("--iters", type=int, default=1000, help="small case; the large runs a fifth")
+    ap.add_argument("--iters", type=int, default=1000, help="seli bench ufm --iters: the small size's; seli runs fewer at the larger sizes, PyTorch as many as seli's row")
     ap.add_argument("--seli", default=str(Path(__file__).resolve().parent.parent / "target/release/seli"))
     ap.add_argument("--burn", action="store_true", help="on the CPU: time seli's burn iteration")
     ap.add_argument("--quick", action="store_true", help="seli's smallest sizes: checks the script")
