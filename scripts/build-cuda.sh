@@ -2,7 +2,8 @@
 # The CUDA build of seli (`--device cuda`), offline apart from the crate registry.
 #
 #   scripts/build-cuda.sh            release build: target/cuda/seli (stripped) and seli.xz
-#   scripts/build-cuda.sh --fusion   the same with burn's kernel fusion and autotuning
+#   scripts/build-cuda.sh --fusion   the same with burn's kernel fusion and autotuning:
+#                                    target/cuda/seli-fusion and seli-fusion.xz
 #   scripts/build-cuda.sh --check    type-check only (what CI runs)
 #   scripts/build-cuda.sh --sources  print the id of the sources a build now would use (the
 #                                    build writes it to target/cuda/seli.sources)
@@ -21,12 +22,13 @@ cd "$(dirname "$0")/.."
 
 mode=build
 features=cuda
+name=seli
 for arg in "$@"; do
     case "$arg" in
         --check) mode=check ;;
-        --fusion) features=cuda-fusion ;;
+        --fusion) features=cuda-fusion name=seli-fusion ;;
         --sources) mode=sources ;;
-        -h | --help) sed -n '2,18p' "$0"; exit 0 ;;
+        -h | --help) sed -n '2,19p' "$0"; exit 0 ;;
         *) echo "build-cuda.sh: unknown argument $arg (--check, --fusion, --sources)" >&2; exit 2 ;;
     esac
 done
@@ -53,6 +55,7 @@ crate=cubecl-cuda
 version=0.11.3
 patch_file="$PWD/patches/$crate-$version-cpp-only.patch"
 target_dir="${CARGO_TARGET_DIR:-target}"
+[[ "$target_dir" == /* ]] || target_dir="$PWD/$target_dir"
 work="$target_dir/cuda-patch"
 dest="$work/$crate-$version"
 
@@ -86,7 +89,7 @@ fi
 cp Cargo.lock "$work/Cargo.lock.saved"
 trap 'cp "$work/Cargo.lock.saved" Cargo.lock' EXIT
 export CUDARC_CUDA_VERSION="${CUDARC_CUDA_VERSION:-13000}"
-config="patch.crates-io.$crate.path=\"$PWD/$dest\""
+config="patch.crates-io.$crate.path=\"$dest\""
 
 if [[ "$mode" == check ]]; then
     cargo check --release -p seli-cli --features "$features" --config "$config" --quiet
@@ -97,7 +100,7 @@ fi
 cargo build --release -p seli-cli --features "$features" --config "$config" \
     --target-dir "$target_dir/cuda-build"
 mkdir -p "$target_dir/cuda"
-out="$target_dir/cuda/seli"
+out="$target_dir/cuda/$name"
 cp "$target_dir/cuda-build/release/seli" "$out"
 strip "$out"
 xz -T0 -6 -c "$out" >"$out.xz"
