@@ -5,7 +5,8 @@
 #
 #   scripts/gpu-measure.sh --pack          here, after scripts/build-cuda.sh: target/gpu-carry,
 #                                          what travels (the compressed binary, its sources id,
-#                                          data/mnist compressed; about 21 MB)
+#                                          data/mnist compressed; about 21 MB; and the fusion
+#                                          build when build-cuda.sh --fusion made a current one)
 #   scripts/gpu-measure.sh OUT             on the GPU machine, with target/gpu-carry carried:
 #                                          everything below, log in OUT/gpu.log
 #   scripts/gpu-measure.sh --rehearse OUT  here, before spending device time: the same steps on
@@ -17,7 +18,8 @@
 # both MLPs and ResNet-18 beside PyTorch (scripts/bench-train.py), UFM iterations beside PyTorch
 # (scripts/bench-ufm.py), `seli ufm --device cuda` (a tracked run beside the CPU's, the large
 # size in f32 and f64, Ctrl-C on the GPU and the end on the CPU), and a short MNIST run on the
-# GPU that is interrupted and finished on the CPU from its checkpoint.
+# GPU that is interrupted and finished on the CPU from its checkpoint; last, when the fusion build
+# travelled, `seli bench train` and `seli bench ufm` with the plain and the fusion build in turn.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,6 +35,16 @@ if [[ "${1:-}" == --pack ]]; then
     carry=target/gpu-carry
     rm -rf "$carry" && mkdir -p "$carry"
     cp target/cuda/seli.xz target/cuda/seli.sources "$carry/"
+    # The fusion build (scripts/build-cuda.sh --fusion), when there is a current one: timed
+    # against the plain build in the same run.
+    if [[ -f target/cuda/seli-fusion.xz ]]; then
+        fused="$(cat target/cuda/seli-fusion.sources 2>/dev/null || echo unknown)"
+        if [[ "$fused" == "$now" ]]; then
+            cp target/cuda/seli-fusion.xz "$carry/"
+        else
+            echo "gpu-measure.sh: leaving out target/cuda/seli-fusion (built from sources $fused)" >&2
+        fi
+    fi
     tar -C data -cf - mnist | xz -T0 -6 >"$carry/mnist.tar.xz"
     ls -l "$carry"
     size="$(du -sm "$carry" | cut -f1)"
@@ -58,11 +70,17 @@ work="$(mktemp -d)"
 if [[ -n "$rehearse" ]]; then
     dev=cpu seli="$PWD/target/release/seli" py="${PYTHON:-target/py-venv/bin/python}"
     train_steps=20 resnet_steps=0 ufm_iters=20 large_iters=4 stop_after=8 mnist_stop=20
+    fused="$seli"
     small=(--step 4,10,0.5,20 --d 16) large=(--step 10,10,0.5,200 --d 64) epochs=3
     data="$PWD/data"
 else
     dev=cuda seli="$work/seli" py=python3
     xz -dc target/gpu-carry/seli.xz >"$seli" && chmod +x "$seli"
+    fused=""
+    if [[ -f target/gpu-carry/seli-fusion.xz ]]; then
+        fused="$work/seli-fusion"
+        xz -dc target/gpu-carry/seli-fusion.xz >"$fused" && chmod +x "$fused"
+    fi
     train_steps=200 resnet_steps=30 ufm_iters=2000 large_iters=500 stop_after=20 mnist_stop=20
     small=(--step 10,10,0.5,50 --d 64) large=(--step 100,10,0.5,200 --d 512) epochs=8
     data="$work/data"
@@ -146,4 +164,17 @@ timeout --preserve-status -s INT "$mnist_stop" "$seli" train --device "$dev" --d
 echo "exit $? (130: interrupted)"
 time timeout 180 "$seli" train --resume "$run" --device cpu
 cat "$run/summary.json" | head -40
+
+if [[ -n "$fused" ]]; then
+    step "burn's fusion and autotuning: the plain build, then the fusion build, twice"
+    "$fused" --version
+    for round in 1 2; do
+        for b in "$seli" "$fused"; do
+            echo "--- round $round: $(basename "$b")"
+            timeout 200 "$b" bench train --device "$dev" --mlp-steps "$train_steps" \
+                --resnet-steps "$resnet_steps"
+            timeout 120 "$b" bench ufm --device "$dev" --iters "$ufm_iters" ${rehearse:+--burn}
+        done
+    done
+fi
 rm -rf "$work"
