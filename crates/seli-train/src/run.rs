@@ -14,7 +14,7 @@ use burn::module::Module;
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::store::ModuleRecord;
-use burn::tensor::{Bytes, Device, Tensor, TensorData};
+use burn::tensor::{Bytes, Device, Int, Tensor, TensorData};
 use faer::Mat;
 use seli_core::Geometry;
 use seli_core::random::{rng_from_seed, shuffle};
@@ -156,11 +156,85 @@ struct Epochs<'a, 'p> {
     cfg: &'a TrainConfig,
     data: &'a RunData,
     device: Device,
+    /// Mini-batches whose loss and hit count stay on the device between read-backs
+    /// ([`read_back_every`]).
+    read_every: usize,
     loss_fn: burn::nn::loss::CrossEntropyLoss,
     /// The loss family's transform of the logits (None: cross-entropy).
     transform: Option<LogitTransform>,
     progress: &'a RefCell<&'p mut dyn Progress>,
     interrupt: &'a AtomicBool,
+    failure: &'a Failure,
+}
+
+/// How many mini-batches' loss and hit count stay on the device before they are read back
+/// together. On a GPU each read makes the host wait until the device has caught up, and the
+/// device then idles while the host queues the next step's kernels; burn's CPU backend
+/// computes as it goes, so there every batch is read at once (and the progress bar moves
+/// every batch, which matters when a batch takes seconds).
+fn read_back_every(device: seli_run::train::Device) -> usize {
+    match device {
+        seli_run::train::Device::Cpu => 1,
+        seli_run::train::Device::Cuda(_) => 32,
+    }
+}
+
+/// The training loss and correct count of an epoch's mini-batches: the values of the batches
+/// since the last read-back stay on the device ([`Self::push`]) until [`Self::settle`] reads
+/// them back with one wait and adds them in batch order, so the sums do not depend on how
+/// often it reads.
+#[derive(Default)]
+struct BatchStats {
+    /// Per pending batch: the mean loss (one value), the correct count (one value), the rows.
+    pending: Vec<(Tensor<1>, Tensor<1, Int>, usize)>,
+    /// Σ (batch mean loss × batch rows), in f64.
+    loss_sum: f64,
+    correct: usize,
+    seen: usize,
+}
+
+impl BatchStats {
+    fn push(&mut self, loss: Tensor<1>, correct: Tensor<1, Int>, rows: usize) {
+        self.pending.push((loss, correct, rows));
+    }
+
+    /// Whether to read back now: `read_every` batches are pending, or the epoch's last batch
+    /// has been pushed.
+    fn due(&self, read_every: usize, last: bool) -> bool {
+        last || self.pending.len() >= read_every
+    }
+
+    /// Reads the pending batches back and adds them. `Ok(Err(value))` at the first loss that
+    /// is not finite (the batches before it are added).
+    ///
+    /// # Errors
+    /// The device could not hand the values back.
+    fn settle(&mut self) -> std::result::Result<std::result::Result<(), f64>, String> {
+        if self.pending.is_empty() {
+            return Ok(Ok(()));
+        }
+        let (mut losses, mut hits, mut rows) = (Vec::new(), Vec::new(), Vec::new());
+        for (l, h, r) in self.pending.drain(..) {
+            losses.push(l);
+            hits.push(h);
+            rows.push(r);
+        }
+        let read = |what: &str, data: std::result::Result<TensorData, _>| {
+            data.map_err(|e| format!("reading the {what} back: {e:?}"))
+        };
+        let losses = read("training loss", Tensor::cat(losses, 0).try_into_data())?;
+        let hits = read("correct count", Tensor::cat(hits, 0).try_into_data())?;
+        for ((loss, hits), rows) in losses.iter::<f32>().zip(hits.iter::<i64>()).zip(rows) {
+            let loss = f64::from(loss);
+            if !loss.is_finite() {
+                return Ok(Err(loss));
+            }
+            self.loss_sum += loss * rows as f64;
+            self.correct += hits as usize;
+            self.seen += rows;
+        }
+        Ok(Ok(()))
+    }
 }
 
 /// How a loss family turns the network's logits z into those its cross-entropy sees (docs/theory.md
@@ -218,8 +292,9 @@ impl Solver for Epochs<'_, '_> {
         shuffle(&mut order, &mut rng_from_seed(epoch_seed(cfg.seed, epoch)));
         self.progress.borrow_mut().epoch_start(epoch, n.div_ceil(cfg.batch_size));
         let t = Instant::now();
-        let (mut loss_sum, mut correct) = (0.0f64, 0usize);
+        let mut stats = BatchStats::default();
         let mut net = s.net.take().expect("the network is back after every epoch");
+        let batches = n.div_ceil(cfg.batch_size);
         for (b, rows) in order.chunks(cfg.batch_size).enumerate() {
             let (x, y) = data.train.batch(rows, &self.device);
             let logits = net.forward(x);
@@ -231,28 +306,33 @@ impl Solver for Epochs<'_, '_> {
                 }
             };
             let loss = crate::loss::cross_entropy(&self.loss_fn, u, y.clone());
-            let value = f64::from(loss.clone().into_scalar::<f32>());
-            if !value.is_finite() {
-                return Err(seli_core::Error::Diverged {
-                    iter: epoch as u64,
-                    quantity: "the training loss",
-                    value,
-                });
-            }
-            let hits: i64 = logits.argmax(1).flatten::<1>(0, 1).equal(y).int().sum().into_scalar();
+            let hits = logits.argmax(1).flatten::<1>(0, 1).equal(y).int().sum();
+            stats.push(loss.clone().detach(), hits, rows.len());
             let grads = GradientsParams::from_grads(loss.backward(), &net);
             net = s.optim.step(lr, net, grads);
-            loss_sum += value * rows.len() as f64;
-            correct += hits as usize;
-            let seen = (b * cfg.batch_size + rows.len()) as f64;
-            self.progress.borrow_mut().batch(loss_sum / seen, correct as f64 / seen);
+            if stats.due(self.read_every, b + 1 == batches) {
+                let settled = stats.settle().map_err(|e| {
+                    fail(self.failure, Error::Device(format!("device {}: {e}", cfg.device)))
+                })?;
+                if let Err(value) = settled {
+                    return Err(seli_core::Error::Diverged {
+                        iter: epoch as u64,
+                        quantity: "the training loss",
+                        value,
+                    });
+                }
+                let seen = stats.seen as f64;
+                self.progress
+                    .borrow_mut()
+                    .batch(stats.loss_sum / seen, stats.correct as f64 / seen);
+            }
             if self.interrupt.load(Ordering::SeqCst) {
                 return Err(seli_core::Error::Interrupted { iter: epoch as u64 });
             }
         }
         s.net = Some(net);
         s.epoch = epoch;
-        s.last_epoch = Some((lr, loss_sum / n as f64));
+        s.last_epoch = Some((lr, stats.loss_sum / n as f64));
         s.train_seconds += t.elapsed().as_secs_f64();
         s.trained_samples += n;
         Ok(())
@@ -535,6 +615,8 @@ fn train_here(
         transform: LogitTransform::of(cfg)?,
         progress: &progress,
         interrupt,
+        failure: &failure,
+        read_every: read_back_every(cfg.device),
     };
     let outcome = Executor::new(epochs, cfg.epochs as u64)
         .observe(&mut metrics, Schedule::Every(1))
@@ -648,4 +730,56 @@ fn save_checkpoint(path: &Path, net: &Net, optim: &ModuleOptimizer, epoch: usize
         &[("model", &model[..]), ("optimizer", &opt[..])],
     )?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Batch losses and correct counts pushed as device tensors, read back every `every`
+    /// batches as the epoch loop does: the sums, in f64 and batch order, equal the direct ones
+    /// whatever `every` is; a loss that is not finite stops the sums just before it.
+    #[test]
+    fn batch_stats_add_every_batch_once_in_order_however_often_they_are_read() {
+        let device = Device::flex();
+        let batches: Vec<(f32, i64, usize)> = (0..11)
+            .map(|i| (0.1 + 0.37 * i as f32, 3 + (i * 5) % 7, if i == 10 { 5 } else { 16 }))
+            .collect();
+        let push = |stats: &mut BatchStats, &(loss, hits, rows): &(f32, i64, usize)| {
+            let loss = Tensor::<1>::from_data(TensorData::new(vec![loss], [1]), &device);
+            let hits = Tensor::<1, Int>::from_data(TensorData::new(vec![hits], [1]), &device);
+            stats.push(loss, hits, rows);
+        };
+        let want: f64 = batches.iter().map(|&(l, _, r)| f64::from(l) * r as f64).sum();
+        for every in [1, 3, 4, 11, 32] {
+            let mut stats = BatchStats::default();
+            let mut reads = 0;
+            for (b, batch) in batches.iter().enumerate() {
+                push(&mut stats, batch);
+                if stats.due(every, b + 1 == batches.len()) {
+                    assert_eq!(stats.settle(), Ok(Ok(())));
+                    reads += 1;
+                }
+            }
+            assert!(stats.pending.is_empty(), "every = {every}");
+            assert_eq!(reads, batches.len().div_ceil(every), "every = {every}");
+            assert_eq!(stats.loss_sum, want, "every = {every}");
+            assert_eq!(stats.correct, batches.iter().map(|b| b.1 as usize).sum::<usize>());
+            assert_eq!(stats.seen, 16 * 10 + 5);
+        }
+
+        let mut stats = BatchStats::default();
+        assert_eq!(stats.settle(), Ok(Ok(())), "nothing pending");
+        for (i, batch) in batches.iter().enumerate().take(6) {
+            push(&mut stats, &if i == 4 { (f32::INFINITY, 0, 16) } else { *batch });
+        }
+        assert_eq!(stats.settle(), Ok(Err(f64::INFINITY)));
+        assert_eq!(stats.seen, 4 * 16, "the batches before the infinite loss are added");
+    }
+
+    #[test]
+    fn only_a_gpu_keeps_batches_on_the_device() {
+        assert_eq!(read_back_every(seli_run::train::Device::Cpu), 1);
+        assert!(read_back_every(seli_run::train::Device::Cuda(0)) > 1);
+    }
 }
