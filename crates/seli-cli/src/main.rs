@@ -3,6 +3,7 @@
 
 mod analyze;
 mod bench;
+mod failure;
 mod geometry;
 mod loss_args;
 mod profile_args;
@@ -90,6 +91,7 @@ fn init_tracing(verbose: u8) {
 }
 
 fn main() -> ExitCode {
+    failure::install();
     // Rust ignores SIGPIPE, which turns a closed stdout (`seli sweep --list | head`) into a
     // panic in println!; the default action ends the process quietly, as other tools do.
     #[cfg(unix)]
