@@ -290,11 +290,11 @@ impl Solver for Epochs<'_, '_> {
         let n = data.train.len();
         let mut order: Vec<usize> = (0..n).collect();
         shuffle(&mut order, &mut rng_from_seed(epoch_seed(cfg.seed, epoch)));
-        self.progress.borrow_mut().epoch_start(epoch, n.div_ceil(cfg.batch_size));
+        let batches = n.div_ceil(cfg.batch_size);
+        self.progress.borrow_mut().epoch_start(epoch, batches);
         let t = Instant::now();
         let mut stats = BatchStats::default();
         let mut net = s.net.take().expect("the network is back after every epoch");
-        let batches = n.div_ceil(cfg.batch_size);
         for (b, rows) in order.chunks(cfg.batch_size).enumerate() {
             let (x, y) = data.train.batch(rows, &self.device);
             let logits = net.forward(x);
