@@ -2,7 +2,7 @@
 # The CUDA build of seli (`--device cuda`), offline apart from the crate registry.
 #
 #   scripts/build-cuda.sh            release build: target/cuda/seli (stripped) and seli.xz
-#   scripts/build-cuda.sh --fusion   the same with burn's kernel fusion and autotuning:
+#   scripts/build-cuda.sh --fusion   the same with burn's kernel fusion too:
 #                                    target/cuda/seli-fusion and seli-fusion.xz
 #   scripts/build-cuda.sh --check    type-check only (what CI runs)
 #   scripts/build-cuda.sh --sources  print the id of the sources a build now would use (the

@@ -13,14 +13,14 @@
 #                                          the CPU with target/release/seli and small sizes (the
 #                                          GPU-only checks fail, as they should)
 #
-# Steps: the environment (nvidia-smi, where NVRTC and the CUDA headers are: the CUDA toolkit, or
-# PyTorch's nvidia wheels), the refusal when the headers are missing, training throughput of
-# both MLPs and ResNet-18 beside PyTorch (scripts/bench-train.py), UFM iterations beside PyTorch
-# (scripts/bench-ufm.py), `seli ufm --device cuda` (a tracked run beside the CPU's, the large
-# size in f32 and f64, Ctrl-C on the GPU and the end on the CPU), and a short MNIST run on the
-# GPU that is interrupted and finished on the CPU from its checkpoint; last, when the fusion build
-# travelled, `seli bench train` and `seli bench ufm` with the plain and the fusion build in turn
-# (a second round when time is left).
+# Steps, most decisive first (a device call lasts at most 600 s; the log is written as it goes
+# and comes back even on a timeout): the environment (nvidia-smi, where NVRTC and the CUDA
+# headers are: the CUDA toolkit, or PyTorch's nvidia wheels), the refusals, each build's first
+# kernels and autotuning, training throughput of both MLPs and ResNet-18 beside PyTorch
+# (scripts/bench-train.py) and UFM iterations beside PyTorch (scripts/bench-ufm.py) with the
+# fusion build when it travelled (else the plain one), the other build alone, `seli ufm` on the
+# GPU beside the CPU in f64 and f32, a short MNIST run interrupted on the GPU and finished on the
+# CPU, and the large UFM in f32 and f64 with Ctrl-C on the GPU and the end on the CPU.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -65,34 +65,38 @@ out="${1:?usage: scripts/gpu-measure.sh [--rehearse] OUT}"
 mkdir -p "$out"
 out="$(cd "$out" && pwd)"
 exec > >(tee "$out/gpu.log") 2>&1
-step() { echo; echo "=== $* ($(date +%T))"; }
+step() { echo; echo "=== $* ($(date +%T), ${SECONDS}s)"; }
 work="$(mktemp -d)"
 # Sizes: the issue's on the GPU; small ones for a rehearsal on the CPU.
 if [[ -n "$rehearse" ]]; then
-    dev=cpu seli="$PWD/target/release/seli" py="${PYTHON:-target/py-venv/bin/python}"
-    train_steps=20 resnet_steps=0 ufm_iters=20 large_iters=4 stop_after=8 mnist_stop=20
-    fused="$seli"
+    dev=cpu plain="$PWD/target/release/seli" py="${PYTHON:-target/py-venv/bin/python}"
+    train_steps=20 resnet_steps=0 ufm_iters=20 large_iters=4 stop_after=8 mnist_stop=3
+    fused="$plain" burn=--burn
     small=(--step 4,10,0.5,20 --d 16) large=(--step 10,10,0.5,200 --d 64) epochs=3
     data="$PWD/data"
 else
-    dev=cuda seli="$work/seli" py=python3
-    xz -dc target/gpu-carry/seli.xz >"$seli" && chmod +x "$seli"
+    dev=cuda plain="$work/seli" py=python3 burn=""
+    xz -dc target/gpu-carry/seli.xz >"$plain" && chmod +x "$plain"
     fused=""
     if [[ -f target/gpu-carry/seli-fusion.xz ]]; then
         fused="$work/seli-fusion"
         xz -dc target/gpu-carry/seli-fusion.xz >"$fused" && chmod +x "$fused"
     fi
-    train_steps=200 resnet_steps=30 ufm_iters=2000 large_iters=500 stop_after=20 mnist_stop=20
+    train_steps=200 resnet_steps=20 ufm_iters=1000 large_iters=100 stop_after=15 mnist_stop=6
     small=(--step 10,10,0.5,50 --d 64) large=(--step 100,10,0.5,200 --d 512) epochs=8
     data="$work/data"
     mkdir -p "$data" && xz -dc target/gpu-carry/mnist.tar.xz | tar -C "$data" -xf -
 fi
+# The build measured beside PyTorch and used for the runs: the fusion build when it travelled
+# (burn's fusion on top of autotuning), else the plain one; the other is timed alone after it.
+seli="${fused:-$plain}"
 
 step environment
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv || true
 "$py" -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda, torch.cuda.get_device_name(0))'
 "$seli" --version
-[[ -z "$rehearse" ]] && echo "built from sources $(cat target/gpu-carry/seli.sources 2>/dev/null || echo unknown)"
+[[ -z "$rehearse" ]] && echo "built from sources $(cat target/gpu-carry/seli.sources 2>/dev/null || echo unknown);" \
+    "measured beside PyTorch: $(basename "$seli")"
 
 # NVRTC and the headers: the toolkit when there is one, else PyTorch's nvidia/cu13 wheels.
 if command -v nvcc >/dev/null; then
@@ -112,7 +116,7 @@ else
     done
     export CUDA_PATH="$work/cuda"
 fi
-echo "CUDA_PATH=$CUDA_PATH"; ls "$CUDA_PATH/include" | head -30
+echo "CUDA_PATH=$CUDA_PATH"
 for h in cuda_fp16.h mma.h cooperative_groups.h cuda/barrier; do
     # cubecl also searches include/cccl (where CUDA 13 keeps CCCL).
     if [[ -e "$CUDA_PATH/include/$h" || -e "$CUDA_PATH/include/cccl/$h" ]]; then
@@ -126,28 +130,60 @@ step "refusals (expected to fail, each with a clear message)"
 CUDA_PATH=/nonexistent "$seli" bench train --device cuda --mlp-steps 1 --resnet-steps 0 && echo UNEXPECTED-SUCCESS
 "$seli" bench train --device cuda:7 --mlp-steps 1 --resnet-steps 0 && echo UNEXPECTED-SUCCESS
 
-step "first kernels (compile time included)"
-time timeout 180 "$seli" bench train --device "$dev" --mlp-steps 5 --resnet-steps "$(( resnet_steps > 0 ? 2 : 0 ))"
+# burn's autotuning measures candidate kernels the first time it meets a shape and keeps the
+# choice in target/environment (under the working directory's workspace), so later processes
+# start tuned.
+for b in "$seli" ${fused:+"$plain"}; do
+    step "first kernels and autotuning: $(basename "$b") (compile and tuning time included)"
+    time timeout 240 "$b" bench train --device "$dev" --mlp-steps 5 --resnet-steps "$(( resnet_steps > 0 ? 2 : 0 ))"
+done
 
-step "training throughput beside PyTorch"
-timeout 300 "$py" scripts/bench-train.py --device "$dev" --seli "$seli" --steps "$train_steps" --pairs 2 \
+step "training throughput beside PyTorch ($(basename "$seli"))"
+timeout 200 "$py" scripts/bench-train.py --device "$dev" --seli "$seli" --steps "$train_steps" --pairs 2 \
     --resnet-steps "$resnet_steps" --json "$out/bench-train.json"
 
-step "UFM gradient descent beside PyTorch (burn tensors on the GPU)"
-# (A rehearsal times the same burn iteration on the CPU backend: --burn.)
-timeout 240 "$py" scripts/bench-ufm.py --device "$dev" --seli "$seli" --iters "$ufm_iters" \
-    ${rehearse:+--burn}
+step "UFM gradient descent beside PyTorch (burn tensors on the GPU; $(basename "$seli"))"
+timeout 150 "$py" scripts/bench-ufm.py --device "$dev" --seli "$seli" --iters "$ufm_iters" $burn
 
-step "seli ufm on the GPU: a tracked run beside the same run on the CPU, then the large size"
+if [[ -n "$fused" ]]; then
+    step "the other build alone: $(basename "$plain") (autotuning without fusion)"
+    timeout 100 "$plain" bench train --device "$dev" --mlp-steps "$train_steps" --resnet-steps "$resnet_steps"
+    timeout 100 "$plain" bench ufm --device "$dev" --iters "$ufm_iters" $burn
+fi
+
+step "seli ufm on the GPU beside the same run on the CPU, f64 and f32 (autotuning may pick tf32 products)"
 u="$out/ufm"
-for d in cpu "$dev"; do
-    time "$seli" ufm "${small[@]}" --iters "$ufm_iters" --every "$(( ufm_iters / 4 ))" \
-        --device "$d" --out "$u-small-$d" --force | tail -4
+for dt in f64 f32; do
+    for d in cpu "$dev"; do
+        timeout 60 "$seli" ufm "${small[@]}" --dtype "$dt" --iters "$ufm_iters" --every "$(( ufm_iters / 4 ))" \
+            --device "$d" --out "$u-small-$dt-$d" --force >/dev/null
+    done
+    echo "$dt, last rows, cpu then $dev:"
+    head -n1 "$u-small-$dt-cpu/metrics.csv" | cut -c1-200
+    tail -n1 "$u-small-$dt-cpu/metrics.csv" | cut -c1-200
+    tail -n1 "$u-small-$dt-$dev/metrics.csv" | cut -c1-200
+    "$py" - "$u-small-$dt-cpu/metrics.csv" "$u-small-$dt-$dev/metrics.csv" <<'PY'
+import csv, math, sys
+head = next(csv.reader(open(sys.argv[1])))
+rows = [list(csv.reader(open(f)))[-1] for f in sys.argv[1:]]
+diffs = [(abs(float(a) - float(b)) / max(abs(float(a)), 1e-300), h)
+         for h, a, b in zip(head, *rows) if a and b and math.isfinite(float(a))]
+worst = max(diffs, default=(0.0, "-"))
+print(f"largest relative difference, last rows: {worst[0]:.3g} ({worst[1]})")
+PY
 done
-echo "last rows, cpu then $dev:"
-tail -n1 "$u-small-cpu/metrics.csv"; tail -n1 "$u-small-$dev/metrics.csv"
+
+step "a short MNIST run on the GPU, interrupted, finished on the CPU"
+run="$out/mnist-gpu"
+timeout --preserve-status -s INT "$mnist_stop" "$seli" train --device "$dev" --data-dir "$data" --epochs "$epochs" \
+    --checkpoint-every 1 --every 1 --out "$run" --force
+echo "exit $? (130: interrupted)"
+time timeout 120 "$seli" train --resume "$run" --device cpu
+head -c 600 "$run/summary.json"; echo
+
+step "seli ufm at the large size on the GPU (f32, f64), then Ctrl-C there and the end on the CPU"
 for dt in f32 f64; do
-    time timeout 120 "$seli" ufm "${large[@]}" --dtype "$dt" --iters "$large_iters" \
+    time timeout 60 "$seli" ufm "${large[@]}" --dtype "$dt" --iters "$large_iters" \
         --every "$large_iters" --schedule constant --lr 1e-3 --device "$dev" \
         --out "$u-large-$dt" --force | sed -n 1p
 done
@@ -156,31 +192,7 @@ timeout --preserve-status -s INT "$stop_after" "$seli" ufm "${large[@]}" --dtype
 echo "exit ${PIPESTATUS[0]} (130: interrupted)"
 done_iters="$("$py" -c "import json; s = json.load(open('$u-stopped/summary.json')); print(s['iters_done'])")"
 grep -o '"termination": "[a-z-]*"' "$u-stopped/summary.json"
-"$seli" ufm --resume "$u-stopped" --device cpu --iters "$(( done_iters + 2 ))" | sed -n 1p
-
-step "a short MNIST run on the GPU, interrupted, finished on the CPU"
-run="$out/mnist-gpu"
-timeout --preserve-status -s INT "$mnist_stop" "$seli" train --device "$dev" --data-dir "$data" --epochs "$epochs" \
-    --checkpoint-every 1 --every 1 --out "$run" --force
-echo "exit $? (130: interrupted)"
-time timeout 180 "$seli" train --resume "$run" --device cpu
-cat "$run/summary.json" | head -40
-
-if [[ -n "$fused" ]]; then
-    step "burn's fusion and autotuning: the plain build, then the fusion build, in turn"
-    "$fused" --version
-    for round in 1 2; do
-        # The second round only while the device run has time left (a device call lasts 600 s).
-        if (( round == 2 && SECONDS > 420 )); then
-            echo "--- round 2 left out: $SECONDS s used"
-            break
-        fi
-        for b in "$seli" "$fused"; do
-            echo "--- round $round: $(basename "$b")"
-            timeout 200 "$b" bench train --device "$dev" --mlp-steps "$train_steps" \
-                --resnet-steps "$resnet_steps"
-            timeout 120 "$b" bench ufm --device "$dev" --iters "$ufm_iters" ${rehearse:+--burn}
-        done
-    done
-fi
+timeout 60 "$seli" ufm --resume "$u-stopped" --device cpu --iters "$(( done_iters + 2 ))" | sed -n 1p
+# Only the log and the small files travel back.
+rm -rf "$u"-large-* "$u-stopped"
 rm -rf "$work"
