@@ -5,7 +5,7 @@
 #
 #   scripts/gpu-measure.sh --pack          here, after scripts/build-cuda.sh: target/gpu-carry,
 #                                          what travels (the compressed binary, its sources id,
-#                                          data/mnist compressed; about 21 MB; and the fusion
+#                                          data/mnist compressed; about 22 MB; and the fusion
 #                                          build when build-cuda.sh --fusion made a current one)
 #   scripts/gpu-measure.sh OUT             on the GPU machine, with target/gpu-carry carried:
 #                                          everything below, log in OUT/gpu.log
