@@ -16,9 +16,9 @@ pub fn install() {
             .map(|s| (*s).to_string())
             .or_else(|| payload.downcast_ref::<String>().cloned())
             .unwrap_or_else(|| "(no message)".into());
-        let place = info.location().map(|l| (l.file().to_string(), l.line()));
+        let place = info.location().map(|l| (l.file(), l.line()));
         let backtrace = std::env::var_os("RUST_BACKTRACE").is_some_and(|v| v != "0");
-        eprintln!("{}", report(place.as_ref().map(|(f, l)| (f.as_str(), *l)), &message, backtrace));
+        eprintln!("{}", report(place, &message, backtrace));
         if backtrace {
             rust_report(info);
         }
@@ -61,8 +61,7 @@ fn report(place: Option<(&str, u32)>, message: &str, backtrace: bool) -> String 
     let (krate, at) = match place {
         Some((file, line)) => {
             let (krate, path) = locate(file);
-            let at = format!("{path}:{line}");
-            (krate, at)
+            (krate, format!("{path}:{line}"))
         }
         None => (String::new(), "an unknown place".into()),
     };
