@@ -10,7 +10,7 @@ the clock is read, on the CPU with as many threads as seli's row; timed as seli 
 row (the median of five stretches on the CPU, one stretch on a GPU), for as many iterations.
 seli's figures are parsed from its own output.
 
-    python scripts/bench-ufm.py --device cuda --seli target/cuda/seli
+    python scripts/bench-ufm.py --device cuda --seli target/cuda/seli   # cuBLAS (what `seli ufm` runs)
     python scripts/bench-ufm.py --device cpu           # seli's own solver (what `seli ufm` runs)
     python scripts/bench-ufm.py --device cpu --burn    # the burn iteration on burn's CPU backend
 
@@ -79,7 +79,7 @@ def main():
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--iters", type=int, default=1000, help="seli bench ufm --iters: the small size's; seli runs fewer at the larger sizes, PyTorch as many as seli's row")
     ap.add_argument("--seli", default=str(Path(__file__).resolve().parent.parent / "target/release/seli"))
-    ap.add_argument("--burn", action="store_true", help="on the CPU: time seli's burn iteration")
+    ap.add_argument("--burn", action="store_true", help="time seli's iteration written with burn tensors (not what seli ufm runs)")
     ap.add_argument("--quick", action="store_true", help="seli's smallest sizes: checks the script")
     a = ap.parse_args()
     import torch
@@ -92,7 +92,7 @@ def main():
     rows = seli_rows(r.stdout)
     device = "cuda:0" if a.device == "cuda" else a.device
     native = a.device == "cpu" and not a.burn
-    what = "seli's solver" if native else "seli's burn iteration"
+    what = "seli's burn iteration" if a.burn else ("seli's solver" if native else "seli's cuBLAS iteration")
     print(f"UFM gradient descent, {a.device}, {what}; torch {torch.__version__}; seli {a.seli}")
     print(f"{'k':>5}{'d':>6}{'n':>9}{'type':>6}{'threads':>9}{'iters':>7}{'seli it/s':>12}{'PyTorch it/s':>14}{'ratio':>8}")
     for row in rows:

@@ -15,12 +15,13 @@
 #
 # Steps, most decisive first (a device call lasts at most 600 s; the log is written as it goes
 # and comes back even on a timeout): the environment (nvidia-smi, where NVRTC and the CUDA
-# headers are: the CUDA toolkit, or PyTorch's nvidia wheels), the refusals, each build's first
-# kernels and autotuning, training throughput of both MLPs and ResNet-18 beside PyTorch
-# (scripts/bench-train.py) and UFM iterations beside PyTorch (scripts/bench-ufm.py) with the
-# fusion build when it travelled (else the plain one), the other build alone, `seli ufm` on the
-# GPU beside the CPU in f64 and f32, a short MNIST run interrupted on the GPU and finished on the
-# CPU, and the large UFM in f32 and f64 with Ctrl-C on the GPU and the end on the CPU.
+# headers and cuBLAS are: the CUDA toolkit, or PyTorch's nvidia wheels), the refusals, `seli ufm`
+# on the GPU (cuBLAS) beside the CPU for five configurations in f64 and f32, UFM iterations beside
+# PyTorch (scripts/bench-ufm.py; burn's iteration alone after it), each build's first kernels and
+# autotuning, training throughput of both MLPs and ResNet-18 beside PyTorch
+# (scripts/bench-train.py) with the fusion build when it travelled (else the plain one), the
+# other build alone, a short MNIST run interrupted on the GPU and finished on the CPU, and the
+# large UFM in f32 and f64 with Ctrl-C on the GPU and the end on the CPU.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -106,6 +107,12 @@ site="$("$py" -c 'import site; print(" ".join(site.getsitepackages()))')"
 nvrtc="$(find "${cuda_root:-/nonexistent}" $site -name 'libnvrtc.so.13*' 2>/dev/null | head -1)"
 echo "nvcc root: ${cuda_root:-none}; libnvrtc: ${nvrtc:-not found}"
 [[ -n "$nvrtc" ]] && export LD_LIBRARY_PATH="$(dirname "$nvrtc")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+# cuBLAS (the UFM's products): the toolkit's lib64, else PyTorch's nvidia-cublas wheel.
+cublas="$(find "${cuda_root:-/nonexistent}" $site -name 'libcublas.so.13*' 2>/dev/null | head -1)"
+echo "libcublas: ${cublas:-not found}"
+if [[ -n "$cublas" && "$(dirname "$cublas")" != "$(dirname "${nvrtc:-/}")" ]]; then
+    export LD_LIBRARY_PATH="$(dirname "$cublas"):$LD_LIBRARY_PATH"
+fi
 if [[ -n "${cuda_root:-}" && -f "$cuda_root/include/cuda_fp16.h" ]]; then
     export CUDA_PATH="$cuda_root"
 else
@@ -130,6 +137,40 @@ step "refusals (expected to fail, each with a clear message)"
 CUDA_PATH=/nonexistent "$seli" bench train --device cuda --mlp-steps 1 --resnet-steps 0 && echo UNEXPECTED-SUCCESS
 "$seli" bench train --device cuda:7 --mlp-steps 1 --resnet-steps 0 && echo UNEXPECTED-SUCCESS
 
+step "seli ufm on the GPU (cuBLAS) beside the same run on the CPU: loss families, bias, ridge, step rules; f64 and f32"
+u="$out/ufm"
+# Each case: the largest relative difference between the last metrics rows (every column,
+# geometry included) of the GPU run and the CPU run.
+cases=(
+    "--schedule constant --lr 1e-3"
+    "--loss cdt --gamma 0.5 --bias --lambda-w 1e-2 --lambda-h 2e-2 --lr 1e-3 --schedule constant"
+    "--schedule norm-grad --lr 0.1 --grad-tol 1e-30"
+    "--loss ldt --gamma 0.5 --lambda-h 1e-3 --schedule step:0.5@50,100 --lr 2e-3"
+    "--loss vs --gamma 0.3 --tau 0.5 --bias --schedule norm-loss --lr 0.1 --loss-reduction mean"
+)
+for dt in f64 f32; do
+    for c in "${cases[@]}"; do
+        for d in cpu "$dev"; do
+            # shellcheck disable=SC2086
+            timeout 60 "$seli" ufm "${small[@]}" $c --dtype "$dt" --iters 150 --every 50 \
+                --device "$d" --out "$u-$d" --force >/dev/null || echo "FAILED: --device $d $c"
+        done
+        "$py" - "$u-cpu/metrics.csv" "$u-$dev/metrics.csv" "$dt $c" <<'PY'
+import csv, math, sys
+head = next(csv.reader(open(sys.argv[1])))
+rows = [list(csv.reader(open(f)))[-1] for f in sys.argv[1:3]]
+diffs = [(abs(float(a) - float(b)) / max(abs(float(a)), 1e-300), h)
+         for h, a, b in zip(head, *rows) if a and b and math.isfinite(float(a))]
+worst = max(diffs, default=(0.0, "-"))
+print(f"{sys.argv[3]}: iter {rows[0][0]} vs {rows[1][0]}, largest relative difference {worst[0]:.3g} ({worst[1]})")
+PY
+    done
+done
+
+step "UFM gradient descent beside PyTorch (cuBLAS on the GPU; $(basename "$seli"))"
+timeout 150 "$py" scripts/bench-ufm.py --device "$dev" --seli "$seli" --iters "$ufm_iters" $burn
+[[ -z "$rehearse" ]] && timeout 60 "$seli" bench ufm --device "$dev" --iters 200 --burn
+
 # burn's autotuning measures candidate kernels the first time it meets a shape and keeps the
 # choice in target/environment (under the working directory's workspace), so later processes
 # start tuned.
@@ -142,36 +183,10 @@ step "training throughput beside PyTorch ($(basename "$seli"))"
 timeout 200 "$py" scripts/bench-train.py --device "$dev" --seli "$seli" --steps "$train_steps" --pairs 2 \
     --resnet-steps "$resnet_steps" --json "$out/bench-train.json"
 
-step "UFM gradient descent beside PyTorch (burn tensors on the GPU; $(basename "$seli"))"
-timeout 150 "$py" scripts/bench-ufm.py --device "$dev" --seli "$seli" --iters "$ufm_iters" $burn
-
 if [[ -n "$fused" ]]; then
     step "the other build alone: $(basename "$plain") (autotuning without fusion)"
     timeout 100 "$plain" bench train --device "$dev" --mlp-steps "$train_steps" --resnet-steps "$resnet_steps"
-    timeout 100 "$plain" bench ufm --device "$dev" --iters "$ufm_iters" $burn
 fi
-
-step "seli ufm on the GPU beside the same run on the CPU, f64 and f32 (autotuning may pick tf32 products)"
-u="$out/ufm"
-for dt in f64 f32; do
-    for d in cpu "$dev"; do
-        timeout 60 "$seli" ufm "${small[@]}" --dtype "$dt" --iters "$ufm_iters" --every "$(( ufm_iters / 4 ))" \
-            --device "$d" --out "$u-small-$dt-$d" --force >/dev/null
-    done
-    echo "$dt, last rows, cpu then $dev:"
-    head -n1 "$u-small-$dt-cpu/metrics.csv" | cut -c1-200
-    tail -n1 "$u-small-$dt-cpu/metrics.csv" | cut -c1-200
-    tail -n1 "$u-small-$dt-$dev/metrics.csv" | cut -c1-200
-    "$py" - "$u-small-$dt-cpu/metrics.csv" "$u-small-$dt-$dev/metrics.csv" <<'PY'
-import csv, math, sys
-head = next(csv.reader(open(sys.argv[1])))
-rows = [list(csv.reader(open(f)))[-1] for f in sys.argv[1:]]
-diffs = [(abs(float(a) - float(b)) / max(abs(float(a)), 1e-300), h)
-         for h, a, b in zip(head, *rows) if a and b and math.isfinite(float(a))]
-worst = max(diffs, default=(0.0, "-"))
-print(f"largest relative difference, last rows: {worst[0]:.3g} ({worst[1]})")
-PY
-done
 
 step "a short MNIST run on the GPU, interrupted, finished on the CPU"
 run="$out/mnist-gpu"
@@ -194,5 +209,5 @@ done_iters="$("$py" -c "import json; s = json.load(open('$u-stopped/summary.json
 grep -o '"termination": "[a-z-]*"' "$u-stopped/summary.json"
 timeout 60 "$seli" ufm --resume "$u-stopped" --device cpu --iters "$(( done_iters + 2 ))" | sed -n 1p
 # Only the log and the small files travel back.
-rm -rf "$u"-large-* "$u-stopped"
+rm -rf "$u"-large-* "$u-stopped" "$u-cpu" "$u-$dev"
 rm -rf "$work"

@@ -98,14 +98,14 @@ pub struct BenchUfmArgs {
     #[arg(long, default_value_t = 1000)]
     pub iters: u64,
 
-    /// cpu: seli's solver (what `seli ufm` runs). cuda or cuda:N: the same iteration with burn
-    /// tensors on that GPU (a CUDA build), at k = 10, d = 64, n = 2750 and at k = 100, d = 512,
-    /// n = 110 000.
+    /// cpu: seli's solver (what `seli ufm` runs). cuda or cuda:N: the same iteration on that GPU
+    /// (a CUDA build; cuBLAS products and seli's kernels, what `seli ufm --device cuda` runs),
+    /// at k = 10, d = 64, n = 2750 and at k = 100, d = 512, n = 110 000.
     #[arg(long, value_name = "DEVICE", default_value = "cpu")]
     pub device: seli_train::Device,
 
-    /// Time the burn iteration on --device even when it is the CPU (burn's flex backend; slower
-    /// than seli's own solver, which --device cpu times otherwise).
+    /// Time the iteration written with burn tensors on --device instead (on the CPU burn's flex
+    /// backend, slower than seli's solver; on a GPU burn's CUDA backend, slower than cuBLAS).
     #[arg(long)]
     pub burn: bool,
 
@@ -391,8 +391,17 @@ fn ufm_rate<T: Scalar>(profile: &Profile, d: usize, iters: u64, threads: usize) 
 }
 
 fn bench_ufm(a: &BenchUfmArgs) -> Result<()> {
-    if a.burn || a.device != seli_train::Device::Cpu {
-        return bench_device_ufm(a);
+    use seli_train::ufm::DeviceUfm;
+    match (a.burn, a.device) {
+        (true, _) => return bench_device_ufm::<DeviceUfm>(a, "burn tensors"),
+        #[cfg(feature = "cuda")]
+        (false, seli_train::Device::Cuda(_)) => {
+            return bench_device_ufm::<seli_train::cuda_ufm::CudaUfm>(a, "cuBLAS");
+        }
+        // Refused by the device check, with how to get a CUDA build.
+        #[cfg(not(feature = "cuda"))]
+        (false, seli_train::Device::Cuda(_)) => return bench_device_ufm::<DeviceUfm>(a, ""),
+        (false, seli_train::Device::Cpu) => {}
     }
     let iters = if a.quick { 5 } else { a.iters.max(1) };
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -440,11 +449,14 @@ fn bench_ufm(a: &BenchUfmArgs) -> Result<()> {
     Ok(())
 }
 
-/// `seli bench ufm --device cuda`: the burn iteration (`seli_train::ufm::DeviceUfm`) on a GPU,
-/// iterations per second over a timed stretch after a warm-up, finished on the device.
-fn bench_device_ufm(a: &BenchUfmArgs) -> Result<()> {
-    use seli_train::ufm::DeviceUfm;
-    seli_train::device::burn_device(a.device)?;
+/// `seli bench ufm --device cuda` (or `--burn`): a device iteration `U` (`what` it is written
+/// with) on `--device`, iterations per second over a timed stretch after a warm-up, finished on
+/// the device.
+fn bench_device_ufm<U: seli_train::ufm::DeviceIteration>(
+    a: &BenchUfmArgs,
+    what: &str,
+) -> Result<()> {
+    U::check_device(a.device)?;
     let iters = if a.quick { 2 } else { a.iters.max(1) };
     let cases = if a.quick {
         vec![(Profile::step(4, 10.0, 0.5, 3)?, 4, iters)]
@@ -454,7 +466,7 @@ fn bench_device_ufm(a: &BenchUfmArgs) -> Result<()> {
             (Profile::step(100, 10.0, 0.5, 200)?, 512, (iters / 5).max(1)),
         ]
     };
-    println!("seli bench ufm --device {}: full-batch GD on the UFM with burn tensors", a.device);
+    println!("seli bench ufm --device {}: full-batch GD on the UFM with {what}", a.device);
     println!("summed CE, no ridge, no bias, constant steps; 6 k d n flop per iteration");
     println!();
     println!(
@@ -465,14 +477,14 @@ fn bench_device_ufm(a: &BenchUfmArgs) -> Result<()> {
         let cfg = seli_core::solve::ufm::UfmConfig { d, lr: 1e-3, ..Default::default() };
         let flop = 6.0 * (p.k() * d) as f64 * p.n() as f64;
         for (name, f64) in [("f32", false), ("f64", true)] {
-            let mut ufm = DeviceUfm::new(&p, &cfg, a.device, f64)?;
+            let mut ufm = U::new(&p, &cfg, a.device, f64)?;
             for _ in 0..3 {
-                ufm.step();
+                ufm.advance(false)?;
             }
             ufm.sync()?;
             let t = std::time::Instant::now();
             for _ in 0..iters {
-                ufm.step();
+                ufm.advance(false)?;
             }
             ufm.sync()?;
             let rate = iters as f64 / t.elapsed().as_secs_f64();

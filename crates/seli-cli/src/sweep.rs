@@ -273,7 +273,7 @@ fn job(command: Command, point: &Point, inner_threads: usize) -> Result<(Job, Ve
         }
         PointCli::Ufm(a) => {
             let cfg = a.run_config()?.resumed_with(None, inner_threads, None)?;
-            seli_train::device::burn_device(cfg.device)?;
+            seli_train::ufm::check_device(cfg.device)?;
             Job::Ufm(Box::new(cfg))
         }
         PointCli::Train(a) => {

@@ -340,13 +340,18 @@ fn report(s: &TrainSummary, cfg: &TrainConfig, dir: &Path) {
     println!("files in {}", dir.display());
 }
 
-/// Checks that a run in `dir` can continue on `device`, or says how to move it to the CPU
-/// (`command`: `train` or `ufm`).
+/// Checks with `check` (the command's device check) that a run in `dir` can continue on
+/// `device`, or says how to move it to the CPU (`command`: `train` or `ufm`).
 ///
 /// # Errors
 /// A device this build or machine lacks, named, with the `--resume ... --device cpu` line.
-pub fn resume_device(device: seli_train::Device, dir: &Path, command: &str) -> Result<()> {
-    if let Err(e) = seli_train::device::burn_device(device) {
+pub fn resume_device(
+    device: seli_train::Device,
+    check: impl Fn(seli_train::Device) -> seli_train::Result<()>,
+    dir: &Path,
+    command: &str,
+) -> Result<()> {
+    if let Err(e) = check(device) {
         bail!(
             "{e}\n(the run in {} continues on {device}; its checkpoint continues on any device: \
              seli {command} --resume {} --device cpu)",
@@ -363,7 +368,8 @@ pub fn run(args: &TrainArgs) -> Result<ExitCode> {
         Some(dir) => {
             let mut cfg = read_config(dir)?;
             cfg.device = args.device.unwrap_or(cfg.device);
-            resume_device(cfg.device, dir, "train")?;
+            let check = |d| seli_train::device::burn_device(d).map(drop);
+            resume_device(cfg.device, check, dir, "train")?;
             (cfg, dir.clone(), true)
         }
         None => {

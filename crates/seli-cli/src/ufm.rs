@@ -366,7 +366,8 @@ pub fn run(args: &UfmArgs) -> Result<ExitCode> {
         Some(path) => {
             let dir = UfmDir(path.clone());
             let cfg = dir.read_config()?.resumed_with(args.iters, args.threads, args.device)?;
-            crate::train::resume_device(cfg.device, path, "ufm")?;
+            let check = seli_train::ufm::check_device;
+            crate::train::resume_device(cfg.device, check, path, "ufm")?;
             dir.write_config(&cfg)?;
             (cfg, dir, true)
         }
@@ -374,7 +375,7 @@ pub fn run(args: &UfmArgs) -> Result<ExitCode> {
             let cfg = args.run_config()?;
             // Before the run directory exists: a device this build or machine lacks leaves
             // nothing behind.
-            seli_train::device::burn_device(cfg.device)?;
+            seli_train::ufm::check_device(cfg.device)?;
             let dir = UfmDir(args.out.clone());
             dir.start(&cfg, args.force)?;
             (cfg, dir, false)

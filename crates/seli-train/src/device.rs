@@ -104,6 +104,16 @@ fn cuda_device(index: usize) -> Result<burn::tensor::Device> {
     Ok(burn::tensor::Device::cuda(index))
 }
 
+/// Checks what the CUDA UFM ([`crate::cuda_ufm`]) needs on `cuda:index`: the driver, the GPU,
+/// NVRTC and cuBLAS (cudarc panics when one is missing).
+///
+/// # Errors
+/// [`Error::Device`](crate::error::Error::Device) naming what is missing and how to provide it.
+#[cfg(feature = "cuda")]
+pub(crate) fn check_cuda_ufm(index: usize) -> Result<()> {
+    cuda::preflight_cublas(index)
+}
+
 /// The checks behind `cuda:N`: the backend panics (inside cudarc or cubecl) when one of these
 /// is missing, so they run first and fail with the remedy.
 #[cfg(feature = "cuda")]
@@ -155,7 +165,28 @@ mod cuda {
             .or_else(|| std::path::Path::new("/usr/bin/nvcc").exists().then(|| "/usr".into()))
     }
 
+    /// What burn's CUDA backend needs: the driver, a GPU with that index, NVRTC and the CUDA
+    /// headers.
     pub(super) fn preflight(index: usize) -> Result<()> {
+        driver_and_nvrtc(index)?;
+        headers(index)
+    }
+
+    /// What the CUDA UFM needs (its kernels include no header): the driver, a GPU with that
+    /// index, NVRTC and cuBLAS.
+    pub(crate) fn preflight_cublas(index: usize) -> Result<()> {
+        driver_and_nvrtc(index)?;
+        if let Err(why) = open(&["libcublas.so.13", "libcublas.so"]) {
+            return Err(Error::Device(format!(
+                "device cuda:{index}: cuBLAS could not be loaded ({why}); install the CUDA 13 \
+                 toolkit's libraries (or the nvidia-cublas wheel) and put the directory \
+                 holding libcublas.so.13 and libcublasLt.so.13 on LD_LIBRARY_PATH"
+            )));
+        }
+        Ok(())
+    }
+
+    fn driver_and_nvrtc(index: usize) -> Result<()> {
         let dev = format!("device cuda:{index}");
         let fail = |what: String| Err(Error::Device(format!("{dev}: {what}")));
         let driver = match open(&["libcuda.so.1", "libcuda.so"]) {
@@ -202,6 +233,11 @@ mod cuda {
                  LD_LIBRARY_PATH"
             ));
         }
+        Ok(())
+    }
+
+    fn headers(index: usize) -> Result<()> {
+        let fail = |what: String| Err(Error::Device(format!("device cuda:{index}: {what}")));
         let Some(root) = cuda_root() else {
             return fail(
                 "no CUDA headers: set CUDA_PATH to a directory whose include/ holds \

@@ -18,6 +18,8 @@ pub mod activation;
 pub mod bench;
 pub mod config;
 pub mod conv;
+#[cfg(feature = "cuda")]
+pub mod cuda_ufm;
 pub mod data;
 pub mod device;
 pub mod error;

@@ -36,13 +36,140 @@ enum Eta {
     Device(Box<Tensor<2>>),
 }
 
-/// Positions in the device evaluation vector.
+/// Positions in the device evaluation vector (both device iterations).
 const OBJECTIVE: usize = 0;
 const LOSS: usize = 1;
 const CORRECT: usize = 2;
 const MIN_MARGIN: usize = 3;
-const GRAD_NORM: usize = 4;
-const H_NORM_SQ: usize = 5;
+pub(crate) const GRAD_NORM: usize = 4;
+pub(crate) const H_NORM_SQ: usize = 5;
+
+/// The evaluation held in a device evaluation vector read back.
+pub(crate) fn eval_at(v: &[f64]) -> Eval {
+    Eval {
+        objective: v[OBJECTIVE],
+        loss: v[LOSS],
+        correct: v[CORRECT] as u64,
+        min_margin: v[MIN_MARGIN],
+        grad_norm: v[GRAD_NORM],
+        h_norm_sq: v[H_NORM_SQ],
+    }
+}
+
+/// A UFM iteration whose variables live on a device: burn's tensors ([`DeviceUfm`], any
+/// backend) or, in CUDA builds, cuBLAS products and our own kernels (`cuda_ufm::CudaUfm`). [`DeviceSolver`] runs either as the engine of a `seli ufm`
+/// run; both start from seli-core's seeded start and take the same iteration.
+pub trait DeviceIteration: Sized {
+    /// Fails when `device` cannot run this iteration (what is missing, named), before anything
+    /// is placed there.
+    ///
+    /// # Errors
+    /// The device cannot be used.
+    fn check_device(device: Device) -> Result<()>;
+
+    /// `cfg` on `profile` at `params` after `iter` iterations, in f64 on the device when
+    /// `f64` (else f32), with the gradients (and the evaluation) at that point computed.
+    ///
+    /// # Errors
+    /// An invalid configuration, shapes that do not match it, or a device that cannot be used.
+    fn at(
+        profile: &Profile,
+        cfg: &UfmConfig,
+        device: Device,
+        f64: bool,
+        params: &Params<f64>,
+        iter: u64,
+    ) -> Result<Self>;
+
+    /// One gradient-descent iteration, queued on the device (nothing is read back). The
+    /// evaluation at the new point is computed when `evaluate` or when the step rule needs it.
+    ///
+    /// # Errors
+    /// The device refused the work.
+    fn advance(&mut self, evaluate: bool) -> Result<()>;
+
+    /// Iterations done.
+    fn iter(&self) -> u64;
+
+    /// Waits until every queued iteration has been computed.
+    ///
+    /// # Errors
+    /// The device reported a failure.
+    fn sync(&self) -> Result<()>;
+
+    /// The gradient norm at the current point, read back (one number).
+    ///
+    /// # Errors
+    /// No evaluation at this point; the device could not hand the value back.
+    fn grad_norm(&self) -> Result<f64>;
+
+    /// The variables, the evaluation and the next step at the current point, copied to the
+    /// host in f64.
+    ///
+    /// # Errors
+    /// No evaluation at this point; the device could not hand the values back.
+    fn host_state(&self) -> Result<HostState>;
+
+    /// The seeded start of `cfg` on `profile` (samples sorted by class, as seli-core orders
+    /// them) on `device`.
+    ///
+    /// # Errors
+    /// As [`Self::at`].
+    fn new(profile: &Profile, cfg: &UfmConfig, device: Device, f64: bool) -> Result<Self> {
+        let (k, n) = (profile.k(), profile.n() as usize);
+        let p = Params::<f64>::init(cfg.d, k, n, cfg.init_scale, cfg.seed, cfg.bias);
+        Self::at(profile, cfg, device, f64, &p, 0)
+    }
+
+    /// The host state at the current point in `T` (see [`HostState::into_state`]).
+    ///
+    /// # Errors
+    /// As [`Self::host_state`] and [`HostState::into_state`].
+    fn state<T: Scalar>(&self) -> Result<UfmState<T>> {
+        self.host_state()?.into_state(self.iter())
+    }
+}
+
+/// A device iteration's point copied to the host: `W` (d×k), `H` (d×n), the bias, the
+/// evaluation there and the step the rule gives next (before the zero-gradient rule).
+#[derive(Debug, Clone)]
+pub struct HostState {
+    /// `W`, d×k.
+    pub w: Mat<f64>,
+    /// `H`, d×n.
+    pub h: Mat<f64>,
+    /// `b`, when a bias is trained.
+    pub b: Option<Vec<f64>>,
+    /// The evaluation at this point.
+    pub eval: Eval,
+    /// The next step size.
+    pub step: f64,
+}
+
+impl HostState {
+    /// seli-core's state after `iter` iterations, in `T`; the step is 0 at an exactly zero
+    /// gradient (as seli-core's).
+    ///
+    /// # Errors
+    /// An evaluation or step that is not finite (named with the iteration).
+    pub fn into_state<T: Scalar>(self, iter: u64) -> Result<UfmState<T>> {
+        let cast = |m: Mat<f64>| Mat::from_fn(m.nrows(), m.ncols(), |i, j| T::from_f64(m[(i, j)]));
+        check_finite(iter, &self.eval)?;
+        let step = if self.eval.grad_norm == 0.0 { 0.0 } else { self.step };
+        if !(step.is_finite() && step >= 0.0) {
+            return Err(
+                seli_core::Error::Diverged { iter, quantity: "step size", value: step }.into()
+            );
+        }
+        let b = self.b.map(|b| b.into_iter().map(T::from_f64).collect());
+        Ok(UfmState {
+            params: Params { W: cast(self.w), H: cast(self.h), b },
+            iter,
+            eval: self.eval,
+            step,
+        })
+    }
+}
 
 /// The UFM variables, their gradients and the labels on a device.
 pub struct DeviceUfm {
@@ -75,23 +202,12 @@ pub struct DeviceUfm {
     device: Device,
 }
 
-impl DeviceUfm {
-    /// The seeded start of `cfg` on `profile` (samples sorted by class, as seli-core orders
-    /// them) on `device`, in f64 when `f64` (else f32).
-    ///
-    /// # Errors
-    /// An invalid configuration, or a device that cannot be used.
-    pub fn new(profile: &Profile, cfg: &UfmConfig, device: Device, f64: bool) -> Result<Self> {
-        let (k, n) = (profile.k(), profile.n() as usize);
-        let p = Params::<f64>::init(cfg.d, k, n, cfg.init_scale, cfg.seed, cfg.bias);
-        Self::at(profile, cfg, device, f64, &p, 0)
+impl DeviceIteration for DeviceUfm {
+    fn check_device(device: Device) -> Result<()> {
+        burn_device(device).map(drop)
     }
 
-    /// `cfg` on `profile` at `params` after `iter` iterations (a resumed run).
-    ///
-    /// # Errors
-    /// An invalid configuration, shapes that do not match it, or a device that cannot be used.
-    pub fn at(
+    fn at(
         profile: &Profile,
         cfg: &UfmConfig,
         device: Device,
@@ -117,20 +233,12 @@ impl DeviceUfm {
             onehot[c as usize * n + i] = 1.0;
         }
         let y = upload(k, n, onehot);
-        let loss = cfg.loss()?;
-        let (delta, iota) = (loss.delta(profile), loss.iota(profile));
-        let m = if delta.iter().all(|&v| v == 1.0) {
-            None
-        } else if loss.kind == LossKind::Ldt {
-            Some(upload(1, n, labels.iter().map(|&c| delta[c as usize]).collect()))
-        } else {
-            Some(upload(k, 1, delta))
-        };
-        let iota = iota.iter().any(|&v| v != 0.0).then(|| upload(k, 1, iota));
-        let scale = match cfg.reduction {
-            seli_core::solve::ufm::Reduction::Sum => 1.0,
-            seli_core::solve::ufm::Reduction::Mean => 1.0 / n as f64,
-        };
+        let Family { m, iota, scale } = Family::of(profile, cfg)?;
+        let m = m.map(|m| match m {
+            Factor::Sample(v) => upload(1, n, v),
+            Factor::Class(v) => upload(k, 1, v),
+        });
+        let iota = iota.map(|v| upload(k, 1, v));
         let b = params.b.as_ref().map(|b| upload(k, 1, b.clone()));
         let zeros = |r: usize, c: usize| Tensor::<2>::zeros([r, c], (&dev, dtype));
         let mut ufm = DeviceUfm {
@@ -156,14 +264,7 @@ impl DeviceUfm {
         Ok(ufm)
     }
 
-    /// Whether the step rule needs the evaluation at every iteration.
-    fn step_needs_eval(&self) -> bool {
-        matches!(self.cfg.step_rule, StepRule::NormalizedGrad | StepRule::NormalizedLoss)
-    }
-
-    /// One gradient-descent iteration, queued on the device (nothing is read back). The
-    /// evaluation at the new point is computed when `evaluate` or when the step rule needs it.
-    pub fn advance(&mut self, evaluate: bool) {
+    fn advance(&mut self, evaluate: bool) -> Result<()> {
         let eta = std::mem::replace(&mut self.eta, Eta::Host(0.0));
         let step = |x: Tensor<2>, g: Tensor<2>| match &eta {
             Eta::Host(e) => x - g.mul_scalar(*e),
@@ -177,12 +278,48 @@ impl DeviceUfm {
         self.iter += 1;
         let evaluate = evaluate || self.step_needs_eval();
         self.pass(evaluate);
+        Ok(())
     }
 
-    /// The plain constant-step iteration that `seli bench ufm` times (same as
-    /// [`Self::advance`] without an evaluation).
-    pub fn step(&mut self) {
-        self.advance(false);
+    fn iter(&self) -> u64 {
+        self.iter
+    }
+
+    /// Reads one number back (burn has no other wait).
+    fn sync(&self) -> Result<()> {
+        self.to_host(self.w.clone().sum() + self.h.clone().sum()).map(drop)
+    }
+
+    fn grad_norm(&self) -> Result<f64> {
+        let e = self.eval.as_ref().ok_or_else(|| {
+            Error::Config(
+                "the last pass computed no evaluation to read the gradient norm of".into(),
+            )
+        })?;
+        Ok(self.to_host(e.clone().narrow(0, GRAD_NORM, 1))?[0])
+    }
+
+    fn host_state(&self) -> Result<HostState> {
+        let b = match &self.b {
+            Some(b) => Some(self.to_host(b.clone())?),
+            None => None,
+        };
+        let e = self.eval.as_ref().ok_or_else(|| {
+            Error::Config("the last pass computed no evaluation to copy to the host".into())
+        })?;
+        let eval = eval_at(&self.to_host(e.clone())?);
+        let step = match &self.eta {
+            Eta::Host(e) => *e,
+            Eta::Device(t) => self.to_host((**t).clone())?[0],
+        };
+        Ok(HostState { w: self.download(&self.w)?, h: self.download(&self.h)?, b, eval, step })
+    }
+}
+
+impl DeviceUfm {
+    /// Whether the step rule needs the evaluation at every iteration.
+    fn step_needs_eval(&self) -> bool {
+        matches!(self.cfg.step_rule, StepRule::NormalizedGrad | StepRule::NormalizedLoss)
     }
 
     /// Gradients (and, when `evaluate`, the evaluation) at the current point, and the step
@@ -274,81 +411,6 @@ impl DeviceUfm {
         }
     }
 
-    /// Iterations done.
-    pub fn iter(&self) -> u64 {
-        self.iter
-    }
-
-    /// Waits until every queued step has been computed (reads one number back).
-    ///
-    /// # Errors
-    /// The device could not hand the value back.
-    pub fn sync(&self) -> Result<f64> {
-        Ok(self.to_host(self.w.clone().sum() + self.h.clone().sum())?[0])
-    }
-
-    /// The gradient norm at the current point, read back (one number).
-    ///
-    /// # Errors
-    /// No evaluation at this point; the device could not hand the value back.
-    pub fn grad_norm(&self) -> Result<f64> {
-        let e = self.eval.as_ref().ok_or_else(|| {
-            Error::Config(
-                "the last pass computed no evaluation to read the gradient norm of".into(),
-            )
-        })?;
-        Ok(self.to_host(e.clone().narrow(0, GRAD_NORM, 1))?[0])
-    }
-
-    /// `W` (d×k) and `H` (d×n) copied to the host, in f64.
-    ///
-    /// # Errors
-    /// The device could not hand the values back.
-    pub fn params(&self) -> Result<(Mat<f64>, Mat<f64>)> {
-        Ok((self.download(&self.w)?, self.download(&self.h)?))
-    }
-
-    /// The host state at the current point: variables, evaluation and next step, in `T`.
-    ///
-    /// # Errors
-    /// No evaluation at this point; the device could not hand the values back; an evaluation
-    /// or step that is not finite (named with the iteration).
-    pub fn state<T: Scalar>(&self) -> Result<UfmState<T>> {
-        let cast = |m: Mat<f64>| Mat::from_fn(m.nrows(), m.ncols(), |i, j| T::from_f64(m[(i, j)]));
-        let (W, H) = self.params()?;
-        let b = match &self.b {
-            Some(b) => Some(self.to_host(b.clone())?.into_iter().map(T::from_f64).collect()),
-            None => None,
-        };
-        let e = self.eval.as_ref().ok_or_else(|| {
-            Error::Config("the last pass computed no evaluation to copy to the host".into())
-        })?;
-        let v = self.to_host(e.clone())?;
-        let eval = Eval {
-            objective: v[OBJECTIVE],
-            loss: v[LOSS],
-            correct: v[CORRECT] as u64,
-            min_margin: v[MIN_MARGIN],
-            grad_norm: v[GRAD_NORM],
-            h_norm_sq: v[H_NORM_SQ],
-        };
-        check_finite(self.iter, &eval)?;
-        let step = match &self.eta {
-            _ if eval.grad_norm == 0.0 => 0.0,
-            Eta::Host(e) => *e,
-            Eta::Device(t) => self.to_host((**t).clone())?[0],
-        };
-        if !(step.is_finite() && step >= 0.0) {
-            return Err(seli_core::Error::Diverged {
-                iter: self.iter,
-                quantity: "step size",
-                value: step,
-            }
-            .into());
-        }
-        Ok(UfmState { params: Params { W: cast(W), H: cast(H), b }, iter: self.iter, eval, step })
-    }
-
     fn download(&self, t: &Tensor<2>) -> Result<Mat<f64>> {
         let [r, c] = t.shape().dims();
         let v = self.to_host(t.clone())?;
@@ -363,7 +425,50 @@ impl DeviceUfm {
     }
 }
 
-fn check_shapes(p: &Params<f64>, d: usize, k: usize, n: usize, bias: bool) -> Result<()> {
+/// The factors of the family's logits `u = m ⊙ z + ι` and of the loss, on the host.
+pub(crate) struct Family {
+    /// `m`; `None` when every `Δ` is 1.
+    pub m: Option<Factor>,
+    /// `ι` (k); `None` when it is 0.
+    pub iota: Option<Vec<f64>>,
+    /// `s`: 1 (summed loss) or 1/n (mean).
+    pub scale: f64,
+}
+
+/// `m` by class (`Δ_c`: cdt, vs) or by sample (`Δ_{y_i}`: ldt; samples sorted by class).
+pub(crate) enum Factor {
+    Class(Vec<f64>),
+    Sample(Vec<f64>),
+}
+
+impl Family {
+    pub(crate) fn of(profile: &Profile, cfg: &UfmConfig) -> Result<Self> {
+        let loss = cfg.loss()?;
+        let (delta, iota) = (loss.delta(profile), loss.iota(profile));
+        let m = if delta.iter().all(|&v| v == 1.0) {
+            None
+        } else if loss.kind == LossKind::Ldt {
+            Some(Factor::Sample(
+                profile.sorted_labels().iter().map(|&c| delta[c as usize]).collect(),
+            ))
+        } else {
+            Some(Factor::Class(delta))
+        };
+        let scale = match cfg.reduction {
+            seli_core::solve::ufm::Reduction::Sum => 1.0,
+            seli_core::solve::ufm::Reduction::Mean => 1.0 / profile.n() as f64,
+        };
+        Ok(Family { m, iota: iota.iter().any(|&v| v != 0.0).then_some(iota), scale })
+    }
+}
+
+pub(crate) fn check_shapes(
+    p: &Params<f64>,
+    d: usize,
+    k: usize,
+    n: usize,
+    bias: bool,
+) -> Result<()> {
     let bad = |what: &str, got: String, want: String| {
         Err(Error::Config(format!("{what} is {got}, the configuration needs {want}")))
     };
@@ -384,9 +489,10 @@ fn check_shapes(p: &Params<f64>, d: usize, k: usize, n: usize, bias: bool) -> Re
     }
 }
 
-/// A [`DeviceUfm`] as the engine of a `seli ufm` run, with host state in `T`.
-pub struct DeviceSolver<T> {
-    ufm: Option<DeviceUfm>,
+/// A [`DeviceIteration`] as the engine of a `seli ufm` run, with host state in `T`: it reads
+/// the device's state back only where the run needs it.
+pub struct DeviceSolver<T, U = DeviceUfm> {
+    ufm: Option<U>,
     profile: Profile,
     cfg: UfmConfig,
     device: Device,
@@ -404,7 +510,7 @@ fn core_err(e: Error) -> seli_core::Error {
     }
 }
 
-impl<T: Scalar> DeviceSolver<T> {
+impl<T: Scalar, U: DeviceIteration> DeviceSolver<T, U> {
     /// The engine of `cfg` on `device`; the device is checked here, the variables are placed
     /// there by [`UfmEngine::init_state`] or [`UfmEngine::state_at`].
     ///
@@ -412,7 +518,7 @@ impl<T: Scalar> DeviceSolver<T> {
     /// An invalid configuration; a device that cannot be used (what is missing, named).
     pub fn new(cfg: &UfmConfig, profile: &Profile, device: Device) -> Result<Self> {
         cfg.check(profile.k())?;
-        burn_device(device)?;
+        U::check_device(device)?;
         Ok(DeviceSolver {
             ufm: None,
             profile: profile.clone(),
@@ -425,7 +531,7 @@ impl<T: Scalar> DeviceSolver<T> {
         })
     }
 
-    fn placed(&mut self, ufm: DeviceUfm) -> seli_core::Result<UfmState<T>> {
+    fn placed(&mut self, ufm: U) -> seli_core::Result<UfmState<T>> {
         let state = ufm.state().map_err(core_err)?;
         self.ufm = Some(ufm);
         self.current = true;
@@ -433,7 +539,7 @@ impl<T: Scalar> DeviceSolver<T> {
     }
 }
 
-impl<T: Scalar> Solver for DeviceSolver<T> {
+impl<T: Scalar, U: DeviceIteration> Solver for DeviceSolver<T, U> {
     type State = UfmState<T>;
 
     fn next_iter(&mut self, state: &mut UfmState<T>) -> seli_core::Result<()> {
@@ -443,7 +549,7 @@ impl<T: Scalar> Solver for DeviceSolver<T> {
         let t = state.iter + 1;
         let mut read =
             self.reads.as_ref().is_none_or(|r| r.at(t) || r.interrupt.load(Ordering::Relaxed));
-        ufm.advance(read || self.cfg.grad_tol.is_some());
+        ufm.advance(read || self.cfg.grad_tol.is_some()).map_err(core_err)?;
         state.iter = t;
         if let (false, Some(tol)) = (read, self.cfg.grad_tol) {
             // The tolerance is checked at every iteration (one number read back); a NaN reads
@@ -471,10 +577,9 @@ impl<T: Scalar> Solver for DeviceSolver<T> {
     }
 }
 
-impl<T: Scalar> UfmEngine<T> for DeviceSolver<T> {
+impl<T: Scalar, U: DeviceIteration + 'static> UfmEngine<T> for DeviceSolver<T, U> {
     fn init_state(&mut self) -> seli_core::Result<UfmState<T>> {
-        let ufm =
-            DeviceUfm::new(&self.profile, &self.cfg, self.device, self.f64).map_err(core_err)?;
+        let ufm = U::new(&self.profile, &self.cfg, self.device, self.f64).map_err(core_err)?;
         self.placed(ufm)
     }
 
@@ -485,8 +590,8 @@ impl<T: Scalar> UfmEngine<T> for DeviceSolver<T> {
             H: cast(&params.H),
             b: params.b.map(|b| b.iter().map(|v| v.to_f64()).collect()),
         };
-        let ufm = DeviceUfm::at(&self.profile, &self.cfg, self.device, self.f64, &p, iter)
-            .map_err(core_err)?;
+        let ufm =
+            U::at(&self.profile, &self.cfg, self.device, self.f64, &p, iter).map_err(core_err)?;
         self.placed(ufm)
     }
 
@@ -496,11 +601,25 @@ impl<T: Scalar> UfmEngine<T> for DeviceSolver<T> {
     }
 }
 
-/// The engines of `seli ufm`: seli-core's solver on the CPU, [`DeviceSolver`] on a GPU.
+/// Fails when `seli ufm` cannot run on `device` (what is missing, named): on the CPU it always
+/// can; on `cuda:N` a CUDA build needs the driver, the GPU, NVRTC and cuBLAS.
+///
+/// # Errors
+/// [`Error::Device`] naming what is missing and how to provide it.
+pub fn check_device(device: Device) -> Result<()> {
+    match device {
+        #[cfg(feature = "cuda")]
+        Device::Cuda(_) => crate::cuda_ufm::CudaUfm::check_device(device),
+        _ => DeviceUfm::check_device(device),
+    }
+}
+
+/// The engines of `seli ufm`: seli-core's solver on the CPU; on an NVIDIA GPU (CUDA builds)
+/// [`DeviceSolver`] over `cuda_ufm::CudaUfm` (cuBLAS products).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct AnyDevice {
-    /// Run the burn iteration even on the CPU (burn's flex backend: slower than seli-core's
-    /// solver; the tests use it to check the device path without a GPU).
+    /// Run burn's iteration ([`DeviceUfm`]) on the CPU (burn's flex backend: slower than
+    /// seli-core's solver; the tests use it to check the device run without a GPU).
     pub burn_on_cpu: bool,
 }
 
@@ -514,11 +633,19 @@ impl Engines for AnyDevice {
         if cfg.device == Device::Cpu && !self.burn_on_cpu {
             return Ok(Box::new(UfmSolver::<T>::new(solver, profile, cfg.threads)?));
         }
-        match DeviceSolver::<T>::new(&solver, profile, cfg.device) {
-            Ok(s) => Ok(Box::new(s)),
-            Err(Error::Math(e)) => Err(e.into()),
-            Err(e) => Err(seli_run::Error::Invalid(e.to_string())),
-        }
+        let engine: Result<Box<dyn UfmEngine<T>>> = match cfg.device {
+            #[cfg(feature = "cuda")]
+            Device::Cuda(_) => {
+                DeviceSolver::<T, crate::cuda_ufm::CudaUfm>::new(&solver, profile, cfg.device)
+                    .map(|s| Box::new(s) as _)
+            }
+            _ => DeviceSolver::<T, DeviceUfm>::new(&solver, profile, cfg.device)
+                .map(|s| Box::new(s) as _),
+        };
+        engine.map_err(|e| match e {
+            Error::Math(e) => e.into(),
+            e => seli_run::Error::Invalid(e.to_string()),
+        })
     }
 }
 
@@ -567,7 +694,7 @@ mod tests {
             let mut core = UfmSolver::<f64>::new(cfg.clone(), &p, 1).unwrap();
             let mut state = core.init_state().unwrap();
             for _ in 0..40 {
-                dev.advance(false);
+                dev.advance(false).unwrap();
                 core.next_iter(&mut state).unwrap();
             }
             dev.pass(true);
@@ -745,6 +872,19 @@ mod tests {
             assert_eq!(cb.summary.termination, "converged");
             assert_eq!(cb.summary.iters_done, ca.summary.iters_done);
             assert_close(&rows(&b), &rows(&a), 1e-8);
+        }
+
+        /// `seli ufm`'s device check: the CPU always; cuda:N in a CPU-only build never, with
+        /// how to get a CUDA build (in a CUDA build without a GPU, what is missing).
+        #[test]
+        fn the_ufm_device_check_names_what_is_missing() {
+            assert!(check_device(Device::Cpu).is_ok());
+            let e = check_device(Device::Cuda(2)).err().map(|e| e.to_string());
+            let e = e.expect("no GPU in the tests");
+            assert!(e.starts_with("device cuda:2: "), "{e}");
+            if !crate::device::CUDA_BUILD {
+                assert!(e.contains("scripts/build-cuda.sh"), "{e}");
+            }
         }
 
         /// A device the engines cannot use is refused before anything runs, naming it.
