@@ -7,21 +7,23 @@
 #                                          what travels (the compressed binary, its sources id,
 #                                          data/mnist compressed; about 22 MB; and the fusion
 #                                          build when build-cuda.sh --fusion made a current one)
-#   scripts/gpu-measure.sh OUT             on the GPU machine, with target/gpu-carry carried:
-#                                          everything below, log in OUT/gpu.log
+#   scripts/gpu-measure.sh OUT [ufm] [train]
+#                                          on the GPU machine, with target/gpu-carry carried:
+#                                          everything below (or the UFM part, or the networks'
+#                                          part), log in OUT/gpu.log
 #   scripts/gpu-measure.sh --rehearse OUT  here, before spending device time: the same steps on
 #                                          the CPU with target/release/seli and small sizes (the
 #                                          GPU-only checks fail, as they should)
 #
 # Steps, most decisive first (a device call lasts at most 600 s; the log is written as it goes
 # and comes back even on a timeout): the environment (nvidia-smi, where NVRTC and the CUDA
-# headers and cuBLAS are: the CUDA toolkit, or PyTorch's nvidia wheels), the refusals, `seli ufm`
+# headers and cuBLAS are: the CUDA toolkit, or PyTorch's nvidia wheels); the UFM part: `seli ufm`
 # on the GPU (cuBLAS) beside the CPU for five configurations in f64 and f32, UFM iterations beside
-# PyTorch (scripts/bench-ufm.py; burn's iteration alone after it), each build's first kernels and
-# autotuning, training throughput of both MLPs and ResNet-18 beside PyTorch
+# PyTorch (scripts/bench-ufm.py; burn's iteration alone after it), the large UFM in f32 and f64
+# with Ctrl-C on the GPU and the end on the CPU; the networks' part: the refusals, each build's
+# first kernels and autotuning, training throughput of both MLPs and ResNet-18 beside PyTorch
 # (scripts/bench-train.py) with the fusion build when it travelled (else the plain one), the
-# other build alone, a short MNIST run interrupted on the GPU and finished on the CPU, and the
-# large UFM in f32 and f64 with Ctrl-C on the GPU and the end on the CPU.
+# other build alone, a short MNIST run interrupted on the GPU and finished on the CPU.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -62,7 +64,12 @@ if [[ "${1:-}" == --rehearse ]]; then
     rehearse=1
     shift
 fi
-out="${1:?usage: scripts/gpu-measure.sh [--rehearse] OUT}"
+out="${1:?usage: scripts/gpu-measure.sh [--rehearse] OUT [ufm] [train]}"
+shift
+# The parts to run (both by default), so that one device call can take the UFM and another the
+# networks when device time is short.
+parts=" ${*:-ufm train} "
+want() { [[ "$parts" == *" $1 "* ]]; }
 mkdir -p "$out"
 out="$(cd "$out" && pwd)"
 exec > >(tee "$out/gpu.log") 2>&1
@@ -83,7 +90,7 @@ else
         fused="$work/seli-fusion"
         xz -dc target/gpu-carry/seli-fusion.xz >"$fused" && chmod +x "$fused"
     fi
-    train_steps=200 resnet_steps=20 ufm_iters=1000 large_iters=100 stop_after=15 mnist_stop=6
+    train_steps=200 resnet_steps=20 ufm_iters=1000 large_iters=1000 stop_after=15 mnist_stop=6
     small=(--step 10,10,0.5,50 --d 64) large=(--step 100,10,0.5,200 --d 512) epochs=8
     data="$work/data"
     mkdir -p "$data" && xz -dc target/gpu-carry/mnist.tar.xz | tar -C "$data" -xf -
@@ -133,29 +140,10 @@ for h in cuda_fp16.h mma.h cooperative_groups.h cuda/barrier; do
     fi
 done
 
-step "refusals (expected to fail, each with a clear message)"
-CUDA_PATH=/nonexistent "$seli" bench train --device cuda --mlp-steps 1 --resnet-steps 0 && echo UNEXPECTED-SUCCESS
-"$seli" bench train --device cuda:7 --mlp-steps 1 --resnet-steps 0 && echo UNEXPECTED-SUCCESS
-
-step "seli ufm on the GPU (cuBLAS) beside the same run on the CPU: loss families, bias, ridge, step rules; f64 and f32"
-u="$out/ufm"
-# Each case: the largest relative difference between the last metrics rows (every column,
-# geometry included) of the GPU run and the CPU run.
-cases=(
-    "--schedule constant --lr 1e-3"
-    "--loss cdt --gamma 0.5 --bias --lambda-w 1e-2 --lambda-h 2e-2 --lr 1e-3 --schedule constant"
-    "--schedule norm-grad --lr 0.1 --grad-tol 1e-30"
-    "--loss ldt --gamma 0.5 --lambda-h 1e-3 --schedule step:0.5@50,100 --lr 2e-3"
-    "--loss vs --gamma 0.3 --tau 0.5 --bias --schedule norm-loss --lr 0.1 --loss-reduction mean"
-)
-for dt in f64 f32; do
-    for c in "${cases[@]}"; do
-        for d in cpu "$dev"; do
-            # shellcheck disable=SC2086
-            timeout 60 "$seli" ufm "${small[@]}" $c --dtype "$dt" --iters 150 --every 50 \
-                --device "$d" --out "$u-$d" --force >/dev/null || echo "FAILED: --device $d $c"
-        done
-        "$py" - "$u-cpu/metrics.csv" "$u-$dev/metrics.csv" "$dt $c" <<'PY'
+# The largest relative difference between the last metrics rows (every column, geometry
+# included) of two runs: compare_last_rows CPU.csv GPU.csv LABEL.
+compare_last_rows() {
+    "$py" - "$@" <<'PY'
 import csv, math, sys
 head = next(csv.reader(open(sys.argv[1])))
 rows = [list(csv.reader(open(f)))[-1] for f in sys.argv[1:3]]
@@ -164,50 +152,80 @@ diffs = [(abs(float(a) - float(b)) / max(abs(float(a)), 1e-300), h)
 worst = max(diffs, default=(0.0, "-"))
 print(f"{sys.argv[3]}: iter {rows[0][0]} vs {rows[1][0]}, largest relative difference {worst[0]:.3g} ({worst[1]})")
 PY
+}
+
+u="$out/ufm"
+if want ufm; then
+    step "seli ufm on the GPU (cuBLAS) beside the same run on the CPU: loss families, bias, ridge, step rules; f64 and f32"
+    # Each case: the largest relative difference between the last metrics rows (every column,
+    # geometry included) of the GPU run and the CPU run.
+    cases=(
+        "--schedule constant --lr 1e-3"
+        "--loss cdt --gamma 0.5 --bias --lambda-w 1e-2 --lambda-h 2e-2 --lr 1e-3 --schedule constant"
+        "--schedule norm-grad --lr 0.1 --grad-tol 1e-30"
+        "--loss ldt --gamma 0.5 --lambda-h 1e-3 --schedule step:0.5@50,100 --lr 2e-3"
+        "--loss vs --gamma 0.3 --tau 0.5 --bias --schedule norm-loss --lr 0.1 --loss-reduction mean"
+    )
+    for dt in f64 f32; do
+        for c in "${cases[@]}"; do
+            for d in cpu "$dev"; do
+                # shellcheck disable=SC2086
+                timeout 60 "$seli" ufm "${small[@]}" $c --dtype "$dt" --iters 150 --every 50 \
+                    --device "$d" --out "$u-$d" --force >/dev/null || echo "FAILED: --device $d $c"
+            done
+            compare_last_rows "$u-cpu/metrics.csv" "$u-$dev/metrics.csv" "$dt $c"
+        done
     done
-done
 
-step "UFM gradient descent beside PyTorch (cuBLAS on the GPU; $(basename "$seli"))"
-timeout 150 "$py" scripts/bench-ufm.py --device "$dev" --seli "$seli" --iters "$ufm_iters" $burn
-[[ -z "$rehearse" ]] && timeout 60 "$seli" bench ufm --device "$dev" --iters 200 --burn
+    step "UFM gradient descent beside PyTorch (cuBLAS on the GPU; $(basename "$seli"))"
+    timeout 150 "$py" scripts/bench-ufm.py --device "$dev" --seli "$seli" --iters "$ufm_iters" $burn
+    [[ -z "$rehearse" ]] && timeout 60 "$seli" bench ufm --device "$dev" --iters 200 --burn
 
-# burn's autotuning measures candidate kernels the first time it meets a shape and keeps the
-# choice in target/environment (under the working directory's workspace), so later processes
-# start tuned.
-for b in "$seli" ${fused:+"$plain"}; do
-    step "first kernels and autotuning: $(basename "$b") (compile and tuning time included)"
-    time timeout 240 "$b" bench train --device "$dev" --mlp-steps 5 --resnet-steps "$(( resnet_steps > 0 ? 2 : 0 ))"
-done
-
-step "training throughput beside PyTorch ($(basename "$seli"))"
-timeout 200 "$py" scripts/bench-train.py --device "$dev" --seli "$seli" --steps "$train_steps" --pairs 2 \
-    --resnet-steps "$resnet_steps" --json "$out/bench-train.json"
-
-if [[ -n "$fused" ]]; then
-    step "the other build alone: $(basename "$plain") (autotuning without fusion)"
-    timeout 100 "$plain" bench train --device "$dev" --mlp-steps "$train_steps" --resnet-steps "$resnet_steps"
+    step "seli ufm at the large size on the GPU (f32, f64), then Ctrl-C there and the end on the CPU"
+    for dt in f32 f64; do
+        time timeout 60 "$seli" ufm "${large[@]}" --dtype "$dt" --iters "$large_iters" \
+            --every "$large_iters" --schedule constant --lr 1e-3 --device "$dev" \
+            --out "$u-large-$dt" --force | sed -n 1p
+    done
+    timeout --preserve-status -s INT "$stop_after" "$seli" ufm "${large[@]}" --dtype f32 --iters 1000000 \
+        --every 1000 --device "$dev" --out "$u-stopped" --force | sed -n 1p
+    echo "exit ${PIPESTATUS[0]} (130: interrupted)"
+    done_iters="$("$py" -c "import json; s = json.load(open('$u-stopped/summary.json')); print(s['iters_done'])")"
+    grep -o '"termination": "[a-z-]*"' "$u-stopped/summary.json"
+    timeout 60 "$seli" ufm --resume "$u-stopped" --device cpu --iters "$(( done_iters + 2 ))" | sed -n 1p
 fi
 
-step "a short MNIST run on the GPU, interrupted, finished on the CPU"
-run="$out/mnist-gpu"
-timeout --preserve-status -s INT "$mnist_stop" "$seli" train --device "$dev" --data-dir "$data" --epochs "$epochs" \
-    --checkpoint-every 1 --every 1 --out "$run" --force
-echo "exit $? (130: interrupted)"
-time timeout 120 "$seli" train --resume "$run" --device cpu
-head -c 600 "$run/summary.json"; echo
+if want train; then
+    step "refusals (expected to fail, each with a clear message)"
+    CUDA_PATH=/nonexistent "$seli" bench train --device cuda --mlp-steps 1 --resnet-steps 0 && echo UNEXPECTED-SUCCESS
+    "$seli" bench train --device cuda:7 --mlp-steps 1 --resnet-steps 0 && echo UNEXPECTED-SUCCESS
 
-step "seli ufm at the large size on the GPU (f32, f64), then Ctrl-C there and the end on the CPU"
-for dt in f32 f64; do
-    time timeout 60 "$seli" ufm "${large[@]}" --dtype "$dt" --iters "$large_iters" \
-        --every "$large_iters" --schedule constant --lr 1e-3 --device "$dev" \
-        --out "$u-large-$dt" --force | sed -n 1p
-done
-timeout --preserve-status -s INT "$stop_after" "$seli" ufm "${large[@]}" --dtype f32 --iters 1000000 \
-    --every 1000 --device "$dev" --out "$u-stopped" --force | sed -n 1p
-echo "exit ${PIPESTATUS[0]} (130: interrupted)"
-done_iters="$("$py" -c "import json; s = json.load(open('$u-stopped/summary.json')); print(s['iters_done'])")"
-grep -o '"termination": "[a-z-]*"' "$u-stopped/summary.json"
-timeout 60 "$seli" ufm --resume "$u-stopped" --device cpu --iters "$(( done_iters + 2 ))" | sed -n 1p
+    # burn's autotuning measures candidate kernels the first time it meets a shape and keeps the
+    # choice in target/environment (under the working directory's workspace), so later processes
+    # start tuned.
+    for b in "$seli" ${fused:+"$plain"}; do
+        step "first kernels and autotuning: $(basename "$b") (compile and tuning time included)"
+        time timeout 240 "$b" bench train --device "$dev" --mlp-steps 5 --resnet-steps "$(( resnet_steps > 0 ? 2 : 0 ))"
+    done
+
+    step "training throughput beside PyTorch ($(basename "$seli"))"
+    timeout 200 "$py" scripts/bench-train.py --device "$dev" --seli "$seli" --steps "$train_steps" --pairs 2 \
+        --resnet-steps "$resnet_steps" --json "$out/bench-train.json"
+
+    if [[ -n "$fused" ]]; then
+        step "the other build alone: $(basename "$plain") (autotuning without fusion)"
+        timeout 100 "$plain" bench train --device "$dev" --mlp-steps "$train_steps" --resnet-steps "$resnet_steps"
+    fi
+
+    step "a short MNIST run on the GPU, interrupted, finished on the CPU"
+    run="$out/mnist-gpu"
+    timeout --preserve-status -s INT "$mnist_stop" "$seli" train --device "$dev" --data-dir "$data" --epochs "$epochs" \
+        --checkpoint-every 1 --every 1 --out "$run" --force
+    echo "exit $? (130: interrupted)"
+    time timeout 120 "$seli" train --resume "$run" --device cpu
+    head -c 600 "$run/summary.json"; echo
+
+fi
 # Only the log and the small files travel back.
 rm -rf "$u"-large-* "$u-stopped" "$u-cpu" "$u-$dev"
 rm -rf "$work"
