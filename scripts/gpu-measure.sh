@@ -90,7 +90,7 @@ else
         fused="$work/seli-fusion"
         xz -dc target/gpu-carry/seli-fusion.xz >"$fused" && chmod +x "$fused"
     fi
-    train_steps=200 resnet_steps=20 ufm_iters=1000 large_iters=1000 stop_after=15 mnist_stop=6
+    train_steps=200 resnet_steps=20 ufm_iters=3000 large_iters=1000 stop_after=15 mnist_stop=6
     small=(--step 10,10,0.5,50 --d 64) large=(--step 100,10,0.5,200 --d 512) epochs=8
     data="$work/data"
     mkdir -p "$data" && xz -dc target/gpu-carry/mnist.tar.xz | tar -C "$data" -xf -
