@@ -1,5 +1,5 @@
-//! Gradient descent on the unconstrained-features model with burn tensors, on any device: the
-//! iteration of seli-core's UFM solver (docs/theory.md §2 and §10) from the same seeded start
+//! Gradient descent on the unconstrained-features model on a device: the iteration of
+//! seli-core's UFM solver (docs/theory.md §2 and §10) from the same seeded start
 //! ([`seli_core::solve::ufm::Params::init`]), for every configuration it takes (loss families,
 //! bias, summed or mean loss, every step rule, ridge). With `G = s·m ⊙ (softmax(u) − Y)` (by
 //! column; `u = m ⊙ z + ι` the family's logits of `z = WᵀH + b1ᵀ`),
@@ -8,10 +8,12 @@
 //! W ← W − η (H Gᵀ + λ_W W),   H ← H − η (W G + λ_H H),   b ← b − η G1.
 //! ```
 //!
-//! [`DeviceUfm`] holds the variables and gradients on the device; [`DeviceSolver`] runs it as
-//! a [`UfmEngine`] of `seli ufm --device`: it copies the variables and the evaluation to the
-//! host state only where the run reads them (metrics rows, checkpoints, the end, Ctrl-C, the
-//! gradient tolerance), so that the device is not waiting on the host between those.
+//! A [`DeviceIteration`] holds the variables and gradients on the device: [`DeviceUfm`] with
+//! burn tensors on any backend, or (CUDA builds) `cuda_ufm::CudaUfm` with cuBLAS, which
+//! `seli ufm --device cuda` runs. [`DeviceSolver`] runs either as a [`UfmEngine`]: it copies
+//! the variables and the evaluation to the host state only where the run reads them (metrics
+//! rows, checkpoints, the end, Ctrl-C, the gradient tolerance), so that the device is not
+//! waiting on the host between those.
 #![allow(non_snake_case)]
 
 use std::marker::PhantomData;
@@ -57,8 +59,9 @@ pub(crate) fn eval_at(v: &[f64]) -> Eval {
 }
 
 /// A UFM iteration whose variables live on a device: burn's tensors ([`DeviceUfm`], any
-/// backend) or, in CUDA builds, cuBLAS products and our own kernels (`cuda_ufm::CudaUfm`). [`DeviceSolver`] runs either as the engine of a `seli ufm`
-/// run; both start from seli-core's seeded start and take the same iteration.
+/// backend) or, in CUDA builds, cuBLAS products and our own kernels (`cuda_ufm::CudaUfm`).
+/// [`DeviceSolver`] runs either as the engine of a `seli ufm` run; both start from seli-core's
+/// seeded start and take the same iteration.
 pub trait DeviceIteration: Sized {
     /// Fails when `device` cannot run this iteration (what is missing, named), before anything
     /// is placed there.
