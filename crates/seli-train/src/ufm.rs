@@ -904,6 +904,35 @@ mod tests {
         }
     }
 
+    /// The host state both device iterations hand over: the step is 0 at an exactly zero
+    /// gradient; a non-finite evaluation or step is a divergence named with the iteration;
+    /// `W` (d×k), `H` (d×n) and the bias are cast as they are.
+    #[test]
+    fn host_states_become_seli_cores_states() {
+        let eval = eval_at(&[2.5, 2.0, 7.0, -0.25, 0.5, 0.0]);
+        assert_eq!((eval.correct, eval.min_margin, eval.grad_norm), (7, -0.25, 0.5));
+        let w = Mat::from_fn(3, 2, |i, j| (i + 10 * j) as f64);
+        let h = Mat::from_fn(3, 4, |i, j| (i * j) as f64 - 1.5);
+        let host = |eval: Eval, step: f64| HostState {
+            w: w.clone(),
+            h: h.clone(),
+            b: Some(vec![0.5, -0.5]),
+            eval,
+            step,
+        };
+        let s: UfmState<f32> = host(eval, 0.125).into_state(9).unwrap();
+        assert_eq!((s.iter, s.step, s.eval.objective), (9, 0.125, 2.5));
+        assert_eq!((s.params.W[(2, 1)], s.params.H[(2, 3)]), (12.0, 4.5));
+        assert_eq!(s.params.b, Some(vec![0.5f32, -0.5]));
+        let still = Eval { grad_norm: 0.0, ..eval };
+        assert_eq!(host(still, 0.125).into_state::<f64>(3).unwrap().step, 0.0);
+        let nan = Eval { objective: f64::NAN, ..eval };
+        let e = host(nan, 0.1).into_state::<f64>(4).err().unwrap().to_string();
+        assert!(e.contains("objective") && e.contains('4'), "{e}");
+        let e = host(eval, f64::INFINITY).into_state::<f64>(5).err().unwrap().to_string();
+        assert!(e.contains("step size") && e.contains('5'), "{e}");
+    }
+
     #[test]
     fn mismatched_shapes_and_invalid_configurations_are_refused() {
         let p = Profile::step(4, 10.0, 0.5, 3).unwrap();
