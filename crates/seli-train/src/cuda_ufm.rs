@@ -1,6 +1,7 @@
 //! The UFM iteration on an NVIDIA GPU with cuBLAS (CUDA builds): the iteration of
 //! [`crate::ufm::DeviceUfm`] (docs/theory.md §2 and §10) with its three products in cuBLAS and
-//! the rest in four kernels of our own, compiled by NVRTC when the run starts.
+//! the rest in kernels of our own (six; two run in a plain iteration), compiled by NVRTC once per
+//! process.
 //!
 //! Column-major, as cuBLAS: `W` d×k, `H` d×n (a sample's features contiguous), `Z = WᵀH` k×n
 //! (a sample's logits contiguous). One iteration without an evaluation is
