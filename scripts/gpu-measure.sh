@@ -168,12 +168,14 @@ if want ufm; then
     )
     for dt in f64 f32; do
         for c in "${cases[@]}"; do
+            ok=1
             for d in cpu "$dev"; do
+                rm -rf "$u-$d"
                 # shellcheck disable=SC2086
                 timeout 60 "$seli" ufm "${small[@]}" $c --dtype "$dt" --iters 150 --every 50 \
-                    --device "$d" --out "$u-$d" --force >/dev/null || echo "FAILED: --device $d $c"
+                    --device "$d" --out "$u-$d" --force >/dev/null || { echo "FAILED: --device $d $c"; ok=""; }
             done
-            compare_last_rows "$u-cpu/metrics.csv" "$u-$dev/metrics.csv" "$dt $c"
+            [[ -n "$ok" ]] && compare_last_rows "$u-cpu/metrics.csv" "$u-$dev/metrics.csv" "$dt $c"
         done
     done
 
