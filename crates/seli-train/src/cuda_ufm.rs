@@ -646,11 +646,10 @@ where
                 (0.0, at + (EVAL_ETA * std::mem::size_of::<f64>()) as u64)
             }
         };
-        let moved = failed(index, "descend");
         match (&self.grad_h, self.grad_h_current, self.eta) {
             (Some(grad_h), true, _) => {
                 descend(&self.stream, &self.kernels.descend, eta, &mut self.h, grad_h)
-                    .map_err(moved)?;
+                    .map_err(failed(index, "descend"))?;
             }
             (_, _, Eta::Host(e)) => {
                 // H ← (1 − ηλ_H) H − η W G, before W moves.
@@ -741,14 +740,17 @@ where
 /// The UFM on an NVIDIA GPU (`cuda:N`), in f32 or f64: cuBLAS products and seli's kernels.
 pub struct CudaUfm(Box<dyn Iterate>);
 
+/// The GPU index of `device`, once what the cuBLAS UFM needs there is checked.
+fn usable_gpu(device: Device) -> Result<usize> {
+    match device {
+        Device::Cuda(index) => crate::device::check_cuda_ufm(index).map(|()| index),
+        Device::Cpu => Err(Error::Device(format!("the cuBLAS UFM runs on cuda:N, not {device}"))),
+    }
+}
+
 impl DeviceIteration for CudaUfm {
     fn check_device(device: Device) -> Result<()> {
-        match device {
-            Device::Cuda(index) => crate::device::check_cuda_ufm(index),
-            Device::Cpu => {
-                Err(Error::Device(format!("the cuBLAS UFM runs on cuda:N, not {device}")))
-            }
-        }
+        usable_gpu(device).map(drop)
     }
 
     fn at(
@@ -760,10 +762,7 @@ impl DeviceIteration for CudaUfm {
         iter: u64,
     ) -> Result<Self> {
         cfg.check(profile.k())?;
-        Self::check_device(device)?;
-        let Device::Cuda(index) = device else {
-            return Err(Error::Device(format!("the cuBLAS UFM runs on cuda:N, not {device}")));
-        };
+        let index = usable_gpu(device)?;
         Ok(CudaUfm(if f64 {
             Box::new(Placed::<f64>::at(profile, cfg, index, params, iter)?)
         } else {
