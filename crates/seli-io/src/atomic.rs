@@ -115,6 +115,26 @@ mod tests {
     }
 
     #[test]
+    fn json_numbers_read_back_bit_for_bit() {
+        // serde_json's default parser can land an ulp away from the written number (these two
+        // did: values of a training summary); the workspace turns on `float_roundtrip`.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("numbers.json");
+        let mut values = vec![0.11409110607722472, 2.2216683015587026e-13, 0.1 + 0.2, 1e-300];
+        let mut x = 0.123_456_789_f64;
+        for _ in 0..2000 {
+            x = (x * 3.987_654_321).fract() * 10f64.powi((x * 600.0) as i32 - 300);
+            values.push(x);
+            x = x.abs().log10().fract().abs() + 1e-3;
+        }
+        write_json_atomic(&path, "numbers", &values).unwrap();
+        let back: Vec<f64> = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        for (a, b) in values.iter().zip(&back) {
+            assert_eq!(a.to_bits(), b.to_bits(), "{a:e} read back as {b:e}");
+        }
+    }
+
+    #[test]
     fn create_new_makes_one_file_and_never_replaces_it() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("claims/a.json");
