@@ -570,6 +570,13 @@ fn train_here(
     let resume = resume && run.checkpoint().is_file();
     let (start, net, optim, log) = if resume {
         let (start, net, optim) = restore(&run, cfg, net, optim)?;
+        // A finished run has nothing left to train: its summary, with the times of the
+        // invocation that finished it, stays as it is (it is rewritten only when missing).
+        if start == cfg.epochs
+            && let Ok(done) = run.read_summary()
+        {
+            return Ok(done);
+        }
         (start, net, optim, CsvLog::resume(&run.metrics(), &header, start as f64 + 0.5)?)
     } else {
         std::fs::create_dir_all(dir)
@@ -649,7 +656,7 @@ fn train_here(
     let last = match last.into_inner() {
         Some((_, r)) => r,
         None => {
-            // Resumed after the end: the last logged row.
+            // Resumed after the end without a summary: the last logged row.
             let (_, rows) = seli_io::csvlog::read_csv(&run.metrics())?;
             rows.last().cloned().unwrap_or_default()
         }

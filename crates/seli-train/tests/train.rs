@@ -104,6 +104,14 @@ fn resume_reproduces_the_uninterrupted_run() {
     assert_eq!(ra.len(), 5, "epochs 0..=4");
     assert_eq!(ra, rb, "resumed run differs from the uninterrupted one");
     assert_eq!(full.last, resumed.last);
+    // Resuming the finished run trains nothing and keeps its summary (the times of the
+    // invocation that finished it, not zeros).
+    let summary = std::fs::read(b.join("summary.json")).unwrap();
+    assert!(resumed.train_seconds > 0.0);
+    let again = train(&b, &cfg, &run, true, &mut Quiet, &never).unwrap();
+    assert_eq!(again, resumed);
+    assert_eq!(std::fs::read(b.join("summary.json")).unwrap(), summary);
+    assert_eq!(read_csv(&b.join("metrics.csv")).unwrap().1, ra);
 
     // Another configuration cannot resume this directory.
     let mut other = cfg.clone();
