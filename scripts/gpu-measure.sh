@@ -7,10 +7,12 @@
 #                                          what travels (the compressed binary, its sources id,
 #                                          data/mnist compressed; about 22 MB; and the fusion
 #                                          build when build-cuda.sh --fusion made a current one)
-#   scripts/gpu-measure.sh OUT [ufm] [train]
+#   scripts/gpu-measure.sh OUT [ufm] [train] [profile]
 #                                          on the GPU machine, with target/gpu-carry carried:
-#                                          everything below (or the UFM part, or the networks'
-#                                          part), log in OUT/gpu.log
+#                                          the UFM part and the networks' part (or the parts
+#                                          named), log in OUT/gpu.log; `profile` (only when
+#                                          named): where a training step's time goes, kernel by
+#                                          kernel (cubecl's profiler, OUT/profile.log)
 #   scripts/gpu-measure.sh --rehearse OUT  here, before spending device time: the same steps on
 #                                          the CPU with target/release/seli and small sizes (the
 #                                          GPU-only checks fail, as they should)
@@ -23,7 +25,8 @@
 # with Ctrl-C on the GPU and the end on the CPU; the networks' part: the refusals, each build's
 # first kernels and autotuning, training throughput of both MLPs and ResNet-18 beside PyTorch
 # (scripts/bench-train.py) with the fusion build when it travelled (else the plain one), the
-# other build alone, a short MNIST run interrupted on the GPU and finished on the CPU.
+# other build alone, a short MNIST run interrupted on the GPU and finished on the CPU. cubecl's
+# autotuning decisions are logged to OUT/autotune-BUILD.log.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -75,6 +78,17 @@ out="$(cd "$out" && pwd)"
 exec > >(tee "$out/gpu.log") 2>&1
 step() { echo; echo "=== $* ($(date +%T), ${SECONDS}s)"; }
 work="$(mktemp -d)"
+# cubecl (burn's GPU runtime) reads its settings from cubecl.toml in the working directory:
+# with_cubecl_config TOML CMD... writes one for CMD alone (its logs' levels and files).
+with_cubecl_config() {
+    printf '%s\n' "$1" >cubecl.toml
+    shift
+    "$@"
+    local rc=$?
+    rm -f cubecl.toml
+    return $rc
+}
+trap 'rm -f cubecl.toml' EXIT
 # Sizes: the issue's on the GPU; small ones for a rehearsal on the CPU.
 if [[ -n "$rehearse" ]]; then
     dev=cpu plain="$PWD/target/release/seli" py="${PYTHON:-target/py-venv/bin/python}"
@@ -207,7 +221,12 @@ if want train; then
     # start tuned.
     for b in "$seli" ${fused:+"$plain"}; do
         step "first kernels and autotuning: $(basename "$b") (compile and tuning time included)"
-        time timeout 240 "$b" bench train --device "$dev" --mlp-steps 5 --resnet-steps "$(( resnet_steps > 0 ? 2 : 0 ))"
+        time with_cubecl_config "[autotune.logger]
+level = \"minimal\"
+file = \"$out/autotune-$(basename "$b").log\"" \
+            timeout 240 "$b" bench train --device "$dev" --mlp-steps 5 --resnet-steps "$(( resnet_steps > 0 ? 2 : 0 ))"
+        [[ -f "$out/autotune-$(basename "$b").log" ]] &&
+            echo "autotuning decisions: $(wc -l <"$out/autotune-$(basename "$b").log") lines in autotune-$(basename "$b").log"
     done
 
     step "training throughput beside PyTorch ($(basename "$seli"))"
@@ -226,7 +245,25 @@ if want train; then
     echo "exit $? (130: interrupted)"
     time timeout 120 "$seli" train --resume "$run" --device cpu
     head -c 600 "$run/summary.json"; echo
+fi
 
+if want profile; then
+    # The plain build: its kernels keep the names of burn's operations (the fusion build's are
+    # generated). The profiler times each kernel on the device and waits for it, so the rates
+    # printed here are not the throughput figures; its tables are (one per wait of the
+    # benchmark: the MLPs' rounds, ResNet-18's warm-up step, then its timed steps, the last
+    # table). Autotuning first, unprofiled (quick when the networks' part left its choices in
+    # target/environment), so that the profile holds no tuning runs.
+    step "where a training step's time goes, kernel by kernel ($(basename "$plain"), cubecl's profiler)"
+    timeout 240 "$plain" bench train --device "$dev" --mlp-steps 2 --resnet-steps "$(( resnet_steps > 0 ? 1 : 0 ))" >/dev/null
+    with_cubecl_config "[profiling.logger]
+level = \"basic\"
+file = \"$out/profile.log\"" \
+        timeout 150 "$plain" bench train --device "$dev" --mlp-steps 2 --resnet-steps "$(( resnet_steps > 0 ? 3 : 0 ))"
+    if [[ -f "$out/profile.log" ]]; then
+        echo "the last table of profile.log ($(wc -l <"$out/profile.log") lines):"
+        tac "$out/profile.log" | sed -n '/Name/{p;q};p' | tac | head -n 45
+    fi
 fi
 # Only the log and the small files travel back.
 rm -rf "$u"-large-* "$u-stopped" "$u-cpu" "$u-$dev"

@@ -57,8 +57,11 @@ pub fn training_throughput(
             for _ in 0..steps {
                 net = step(net);
             }
-            // Make sure the last update has been computed before stopping the clock.
-            let _ = net.classifier_weights();
+            // Wait until every queued kernel of the stretch has run (a read of one tensor waits
+            // only for what that tensor needs under burn's fusion) before stopping the clock.
+            device.sync().map_err(|e| {
+                crate::error::Error::Device(format!("the training step failed on {device:?}: {e}"))
+            })?;
             rates.push((steps * batch) as f64 / t.elapsed().as_secs_f64());
         }
         rates.sort_by(f64::total_cmp);
