@@ -29,6 +29,7 @@ pub fn training_throughput(
     steps: usize,
     rounds: usize,
 ) -> Result<f64> {
+    let named = device;
     crate::device::on_compute_threads(device, || {
         let device = crate::device::burn_device(device)?.autodiff();
         let mut net = Net::seeded(cfg, image, classes, &device, 0)?;
@@ -60,7 +61,7 @@ pub fn training_throughput(
             // Wait until every queued kernel of the stretch has run (a read of one tensor waits
             // only for what that tensor needs under burn's fusion) before stopping the clock.
             device.sync().map_err(|e| {
-                crate::error::Error::Device(format!("the training step failed on {device:?}: {e}"))
+                crate::error::Error::Device(format!("the training step failed on {named}: {e}"))
             })?;
             rates.push((steps * batch) as f64 / t.elapsed().as_secs_f64());
         }
