@@ -9,7 +9,10 @@ with momentum 0.9, cross-entropy, learning rate 0.01), forward + backward + upda
     `seli train` default,
   - ResNet-18, CIFAR style (3x3 stem without max-pool, widths 64-128-256-512), 3x32x32 images,
 
-the last layer without a bias in every case. Rates are samples/s, the median over `--rounds`
+the last layer without a bias in every case. On a GPU, ResNet-18 is also timed with PyTorch's
+`torch.backends.cudnn.benchmark = True` (cuDNN measures its convolution algorithms on the first
+step, as seli's CUDA build autotunes its kernels; CIFAR training scripts commonly set it), a
+second row beside the default one. Rates are samples/s, the median over `--rounds`
 stretches of `--steps` steps after a few untimed steps (PyTorch synchronizes the GPU before
 reading the clock). seli is timed by `seli bench train --device DEV` in a subprocess, then
 PyTorch in this process, on the same thread count (`--threads`, default 2); that pair is
@@ -39,6 +42,9 @@ MODELS = {
     "mlp_bn": "MLP 784-512x3-10 + batch norm (seli train)",
     "resnet18": "ResNet-18 (width 64) on 3x32x32",
 }
+# The PyTorch-only setting timed on a GPU, and the seli row it is compared with.
+TUNED = "resnet18_cudnn_benchmark"
+SELI_ROW = {TUNED: "resnet18"}
 
 
 def torch_models():
@@ -97,9 +103,10 @@ def torch_models():
     }
 
 
-def torch_rate(build, shape, device, batch, warmup, steps, rounds):
+def torch_rate(build, shape, device, batch, warmup, steps, rounds, cudnn_benchmark=False):
     import torch
 
+    torch.backends.cudnn.benchmark = cudnn_benchmark
     torch.manual_seed(0)
     net = build().to(device)
     opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
@@ -176,16 +183,19 @@ def main():
             build, shape = models["resnet18"]
             warm = 1 if device == "cpu" else 5
             peer["resnet18"] = torch_rate(build, shape, device, a.batch, warm, a.resnet_steps, 1)
+            if device.startswith("cuda"):
+                peer[TUNED] = torch_rate(build, shape, device, a.batch, warm, a.resnet_steps, 1,
+                                         cudnn_benchmark=True)
         pairs.append((seli, peer))
 
     print(f"training throughput, f32, batch {a.batch}, {a.device}, {a.threads} threads, {a.pairs} pairs")
     print(f"torch {torch.__version__}; seli: {a.seli}")
     print(f"{'model':<46} {'seli':>10} {'PyTorch':>10} {'ratio':>7}  ratio range")
     rows = []
-    for key, name in MODELS.items():
+    for key, name in list(MODELS.items()) + [(TUNED, "  - PyTorch with cudnn.benchmark")]:
         if key not in pairs[0][1]:
             continue
-        ours = [s.get(key, float("nan")) for s, _ in pairs]
+        ours = [s.get(SELI_ROW.get(key, key), float("nan")) for s, _ in pairs]
         theirs = [p[key] for _, p in pairs]
         ratios = [o / t for o, t in zip(ours, theirs)]
         r = median(ratios)
