@@ -35,9 +35,7 @@ use seli_core::solve::ufm::{Params, StepRule, UfmConfig};
 
 use crate::device::Device;
 use crate::error::{Error, Result};
-use crate::ufm::{
-    DeviceIteration, Factor, Family, GRAD_NORM, H_NORM_SQ, HostState, check_shapes, eval_at,
-};
+use crate::ufm::{DeviceIteration, Factor, Family, GRAD_NORM, H_NORM_SQ, HostState, eval_at};
 
 /// Blocks of the first reduction stage (and threads of the second, which adds their partial
 /// results): a fixed shape, so that every sum is taken in the same order at every call.
@@ -379,7 +377,6 @@ where
         iter: u64,
     ) -> Result<Self> {
         let (d, k, n) = (cfg.d, profile.k(), profile.n() as usize);
-        check_shapes(params, d, k, n, cfg.bias)?;
         if [d, k, n].iter().any(|&v| i32::try_from(v).is_err()) {
             return Err(Error::Config(format!(
                 "d = {d}, k = {k}, n = {n}: cuBLAS takes dimensions below 2^31"
@@ -753,7 +750,7 @@ impl DeviceIteration for CudaUfm {
         usable_gpu(device).map(drop)
     }
 
-    fn at(
+    fn place(
         profile: &Profile,
         cfg: &UfmConfig,
         device: Device,
@@ -761,7 +758,6 @@ impl DeviceIteration for CudaUfm {
         params: &Params<f64>,
         iter: u64,
     ) -> Result<Self> {
-        cfg.check(profile.k())?;
         let index = usable_gpu(device)?;
         Ok(CudaUfm(if f64 {
             Box::new(Placed::<f64>::at(profile, cfg, index, params, iter)?)

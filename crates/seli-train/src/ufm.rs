@@ -71,11 +71,29 @@ pub trait DeviceIteration: Sized {
     fn check_device(device: Device) -> Result<()>;
 
     /// `cfg` on `profile` at `params` after `iter` iterations, in f64 on the device when
-    /// `f64` (else f32), with the gradients (and the evaluation) at that point computed.
+    /// `f64` (else f32), with the gradients (and the evaluation) at that point computed: the
+    /// configuration and the shapes are checked here, then [`Self::place`] puts it on the device.
     ///
     /// # Errors
     /// An invalid configuration, shapes that do not match it, or a device that cannot be used.
     fn at(
+        profile: &Profile,
+        cfg: &UfmConfig,
+        device: Device,
+        f64: bool,
+        params: &Params<f64>,
+        iter: u64,
+    ) -> Result<Self> {
+        cfg.check(profile.k())?;
+        check_shapes(params, cfg.d, profile.k(), profile.n() as usize, cfg.bias)?;
+        Self::place(profile, cfg, device, f64, params, iter)
+    }
+
+    /// [`Self::at`] after its checks: a valid `cfg` and `params` of its shapes.
+    ///
+    /// # Errors
+    /// The device cannot be used.
+    fn place(
         profile: &Profile,
         cfg: &UfmConfig,
         device: Device,
@@ -210,7 +228,7 @@ impl DeviceIteration for DeviceUfm {
         burn_device(device).map(drop)
     }
 
-    fn at(
+    fn place(
         profile: &Profile,
         cfg: &UfmConfig,
         device: Device,
@@ -218,9 +236,7 @@ impl DeviceIteration for DeviceUfm {
         params: &Params<f64>,
         iter: u64,
     ) -> Result<Self> {
-        cfg.check(profile.k())?;
         let (d, k, n) = (cfg.d, profile.k(), profile.n() as usize);
-        check_shapes(params, d, k, n, cfg.bias)?;
         let dev = burn_device(device)?;
         let dtype = if f64 { DType::F64 } else { DType::F32 };
         let upload = |r: usize, c: usize, v: Vec<f64>| {
@@ -465,13 +481,7 @@ impl Family {
     }
 }
 
-pub(crate) fn check_shapes(
-    p: &Params<f64>,
-    d: usize,
-    k: usize,
-    n: usize,
-    bias: bool,
-) -> Result<()> {
+fn check_shapes(p: &Params<f64>, d: usize, k: usize, n: usize, bias: bool) -> Result<()> {
     let bad = |what: &str, got: String, want: String| {
         Err(Error::Config(format!("{what} is {got}, the configuration needs {want}")))
     };
