@@ -9,13 +9,20 @@ venv=target/py-venv
 if [[ ! -x "$venv/bin/python" ]]; then
     python3 -m venv "$venv"
 fi
-"$venv/bin/pip" install -q --disable-pip-version-check "maturin==1.16.0" numpy pytest
+# No pip cache: every wheel would otherwise sit on the disk twice (PyTorch's are 3.5 GB).
+pip_install() { "$venv/bin/pip" install -q --disable-pip-version-check --no-cache-dir "$@"; }
+pip_install "maturin==1.16.0" numpy pytest
 # cvxpy: the sample-level solves the class-level loss targets are checked against.
-"$venv/bin/pip" install -q --disable-pip-version-check cvxpy
-# PyTorch for the accumulator tests (from the registry, about 3.5 minutes and 5 GB the first
-# time; kept in the virtual environment afterwards).
+pip_install cvxpy
+# PyTorch for the accumulator tests (from the registry, about 3.5 minutes the first time; kept
+# in the virtual environment afterwards). The registry's Linux wheel brings CUDA's libraries:
+# about 5.5 GB installed, and 3.5 GB more of downloads while it installs.
 if ! "$venv/bin/python" -c "import torch" 2>/dev/null; then
-    "$venv/bin/pip" install -q --disable-pip-version-check torch
+    free_kb="$(df -Pk "$venv" | awk 'NR == 2 { print $4 }')"
+    if (( free_kb < 10 * 1024 * 1024 )); then
+        echo "python-tests: PyTorch needs about 9 GB free while it installs; $venv's disk has $((free_kb / 1024)) MB" >&2
+    fi
+    pip_install torch
 fi
 rm -f target/wheels/seli-*.whl
 "$venv/bin/maturin" build --release -m crates/seli-py/Cargo.toml -i "$venv/bin/python" -o target/wheels
@@ -25,7 +32,7 @@ if [[ ! -f "${wheels[0]}" ]]; then
     echo "python-tests: expected an abi3 wheel (seli-*-cp39-abi3-*.whl), found: $(ls target/wheels)" >&2
     exit 1
 fi
-"$venv/bin/pip" install -q --disable-pip-version-check --force-reinstall --no-deps "${wheels[0]}"
+pip_install --force-reinstall --no-deps "${wheels[0]}"
 SELI_BIN="$PWD/target/release/seli" "$venv/bin/python" -m pytest -q crates/seli-py/tests
 
 # The same wheel imported and used by the oldest and newest other CPythons on this machine
@@ -38,8 +45,8 @@ for version in 3.9 3.13; do
     fi
     other="target/py-venv-$version"
     [[ -x "$other/bin/python" ]] || "$python" -m venv "$other"
-    "$other/bin/pip" install -q --disable-pip-version-check numpy
-    "$other/bin/pip" install -q --disable-pip-version-check --force-reinstall --no-deps "${wheels[0]}"
+    "$other/bin/pip" install -q --disable-pip-version-check --no-cache-dir numpy
+    "$other/bin/pip" install -q --disable-pip-version-check --no-cache-dir --force-reinstall --no-deps "${wheels[0]}"
     "$other/bin/python" - <<'PY'
 import sys
 from pathlib import Path
