@@ -741,6 +741,17 @@ fn execute_as<T: Scalar>(
         }
         None => (solver.init_state()?, None),
     };
+    // A run already at its iteration limit has nothing left to do: its summary, with the times
+    // of the invocation that ran it, stays as it is (rewritten only when missing or when it
+    // says otherwise).
+    if let (Some(d), Some(iter)) = (dir, resumed_from)
+        && iter == cfg.iters
+        && let Ok(done) = UfmSummary::read(&d.summary())
+        && done.iters_done == iter
+        && done.termination == Termination::MaxIters.name()
+    {
+        return Ok(UfmOutcome { termination: Termination::MaxIters, summary: done });
+    }
     let header: Vec<&str> = UfmMetrics::columns().iter().map(|(c, _)| *c).collect();
     let mut csv = match (dir, resumed_from) {
         (Some(d), Some(it)) => Some(CsvLog::resume(&d.metrics(), &header, it as f64)?),
@@ -815,6 +826,19 @@ mod tests {
         UfmParams::new(ProfileRecord::new(&p, None))
     }
 
+    /// The runs the tests execute: d = 6, `iters` iterations.
+    fn small(iters: u64) -> UfmParams {
+        let mut p = params();
+        p.d = 6;
+        p.iters = iters;
+        p
+    }
+
+    /// A Ctrl-C flag nobody raises.
+    fn no_interrupt() -> InterruptFlag {
+        std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false))
+    }
+
     #[test]
     fn record_schedules_parse_and_reject() {
         assert_eq!(parse_record("every:100").unwrap(), Schedule::Every(100));
@@ -873,9 +897,7 @@ mod tests {
 
     #[test]
     fn execute_without_a_directory_equals_the_run_with_one() {
-        let mut p = params();
-        p.d = 6;
-        p.iters = 60;
+        let mut p = small(60);
         p.record = Schedule::Every(20);
         let cfg = p.check().unwrap();
         struct Rows(Vec<Vec<Option<f64>>>);
@@ -889,13 +911,12 @@ mod tests {
                 Ok(())
             }
         }
-        let flag = || std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let mut mem = Rows(Vec::new());
-        let a = execute(&cfg, None, false, &mut mem, flag()).unwrap();
+        let a = execute(&cfg, None, false, &mut mem, no_interrupt()).unwrap();
         let tmp = tempfile::tempdir().unwrap();
         let dir = UfmDir(tmp.path().join("r"));
         dir.start(&cfg, false).unwrap();
-        let b = execute(&cfg, Some(&dir), false, &mut crate::watch::Quiet, flag()).unwrap();
+        let b = execute(&cfg, Some(&dir), false, &mut crate::watch::Quiet, no_interrupt()).unwrap();
         assert_eq!(a.summary.final_metrics, b.summary.final_metrics);
         assert_eq!(mem.0.len(), 4, "rows at 0, 20, 40, 60");
         let (_, rows) = seli_io::csvlog::read_csv(&dir.metrics()).unwrap();
@@ -910,17 +931,14 @@ mod tests {
         // schedule does not fire. A run stopped there (Ctrl-C writes a row at the stop; a
         // SIGKILL after the periodic checkpoint leaves rows past it) and resumed must end with
         // the uninterrupted run's metrics.csv, row for row.
-        let mut p = params();
-        p.d = 6;
-        p.iters = 400;
+        let mut p = small(400);
         p.checkpoint_every = 150;
         let full = p.clone().check().unwrap();
         assert!(!full.record.fires(300), "the test needs a checkpoint off the schedule");
-        let flag = || std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let tmp = tempfile::tempdir().unwrap();
         let a = UfmDir(tmp.path().join("a"));
         a.start(&full, false).unwrap();
-        execute(&full, Some(&a), false, &mut crate::watch::Quiet, flag()).unwrap();
+        execute(&full, Some(&a), false, &mut crate::watch::Quiet, no_interrupt()).unwrap();
         let (_, want) = seli_io::csvlog::read_csv(&a.metrics()).unwrap();
         for killed in [false, true] {
             let b = UfmDir(tmp.path().join(format!("b{killed}")));
@@ -928,7 +946,7 @@ mod tests {
             first.iters = 300;
             let first = first.check().unwrap();
             b.start(&first, false).unwrap();
-            execute(&first, Some(&b), false, &mut crate::watch::Quiet, flag()).unwrap();
+            execute(&first, Some(&b), false, &mut crate::watch::Quiet, no_interrupt()).unwrap();
             if killed {
                 // Rows written after the checkpoint by a process that then died.
                 let text = std::fs::read_to_string(b.metrics()).unwrap();
@@ -942,12 +960,45 @@ mod tests {
                 std::fs::write(b.metrics(), text + &extra).unwrap();
             }
             let resumed = b.read_config().unwrap().resumed_with(Some(400), 0, None).unwrap();
-            execute(&resumed, Some(&b), true, &mut crate::watch::Quiet, flag()).unwrap();
+            execute(&resumed, Some(&b), true, &mut crate::watch::Quiet, no_interrupt()).unwrap();
             let (_, got) = seli_io::csvlog::read_csv(&b.metrics()).unwrap();
             let iters =
                 |r: &[Vec<Option<f64>>]| r.iter().map(|r| r[0].unwrap()).collect::<Vec<_>>();
             assert_eq!(iters(&got), iters(&want), "killed: {killed}");
             assert_eq!(got, want, "killed: {killed}");
         }
+    }
+
+    #[test]
+    fn resuming_a_finished_run_keeps_its_summary() {
+        // The summary of the invocation that reached the limit (its times and throughput)
+        // survives a resume at that limit; a missing one is written again, as resumed.
+        let mut p = small(120);
+        p.checkpoint_every = 50;
+        let cfg = p.check().unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = UfmDir(tmp.path().join("run"));
+        dir.start(&cfg, false).unwrap();
+        let first =
+            execute(&cfg, Some(&dir), false, &mut crate::watch::Quiet, no_interrupt()).unwrap();
+        assert_eq!(first.summary.resumed_from, None);
+        let summary = std::fs::read(dir.summary()).unwrap();
+        let metrics = std::fs::read(dir.metrics()).unwrap();
+        let again = cfg.resumed_with(None, 1, None).unwrap();
+        let done =
+            execute(&again, Some(&dir), true, &mut crate::watch::Quiet, no_interrupt()).unwrap();
+        assert_eq!(done.termination, Termination::MaxIters);
+        assert_eq!(done.summary, first.summary);
+        assert_eq!(std::fs::read(dir.summary()).unwrap(), summary);
+        assert_eq!(std::fs::read(dir.metrics()).unwrap(), metrics);
+        // Without its summary the run ends as before, and says it was resumed.
+        std::fs::remove_file(dir.summary()).unwrap();
+        let rewritten =
+            execute(&again, Some(&dir), true, &mut crate::watch::Quiet, no_interrupt()).unwrap();
+        assert_eq!(rewritten.summary.resumed_from, Some(120));
+        assert_eq!(rewritten.summary.iters_done, 120);
+        assert_eq!(rewritten.summary.final_metrics, first.summary.final_metrics);
+        assert_eq!(UfmSummary::read(&dir.summary()).unwrap(), rewritten.summary);
+        assert_eq!(std::fs::read(dir.metrics()).unwrap(), metrics);
     }
 }
