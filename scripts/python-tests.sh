@@ -9,14 +9,14 @@ venv=target/py-venv
 if [[ ! -x "$venv/bin/python" ]]; then
     python3 -m venv "$venv"
 fi
-# No pip cache: every wheel would otherwise sit on the disk twice (PyTorch's are 3.5 GB).
+# No pip cache: every wheel would otherwise sit on the disk twice (PyTorch's are about 3 GB).
 pip_install() { "$venv/bin/pip" install -q --disable-pip-version-check --no-cache-dir "$@"; }
 pip_install "maturin==1.16.0" numpy pytest
 # cvxpy: the sample-level solves the class-level loss targets are checked against.
 pip_install cvxpy
 # PyTorch for the accumulator tests (from the registry, about 3.5 minutes the first time; kept
 # in the virtual environment afterwards). The registry's Linux wheel brings CUDA's libraries:
-# about 5.5 GB installed, and 3.5 GB more of downloads while it installs.
+# 5.8 GB installed, and about 3 GB more of downloads while it installs.
 if ! "$venv/bin/python" -c "import torch" 2>/dev/null; then
     free_kb="$(df -Pk "$venv" | awk 'NR == 2 { print $4 }')"
     if (( free_kb < 10 * 1024 * 1024 )); then
