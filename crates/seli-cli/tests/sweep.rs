@@ -157,7 +157,18 @@ fn killed_sweep_restarts_without_losing_work() {
         ps.iter().any(|p| p.join("summary.json").is_file())
             && ps.iter().any(|p| claimed_mid_run(d, p))
     };
-    while !ready(&killed) && start.elapsed() < Duration::from_secs(120) {
+    // The points are short: a point seen mid-run can end before a kill lands. So the sweep is
+    // frozen (SIGSTOP) first, the state checked while nothing moves, and killed only if it is
+    // still the wanted one (else it goes on: SIGCONT).
+    loop {
+        assert!(start.elapsed() < Duration::from_secs(120), "no kill point within 120 s");
+        if ready(&killed) {
+            freeze(child.id());
+            if ready(&killed) {
+                break;
+            }
+            signal(child.id(), "CONT");
+        }
         std::thread::sleep(Duration::from_millis(2));
     }
     child.kill().unwrap();
@@ -181,6 +192,30 @@ fn killed_sweep_restarts_without_losing_work() {
     // Every claim released (a temporary of the killed worker may remain until it is older
     // than the lease).
     assert_eq!(claim_files(&killed), 0);
+}
+
+/// Sends `sig` (a name such as `STOP`) to process `pid` with kill(1).
+fn signal(pid: u32, sig: &str) {
+    let status = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status();
+    assert!(status.as_ref().is_ok_and(|s| s.success()), "kill -{sig} {pid}: {status:?}");
+}
+
+/// Stops process `pid` (SIGSTOP) and waits until every one of its threads has stopped
+/// (state `T` in /proc/PID/task/TID/stat).
+fn freeze(pid: u32) {
+    signal(pid, "STOP");
+    let stopped = || {
+        std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten().all(|t| {
+            let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+            // The state follows the command name, which is in parentheses.
+            stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('T'))
+        })
+    };
+    let start = Instant::now();
+    while !stopped() {
+        assert!(start.elapsed() < Duration::from_secs(10), "process {pid} did not stop");
+        std::thread::sleep(Duration::from_millis(1));
+    }
 }
 
 /// Claim files (not temporaries) in a sweep's claims directory.
