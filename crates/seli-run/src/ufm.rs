@@ -741,17 +741,6 @@ fn execute_as<T: Scalar>(
         }
         None => (solver.init_state()?, None),
     };
-    // A run already at its iteration limit has nothing left to do: its summary, with the times
-    // of the invocation that ran it, stays as it is (rewritten only when missing or when it
-    // says otherwise).
-    if let (Some(d), Some(iter)) = (dir, resumed_from)
-        && iter == cfg.iters
-        && let Ok(done) = UfmSummary::read(&d.summary())
-        && done.iters_done == iter
-        && done.termination == Termination::MaxIters.name()
-    {
-        return Ok(UfmOutcome { termination: Termination::MaxIters, summary: done });
-    }
     let header: Vec<&str> = UfmMetrics::columns().iter().map(|(c, _)| *c).collect();
     let mut csv = match (dir, resumed_from) {
         (Some(d), Some(it)) => Some(CsvLog::resume(&d.metrics(), &header, it as f64)?),
@@ -795,6 +784,17 @@ fn execute_as<T: Scalar>(
         drop(tracker);
         (why?, last.expect("the final state is always recorded"))
     };
+    // A resumed run that had already ended (at its iteration limit, or converged) ends again
+    // without an iteration: its summary, with the times of the invocation that ran it, stays
+    // as it is (rewritten when missing or when it says otherwise).
+    if let (Some(d), Some(from)) = (dir, resumed_from)
+        && state.iter == from
+        && let Ok(done) = UfmSummary::read(&d.summary())
+        && done.iters_done == from
+        && done.termination == why.name()
+    {
+        return Ok(UfmOutcome { termination: why, summary: done });
+    }
     let wall = start.elapsed().as_secs_f64();
     let summary = UfmSummary {
         schema: UFM_SUMMARY_SCHEMA.into(),
@@ -971,34 +971,45 @@ mod tests {
 
     #[test]
     fn resuming_a_finished_run_keeps_its_summary() {
-        // The summary of the invocation that reached the limit (its times and throughput)
-        // survives a resume at that limit; a missing one is written again, as resumed.
-        let mut p = small(120);
-        p.checkpoint_every = 50;
-        let cfg = p.check().unwrap();
+        // The summary of the invocation that ended the run (its times and throughput) survives
+        // a resume that ends it again without an iteration: at its iteration limit, or
+        // converged (even under a larger limit); a missing one is written again, as resumed.
+        let mut at_limit = small(120);
+        at_limit.checkpoint_every = 50;
+        let mut converging = small(100_000);
+        converging.step_rule = StepRule::NormalizedGrad;
+        converging.lr = 0.1;
+        converging.grad_tol = Some(1e-3);
         let tmp = tempfile::tempdir().unwrap();
-        let dir = UfmDir(tmp.path().join("run"));
-        dir.start(&cfg, false).unwrap();
-        let first =
-            execute(&cfg, Some(&dir), false, &mut crate::watch::Quiet, no_interrupt()).unwrap();
-        assert_eq!(first.summary.resumed_from, None);
-        let summary = std::fs::read(dir.summary()).unwrap();
-        let metrics = std::fs::read(dir.metrics()).unwrap();
-        let again = cfg.resumed_with(None, 1, None).unwrap();
-        let done =
-            execute(&again, Some(&dir), true, &mut crate::watch::Quiet, no_interrupt()).unwrap();
-        assert_eq!(done.termination, Termination::MaxIters);
-        assert_eq!(done.summary, first.summary);
-        assert_eq!(std::fs::read(dir.summary()).unwrap(), summary);
-        assert_eq!(std::fs::read(dir.metrics()).unwrap(), metrics);
-        // Without its summary the run ends as before, and says it was resumed.
-        std::fs::remove_file(dir.summary()).unwrap();
-        let rewritten =
-            execute(&again, Some(&dir), true, &mut crate::watch::Quiet, no_interrupt()).unwrap();
-        assert_eq!(rewritten.summary.resumed_from, Some(120));
-        assert_eq!(rewritten.summary.iters_done, 120);
-        assert_eq!(rewritten.summary.final_metrics, first.summary.final_metrics);
-        assert_eq!(UfmSummary::read(&dir.summary()).unwrap(), rewritten.summary);
-        assert_eq!(std::fs::read(dir.metrics()).unwrap(), metrics);
+        for (p, later_iters, ends) in [
+            (at_limit, None, Termination::MaxIters.name()),
+            (converging, Some(200_000), "converged"),
+        ] {
+            let cfg = p.check().unwrap();
+            let dir = UfmDir(tmp.path().join(ends));
+            dir.start(&cfg, false).unwrap();
+            let run = |c: &UfmRunConfig, resume| {
+                execute(c, Some(&dir), resume, &mut crate::watch::Quiet, no_interrupt()).unwrap()
+            };
+            let first = run(&cfg, false);
+            assert_eq!(first.termination.name(), ends);
+            assert!(first.summary.iters_done < 100_000, "{ends}: {}", first.summary.message);
+            let summary = std::fs::read(dir.summary()).unwrap();
+            let metrics = std::fs::read(dir.metrics()).unwrap();
+            let again = cfg.resumed_with(later_iters, 1, None).unwrap();
+            let done = run(&again, true);
+            assert_eq!(done.termination.name(), ends);
+            assert_eq!(done.summary, first.summary, "{ends}");
+            assert_eq!(std::fs::read(dir.summary()).unwrap(), summary, "{ends}");
+            assert_eq!(std::fs::read(dir.metrics()).unwrap(), metrics, "{ends}");
+            // Without its summary the run ends as before, and says it was resumed.
+            std::fs::remove_file(dir.summary()).unwrap();
+            let rewritten = run(&again, true);
+            assert_eq!(rewritten.summary.resumed_from, Some(first.summary.iters_done));
+            assert_eq!(rewritten.summary.iters_done, first.summary.iters_done);
+            assert_eq!(rewritten.summary.final_metrics, first.summary.final_metrics);
+            assert_eq!(UfmSummary::read(&dir.summary()).unwrap(), rewritten.summary);
+            assert_eq!(std::fs::read(dir.metrics()).unwrap(), metrics, "{ends}");
+        }
     }
 }
