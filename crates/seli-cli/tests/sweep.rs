@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{fails, json, ok, seli};
+use common::{fails, json, ok, seli, signal};
 
 /// 12 short UFM runs: 3 imbalance ratios x 4 seeds.
 const UFM_SWEEP: &str = r#"
@@ -192,12 +192,6 @@ fn killed_sweep_restarts_without_losing_work() {
     // Every claim released (a temporary of the killed worker may remain until it is older
     // than the lease).
     assert_eq!(claim_files(&killed), 0);
-}
-
-/// Sends `sig` (a name such as `STOP`) to process `pid` with kill(1).
-fn signal(pid: u32, sig: &str) {
-    let status = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status();
-    assert!(status.as_ref().is_ok_and(|s| s.success()), "kill -{sig} {pid}: {status:?}");
 }
 
 /// Stops process `pid` (SIGSTOP) and waits until every one of its threads has stopped

@@ -5,7 +5,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{fails, json, kill_at_random_moments, ok, seli, summary_without_timing};
+use common::{fails, json, kill_at_random_moments, ok, seli, signal, summary_without_timing};
 
 fn last_row(dir: &Path) -> String {
     std::fs::read_to_string(dir.join("metrics.csv")).unwrap().lines().last().unwrap().to_string()
@@ -129,8 +129,7 @@ fn ctrl_c_checkpoints_and_resumes_to_the_same_result() {
         assert!(start.elapsed() < Duration::from_secs(60), "the run did not start");
         std::thread::sleep(Duration::from_millis(20));
     }
-    let status = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
-    assert!(status.success());
+    signal(child.id(), "INT");
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(130), "{stderr}");

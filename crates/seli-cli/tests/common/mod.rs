@@ -31,6 +31,12 @@ pub fn json(path: &Path) -> Value {
     serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
 }
 
+/// Sends `sig` (a name such as `INT` or `STOP`) to process `pid` with kill(1).
+pub fn signal(pid: u32, sig: &str) {
+    let status = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status();
+    assert!(status.as_ref().is_ok_and(|s| s.success()), "kill -{sig} {pid}: {status:?}");
+}
+
 /// Kills a run with SIGKILL at pseudo-random moments and resumes it, `kills` times, then lets
 /// it finish: `start` begins the run (used again while `dir` has no `config.json`, that is
 /// when a kill landed before the run wrote anything), `resume` continues it. Each delay is
