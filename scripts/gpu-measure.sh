@@ -22,11 +22,12 @@
 # headers and cuBLAS are: the CUDA toolkit, or PyTorch's nvidia wheels); the UFM part: `seli ufm`
 # on the GPU (cuBLAS) beside the CPU for five configurations in f64 and f32, UFM iterations beside
 # PyTorch (scripts/bench-ufm.py; burn's iteration alone after it), the large UFM in f32 and f64
-# with Ctrl-C on the GPU and the end on the CPU; the networks' part: the refusals, each build's
-# first kernels and autotuning, training throughput of both MLPs and ResNet-18 beside PyTorch
-# (scripts/bench-train.py) with the fusion build when it travelled (else the plain one), the
-# other build alone, a short MNIST run interrupted on the GPU and finished on the CPU. cubecl's
-# autotuning decisions are logged to OUT/autotune-BUILD.log.
+# with Ctrl-C on the GPU and the end on the CPU; the networks' part: the refusals, the first
+# kernels and autotuning of the build measured (the fusion build when it travelled, else the
+# plain one), training throughput of both MLPs and ResNet-18 beside PyTorch
+# (scripts/bench-train.py), a short MNIST run interrupted on the GPU and finished on the CPU,
+# then the other build's tuning and throughput alone. cubecl's autotuning decisions are logged
+# to OUT/autotune-BUILD.log.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -218,25 +219,23 @@ if want train; then
 
     # burn's autotuning measures candidate kernels the first time it meets a shape and keeps the
     # choice in target/environment (under the working directory's workspace), so later processes
-    # start tuned.
-    for b in "$seli" ${fused:+"$plain"}; do
-        step "first kernels and autotuning: $(basename "$b") (compile and tuning time included)"
+    # start tuned. tune BUILD: that build's first kernels and tuning, decisions logged.
+    tune() {
+        step "first kernels and autotuning: $(basename "$1") (compile and tuning time included)"
         time with_cubecl_config "[autotune.logger]
 level = \"minimal\"
-file = \"$out/autotune-$(basename "$b").log\"" \
-            timeout 240 "$b" bench train --device "$dev" --mlp-steps 5 --resnet-steps "$(( resnet_steps > 0 ? 2 : 0 ))"
-        [[ -f "$out/autotune-$(basename "$b").log" ]] &&
-            echo "autotuning decisions: $(wc -l <"$out/autotune-$(basename "$b").log") lines in autotune-$(basename "$b").log"
-    done
+file = \"$out/autotune-$(basename "$1").log\"" \
+            timeout 240 "$1" bench train --device "$dev" --mlp-steps 5 --resnet-steps "$(( resnet_steps > 0 ? 2 : 0 ))"
+        [[ -f "$out/autotune-$(basename "$1").log" ]] &&
+            echo "autotuning decisions: $(wc -l <"$out/autotune-$(basename "$1").log") lines in autotune-$(basename "$1").log"
+    }
+    # The decisive figures first (a device call that runs out of time keeps them): the measured
+    # build's tuning, its throughput beside PyTorch, the real run; the other build after them.
+    tune "$seli"
 
     step "training throughput beside PyTorch ($(basename "$seli"))"
     timeout 200 "$py" scripts/bench-train.py --device "$dev" --seli "$seli" --steps "$train_steps" --pairs 2 \
         --resnet-steps "$resnet_steps" --json "$out/bench-train.json"
-
-    if [[ -n "$fused" ]]; then
-        step "the other build alone: $(basename "$plain") (autotuning without fusion)"
-        timeout 100 "$plain" bench train --device "$dev" --mlp-steps "$train_steps" --resnet-steps "$resnet_steps"
-    fi
 
     step "a short MNIST run on the GPU, interrupted, finished on the CPU"
     run="$out/mnist-gpu"
@@ -245,6 +244,12 @@ file = \"$out/autotune-$(basename "$b").log\"" \
     echo "exit $? (130: interrupted)"
     time timeout 120 "$seli" train --resume "$run" --device cpu
     head -c 600 "$run/summary.json"; echo
+
+    if [[ -n "$fused" ]]; then
+        tune "$plain"
+        step "the other build alone: $(basename "$plain") (autotuning without fusion)"
+        timeout 100 "$plain" bench train --device "$dev" --mlp-steps "$train_steps" --resnet-steps "$resnet_steps"
+    fi
 fi
 
 if want profile; then
