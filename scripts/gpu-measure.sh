@@ -221,13 +221,13 @@ if want train; then
     # choice in target/environment (under the working directory's workspace), so later processes
     # start tuned. tune BUILD: that build's first kernels and tuning, decisions logged.
     tune() {
+        local log="autotune-$(basename "$1").log"
         step "first kernels and autotuning: $(basename "$1") (compile and tuning time included)"
         time with_cubecl_config "[autotune.logger]
 level = \"minimal\"
-file = \"$out/autotune-$(basename "$1").log\"" \
+file = \"$out/$log\"" \
             timeout 240 "$1" bench train --device "$dev" --mlp-steps 5 --resnet-steps "$(( resnet_steps > 0 ? 2 : 0 ))"
-        [[ -f "$out/autotune-$(basename "$1").log" ]] &&
-            echo "autotuning decisions: $(wc -l <"$out/autotune-$(basename "$1").log") lines in autotune-$(basename "$1").log"
+        [[ -f "$out/$log" ]] && echo "autotuning decisions: $(wc -l <"$out/$log") lines in $log"
     }
     # The decisive figures first (a device call that runs out of time keeps them): the measured
     # build's tuning, its throughput beside PyTorch, the real run; the other build after them.
