@@ -24,7 +24,8 @@ machine whose speed drifts, the pairwise ratio is the figure to quote.
     python scripts/bench-train.py --device cuda --resnet-steps 20 --pairs 2 --seli target/cuda/seli
 
 Needs torch in the running Python and a release build of seli (`cargo build --release`, or a
-CUDA build from scripts/build-cuda.sh for --device cuda). --json writes the figures as JSON.
+CUDA build from scripts/build-cuda.sh for --device cuda). Each pair is printed as it is measured;
+--json writes the figures as JSON, rewritten after each pair (`pairs_done` says how many).
 """
 
 import argparse
@@ -169,8 +170,32 @@ def main():
     torch.set_num_threads(a.threads)
     device = "cuda:0" if a.device == "cuda" else a.device
     models = torch_models()
+    names = list(MODELS.items()) + [(TUNED, "  - PyTorch with cudnn.benchmark")]
+
+    def summary(pairs):
+        """One row per model: the medians of both sides and of the pairwise ratios."""
+        rows = []
+        for key, name in names:
+            if key not in pairs[0][1]:
+                continue
+            ours = [s.get(SELI_ROW.get(key, key), float("nan")) for s, _ in pairs]
+            theirs = [p[key] for _, p in pairs]
+            ratios = [o / t for o, t in zip(ours, theirs)]
+            rows.append({"model": key, "name": name, "seli": median(ours), "pytorch": median(theirs),
+                         "ratio": median(ratios), "range": (min(ratios), max(ratios)),
+                         "pairs": [{"seli": o, "pytorch": t} for o, t in zip(ours, theirs)]})
+        return rows
+
+    def write_json(rows):
+        if a.json:
+            doc = {"device": a.device, "threads": a.threads, "pairs_done": len(pairs),
+                   "rows": [{k: r[k] for k in ("model", "seli", "pytorch", "ratio", "pairs")} for r in rows]}
+            Path(a.json).write_text(json.dumps(doc, indent=1))
+
+    # Each pair is printed, and the JSON rewritten, as soon as it is measured: a run cut short
+    # (a time limit on a GPU machine) keeps what it measured.
     pairs = []
-    for _ in range(a.pairs):
+    for i in range(a.pairs):
         seli, seli_out = seli_rates(a.seli, a.device, a.threads, a.steps, a.resnet_steps)
         if not seli:
             print(seli_out, file=sys.stderr)
@@ -187,25 +212,18 @@ def main():
                 peer[TUNED] = torch_rate(build, shape, device, a.batch, warm, a.resnet_steps, 1,
                                          cudnn_benchmark=True)
         pairs.append((seli, peer))
+        figures = ", ".join(f"{k} {seli.get(SELI_ROW.get(k, k), float('nan')):.1f} vs {v:.1f}"
+                            for k, v in peer.items())
+        print(f"pair {i + 1}/{a.pairs} (seli vs PyTorch, samples/s): {figures}", flush=True)
+        write_json(summary(pairs))
 
     print(f"training throughput, f32, batch {a.batch}, {a.device}, {a.threads} threads, {a.pairs} pairs")
     print(f"torch {torch.__version__}; seli: {a.seli}")
     print(f"{'model':<46} {'seli':>10} {'PyTorch':>10} {'ratio':>7}  ratio range")
-    rows = []
-    for key, name in list(MODELS.items()) + [(TUNED, "  - PyTorch with cudnn.benchmark")]:
-        if key not in pairs[0][1]:
-            continue
-        ours = [s.get(SELI_ROW.get(key, key), float("nan")) for s, _ in pairs]
-        theirs = [p[key] for _, p in pairs]
-        ratios = [o / t for o, t in zip(ours, theirs)]
-        r = median(ratios)
-        print(f"{name:<46} {median(ours):>10.1f} {median(theirs):>10.1f} {r:>6.2f}x"
-              f"  {min(ratios):.2f}-{max(ratios):.2f}")
-        rows.append({"model": key, "seli": median(ours), "pytorch": median(theirs), "ratio": r,
-                     "pairs": [{"seli": o, "pytorch": t} for o, t in zip(ours, theirs)]})
-    if a.json:
-        Path(a.json).write_text(json.dumps({"device": a.device, "threads": a.threads, "rows": rows}, indent=1))
-
+    for r in summary(pairs):
+        lo, hi = r["range"]
+        print(f"{r['name']:<46} {r['seli']:>10.1f} {r['pytorch']:>10.1f} {r['ratio']:>6.2f}x"
+              f"  {lo:.2f}-{hi:.2f}")
 
 if __name__ == "__main__":
     main()

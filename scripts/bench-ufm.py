@@ -86,10 +86,17 @@ def main():
 
     cmd = [a.seli, "bench", "ufm", "--device", a.device, "--iters", str(a.iters)]
     cmd += ["--burn"] * a.burn + ["--quick"] * a.quick
-    r = subprocess.run(cmd, capture_output=True, text=True)
-    if r.returncode != 0:
-        sys.exit(f"{' '.join(cmd)}: exit {r.returncode}\n{r.stderr.strip()}")
-    rows = seli_rows(r.stdout)
+    # seli's table is echoed line by line as it comes (a run cut short keeps seli's figures);
+    # PyTorch runs after seli has exited, so the two never share the device.
+    lines = []
+    # seli's errors go straight to stderr.
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) as proc:
+        for line in proc.stdout:
+            print(f"  seli | {line.rstrip()}", flush=True)
+            lines.append(line)
+    if proc.returncode != 0:
+        sys.exit(f"{' '.join(cmd)}: exit {proc.returncode} (its message above)")
+    rows = seli_rows("".join(lines))
     device = "cuda:0" if a.device == "cuda" else a.device
     native = a.device == "cpu" and not a.burn
     what = "seli's burn iteration" if a.burn else ("seli's solver" if native else "seli's cuBLAS iteration")

@@ -3,31 +3,40 @@
 # no registry: the CUDA build of seli (carried compressed) beside PyTorch on the same
 # GPU, and a short real training run.
 #
-#   scripts/gpu-measure.sh --pack          here, after scripts/build-cuda.sh: target/gpu-carry,
+#   scripts/gpu-measure.sh --pack [ENV]    here, after scripts/build-cuda.sh: target/gpu-carry,
 #                                          what travels (the compressed binary, its sources id,
-#                                          data/mnist compressed; about 22 MB; and the fusion
-#                                          build when build-cuda.sh --fusion made a current one)
+#                                          data/mnist compressed; about 22 MB; the fusion build
+#                                          when build-cuda.sh --fusion made a current one; and
+#                                          cubecl's tuning cache: ENV, an environment.tar.xz an
+#                                          earlier device run returned, kept in target/gpu-env
+#                                          for later packs)
 #   scripts/gpu-measure.sh OUT [ufm] [train] [profile]
 #                                          on the GPU machine, with target/gpu-carry carried:
 #                                          the UFM part and the networks' part (or the parts
 #                                          named), log in OUT/gpu.log; `profile` (only when
 #                                          named): where a training step's time goes, kernel by
 #                                          kernel (cubecl's profiler, OUT/profile.log)
+#   GPU_MEASURE_DEADLINE=S scripts/gpu-measure.sh OUT ...
+#                                          the same, ending within S seconds (a device call's
+#                                          limit): the long steps' timeouts shrink to fit
 #   scripts/gpu-measure.sh --rehearse OUT  here, before spending device time: the same steps on
 #                                          the CPU with target/release/seli and small sizes (the
 #                                          GPU-only checks fail, as they should)
 #
-# Steps, most decisive first (a device call lasts at most 600 s; the log is written as it goes
-# and comes back even on a timeout): the environment (nvidia-smi, where NVRTC and the CUDA
-# headers and cuBLAS are: the CUDA toolkit, or PyTorch's nvidia wheels); the UFM part: `seli ufm`
-# on the GPU (cuBLAS) beside the CPU for five configurations in f64 and f32, UFM iterations beside
-# PyTorch (scripts/bench-ufm.py; burn's iteration alone after it), the large UFM in f32 and f64
-# with Ctrl-C on the GPU and the end on the CPU; the networks' part: the refusals, the first
-# kernels and autotuning of the build measured (the fusion build when it travelled, else the
-# plain one), training throughput of both MLPs and ResNet-18 beside PyTorch
-# (scripts/bench-train.py), a short MNIST run interrupted on the GPU and finished on the CPU,
-# then the other build's tuning and throughput alone. cubecl's autotuning decisions are logged
-# to OUT/autotune-BUILD.log.
+# Steps, most decisive first (a device call lasts at most 600 s; the log is written as it goes and
+# comes back even on a timeout): the environment (nvidia-smi, where NVRTC and the CUDA headers and
+# cuBLAS are: the CUDA toolkit, or PyTorch's nvidia wheels); the UFM part: `seli ufm` on the GPU
+# (cuBLAS) beside the CPU for five configurations in f64 and f32, UFM iterations beside PyTorch
+# (scripts/bench-ufm.py), the large UFM in f32 and f64 with Ctrl-C on the GPU and the end on the
+# CPU; the networks' part: the refusals, the first kernels and autotuning of the build measured
+# (the fusion build when it travelled, else the plain one) on the MLPs, their training throughput
+# beside PyTorch (scripts/bench-train.py), a short MNIST run interrupted on the GPU and finished
+# on the CPU, then ResNet-18's tuning (minutes) and its throughput beside PyTorch, then the other
+# build's tuning and throughput alone. cubecl's autotuning decisions are logged to
+# OUT/autotune-BUILD.log. cubecl keeps its tuning decisions and compiled kernels in
+# target/environment (the build's `persistence`), which the machine keeps between calls; after
+# each tuning step the script copies it to OUT/environment.tar.xz, and `--pack ENV` carries such a
+# copy to a later run, so tuning cut short by a time limit is not repeated.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -53,6 +62,11 @@ if [[ "${1:-}" == --pack ]]; then
             echo "gpu-measure.sh: leaving out target/cuda/seli-fusion (built from sources $fused)" >&2
         fi
     fi
+    # cubecl's tuning cache from an earlier device run: kept here, carried with every pack.
+    if [[ -n "${2:-}" ]]; then
+        mkdir -p target/gpu-env && cp "$2" target/gpu-env/environment.tar.xz
+    fi
+    [[ -f target/gpu-env/environment.tar.xz ]] && cp target/gpu-env/environment.tar.xz "$carry/"
     tar -C data -cf - mnist | xz -T0 -6 >"$carry/mnist.tar.xz"
     ls -l "$carry"
     size="$(du -sm "$carry" | cut -f1)"
@@ -78,18 +92,47 @@ mkdir -p "$out"
 out="$(cd "$out" && pwd)"
 exec > >(tee "$out/gpu.log") 2>&1
 step() { echo; echo "=== $* ($(date +%T), ${SECONDS}s)"; }
+# GPU_MEASURE_DEADLINE=S: the script should end within S seconds (a device call's limit); the
+# long steps' timeouts shrink to fit, keeping 20 s for saving what they made. limit N: N
+# seconds, or what is left before the deadline if less (at least 1).
+deadline="${GPU_MEASURE_DEADLINE:-0}"
+limit() {
+    local n="$1" left=$(( deadline - SECONDS - 20 ))
+    (( deadline > 0 && left < n )) && n=$(( left > 1 ? left : 1 ))
+    echo "$n"
+}
+# Python's output reaches the log as it is printed (a step killed by its timeout keeps it).
+export PYTHONUNBUFFERED=1
 work="$(mktemp -d)"
-# cubecl (burn's GPU runtime) reads its settings from cubecl.toml in the working directory:
-# with_cubecl_config TOML CMD... writes one for CMD alone (its logs' levels and files).
+# cubecl (burn's GPU runtime) reads its settings from cubecl.toml in the working directory. For
+# the whole script: compiled kernels kept in its environment beside the tuning decisions, so a
+# later process skips NVRTC too. with_cubecl_config TOML CMD... adds TOML for CMD alone (its
+# logs' levels and files).
+cubecl_base='[compilation]
+cache = true'
+printf '%s\n' "$cubecl_base" >cubecl.toml
 with_cubecl_config() {
-    printf '%s\n' "$1" >cubecl.toml
+    printf '%s\n%s\n' "$cubecl_base" "$1" >cubecl.toml
     shift
     "$@"
     local rc=$?
-    rm -f cubecl.toml
+    printf '%s\n' "$cubecl_base" >cubecl.toml
     return $rc
 }
 trap 'rm -f cubecl.toml' EXIT
+# cubecl's environment (tuning decisions, compiled kernels: target/environment, beside the
+# workspace's Cargo.toml): one carried from an earlier run starts this one, unless the machine
+# still has its own from an earlier call; save_environment copies it to OUT after a step.
+if [[ -f target/gpu-carry/environment.tar.xz && ! -d target/environment ]]; then
+    mkdir -p target && tar -C target -xJf target/gpu-carry/environment.tar.xz
+fi
+save_environment() {
+    if [[ -d target/environment ]]; then
+        tar -C target -cf - environment | xz -T0 -6 >"$out/environment.tar.xz.part" \
+            && mv "$out/environment.tar.xz.part" "$out/environment.tar.xz" \
+            && echo "cubecl environment saved: $(du -k "$out/environment.tar.xz" | cut -f1) KiB in environment.tar.xz"
+    fi
+}
 # Sizes: the issue's on the GPU; small ones for a rehearsal on the CPU.
 if [[ -n "$rehearse" ]]; then
     dev=cpu plain="$PWD/target/release/seli" py="${PYTHON:-target/py-venv/bin/python}"
@@ -169,7 +212,9 @@ print(f"{sys.argv[3]}: iter {rows[0][0]} vs {rows[1][0]}, largest relative diffe
 PY
 }
 
-u="$out/ufm"
+# Runs in the scratch folder: only the log and a few small files go to OUT (a device run returns
+# at most 8 files).
+u="$work/ufm"
 if want ufm; then
     step "seli ufm on the GPU (cuBLAS) beside the same run on the CPU: loss families, bias, ridge, step rules; f64 and f32"
     # Each case: the largest relative difference between the last metrics rows (every column,
@@ -195,8 +240,7 @@ if want ufm; then
     done
 
     step "UFM gradient descent beside PyTorch (cuBLAS on the GPU; $(basename "$seli"))"
-    timeout 150 "$py" scripts/bench-ufm.py --device "$dev" --seli "$seli" --iters "$ufm_iters" $burn
-    [[ -z "$rehearse" ]] && timeout 60 "$seli" bench ufm --device "$dev" --iters 200 --burn
+    timeout "$(limit 150)" "$py" scripts/bench-ufm.py --device "$dev" --seli "$seli" --iters "$ufm_iters" $burn
 
     step "seli ufm at the large size on the GPU (f32, f64), then Ctrl-C there and the end on the CPU"
     for dt in f32 f64; do
@@ -218,37 +262,48 @@ if want train; then
     "$seli" bench train --device cuda:7 --mlp-steps 1 --resnet-steps 0 && echo UNEXPECTED-SUCCESS
 
     # burn's autotuning measures candidate kernels the first time it meets a shape and keeps the
-    # choice in target/environment (under the working directory's workspace), so later processes
-    # start tuned. tune BUILD: that build's first kernels and tuning, decisions logged.
+    # choice in target/environment, so later processes start tuned. tune BUILD MLP-STEPS
+    # RESNET-STEPS SECONDS: that build's first kernels and tuning on the networks the steps name,
+    # decisions logged, the environment saved after it.
     tune() {
         local log="autotune-$(basename "$1").log"
-        step "first kernels and autotuning: $(basename "$1") (compile and tuning time included)"
+        step "first kernels and autotuning: $(basename "$1"), --mlp-steps $2 --resnet-steps $3 (compile and tuning time included)"
         time with_cubecl_config "[autotune.logger]
 level = \"minimal\"
-file = \"$out/$log\"" \
-            timeout 240 "$1" bench train --device "$dev" --mlp-steps 5 --resnet-steps "$(( resnet_steps > 0 ? 2 : 0 ))"
+file = \"$out/$log\"
+append = true" \
+            timeout "$(limit "$4")" "$1" bench train --device "$dev" --mlp-steps "$2" --resnet-steps "$3"
         [[ -f "$out/$log" ]] && echo "autotuning decisions: $(wc -l <"$out/$log") lines in $log"
+        save_environment
     }
-    # The decisive figures first (a device call that runs out of time keeps them): the measured
-    # build's tuning, its throughput beside PyTorch, the real run; the other build after them.
-    tune "$seli"
+    # The decisive figures first (a device call that runs out of time keeps them): the MLPs,
+    # tuned and beside PyTorch, and the real run; then ResNet-18, whose tuning takes minutes;
+    # the other build last.
+    tune "$seli" 5 0 300
 
-    step "training throughput beside PyTorch ($(basename "$seli"))"
-    timeout 200 "$py" scripts/bench-train.py --device "$dev" --seli "$seli" --steps "$train_steps" --pairs 2 \
-        --resnet-steps "$resnet_steps" --json "$out/bench-train.json"
+    step "training throughput of the MLPs beside PyTorch ($(basename "$seli"))"
+    timeout "$(limit 120)" "$py" scripts/bench-train.py --device "$dev" --seli "$seli" --steps "$train_steps" --pairs 2 \
+        --resnet-steps 0 --json "$out/bench-train.json"
 
     step "a short MNIST run on the GPU, interrupted, finished on the CPU"
-    run="$out/mnist-gpu"
+    run="$work/mnist-gpu"
     timeout --preserve-status -s INT "$mnist_stop" "$seli" train --device "$dev" --data-dir "$data" --epochs "$epochs" \
         --checkpoint-every 1 --every 1 --out "$run" --force
     echo "exit $? (130: interrupted)"
-    time timeout 120 "$seli" train --resume "$run" --device cpu
+    time timeout "$(limit 120)" "$seli" train --resume "$run" --device cpu
     head -c 600 "$run/summary.json"; echo
 
+    if (( resnet_steps > 0 )); then
+        tune "$seli" 1 2 420
+        step "training throughput with ResNet-18 beside PyTorch ($(basename "$seli"))"
+        timeout "$(limit 150)" "$py" scripts/bench-train.py --device "$dev" --seli "$seli" --steps "$train_steps" --pairs 2 \
+            --resnet-steps "$resnet_steps" --json "$out/bench-train-resnet.json"
+    fi
+
     if [[ -n "$fused" ]]; then
-        tune "$plain"
+        tune "$plain" 5 "$(( resnet_steps > 0 ? 2 : 0 ))" 300
         step "the other build alone: $(basename "$plain") (autotuning without fusion)"
-        timeout 100 "$plain" bench train --device "$dev" --mlp-steps "$train_steps" --resnet-steps "$resnet_steps"
+        timeout "$(limit 100)" "$plain" bench train --device "$dev" --mlp-steps "$train_steps" --resnet-steps "$resnet_steps"
     fi
 fi
 
@@ -271,5 +326,4 @@ file = \"$out/profile.log\"" \
     fi
 fi
 # Only the log and the small files travel back.
-rm -rf "$u"-large-* "$u-stopped" "$u-cpu" "$u-$dev"
 rm -rf "$work"
