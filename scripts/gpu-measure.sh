@@ -13,7 +13,9 @@
 #   scripts/gpu-measure.sh OUT [ufm] [train] [profile]
 #                                          on the GPU machine, with target/gpu-carry carried:
 #                                          the UFM part and the networks' part (or the parts
-#                                          named), log in OUT/gpu.log; `profile` (only when
+#                                          named; `train` is `mlp resnet other`: the MLPs and
+#                                          the MNIST run, ResNet-18, the other build), log in
+#                                          OUT/gpu.log; `profile` (only when
 #                                          named): where a training step's time goes, kernel by
 #                                          kernel (cubecl's profiler, OUT/profile.log)
 #   GPU_MEASURE_DEADLINE=S scripts/gpu-measure.sh OUT ...
@@ -82,11 +84,14 @@ if [[ "${1:-}" == --rehearse ]]; then
     rehearse=1
     shift
 fi
-out="${1:?usage: scripts/gpu-measure.sh [--rehearse] OUT [ufm] [train]}"
+out="${1:?usage: scripts/gpu-measure.sh [--rehearse] OUT [ufm] [train | mlp resnet other] [profile]}"
 shift
 # The parts to run (both by default), so that one device call can take the UFM and another the
 # networks when device time is short.
 parts=" ${*:-ufm train} "
+# The networks' part in three: the MLPs (with the refusals and the MNIST run), ResNet-18, and
+# the other build; a later call can take `resnet` alone to finish its tuning.
+parts="${parts/ train / mlp resnet other }"
 want() { [[ "$parts" == *" $1 "* ]]; }
 mkdir -p "$out"
 out="$(cd "$out" && pwd)"
@@ -256,26 +261,27 @@ if want ufm; then
     timeout 60 "$seli" ufm --resume "$u-stopped" --device cpu --iters "$(( done_iters + 2 ))" | sed -n 1p
 fi
 
-if want train; then
+# burn's autotuning measures candidate kernels the first time it meets a shape and keeps the
+# choice in target/environment, so later processes start tuned. tune BUILD MLP-STEPS
+# RESNET-STEPS SECONDS: that build's first kernels and tuning on the networks the steps name,
+# decisions logged, the environment saved after it.
+tune() {
+    local log="autotune-$(basename "$1").log"
+    step "first kernels and autotuning: $(basename "$1"), --mlp-steps $2 --resnet-steps $3 (compile and tuning time included)"
+    time with_cubecl_config "[autotune.logger]
+level = \"minimal\"
+file = \"$out/$log\"
+append = true" \
+        timeout "$(limit "$4")" "$1" bench train --device "$dev" --mlp-steps "$2" --resnet-steps "$3"
+    [[ -f "$out/$log" ]] && echo "autotuning decisions: $(wc -l <"$out/$log") lines in $log"
+    save_environment
+}
+
+if want mlp; then
     step "refusals (expected to fail, each with a clear message)"
     CUDA_PATH=/nonexistent "$seli" bench train --device cuda --mlp-steps 1 --resnet-steps 0 && echo UNEXPECTED-SUCCESS
     "$seli" bench train --device cuda:7 --mlp-steps 1 --resnet-steps 0 && echo UNEXPECTED-SUCCESS
 
-    # burn's autotuning measures candidate kernels the first time it meets a shape and keeps the
-    # choice in target/environment, so later processes start tuned. tune BUILD MLP-STEPS
-    # RESNET-STEPS SECONDS: that build's first kernels and tuning on the networks the steps name,
-    # decisions logged, the environment saved after it.
-    tune() {
-        local log="autotune-$(basename "$1").log"
-        step "first kernels and autotuning: $(basename "$1"), --mlp-steps $2 --resnet-steps $3 (compile and tuning time included)"
-        time with_cubecl_config "[autotune.logger]
-level = \"minimal\"
-file = \"$out/$log\"
-append = true" \
-            timeout "$(limit "$4")" "$1" bench train --device "$dev" --mlp-steps "$2" --resnet-steps "$3"
-        [[ -f "$out/$log" ]] && echo "autotuning decisions: $(wc -l <"$out/$log") lines in $log"
-        save_environment
-    }
     # The decisive figures first (a device call that runs out of time keeps them): the MLPs,
     # tuned and beside PyTorch, and the real run; then ResNet-18, whose tuning takes minutes;
     # the other build last.
@@ -292,19 +298,20 @@ append = true" \
     echo "exit $? (130: interrupted)"
     time timeout "$(limit 120)" "$seli" train --resume "$run" --device cpu
     head -c 600 "$run/summary.json"; echo
+fi
 
-    if (( resnet_steps > 0 )); then
-        tune "$seli" 1 2 420
-        step "training throughput with ResNet-18 beside PyTorch ($(basename "$seli"))"
-        timeout "$(limit 150)" "$py" scripts/bench-train.py --device "$dev" --seli "$seli" --steps "$train_steps" --pairs 2 \
-            --resnet-steps "$resnet_steps" --json "$out/bench-train-resnet.json"
-    fi
+# ResNet-18 (none in a rehearsal: a CPU step takes seconds).
+if want resnet && (( resnet_steps > 0 )); then
+    tune "$seli" 1 2 420
+    step "training throughput with ResNet-18 beside PyTorch ($(basename "$seli"))"
+    timeout "$(limit 150)" "$py" scripts/bench-train.py --device "$dev" --seli "$seli" --steps "$train_steps" --pairs 2 \
+        --resnet-steps "$resnet_steps" --json "$out/bench-train-resnet.json"
+fi
 
-    if [[ -n "$fused" ]]; then
-        tune "$plain" 5 "$(( resnet_steps > 0 ? 2 : 0 ))" 300
-        step "the other build alone: $(basename "$plain") (autotuning without fusion)"
-        timeout "$(limit 100)" "$plain" bench train --device "$dev" --mlp-steps "$train_steps" --resnet-steps "$resnet_steps"
-    fi
+if want other && [[ -n "$fused" ]]; then
+    tune "$plain" 5 "$(( resnet_steps > 0 ? 2 : 0 ))" 300
+    step "the other build alone: $(basename "$plain") (autotuning without fusion)"
+    timeout "$(limit 100)" "$plain" bench train --device "$dev" --mlp-steps "$train_steps" --resnet-steps "$resnet_steps"
 fi
 
 if want profile; then
