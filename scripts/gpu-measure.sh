@@ -5,7 +5,7 @@
 #
 #   scripts/gpu-measure.sh --pack [ENV]    here, after scripts/build-cuda.sh: target/gpu-carry,
 #                                          what travels (the compressed binary, its sources id,
-#                                          data/mnist compressed; about 22 MB; the fusion build
+#                                          data/mnist compressed; about 27 MB; the fusion build
 #                                          when build-cuda.sh --fusion made a current one; and
 #                                          cubecl's tuning cache: ENV, an environment.tar.xz an
 #                                          earlier device run returned, kept in target/gpu-env
@@ -72,6 +72,11 @@ if [[ "${1:-}" == --pack ]]; then
     tar -C data -cf - mnist | xz -T0 -6 >"$carry/mnist.tar.xz"
     ls -l "$carry"
     size="$(du -sm "$carry" | cut -f1)"
+    if (( size > 60 )) && [[ -f "$carry/environment.tar.xz" ]]; then
+        echo "gpu-measure.sh: leaving out the tuning cache (the carry would be $size MiB)" >&2
+        rm "$carry/environment.tar.xz"
+        size="$(du -sm "$carry" | cut -f1)"
+    fi
     if (( size > 60 )); then
         echo "gpu-measure.sh: $carry is $size MiB, over what a device run carries (64 MiB)" >&2
         exit 1
