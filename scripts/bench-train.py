@@ -225,5 +225,6 @@ def main():
         print(f"{r['name']:<46} {r['seli']:>10.1f} {r['pytorch']:>10.1f} {r['ratio']:>6.2f}x"
               f"  {lo:.2f}-{hi:.2f}")
 
+
 if __name__ == "__main__":
     main()

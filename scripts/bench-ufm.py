@@ -86,10 +86,10 @@ def main():
 
     cmd = [a.seli, "bench", "ufm", "--device", a.device, "--iters", str(a.iters)]
     cmd += ["--burn"] * a.burn + ["--quick"] * a.quick
-    # seli's table is echoed line by line as it comes (a run cut short keeps seli's figures);
-    # PyTorch runs after seli has exited, so the two never share the device.
+    # seli's table is echoed line by line as it comes (a run cut short keeps seli's figures), its
+    # errors go straight to stderr; PyTorch runs after seli has exited, so the two never share
+    # the device.
     lines = []
-    # seli's errors go straight to stderr.
     with subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) as proc:
         for line in proc.stdout:
             print(f"  seli | {line.rstrip()}", flush=True)
