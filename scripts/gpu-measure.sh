@@ -118,15 +118,15 @@ work="$(mktemp -d)"
 # the whole script: compiled kernels kept in its environment beside the tuning decisions, so a
 # later process skips NVRTC too. with_cubecl_config TOML CMD... adds TOML for CMD alone (its
 # logs' levels and files).
-cubecl_base='[compilation]
-cache = true'
-printf '%s\n' "$cubecl_base" >cubecl.toml
+# cubecl_config [TOML]: the script's cubecl.toml, with TOML added.
+cubecl_config() { printf '%s\n' '[compilation]' 'cache = true' "$@" >cubecl.toml; }
+cubecl_config
 with_cubecl_config() {
-    printf '%s\n%s\n' "$cubecl_base" "$1" >cubecl.toml
+    cubecl_config "$1"
     shift
     "$@"
     local rc=$?
-    printf '%s\n' "$cubecl_base" >cubecl.toml
+    cubecl_config
     return $rc
 }
 trap 'rm -f cubecl.toml' EXIT
