@@ -80,9 +80,15 @@ pub struct BenchTrainArgs {
     #[arg(long, default_value_t = 3)]
     pub resnet_steps: usize,
 
-    /// Where to train: cpu, cuda or cuda:N (a CUDA build: scripts/build-cuda.sh).
+    /// Where to train: cpu, cuda or cuda:N (a CUDA build: scripts/build-cuda.sh). On a GPU the
+    /// steps are seli's engine (cuDNN convolutions, cuBLAS products), what `seli train` runs.
     #[arg(long, value_name = "DEVICE", default_value = "cpu")]
     pub device: seli_train::Device,
+
+    /// On a GPU, time burn's CUDA backend instead of seli's engine (its kernels are tuned in
+    /// the first process: minutes for ResNet-18).
+    #[arg(long)]
+    pub burn: bool,
 
     /// Tiny sizes and one step each: checks that the benchmark works, measures nothing.
     #[arg(long)]
@@ -514,7 +520,10 @@ fn bench_train(a: &BenchTrainArgs) -> Result<()> {
         last_bias: false,
     };
     // A device this build or machine lacks fails before anything is printed.
-    seli_train::device::burn_device(a.device)?;
+    match a.device {
+        seli_train::Device::Cuda(index) if !a.burn => seli_train::device::check_engine(index)?,
+        _ => drop(seli_train::device::burn_device(a.device)?),
+    }
     let (batch, width, resnet_width) = if a.quick { (8, 16, 2) } else { (128, 512, 64) };
     let (steps, rounds) = if a.quick { (1, 1) } else { (a.mlp_steps, 5) };
     match a.device {
@@ -522,7 +531,10 @@ fn bench_train(a: &BenchTrainArgs) -> Result<()> {
             "training throughput, f32, batch {batch}, SGD with momentum, cpu, {} threads",
             rayon::current_num_threads()
         ),
-        gpu => println!("training throughput, f32, batch {batch}, SGD with momentum, {gpu}"),
+        gpu => println!(
+            "training throughput, f32, batch {batch}, SGD with momentum, {gpu}, {}",
+            if a.burn { "burn's CUDA backend" } else { "seli's engine (cuDNN, cuBLAS)" }
+        ),
     }
     println!("{:<44} {:>12}", "model", "samples/s");
     for (name, cfg) in [
@@ -538,6 +550,7 @@ fn bench_train(a: &BenchTrainArgs) -> Result<()> {
             3.min(steps),
             steps,
             rounds,
+            a.burn,
         )?;
         println!("{name:<44} {r:>12.0}");
     }
@@ -550,7 +563,7 @@ fn bench_train(a: &BenchTrainArgs) -> Result<()> {
             last_bias: false,
         };
         let steps = if a.quick { 1 } else { a.resnet_steps };
-        let r = training_throughput(a.device, &cfg, [3, 32, 32], 10, batch, 1, steps, 1)?;
+        let r = training_throughput(a.device, &cfg, [3, 32, 32], 10, batch, 1, steps, 1, a.burn)?;
         println!("{:<44} {r:>12.1}", format!("ResNet-18 (width {resnet_width}) on 3x32x32"));
     }
     Ok(())

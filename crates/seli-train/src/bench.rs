@@ -14,7 +14,9 @@ use crate::optim::SgdMomentum;
 
 /// Samples per second of SGD steps (forward, backward, momentum update) of `cfg` on `device`
 /// on one random batch of `batch` images of shape `image` with `classes` classes: `warmup` untimed
-/// steps, then the median rate over `rounds` timed stretches of `steps` steps each.
+/// steps, then the median rate over `rounds` timed stretches of `steps` steps each. On a GPU
+/// the steps are the engine's (`crate::engine`, what `seli train` runs there; each step copies
+/// its batch to the GPU, as in a run), or burn's CUDA backend's with `burn`.
 ///
 /// # Errors
 /// An invalid model configuration; a device that cannot be used.
@@ -28,19 +30,52 @@ pub fn training_throughput(
     warmup: usize,
     steps: usize,
     rounds: usize,
+    burn: bool,
 ) -> Result<f64> {
     let named = device;
+    let size: usize = image.iter().product();
+    let x: Vec<f32> = gaussian_matrix(size, batch, 1.0, &mut rng_from_seed(1))
+        .col_iter()
+        .flat_map(|c| c.iter().map(|&v| v as f32).collect::<Vec<_>>())
+        .collect();
+    let setup = crate::engine::Setup {
+        model: cfg,
+        image,
+        classes,
+        max_rows: batch,
+        momentum: 0.9,
+        weight_decay: 0.0,
+        transform: crate::engine::Transform::plain(classes),
+    };
+    if !burn && let Some(mut engine) = crate::engine::on_device(device, &setup)? {
+        let net = Net::seeded(cfg, image, classes, &burn::tensor::Device::flex(), 0)?;
+        engine.load(&net, None)?;
+        let labels: Vec<u32> = (0..batch).map(|i| (i % classes) as u32).collect();
+        for _ in 0..warmup {
+            engine.step(&x, &labels, 0.01)?;
+        }
+        // Reading the totals waits for every queued kernel.
+        engine.totals()?;
+        let mut rates = Vec::with_capacity(rounds);
+        for _ in 0..rounds.max(1) {
+            let t = Instant::now();
+            for _ in 0..steps {
+                engine.step(&x, &labels, 0.01)?;
+            }
+            engine.totals()?;
+            rates.push((steps * batch) as f64 / t.elapsed().as_secs_f64());
+        }
+        rates.sort_by(f64::total_cmp);
+        return Ok(rates[rates.len() / 2]);
+    }
     crate::device::on_compute_threads(device, || {
         let device = crate::device::burn_device(device)?.autodiff();
         let mut net = Net::seeded(cfg, image, classes, &device, 0)?;
-        let size: usize = image.iter().product();
-        let x: Vec<f32> = gaussian_matrix(size, batch, 1.0, &mut rng_from_seed(1))
-            .col_iter()
-            .flat_map(|c| c.iter().map(|&v| v as f32).collect::<Vec<_>>())
-            .collect();
         let y: Vec<i64> = (0..batch).map(|i| (i % classes) as i64).collect();
-        let x: Tensor<4> =
-            Tensor::from_data(TensorData::new(x, [batch, image[0], image[1], image[2]]), &device);
+        let x: Tensor<4> = Tensor::from_data(
+            TensorData::new(x.clone(), [batch, image[0], image[1], image[2]]),
+            &device,
+        );
         let y: Tensor<1, Int> = Tensor::from_data(TensorData::new(y, [batch]), &device);
         let mut optim = SgdMomentum::new(0.9, 0.0).init();
         let loss_fn = CrossEntropyLossConfig::new().init(&device);

@@ -95,13 +95,19 @@ impl Prepared {
         self.labels.is_empty()
     }
 
-    /// The images at `rows` as a `[b, c, h, w]` tensor and their labels.
-    pub fn batch(&self, rows: &[usize], device: &Device) -> (Tensor<4>, Tensor<1, Int>) {
+    /// The images at `rows`, one after the other (`[b, c, h, w]` row-major).
+    pub fn rows(&self, rows: &[usize]) -> Vec<f32> {
         let size: usize = self.shape.iter().product();
         let mut x = Vec::with_capacity(rows.len() * size);
         for &r in rows {
             x.extend_from_slice(&self.x[r * size..(r + 1) * size]);
         }
+        x
+    }
+
+    /// The images at `rows` as a `[b, c, h, w]` tensor and their labels.
+    pub fn batch(&self, rows: &[usize], device: &Device) -> (Tensor<4>, Tensor<1, Int>) {
+        let x = self.rows(rows);
         let [c, h, w] = self.shape;
         let images = Tensor::from_data(TensorData::new(x, [rows.len(), c, h, w]), device);
         let y: Vec<i64> = rows.iter().map(|&r| i64::from(self.labels[r])).collect();

@@ -114,6 +114,29 @@ pub(crate) fn check_cuda_ufm(index: usize) -> Result<()> {
     cuda::preflight_cublas(index)
 }
 
+/// Checks that `cuda:index` can run the network engine (`crate::engine`): the driver, the
+/// GPU, NVRTC, cuBLAS and cuDNN; in a build without CUDA, the refusal saying how to get one.
+///
+/// # Errors
+/// [`Error::Device`](crate::error::Error::Device) naming what is missing and how to provide it.
+pub fn check_engine(index: usize) -> Result<()> {
+    #[cfg(feature = "cuda")]
+    return check_cuda_engine(index);
+    #[cfg(not(feature = "cuda"))]
+    Err(crate::error::Error::Device(format!("device cuda:{index}: {HOW_TO_GET_CUDA}")))
+}
+
+/// Checks what the network engine on the GPU ([`crate::engine::cuda`]) needs on `cuda:index`:
+/// what the CUDA UFM needs, and cuDNN.
+///
+/// # Errors
+/// [`Error::Device`](crate::error::Error::Device) naming what is missing and how to provide it.
+#[cfg(feature = "cuda")]
+pub(crate) fn check_cuda_engine(index: usize) -> Result<()> {
+    cuda::preflight_cublas(index)?;
+    cuda::preflight_cudnn(index)
+}
+
 /// The checks behind `cuda:N`: the backend panics (inside cudarc or cubecl) when one of these
 /// is missing, so they run first and fail with the remedy.
 #[cfg(feature = "cuda")]
@@ -181,6 +204,18 @@ mod cuda {
                 "device cuda:{index}: cuBLAS could not be loaded ({why}); install the CUDA 13 \
                  toolkit's libraries (or the nvidia-cublas wheel) and put the directory \
                  holding libcublas.so.13 and libcublasLt.so.13 on LD_LIBRARY_PATH"
+            )));
+        }
+        Ok(())
+    }
+
+    /// cuDNN 9 (its main library, which loads its parts from the same directory).
+    pub(crate) fn preflight_cudnn(index: usize) -> Result<()> {
+        if let Err(why) = open(&["libcudnn.so.9", "libcudnn.so"]) {
+            return Err(Error::Device(format!(
+                "device cuda:{index}: cuDNN could not be loaded ({why}); install cuDNN 9 for \
+                 CUDA 13 (or the nvidia-cudnn-cu13 wheel, which PyTorch's CUDA wheels bring) \
+                 and put the directory holding libcudnn.so.9 on LD_LIBRARY_PATH"
             )));
         }
         Ok(())

@@ -64,9 +64,15 @@ pub trait FeatureModel {
     /// Feature dimension d.
     fn dim(&self) -> usize;
     /// Features (`b × d`, row-major) and logits (`b × k`, row-major) of rows `rows`.
-    fn features_and_logits(&self, split: Split, rows: &[usize]) -> (Vec<f32>, Vec<f32>);
+    ///
+    /// # Errors
+    /// The device could not compute them.
+    fn features_and_logits(&self, split: Split, rows: &[usize]) -> Result<(Vec<f32>, Vec<f32>)>;
     /// Classifier `W` (d×k, column c is `w_c`) and bias.
-    fn classifier(&self) -> (Mat<f64>, Option<Vec<f64>>);
+    ///
+    /// # Errors
+    /// The device could not hand them back.
+    fn classifier(&self) -> Result<(Mat<f64>, Option<Vec<f64>>)>;
 }
 
 /// Which split a batch comes from.
@@ -113,7 +119,7 @@ pub fn evaluate(
     let mut kept: Vec<(Vec<f32>, Vec<f32>)> = Vec::new();
     let rows: Vec<usize> = (0..train_labels.len()).collect();
     for chunk in rows.chunks(batch.max(1)) {
-        let (h, z) = model.features_and_logits(Split::Train, chunk);
+        let (h, z) = model.features_and_logits(Split::Train, chunk)?;
         if let Some(v) = h.iter().chain(&z).find(|v| !v.is_finite()) {
             return Err(Error::Diverged {
                 epoch: 0,
@@ -137,14 +143,14 @@ pub fn evaluate(
     let (mut tc, mut tt) = (vec![0u64; k], vec![0u64; k]);
     let test_rows: Vec<usize> = (0..test_labels.len()).collect();
     for chunk in test_rows.chunks(batch.max(1)) {
-        let (_, z) = model.features_and_logits(Split::Test, chunk);
+        let (_, z) = model.features_and_logits(Split::Test, chunk)?;
         for (j, &i) in chunk.iter().enumerate() {
             let y = test_labels[i] as usize;
             tt[y] += 1;
             tc[y] += u64::from(predicts(z[j * k..(j + 1) * k].iter().map(|&v| f64::from(v)), y));
         }
     }
-    let (W, _) = model.classifier();
+    let (W, _) = model.classifier()?;
     let mut values: Vec<Option<f64>> = accuracies(&tc, &tt, target.profile().groups()).to_vec();
     values.extend(geo.values_with(Some(W.as_ref()), target, own)?);
     debug_assert_eq!(values.len(), RUN_COLUMNS.len() + GEOMETRY_COLUMNS.len() - 3);
@@ -169,7 +175,11 @@ mod tests {
         fn dim(&self) -> usize {
             self.W.nrows()
         }
-        fn features_and_logits(&self, split: Split, rows: &[usize]) -> (Vec<f32>, Vec<f32>) {
+        fn features_and_logits(
+            &self,
+            split: Split,
+            rows: &[usize],
+        ) -> Result<(Vec<f32>, Vec<f32>)> {
             let H = if split == Split::Train { &self.train } else { &self.test };
             let (d, k) = (self.W.nrows(), self.W.ncols());
             let mut h = Vec::new();
@@ -180,10 +190,10 @@ mod tests {
                     (0..d).map(|r| f64::from(H[(r, i)] as f32) * self.W[(r, c)]).sum::<f64>() as f32
                 }));
             }
-            (h, z)
+            Ok((h, z))
         }
-        fn classifier(&self) -> (Mat<f64>, Option<Vec<f64>>) {
-            (self.W.clone(), None)
+        fn classifier(&self) -> Result<(Mat<f64>, Option<Vec<f64>>)> {
+            Ok((self.W.clone(), None))
         }
     }
 

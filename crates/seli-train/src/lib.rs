@@ -22,6 +22,7 @@ pub mod conv;
 pub mod cuda_ufm;
 pub mod data;
 pub mod device;
+pub mod engine;
 pub mod error;
 pub mod eval;
 mod flex;

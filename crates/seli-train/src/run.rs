@@ -25,6 +25,7 @@ use seli_io::write_json_atomic;
 
 use crate::config::TrainConfig;
 use crate::data::{Prepared, subsample};
+use crate::engine::Trainer;
 use crate::error::{Error, Result};
 use crate::eval::{self, FeatureModel, Split};
 use crate::model::Net;
@@ -62,19 +63,47 @@ impl FeatureModel for Probe<'_> {
     fn dim(&self) -> usize {
         self.d
     }
-    fn features_and_logits(&self, split: Split, rows: &[usize]) -> (Vec<f32>, Vec<f32>) {
+    fn features_and_logits(&self, split: Split, rows: &[usize]) -> Result<(Vec<f32>, Vec<f32>)> {
         let data = if split == Split::Train { self.train } else { self.test };
         let (x, _) = data.batch(rows, self.device);
         let h = self.net.features(x);
         let z = self.net.classify(h.clone());
-        (to_vec(h), to_vec(z))
+        Ok((to_vec(h), to_vec(z)))
     }
-    fn classifier(&self) -> (Mat<f64>, Option<Vec<f64>>) {
-        let (w, [d, k], b) = self.net.classifier_weights();
-        (
-            Mat::from_fn(d, k, |r, c| f64::from(w[r * k + c])),
-            b.map(|b| b.into_iter().map(f64::from).collect()),
-        )
+    fn classifier(&self) -> Result<(Mat<f64>, Option<Vec<f64>>)> {
+        let (w, [d, _], b) = self.net.classifier_weights();
+        Ok(classifier_matrix(&w, d, b))
+    }
+}
+
+/// `W` (`d × k` row-major, burn's layout) and the bias in f64.
+fn classifier_matrix(w: &[f32], d: usize, b: Option<Vec<f32>>) -> (Mat<f64>, Option<Vec<f64>>) {
+    let k = w.len() / d.max(1);
+    (
+        Mat::from_fn(d, k, |r, c| f64::from(w[r * k + c])),
+        b.map(|b| b.into_iter().map(f64::from).collect()),
+    )
+}
+
+/// The network of a GPU run, in the engine, in evaluation mode over the run's two splits.
+struct EngineProbe<'a> {
+    engine: &'a RefCell<Box<dyn Trainer>>,
+    train: &'a Prepared,
+    test: &'a Prepared,
+    d: usize,
+}
+
+impl FeatureModel for EngineProbe<'_> {
+    fn dim(&self) -> usize {
+        self.d
+    }
+    fn features_and_logits(&self, split: Split, rows: &[usize]) -> Result<(Vec<f32>, Vec<f32>)> {
+        let data = if split == Split::Train { self.train } else { self.test };
+        self.engine.borrow_mut().infer(&data.rows(rows), rows.len())
+    }
+    fn classifier(&self) -> Result<(Mat<f64>, Option<Vec<f64>>)> {
+        let (w, b) = self.engine.borrow_mut().classifier()?;
+        Ok(classifier_matrix(&w, self.d, b))
     }
 }
 
@@ -128,9 +157,13 @@ impl RunData {
 /// did. One iteration of the executor is one epoch.
 pub struct TrainState {
     epoch: usize,
-    /// Taken out while an epoch updates it (burn's optimizer consumes the module).
+    /// Taken out while an epoch updates it (burn's optimizer consumes the module). In a GPU
+    /// run the engine holds the network: this is its host copy, brought up to date when a
+    /// checkpoint is written.
     net: Option<Net>,
     optim: ModuleOptimizer,
+    /// The GPU engine (`crate::engine`), which trains a GPU run's network.
+    engine: Option<RefCell<Box<dyn Trainer>>>,
     /// Learning rate and mean training loss of the epoch just completed.
     last_epoch: Option<(f64, f64)>,
     train_seconds: f64,
@@ -293,6 +326,14 @@ impl Solver for Epochs<'_, '_> {
         let batches = n.div_ceil(cfg.batch_size);
         self.progress.borrow_mut().epoch_start(epoch, batches);
         let t = Instant::now();
+        if let Some(engine) = &s.engine {
+            let stats = self.engine_epoch(&mut engine.borrow_mut(), epoch, &order, lr)?;
+            s.epoch = epoch;
+            s.last_epoch = Some((lr, stats.loss_sum / n as f64));
+            s.train_seconds += t.elapsed().as_secs_f64();
+            s.trained_samples += n;
+            return Ok(());
+        }
         let mut stats = BatchStats::default();
         let mut net = s.net.take().expect("the network is back after every epoch");
         for (b, rows) in order.chunks(cfg.batch_size).enumerate() {
@@ -339,6 +380,52 @@ impl Solver for Epochs<'_, '_> {
     }
 }
 
+impl Epochs<'_, '_> {
+    /// One epoch on the GPU engine over the batches of `order`: the batches' loss and hit
+    /// totals, read back every [`read_back_every`] batches (and after the last).
+    fn engine_epoch(
+        &self,
+        engine: &mut Box<dyn Trainer>,
+        epoch: usize,
+        order: &[usize],
+        lr: f64,
+    ) -> seli_core::Result<BatchStats> {
+        let (cfg, data) = (self.cfg, self.data);
+        let device =
+            |e: Error| fail(self.failure, Error::Device(format!("device {}: {e}", cfg.device)));
+        let batches = order.len().div_ceil(cfg.batch_size);
+        let mut stats = BatchStats::default();
+        let mut pending = 0;
+        for (b, rows) in order.chunks(cfg.batch_size).enumerate() {
+            let labels: Vec<u32> = rows.iter().map(|&r| data.train.labels[r]).collect();
+            engine.step(&data.train.rows(rows), &labels, lr).map_err(device)?;
+            pending += rows.len();
+            if b + 1 == batches || (b + 1).is_multiple_of(self.read_every) {
+                let (loss, hits) = engine.totals().map_err(device)?;
+                if !loss.is_finite() {
+                    return Err(seli_core::Error::Diverged {
+                        iter: epoch as u64,
+                        quantity: "the training loss",
+                        value: loss,
+                    });
+                }
+                stats.loss_sum += loss;
+                stats.correct += hits as usize;
+                stats.seen += pending;
+                pending = 0;
+                let seen = stats.seen as f64;
+                self.progress
+                    .borrow_mut()
+                    .batch(stats.loss_sum / seen, stats.correct as f64 / seen);
+            }
+            if self.interrupt.load(Ordering::SeqCst) {
+                return Err(seli_core::Error::Interrupted { iter: epoch as u64 });
+            }
+        }
+        Ok(stats)
+    }
+}
+
 /// The last metrics row written, with the epoch it belongs to.
 type LastRow = RefCell<Option<(usize, Vec<Option<f64>>)>>;
 
@@ -376,16 +463,14 @@ impl MetricsLog<'_> {
             return Ok(());
         }
         let t = Instant::now();
-        let probe = Probe {
-            net: s.net().valid(),
-            train: &self.data.train,
-            test: &self.data.test,
-            device: self.device,
-            d: self.d,
+        let (train, test, d) = (&self.data.train, &self.data.test, self.d);
+        let probe: Box<dyn FeatureModel + '_> = match &s.engine {
+            Some(engine) => Box::new(EngineProbe { engine, train, test, d }),
+            None => Box::new(Probe { net: s.net().valid(), train, test, device: self.device, d }),
         };
         let data = self.data;
         let m = eval::evaluate(
-            &probe,
+            probe.as_ref(),
             &data.train.labels,
             &data.test.labels,
             &data.target,
@@ -440,8 +525,7 @@ struct Checkpoints<'a> {
 impl Observer<TrainState> for Checkpoints<'_> {
     fn observe_iter(&mut self, s: &TrainState) -> seli_core::Result<()> {
         if s.epoch.is_multiple_of(self.every) || s.epoch == self.epochs {
-            save_checkpoint(&self.path, s.net(), &s.optim, s.epoch)
-                .map_err(|e| fail(self.failure, e))?;
+            save_checkpoint(&self.path, s, s.epoch).map_err(|e| fail(self.failure, e))?;
         }
         Ok(())
     }
@@ -560,8 +644,33 @@ fn train_here(
     cfg.validate()?;
     let run = TrainDir { dir: dir.to_path_buf() };
     let k = data.target.k();
-    let device = crate::device::burn_device(cfg.device)?;
-    let train_device = device.clone().autodiff();
+    let transform = LogitTransform::of(cfg)?;
+    // On a GPU the engine trains; burn's network stays on the CPU as its host copy (and is
+    // initialized there, so a run starts from the same network on every device).
+    let engine = crate::engine::on_device(
+        cfg.device,
+        &crate::engine::Setup {
+            model: &cfg.model,
+            image: data.train.shape,
+            classes: k,
+            max_rows: cfg.batch_size.max(cfg.eval_batch),
+            momentum: cfg.momentum,
+            weight_decay: cfg.weight_decay,
+            transform: match &transform {
+                Some(t) => crate::engine::Transform {
+                    delta: t.delta.clone(),
+                    shift: t.shift.clone(),
+                    per_label: t.per_label,
+                },
+                None => crate::engine::Transform::plain(k),
+            },
+        },
+    )?;
+    let device = match engine {
+        Some(_) => Device::flex(),
+        None => crate::device::burn_device(cfg.device)?,
+    };
+    let train_device = if engine.is_some() { device.clone() } else { device.clone().autodiff() };
     let net = Net::seeded(&cfg.model, data.train.shape, k, &train_device, cfg.seed)?;
     let optim = SgdMomentum::new(cfg.momentum, cfg.weight_decay).init();
     let header = eval::header();
@@ -585,10 +694,24 @@ fn train_here(
         write_json_atomic(&run.subset(), "subset record", &data.subset)?;
         (0, net, optim, CsvLog::create(&run.metrics(), &header)?)
     };
+    let engine = match engine {
+        Some(mut e) => {
+            let velocities = match resume {
+                true => Some(optim.into_bytes().map_err(|e| {
+                    ckpt_err(&run.checkpoint(), format!("cannot read the optimizer: {e}"))
+                })?),
+                false => None,
+            };
+            e.load(&net, velocities)?;
+            Some(RefCell::new(e))
+        }
+        None => None,
+    };
     let mut state = TrainState {
         epoch: start,
         net: Some(net),
         optim,
+        engine,
         last_epoch: None,
         train_seconds: 0.0,
         trained_samples: 0,
@@ -619,7 +742,7 @@ fn train_here(
         data,
         device: train_device.clone(),
         loss_fn: CrossEntropyLossConfig::new().init(&train_device),
-        transform: LogitTransform::of(cfg)?,
+        transform,
         progress: &progress,
         interrupt,
         failure: &failure,
@@ -713,23 +836,31 @@ fn in_name_order(bytes: Bytes) -> std::result::Result<Vec<u8>, String> {
     Ok(writer.into_bytes().map_err(|e| e.to_string())?.to_vec())
 }
 
-fn save_checkpoint(path: &Path, net: &Net, optim: &ModuleOptimizer, epoch: usize) -> Result<()> {
-    // Batch-norm running statistics keep their latest updates aside until synced, and a record
-    // reads only the synced value: without this, a checkpoint taken between measurements held
-    // stale statistics, and a resumed run measured different features until they were
-    // averaged away (found by killing runs at random moments). `valid()` syncs them (the
-    // statistics are shared with `net`) without changing what training computes.
-    drop(net.valid());
+fn save_checkpoint(path: &Path, s: &TrainState, epoch: usize) -> Result<()> {
+    let (net, opt) = match &s.engine {
+        // The engine's network and velocities, in burn's records.
+        Some(engine) => engine.borrow_mut().store(s.net().clone())?,
+        None => {
+            // Batch-norm running statistics keep their latest updates aside until synced, and
+            // a record reads only the synced value: without this, a checkpoint taken between
+            // measurements held stale statistics, and a resumed run measured different
+            // features until they were averaged away (found by killing runs at random
+            // moments). `valid()` syncs them (the statistics are shared with the network)
+            // without changing what training computes.
+            drop(s.net().valid());
+            let opt = s
+                .optim
+                .into_bytes()
+                .map_err(|e| e.to_string())
+                .and_then(in_name_order)
+                .map_err(|e| ckpt_err(path, format!("cannot encode the optimizer: {e}")))?;
+            (s.net().clone(), opt)
+        }
+    };
     let model = net
-        .clone()
         .into_record()
         .into_bytes()
         .map_err(|e| ckpt_err(path, format!("cannot encode the model: {e}")))?;
-    let opt = optim
-        .into_bytes()
-        .map_err(|e| e.to_string())
-        .and_then(in_name_order)
-        .map_err(|e| ckpt_err(path, format!("cannot encode the optimizer: {e}")))?;
     seli_io::checkpoint::save_blobs(
         path,
         TRAIN_CHECKPOINT_FORMAT,
@@ -742,6 +873,130 @@ fn save_checkpoint(path: &Path, net: &Net, optim: &ModuleOptimizer, epoch: usize
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The GPU path of a run (the engine, here on its reference kernels) against the CPU path
+    /// (burn): the same metrics rows, and checkpoints that resume on the other path.
+    mod engine_path {
+        use super::*;
+        use crate::engine::REFERENCE_ON_CPU;
+        use seli_io::dataset::{DatasetKind, ImageSet};
+        use seli_io::record::ProfileRecord;
+
+        fn config() -> TrainConfig {
+            let profile = seli_core::Profile::from_counts(vec![40, 40, 10, 10]).unwrap();
+            TrainConfig {
+                schema: seli_run::train::TRAIN_CONFIG_SCHEMA.into(),
+                dataset: DatasetKind::Mnist,
+                data_dir: "synthetic".into(),
+                profile: ProfileRecord::new(&profile, None),
+                model: crate::ModelConfig {
+                    kind: crate::ModelKind::Mlp,
+                    depth: 2,
+                    width: 12,
+                    batch_norm: true,
+                    last_bias: true,
+                },
+                epochs: 3,
+                batch_size: 16,
+                lr: 0.05,
+                momentum: 0.9,
+                weight_decay: 5e-4,
+                lr_decay: 0.1,
+                milestones: vec![2],
+                every: 1,
+                checkpoint_every: 1,
+                eval_batch: 32,
+                seed: 5,
+                device: seli_run::train::Device::Cpu,
+                threads: 0,
+                loss: seli_core::LossKind::Ce,
+                gamma: 0.0,
+                tau: 0.0,
+            }
+        }
+
+        /// 4 classes of 5×5 images: a bright corner per class, plus a fixed pattern.
+        fn data() -> Dataset {
+            let split = |n: usize, salt: u32| {
+                let (mut pixels, mut labels) = (Vec::new(), Vec::new());
+                for i in 0..n {
+                    let y = (i % 4) as u32;
+                    labels.push(y);
+                    for p in 0..25u32 {
+                        let corner = (p / 5 < 2) as u32 * 2 + (p % 5 < 2) as u32 == y;
+                        let noise = ((p * 89 + i as u32 * 37 + salt) % 90) as u8;
+                        pixels.push(if corner { 150 + noise } else { noise });
+                    }
+                }
+                ImageSet { pixels, labels, channels: 1, height: 5, width: 5, classes: 4 }
+            };
+            Dataset {
+                kind: DatasetKind::Mnist,
+                dir: PathBuf::from("synthetic"),
+                train: split(200, 0),
+                test: split(40, 3),
+            }
+        }
+
+        /// Sets the flag at the end of epoch `at`.
+        struct StopAt<'a>(usize, &'a AtomicBool);
+        impl Progress for StopAt<'_> {
+            fn epoch_end(&mut self, epoch: usize, _row: Option<&[Option<f64>]>) {
+                if epoch == self.0 {
+                    self.1.store(true, Ordering::SeqCst);
+                }
+            }
+        }
+
+        /// A run in `dir`, on the engine or not; with `stop`, interrupted after that epoch
+        /// and resumed on the other path.
+        fn run(dir: &Path, engine: bool, stop: Option<usize>) -> Vec<Vec<Option<f64>>> {
+            let cfg = config();
+            let data = RunData::new(&cfg, &data()).unwrap();
+            let never = AtomicBool::new(false);
+            REFERENCE_ON_CPU.store(engine, Ordering::SeqCst);
+            if let Some(at) = stop {
+                let flag = AtomicBool::new(false);
+                let e = train(dir, &cfg, &data, false, &mut StopAt(at, &flag), &flag).unwrap_err();
+                assert!(matches!(e, Error::Interrupted { .. }), "{e}");
+                REFERENCE_ON_CPU.store(!engine, Ordering::SeqCst);
+            }
+            let resume = stop.is_some();
+            let done = train(dir, &cfg, &data, resume, &mut Quiet, &never);
+            REFERENCE_ON_CPU.store(false, Ordering::SeqCst);
+            done.unwrap();
+            seli_io::csvlog::read_csv(&dir.join("metrics.csv")).unwrap().1
+        }
+
+        fn same(what: &str, a: &[Vec<Option<f64>>], b: &[Vec<Option<f64>>]) {
+            assert_eq!(a.len(), b.len(), "{what}: rows");
+            let header = eval::header();
+            for (ra, rb) in a.iter().zip(b) {
+                for ((x, y), name) in ra.iter().zip(rb).zip(&header) {
+                    match (x, y) {
+                        (Some(x), Some(y)) => assert!(
+                            (x - y).abs() <= 2e-3 * x.abs().max(y.abs()).max(1e-2),
+                            "{what}: {name} at epoch {:?}: {x} against {y}",
+                            ra[0]
+                        ),
+                        _ => assert_eq!(x.is_some(), y.is_some(), "{what}: {name}"),
+                    }
+                }
+            }
+        }
+
+        #[test]
+        fn the_engine_trains_and_measures_as_the_cpu_path_and_resumes_on_it() {
+            let tmp = tempfile::tempdir().unwrap();
+            let cpu = run(&tmp.path().join("cpu"), false, None);
+            let engine = run(&tmp.path().join("engine"), true, None);
+            assert_eq!(cpu.len(), 4, "epochs 0..=3");
+            same("engine", &engine, &cpu);
+            // Interrupted on one path, resumed on the other.
+            same("engine, then cpu", &run(&tmp.path().join("e2c"), true, Some(1)), &cpu);
+            same("cpu, then engine", &run(&tmp.path().join("c2e"), false, Some(2)), &cpu);
+        }
+    }
 
     /// Batch losses and correct counts pushed as device tensors, read back every `every`
     /// batches as the epoch loop does: the sums, in f64 and batch order, equal the direct ones
