@@ -11,10 +11,11 @@ with momentum 0.9, cross-entropy, learning rate 0.01), forward + backward + upda
 
 the last layer without a bias in every case. On a GPU, ResNet-18 is also timed with PyTorch's
 `torch.backends.cudnn.benchmark = True` (cuDNN measures its convolution algorithms on the first
-step, as seli's CUDA build autotunes its kernels; CIFAR training scripts commonly set it), a
-second row beside the default one. Rates are samples/s, the median over `--rounds`
-stretches of `--steps` steps after a few untimed steps (PyTorch synchronizes the GPU before
-reading the clock). seli is timed by `seli bench train --device DEV` in a subprocess, then
+step, as seli's engine does for each convolution shape; CIFAR training scripts commonly set it),
+a second row beside the default one. On a GPU seli's steps are its engine's (cuDNN
+convolutions, cuBLAS products, kernels of its own), or burn's CUDA backend's with --burn.
+Rates are samples/s, the median over `--rounds` stretches of `--steps` steps after a few
+untimed steps (both sides wait for the GPU before reading the clock). seli is timed by `seli bench train --device DEV` in a subprocess, then
 PyTorch in this process, on the same thread count (`--threads`, default 2); that pair is
 repeated `--pairs` times (seli, PyTorch, seli, PyTorch, ...), and each model's row gives the
 medians of both sides and the median of the ratios pair by pair, with their range. On a shared
@@ -24,7 +25,8 @@ machine whose speed drifts, the pairwise ratio is the figure to quote.
     python scripts/bench-train.py --device cuda --resnet-steps 20 --pairs 2 --seli target/cuda/seli
 
 Needs torch in the running Python and a release build of seli (`cargo build --release`, or a
-CUDA build from scripts/build-cuda.sh for --device cuda). Each pair is printed as it is measured;
+CUDA build from scripts/build-cuda.sh for --device cuda). seli's steps copy their batch to the
+GPU each time, as a training run does; PyTorch's batch stays on the GPU. Each pair is printed as it is measured;
 --json writes the figures as JSON, rewritten after each pair (`pairs_done` says how many).
 """
 
@@ -134,9 +136,9 @@ def torch_rate(build, shape, device, batch, warmup, steps, rounds, cudnn_benchma
     return sorted(rates)[len(rates) // 2]
 
 
-def seli_rates(seli, device, threads, mlp_steps, resnet_steps):
+def seli_rates(seli, device, threads, mlp_steps, resnet_steps, burn=False):
     cmd = [seli, "bench", "train", "--device", device, "--mlp-steps", str(mlp_steps)]
-    cmd += ["--resnet-steps", str(resnet_steps)]
+    cmd += ["--resnet-steps", str(resnet_steps)] + (["--burn"] if burn else [])
     env = dict(os.environ, RAYON_NUM_THREADS=str(threads))
     r = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if r.returncode != 0:
@@ -161,6 +163,8 @@ def main():
     ap.add_argument("--pairs", type=int, default=5, help="seli-then-PyTorch measurements, alternated")
     ap.add_argument("--seli", default=str(Path(__file__).resolve().parent.parent / "target/release/seli"))
     ap.add_argument("--json", help="also write the figures here")
+    ap.add_argument("--burn", action="store_true",
+                    help="on a GPU, time seli's steps on burn's CUDA backend instead of its engine")
     a = ap.parse_args()
     if a.pairs < 1:
         sys.exit(f"--pairs {a.pairs}: at least one pair")
@@ -196,7 +200,7 @@ def main():
     # (a time limit on a GPU machine) keeps what it measured.
     pairs = []
     for i in range(a.pairs):
-        seli, seli_out = seli_rates(a.seli, a.device, a.threads, a.steps, a.resnet_steps)
+        seli, seli_out = seli_rates(a.seli, a.device, a.threads, a.steps, a.resnet_steps, a.burn)
         if not seli:
             print(seli_out, file=sys.stderr)
             sys.exit("no seli figures parsed from `seli bench train`")

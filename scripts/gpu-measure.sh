@@ -10,14 +10,14 @@
 #                                          cubecl's tuning cache: ENV, an environment.tar.xz an
 #                                          earlier device run returned, kept in target/gpu-env
 #                                          for later packs)
-#   scripts/gpu-measure.sh OUT [ufm] [train] [profile]
+#   scripts/gpu-measure.sh OUT [ufm] [train] [burn] [profile]
 #                                          on the GPU machine, with target/gpu-carry carried:
 #                                          the UFM part and the networks' part (or the parts
-#                                          named; `train` is `mlp resnet other`: the MLPs and
-#                                          the MNIST run, ResNet-18, the other build), log in
-#                                          OUT/gpu.log; `profile` (only when
-#                                          named): where a training step's time goes, kernel by
-#                                          kernel (cubecl's profiler, OUT/profile.log)
+#                                          named), log in OUT/gpu.log; `burn` and `profile`
+#                                          (only when named): the networks on burn's CUDA
+#                                          backend (its autotuning: minutes), and where its
+#                                          training step's time goes, kernel by kernel
+#                                          (cubecl's profiler, OUT/profile.log)
 #   GPU_MEASURE_DEADLINE=S scripts/gpu-measure.sh OUT ...
 #                                          the same, ending within S seconds (a device call's
 #                                          limit): the long steps' timeouts shrink to fit
@@ -30,15 +30,16 @@
 # cuBLAS are: the CUDA toolkit, or PyTorch's nvidia wheels); the UFM part: `seli ufm` on the GPU
 # (cuBLAS) beside the CPU for five configurations in f64 and f32, UFM iterations beside PyTorch
 # (scripts/bench-ufm.py), the large UFM in f32 and f64 with Ctrl-C on the GPU and the end on the
-# CPU; the networks' part: the refusals, the first kernels and autotuning of the build measured
-# (the fusion build when it travelled, else the plain one) on the MLPs, their training throughput
-# beside PyTorch (scripts/bench-train.py), a short MNIST run interrupted on the GPU and finished
-# on the CPU, then ResNet-18's tuning (minutes) and its throughput beside PyTorch, then the other
-# build's tuning and throughput alone. cubecl's autotuning decisions are logged to
-# OUT/autotune-BUILD.log. cubecl keeps its tuning decisions and compiled kernels in
-# target/environment (the build's `persistence`), which the machine keeps between calls; after
-# each tuning step the script copies it to OUT/environment.tar.xz, and `--pack ENV` carries such a
-# copy to a later run, so tuning cut short by a time limit is not repeated.
+# CPU; the networks' part (seli's engine: cuDNN, cuBLAS, kernels.cu): the refusals, the engine
+# against its reference kernels (`seli bench train --check`), the MLPs' and ResNet-18's training
+# throughput beside PyTorch (scripts/bench-train.py), a short MNIST run interrupted on the GPU
+# and finished on the CPU, a ResNet-18 epoch on MNIST; the `burn` part: the same throughput on
+# burn's CUDA backend after its autotuning (the fusion build when it travelled, else the plain
+# one), for the record. cubecl's autotuning decisions are logged to OUT/autotune-BUILD.log.
+# cubecl keeps its tuning decisions and compiled kernels in target/environment (the build's
+# `persistence`), which the machine keeps between calls; after each tuning step the script copies
+# it to OUT/environment.tar.xz, and `--pack ENV` carries such a copy to a later run, so tuning
+# cut short by a time limit is not repeated.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -89,14 +90,11 @@ if [[ "${1:-}" == --rehearse ]]; then
     rehearse=1
     shift
 fi
-out="${1:?usage: scripts/gpu-measure.sh [--rehearse] OUT [ufm] [train | mlp resnet other] [profile]}"
+out="${1:?usage: scripts/gpu-measure.sh [--rehearse] OUT [ufm] [train] [burn] [profile]}"
 shift
-# The parts to run (both by default), so that one device call can take the UFM and another the
-# networks when device time is short.
+# The parts to run (the UFM and the networks by default), so that one device call can take the
+# UFM and another the networks when device time is short.
 parts=" ${*:-ufm train} "
-# The networks' part in three: the MLPs (with the refusals and the MNIST run), ResNet-18, and
-# the other build; a later call can take `resnet` alone to finish its tuning.
-parts="${parts/ train / mlp resnet other }"
 want() { [[ "$parts" == *" $1 "* ]]; }
 mkdir -p "$out"
 out="$(cd "$out" && pwd)"
@@ -146,7 +144,8 @@ save_environment() {
 # Sizes: the issue's on the GPU; small ones for a rehearsal on the CPU.
 if [[ -n "$rehearse" ]]; then
     dev=cpu plain="$PWD/target/release/seli" py="${PYTHON:-target/py-venv/bin/python}"
-    train_steps=20 resnet_steps=0 ufm_iters=20 large_iters=4 stop_after=8 mnist_stop=3
+    train_steps=20 resnet_steps=1 ufm_iters=20 large_iters=4 stop_after=8 mnist_stop=3
+    resnet_width=4 resnet_epochs=1 resnet_profile=10,10,0.5,5
     fused="$plain" burn=--burn
     small=(--step 4,10,0.5,20 --d 16) large=(--step 10,10,0.5,200 --d 64) epochs=3
     data="$PWD/data"
@@ -159,13 +158,14 @@ else
         xz -dc target/gpu-carry/seli-fusion.xz >"$fused" && chmod +x "$fused"
     fi
     train_steps=200 resnet_steps=20 ufm_iters=3000 large_iters=1000 stop_after=15 mnist_stop=6
+    resnet_width=64 resnet_epochs=1 resnet_profile=10,10,0.5,500
     small=(--step 10,10,0.5,50 --d 64) large=(--step 100,10,0.5,200 --d 512) epochs=8
     data="$work/data"
     mkdir -p "$data" && xz -dc target/gpu-carry/mnist.tar.xz | tar -C "$data" -xf -
 fi
-# The build measured beside PyTorch and used for the runs: the fusion build when it travelled
-# (burn's fusion on top of autotuning), else the plain one; the other is timed alone after it.
-seli="${fused:-$plain}"
+# The build measured and used for the runs: the plain one (the engine does not use burn's GPU
+# backend); the fusion build, when it travelled, is the one the `burn` part times.
+seli="$plain"
 
 step environment
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv || true
@@ -182,12 +182,17 @@ site="$("$py" -c 'import site; print(" ".join(site.getsitepackages()))')"
 nvrtc="$(find "${cuda_root:-/nonexistent}" $site -name 'libnvrtc.so.13*' 2>/dev/null | head -1)"
 echo "nvcc root: ${cuda_root:-none}; libnvrtc: ${nvrtc:-not found}"
 [[ -n "$nvrtc" ]] && export LD_LIBRARY_PATH="$(dirname "$nvrtc")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-# cuBLAS (the UFM's products): the toolkit's lib64, else PyTorch's nvidia-cublas wheel.
+# cuBLAS (the products): the toolkit's lib64, else PyTorch's nvidia-cublas wheel.
 cublas="$(find "${cuda_root:-/nonexistent}" $site -name 'libcublas.so.13*' 2>/dev/null | head -1)"
 echo "libcublas: ${cublas:-not found}"
 if [[ -n "$cublas" && "$(dirname "$cublas")" != "$(dirname "${nvrtc:-/}")" ]]; then
     export LD_LIBRARY_PATH="$(dirname "$cublas"):$LD_LIBRARY_PATH"
 fi
+# cuDNN 9 (the engine's convolutions): the system's, else PyTorch's nvidia-cudnn-cu13 wheel.
+before_cudnn="${LD_LIBRARY_PATH:-}"
+cudnn="$(find /usr/lib /usr/local "${cuda_root:-/nonexistent}" $site -name 'libcudnn.so.9*' 2>/dev/null | head -1)"
+echo "libcudnn: ${cudnn:-not found}"
+[[ -n "$cudnn" ]] && export LD_LIBRARY_PATH="$(dirname "$cudnn"):$LD_LIBRARY_PATH"
 if [[ -n "${cuda_root:-}" && -f "$cuda_root/include/cuda_fp16.h" ]]; then
     export CUDA_PATH="$cuda_root"
 else
@@ -266,35 +271,23 @@ if want ufm; then
     timeout 60 "$seli" ufm --resume "$u-stopped" --device cpu --iters "$(( done_iters + 2 ))" | sed -n 1p
 fi
 
-# burn's autotuning measures candidate kernels the first time it meets a shape and keeps the
-# choice in target/environment, so later processes start tuned. tune BUILD MLP-STEPS
-# RESNET-STEPS SECONDS: that build's first kernels and tuning on the networks the steps name,
-# decisions logged, the environment saved after it.
-tune() {
-    local log="autotune-$(basename "$1").log"
-    step "first kernels and autotuning: $(basename "$1"), --mlp-steps $2 --resnet-steps $3 (compile and tuning time included)"
-    time with_cubecl_config "[autotune.logger]
-level = \"minimal\"
-file = \"$out/$log\"
-append = true" \
-        timeout "$(limit "$4")" "$1" bench train --device "$dev" --mlp-steps "$2" --resnet-steps "$3"
-    [[ -f "$out/$log" ]] && echo "autotuning decisions: $(wc -l <"$out/$log") lines in $log"
-    save_environment
-}
-
-if want mlp; then
+# The networks on seli's engine: no tuning beyond cuDNN's timing of each convolution shape's
+# algorithms in the first step.
+if want train; then
     step "refusals (expected to fail, each with a clear message)"
-    CUDA_PATH=/nonexistent "$seli" bench train --device cuda --mlp-steps 1 --resnet-steps 0 && echo UNEXPECTED-SUCCESS
     "$seli" bench train --device cuda:7 --mlp-steps 1 --resnet-steps 0 && echo UNEXPECTED-SUCCESS
+    if [[ -n "${cudnn:-}" ]]; then
+        LD_LIBRARY_PATH="$before_cudnn" "$seli" bench train --check --device "$dev" && echo UNEXPECTED-SUCCESS
+    fi
+    CUDA_PATH=/nonexistent "$seli" bench train --burn --device "$dev" --mlp-steps 1 --resnet-steps 0 \
+        && echo UNEXPECTED-SUCCESS
 
-    # The decisive figures first (a device call that runs out of time keeps them): the MLPs,
-    # tuned and beside PyTorch, and the real run; then ResNet-18, whose tuning takes minutes;
-    # the other build last.
-    tune "$seli" 5 0 300
+    step "the engine on the GPU against its reference kernels (NVRTC's kernels, cuBLAS, cuDNN)"
+    timeout "$(limit 120)" "$seli" bench train --check --device "$dev"
 
-    step "training throughput of the MLPs beside PyTorch ($(basename "$seli"))"
-    timeout "$(limit 120)" "$py" scripts/bench-train.py --device "$dev" --seli "$seli" --steps "$train_steps" --pairs 2 \
-        --resnet-steps 0 --json "$out/bench-train.json"
+    step "training throughput beside PyTorch: the MLPs and ResNet-18 (seli's engine)"
+    timeout "$(limit 240)" "$py" scripts/bench-train.py --device "$dev" --seli "$seli" --steps "$train_steps" \
+        --pairs 3 --resnet-steps "$resnet_steps" --json "$out/bench-train.json"
 
     step "a short MNIST run on the GPU, interrupted, finished on the CPU"
     run="$work/mnist-gpu"
@@ -303,20 +296,39 @@ if want mlp; then
     echo "exit $? (130: interrupted)"
     time timeout "$(limit 120)" "$seli" train --resume "$run" --device cpu
     head -c 600 "$run/summary.json"; echo
+    step "the same run uninterrupted on the GPU"
+    time timeout "$(limit 120)" "$seli" train --device "$dev" --data-dir "$data" --epochs "$epochs" \
+        --every "$epochs" --out "$work/mnist-gpu-whole" --force
+    head -c 600 "$work/mnist-gpu-whole/summary.json"; echo
+
+    step "ResNet-18 on MNIST on the GPU (a real run: STEP $resnet_profile, ${resnet_epochs} epoch(s), metrics at the end)"
+    time timeout "$(limit 180)" "$seli" train --device "$dev" --data-dir "$data" --model resnet18 --step "$resnet_profile" \
+        --width "$resnet_width" --epochs "$resnet_epochs" --every "$resnet_epochs" --out "$work/mnist-resnet" --force
+    head -c 600 "$work/mnist-resnet/summary.json"; echo
 fi
 
-# ResNet-18 (none in a rehearsal: a CPU step takes seconds).
-if want resnet && (( resnet_steps > 0 )); then
-    tune "$seli" 1 2 420
-    step "training throughput with ResNet-18 beside PyTorch ($(basename "$seli"))"
-    timeout "$(limit 150)" "$py" scripts/bench-train.py --device "$dev" --seli "$seli" --steps "$train_steps" --pairs 2 \
-        --resnet-steps "$resnet_steps" --json "$out/bench-train-resnet.json"
-fi
+# burn's CUDA backend, for the record: its autotuning measures candidate kernels the first time
+# it meets a shape and keeps the choice in target/environment, so later processes start tuned.
+# tune BUILD MLP-STEPS RESNET-STEPS SECONDS: that build's first kernels and tuning on the
+# networks the steps name, decisions logged, the environment saved after it.
+tune() {
+    local log="autotune-$(basename "$1").log"
+    step "first kernels and autotuning: $(basename "$1"), --mlp-steps $2 --resnet-steps $3 (compile and tuning time included)"
+    time with_cubecl_config "[autotune.logger]
+level = \"minimal\"
+file = \"$out/$log\"
+append = true" \
+        timeout "$(limit "$4")" "$1" bench train --burn --device "$dev" --mlp-steps "$2" --resnet-steps "$3"
+    [[ -f "$out/$log" ]] && echo "autotuning decisions: $(wc -l <"$out/$log") lines in $log"
+    save_environment
+}
 
-if want other && [[ -n "$fused" ]]; then
-    tune "$plain" 5 "$(( resnet_steps > 0 ? 2 : 0 ))" 300
-    step "the other build alone: $(basename "$plain") (autotuning without fusion)"
-    timeout "$(limit 100)" "$plain" bench train --device "$dev" --mlp-steps "$train_steps" --resnet-steps "$resnet_steps"
+if want burn; then
+    burnt="${fused:-$plain}"
+    tune "$burnt" 5 "$(( resnet_steps > 0 ? 2 : 0 ))" 420
+    step "training throughput on burn's CUDA backend beside PyTorch ($(basename "$burnt"))"
+    timeout "$(limit 200)" "$py" scripts/bench-train.py --device "$dev" --seli "$burnt" --burn --steps "$train_steps" \
+        --pairs 2 --resnet-steps "$resnet_steps" --json "$out/bench-train-burn.json"
 fi
 
 if want profile; then
@@ -326,12 +338,12 @@ if want profile; then
     # benchmark: the MLPs' rounds, ResNet-18's warm-up step, then its timed steps, the last
     # table). Autotuning first, unprofiled (quick when the networks' part left its choices in
     # target/environment), so that the profile holds no tuning runs.
-    step "where a training step's time goes, kernel by kernel ($(basename "$plain"), cubecl's profiler)"
-    timeout 240 "$plain" bench train --device "$dev" --mlp-steps 2 --resnet-steps "$(( resnet_steps > 0 ? 1 : 0 ))" >/dev/null
+    step "where burn's training step's time goes, kernel by kernel ($(basename "$plain"), cubecl's profiler)"
+    timeout 240 "$plain" bench train --burn --device "$dev" --mlp-steps 2 --resnet-steps "$(( resnet_steps > 0 ? 1 : 0 ))" >/dev/null
     with_cubecl_config "[profiling.logger]
 level = \"basic\"
 file = \"$out/profile.log\"" \
-        timeout 150 "$plain" bench train --device "$dev" --mlp-steps 2 --resnet-steps "$(( resnet_steps > 0 ? 3 : 0 ))"
+        timeout 150 "$plain" bench train --burn --device "$dev" --mlp-steps 2 --resnet-steps "$(( resnet_steps > 0 ? 3 : 0 ))"
     if [[ -f "$out/profile.log" ]]; then
         echo "the last table of profile.log ($(wc -l <"$out/profile.log") lines):"
         tac "$out/profile.log" | sed -n '/Name/{p;q};p' | tac | head -n 45

@@ -90,9 +90,36 @@ pub struct BenchTrainArgs {
     #[arg(long)]
     pub burn: bool,
 
+    /// Instead of timing: compare the engine on --device (a GPU) with its reference kernels on
+    /// small networks (three SGD steps, then evaluation mode) and print the largest relative
+    /// differences; exit 1 when one passes 5e-2.
+    #[arg(long)]
+    pub check: bool,
+
     /// Tiny sizes and one step each: checks that the benchmark works, measures nothing.
     #[arg(long)]
     pub quick: bool,
+}
+
+/// `seli bench train --check`: the engine on `device` against its reference kernels.
+fn check_engine(device: seli_train::Device) -> Result<()> {
+    use seli_train::engine::check::{TOLERANCE, on_device};
+    let rows = on_device(device)?;
+    println!(
+        "seli's engine on {device} against its reference kernels (largest relative differences)"
+    );
+    println!("{:<36} {:>10} {:>12} {:>10}", "network", "loss", "parameters", "outputs");
+    let mut worst = 0.0f64;
+    for d in &rows {
+        println!("{:<36} {:>10.2e} {:>12.2e} {:>10.2e}", d.name, d.loss, d.parameters, d.outputs);
+        worst = worst.max(d.loss).max(d.parameters).max(d.outputs);
+    }
+    if worst > TOLERANCE {
+        return Err(anyhow::anyhow!(
+            "the engine on {device} differs from its reference kernels by {worst:.2e} (more than {TOLERANCE:.0e})"
+        ));
+    }
+    Ok(())
 }
 
 /// Flags of `seli bench ufm`.
@@ -511,6 +538,9 @@ fn bench_device_ufm<U: seli_train::ufm::DeviceIteration>(
 
 fn bench_train(a: &BenchTrainArgs) -> Result<()> {
     use seli_train::ModelConfig;
+    if a.check {
+        return check_engine(a.device);
+    }
     use seli_train::bench::training_throughput;
     let mlp = |depth: usize, width: usize, batch_norm: bool| ModelConfig {
         kind: seli_train::ModelKind::Mlp,

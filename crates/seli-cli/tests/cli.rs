@@ -170,7 +170,17 @@ fn bench_geometry_quick_runs() {
     assert!(out.contains("with burn tensors") && out.contains("f64"), "{out}");
     if !cfg!(feature = "cuda") {
         assert!(fails(&["bench", "ufm", "--device", "cuda"]).contains("scripts/build-cuda.sh"));
+        for args in [
+            &["bench", "train", "--device", "cuda:1"][..],
+            &["bench", "train", "--check", "--device", "cuda"],
+        ] {
+            let e = fails(args);
+            assert!(e.contains("device cuda:") && e.contains("scripts/build-cuda.sh"), "{e}");
+        }
     }
+    // The engine check is for a GPU's engine; the CPU trains without it.
+    let e = fails(&["bench", "train", "--check"]);
+    assert!(e.contains("give --device cuda"), "{e}");
     let out = ok(&["bench", "analyze", "--quick"]);
     assert!(out.contains("n = 2000, d = 16, k = 4") && out.contains("samples/s"), "{out}");
     let out = ok(&["bench", "analyze", "--quick", "--json", "--classifier"]);

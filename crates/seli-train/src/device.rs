@@ -3,9 +3,12 @@
 //! NVRTC or CUDA headers is a clear error naming the library or path and how to provide it
 //! rather than a panic deep inside the backend.
 //!
-//! `cpu` is burn's flex backend. `cuda:N` is burn's CUDA backend (cubecl's CUDA C++ kernels,
-//! compiled by NVRTC at run time), present only in builds with the `cuda` feature
-//! (`scripts/build-cuda.sh`); other builds refuse it with a message saying how to get one.
+//! `cpu` is burn's flex backend. On `cuda:N` the networks train on seli's engine
+//! ([`crate::engine`]: [`check_engine`] checks what it needs) and the UFM on cuBLAS; burn's CUDA
+//! backend (cubecl's CUDA C++ kernels, compiled by NVRTC at run time) stays for comparison
+//! (`seli bench train --burn`, `seli bench ufm --burn`). All are present only in builds with the
+//! `cuda` feature (`scripts/build-cuda.sh`); other builds refuse them with a message saying how
+//! to get one.
 
 use crate::error::Result;
 pub use seli_run::train::Device;

@@ -7,8 +7,10 @@
 //! and the geometry of the penultimate features and last layer ([`eval`]). On the CPU the
 //! convolutions ([`conv`]), linear layers ([`linear`]), batch norm ([`norm`]), the activation
 //! ([`activation`]), the loss ([`loss`]) and the optimizer ([`optim`]) take fused
-//! paths written here; on other devices they are burn's. [`recycle`] is the `seli` binary's
-//! allocator, which keeps large freed blocks for the next training step.
+//! paths written here. On a GPU the networks train on [`engine`], seli's own program of cuDNN
+//! convolutions, cuBLAS products and kernels of its own (burn's CUDA backend stays for
+//! comparison). [`recycle`] is the `seli` binary's allocator, which keeps large freed blocks
+//! for the next training step.
 //!
 //! This crate holds the deep-learning framework so that `seli-core` (the math) and `seli-io`
 //! (the formats) stay free of it.

@@ -1,11 +1,12 @@
 //! The GPU engine without a GPU (tests): [`Emulator`] is a [`Device`] whose kernels are
 //! `kernels.cu` itself, compiled by the system C++ compiler under a small emulation of CUDA's
-//! launch model (blocks one after the other; a block's threads in turn, or as OS threads with
-//! `__syncthreads` a barrier where the kernel synchronizes), whose products follow cuBLAS's
+//! launch model (blocks one after the other; a block's threads in turn, or as fibers that
+//! yield at `__syncthreads` where the kernel synchronizes), whose products follow cuBLAS's
 //! column-major `sgemm` and whose convolutions are cuDNN's from their definition (the
 //! reference's). [`OnDevice`] drives it exactly as it drives the GPU: the same launches, the
 //! same arguments, the same column-major products. What only a GPU checks: NVRTC's compilation,
-//! cuBLAS and cuDNN themselves (`seli bench engine` on a GPU compares them with the reference).
+//! cuBLAS and cuDNN themselves (`seli bench train --check` on a GPU compares them with the
+//! reference).
 
 use std::ffi::{CString, c_char, c_void};
 use std::path::PathBuf;
@@ -18,39 +19,68 @@ use super::*;
 
 /// What the kernels need from CUDA, for a C++ compiler.
 const SHIM: &str = r#"
-#include <barrier>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <functional>
 #include <math.h>
-#include <thread>
+#include <mutex>
+#include <ucontext.h>
 #include <vector>
 struct D3 { unsigned x, y, z; };
-static thread_local D3 threadIdx;
-static D3 blockIdx, blockDim, gridDim;
-static std::barrier<>* bar;
+static D3 threadIdx, blockIdx, blockDim, gridDim;
 #define __global__
 #define __device__
 #define __shared__ static
-static inline void __syncthreads() { bar->arrive_and_wait(); }
 static inline float f32_of(unsigned long long s) { unsigned u = (unsigned)s; float f; std::memcpy(&f, &u, 4); return f; }
+// A block that synchronizes runs its threads as fibers (ucontext), in turn: each runs until
+// its next __syncthreads (or its end), then the next; a round ends when all have reached it.
+static ucontext_t scheduler;
+static std::vector<ucontext_t> fibers;
+static std::vector<std::vector<char>> stacks;
+static std::vector<char> finished;
+static unsigned current;
+static std::function<void()> job;
+static void fiber_main() { job(); finished[current] = 1; }
+static inline void __syncthreads() { swapcontext(&fibers[current], &scheduler); }
 template <class F> static void run(unsigned grid, unsigned block, bool sync, F f) {
     gridDim = {grid, 1, 1};
     blockDim = {block, 1, 1};
+    if (sync) {
+        job = f;
+        fibers.resize(block);
+        stacks.resize(block);
+        finished.assign(block, 0);
+    }
     for (unsigned b = 0; b < grid; ++b) {
         blockIdx = {b, 0, 0};
         if (!sync) {
             for (unsigned t = 0; t < block; ++t) { threadIdx = {t, 0, 0}; f(); }
             continue;
         }
-        std::barrier<> barrier(block);
-        bar = &barrier;
-        std::vector<std::thread> threads;
-        for (unsigned t = 0; t < block; ++t)
-            threads.emplace_back([&, t] { threadIdx = {t, 0, 0}; f(); });
-        for (auto& th : threads) th.join();
+        for (unsigned t = 0; t < block; ++t) {
+            stacks[t].resize(1 << 16);
+            getcontext(&fibers[t]);
+            fibers[t].uc_stack.ss_sp = stacks[t].data();
+            fibers[t].uc_stack.ss_size = stacks[t].size();
+            fibers[t].uc_link = &scheduler;
+            makecontext(&fibers[t], fiber_main, 0);
+            finished[t] = 0;
+        }
+        for (bool live = true; live;) {
+            live = false;
+            for (unsigned t = 0; t < block; ++t) {
+                if (finished[t]) continue;
+                live = true;
+                current = t;
+                threadIdx = {t, 0, 0};
+                swapcontext(&scheduler, &fibers[t]);
+            }
+        }
     }
 }
+// One launch at a time (the tests run in parallel; the launch model's state is global).
+static std::mutex launching;
 "#;
 
 /// The C++ expression turning slot `i` into a parameter of type `ty`.
@@ -69,7 +99,8 @@ fn slot(ty: &str, i: usize) -> String {
 fn dispatcher() -> String {
     let mut out = String::from(
         "extern \"C\" int emu_launch(const char* name, unsigned grid, unsigned block, \
-         const unsigned long long* s, unsigned count) {\n",
+         const unsigned long long* s, unsigned count) {\n  \
+         std::lock_guard<std::mutex> lock(launching);\n",
     );
     for part in SOURCE.split("extern \"C\" __global__ void ").skip(1) {
         let name = &part[..part.find('(').expect("a kernel's parameters")];
@@ -380,4 +411,83 @@ fn a_launch_with_the_wrong_arguments_is_refused() {
     assert!(err.contains("kernel relu takes other arguments"), "{err}");
     let err = e.launch("nothing", grid, &[]).unwrap_err().to_string();
     assert!(err.contains("no kernel nothing"), "{err}");
+}
+
+#[test]
+fn the_device_check_finds_the_emulated_gpu_close_and_a_broken_one_far() {
+    let close = super::check::against_reference(|| Ok(OnDevice::new(Emulator::default()))).unwrap();
+    assert_eq!(close.len(), 3);
+    for d in &close {
+        assert!(d.loss < 1e-5 && d.parameters < 1e-4 && d.outputs < 1e-4, "{d:?}");
+    }
+    // A device whose products forget to accumulate: far off.
+    struct NoAccumulate(Emulator);
+    impl Device for NoAccumulate {
+        fn alloc(&mut self, len: usize) -> Result<usize> {
+            self.0.alloc(len)
+        }
+        fn addr(&self, a: At) -> u64 {
+            self.0.addr(a)
+        }
+        fn write(&mut self, a: At, v: &[f32]) -> Result<()> {
+            self.0.write(a, v)
+        }
+        fn read(&mut self, a: At, len: usize) -> Result<Vec<f32>> {
+            self.0.read(a, len)
+        }
+        fn labels(&mut self, l: &[u32]) -> Result<(u64, u64)> {
+            self.0.labels(l)
+        }
+        fn totals_addr(&self) -> u64 {
+            self.0.totals_addr()
+        }
+        fn take_totals(&mut self) -> Result<[f64; 2]> {
+            self.0.take_totals()
+        }
+        fn launch(&mut self, name: &'static str, grid: Grid, args: &[Arg]) -> Result<()> {
+            self.0.launch(name, grid, args)
+        }
+        fn sgemm(
+            &mut self,
+            ta: bool,
+            tb: bool,
+            mnk: [usize; 3],
+            a: (u64, usize),
+            b: (u64, usize),
+            _beta: f32,
+            c: (u64, usize),
+        ) -> Result<()> {
+            self.0.sgemm(ta, tb, mnk, a, b, 0.0, c)
+        }
+        fn conv_forward(&mut self, n: usize, s: &ConvShape, x: u64, w: u64, y: u64) -> Result<()> {
+            self.0.conv_forward(n, s, x, w, y)
+        }
+        fn conv_backward_data(
+            &mut self,
+            n: usize,
+            s: &ConvShape,
+            w: u64,
+            dy: u64,
+            _beta: f32,
+            dx: u64,
+        ) -> Result<()> {
+            self.0.conv_backward_data(n, s, w, dy, 0.0, dx)
+        }
+        fn conv_backward_filter(
+            &mut self,
+            n: usize,
+            s: &ConvShape,
+            x: u64,
+            dy: u64,
+            dw: u64,
+        ) -> Result<()> {
+            self.0.conv_backward_filter(n, s, x, dy, dw)
+        }
+    }
+    let far =
+        super::check::against_reference(|| Ok(OnDevice::new(NoAccumulate(Emulator::default()))))
+            .unwrap();
+    // The ResNet's blocks add two gradients into their input: without it, far off.
+    let resnet = &far[2];
+    assert!(resnet.parameters > super::check::TOLERANCE, "{resnet:?}");
 }

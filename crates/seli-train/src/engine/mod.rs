@@ -22,6 +22,7 @@
 //! weight `[O, C, kh, kw]`, a linear layer's weight `[d_in, d_out]` (burn's layout), so that
 //! every tensor is copied to and from burn's as it is.
 
+pub mod check;
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
@@ -982,20 +983,21 @@ pub struct Setup<'a> {
     pub transform: Transform,
 }
 
-/// The engine of `setup` on `kernels`.
+impl<K: Kernels> Engine<K> {
+    /// The engine of `setup` on `kernels` ([`Engine::new`]).
+    ///
+    /// # Errors
+    /// As [`Engine::new`].
+    pub fn with(kernels: K, s: &Setup<'_>) -> Result<Self> {
+        let (m, i, c, r) = (s.model, s.image, s.classes, s.max_rows);
+        Engine::new(kernels, m, i, c, r, s.momentum, s.weight_decay, &s.transform)
+    }
+}
+
+/// The engine of `setup` on `kernels`, boxed.
 #[cfg_attr(not(any(test, feature = "cuda")), allow(dead_code))]
 fn build<K: Kernels + 'static>(kernels: K, s: &Setup<'_>) -> Result<Box<dyn Trainer>> {
-    let engine = Engine::new(
-        kernels,
-        s.model,
-        s.image,
-        s.classes,
-        s.max_rows,
-        s.momentum,
-        s.weight_decay,
-        &s.transform,
-    )?;
-    Ok(Box::new(engine))
+    Ok(Box::new(Engine::with(kernels, s)?))
 }
 
 /// Tests of a run's GPU path on the CPU: while set, `cpu` gets the engine on the reference
