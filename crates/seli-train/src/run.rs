@@ -653,7 +653,8 @@ fn train_here(
             model: &cfg.model,
             image: data.train.shape,
             classes: k,
-            max_rows: cfg.batch_size.max(cfg.eval_batch),
+            batch: cfg.batch_size,
+            eval_batch: cfg.eval_batch,
             momentum: cfg.momentum,
             weight_decay: cfg.weight_decay,
             transform: match &transform {

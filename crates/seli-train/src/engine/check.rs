@@ -88,14 +88,15 @@ pub fn against_reference<K: Kernels>(
             model: &model,
             image,
             classes: 10,
-            max_rows: rows,
+            batch: rows,
+            eval_batch: rows,
             momentum: 0.9,
             weight_decay: 5e-4,
             transform,
         };
         let net = Net::seeded(&model, image, 10, &Device::flex(), 7)?;
-        let mut dev = Engine::with(kernels()?, &setup)?;
-        let mut reference = Engine::with(Reference::new(), &setup)?;
+        let mut dev = Engine::new(kernels()?, &setup)?;
+        let mut reference = Engine::new(Reference::new(), &setup)?;
         dev.load(&net, None)?;
         reference.load(&net, None)?;
         let per: usize = image.iter().product();

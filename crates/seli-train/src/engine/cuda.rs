@@ -30,15 +30,49 @@ const WORKSPACE_LIMIT: usize = 1 << 30;
 /// The kernels compiled, once per process.
 static PTX: OnceLock<Ptx> = OnceLock::new();
 
-/// One convolution shape's cuDNN descriptors and chosen algorithms (with their workspaces).
+/// One convolution shape's cuDNN descriptors and the algorithms chosen for it (with their
+/// workspaces), each direction's when it is first needed (evaluation batches need only the
+/// forward one).
 struct Plan {
     x: dnn::cudnnTensorDescriptor_t,
     y: dnn::cudnnTensorDescriptor_t,
     w: dnn::cudnnFilterDescriptor_t,
     conv: dnn::cudnnConvolutionDescriptor_t,
-    forward: (dnn::cudnnConvolutionFwdAlgo_t, usize),
-    data: (dnn::cudnnConvolutionBwdDataAlgo_t, usize),
-    filter: (dnn::cudnnConvolutionBwdFilterAlgo_t, usize),
+    forward: Option<(dnn::cudnnConvolutionFwdAlgo_t, usize)>,
+    data: Option<(dnn::cudnnConvolutionBwdDataAlgo_t, usize)>,
+    filter: Option<(dnn::cudnnConvolutionBwdFilterAlgo_t, usize)>,
+}
+
+/// A method `$name(n, s)` of [`Gpu`]: the algorithm of direction `$field` of the plan of `s`
+/// for `n` images, the fastest of cuDNN's `$find` results that succeeded within
+/// [`WORKSPACE_LIMIT`] (timed at the first call, kept in the plan), with its workspace.
+macro_rules! algorithm {
+    ($(#[$doc:meta])* $name:ident, $field:ident, $what:literal, $algo:ident, $perf:ident,
+     $find:ident, [$($desc:ident),*]) => {
+        $(#[$doc])*
+        fn $name(&mut self, n: usize, s: &ConvShape) -> Result<(dnn::$algo, usize)> {
+            let (h, i) = (self.dnn, self.index);
+            let p = self.plan(n, s)?;
+            if let Some(a) = p.$field {
+                return Ok(a);
+            }
+            let mut count = 0;
+            // SAFETY: zeroed results are valid (status 0 is success, algorithm 0 exists); the
+            // call writes at most 8 with the plan's live descriptors.
+            let mut r = [unsafe { std::mem::zeroed::<dnn::$perf>() }; 8];
+            let status =
+                unsafe { dnn::$find(h, $(p.$desc),*, 8, &mut count, r.as_mut_ptr()) };
+            check(i, concat!("timing ", $what, " algorithms"), status)?;
+            let a = r[..count as usize]
+                .iter()
+                .find(|r| ok(r.status) && r.memory <= WORKSPACE_LIMIT)
+                .map(|r| (r.algo, r.memory))
+                .ok_or_else(|| none(i, $what, s, n))?;
+            tracing::debug!(concat!("cuDNN ", $what, " algorithm for {} images of {:?}: {:?}"), n, s, a);
+            p.$field = Some(a);
+            Ok(a)
+        }
+    };
 }
 
 /// An NVIDIA GPU as the engine's device.
@@ -52,6 +86,7 @@ pub struct Gpu {
     bufs: Vec<CudaSlice<f32>>,
     labels: Option<(CudaSlice<u32>, CudaSlice<f64>)>,
     totals: CudaSlice<f64>,
+    scratch: Option<CudaSlice<f64>>,
     workspace: Option<CudaSlice<u8>>,
     plans: HashMap<(usize, ConvShape), Plan>,
 }
@@ -123,6 +158,7 @@ impl Gpu {
             bufs: Vec::new(),
             labels: None,
             totals,
+            scratch: None,
             workspace: None,
             plans: HashMap::new(),
         })
@@ -144,15 +180,35 @@ impl Gpu {
         Ok(w.device_ptr(&self.stream).0)
     }
 
-    /// The plan of `s` for `n` images: descriptors, and the fastest algorithm of each
-    /// direction within [`WORKSPACE_LIMIT`], timed once by cuDNN.
-    fn plan(&mut self, n: usize, s: &ConvShape) -> Result<&Plan> {
+    /// The plan of `s` for `n` images (its descriptors made at the first call).
+    fn plan(&mut self, n: usize, s: &ConvShape) -> Result<&mut Plan> {
         let key = (n, *s);
         if !self.plans.contains_key(&key) {
             let plan = self.new_plan(n, s)?;
             self.plans.insert(key, plan);
         }
-        Ok(&self.plans[&key])
+        Ok(self.plans.get_mut(&key).expect("inserted above"))
+    }
+
+    algorithm! {
+        /// The forward algorithm of `s` for `n` images: the fastest within
+        /// [`WORKSPACE_LIMIT`], timed by cuDNN at the first call.
+        forward_algo, forward, "forward", cudnnConvolutionFwdAlgo_t,
+        cudnnConvolutionFwdAlgoPerf_t, cudnnFindConvolutionForwardAlgorithm, [x, w, conv, y]
+    }
+
+    algorithm! {
+        /// The backward-data algorithm, as [`Gpu::forward_algo`].
+        data_algo, data, "backward-data", cudnnConvolutionBwdDataAlgo_t,
+        cudnnConvolutionBwdDataAlgoPerf_t, cudnnFindConvolutionBackwardDataAlgorithm,
+        [w, y, conv, x]
+    }
+
+    algorithm! {
+        /// The backward-filter algorithm, as [`Gpu::forward_algo`].
+        filter_algo, filter, "backward-filter", cudnnConvolutionBwdFilterAlgo_t,
+        cudnnConvolutionBwdFilterAlgoPerf_t, cudnnFindConvolutionBackwardFilterAlgorithm,
+        [x, y, conv, w]
     }
 
     fn new_plan(&mut self, n: usize, s: &ConvShape) -> Result<Plan> {
@@ -167,12 +223,11 @@ impl Gpu {
             y: std::ptr::null_mut(),
             w: std::ptr::null_mut(),
             conv: std::ptr::null_mut(),
-            forward: (dnn::cudnnConvolutionFwdAlgo_t::CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM, 0),
-            data: (dnn::cudnnConvolutionBwdDataAlgo_t::CUDNN_CONVOLUTION_BWD_DATA_ALGO_0, 0),
-            filter: (dnn::cudnnConvolutionBwdFilterAlgo_t::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_0, 0),
+            forward: None,
+            data: None,
+            filter: None,
         };
-        // SAFETY: descriptors created and set with their documented arguments; the Find
-        // calls write at most the requested number of results.
+        // SAFETY: descriptors created and set with their documented arguments.
         unsafe {
             check(i, "tensor descriptor", dnn::cudnnCreateTensorDescriptor(&mut plan.x))?;
             check(i, "tensor descriptor", dnn::cudnnCreateTensorDescriptor(&mut plan.y))?;
@@ -240,74 +295,7 @@ impl Gpu {
                      {n} images, the engine {y:?}"
                 )));
             }
-            let mut count = 0;
-            let mut fwd = [std::mem::zeroed::<dnn::cudnnConvolutionFwdAlgoPerf_t>(); 8];
-            check(
-                i,
-                "timing forward algorithms",
-                dnn::cudnnFindConvolutionForwardAlgorithm(
-                    self.dnn,
-                    plan.x,
-                    plan.w,
-                    plan.conv,
-                    plan.y,
-                    8,
-                    &mut count,
-                    fwd.as_mut_ptr(),
-                ),
-            )?;
-            plan.forward = fwd[..count as usize]
-                .iter()
-                .find(|r| ok(r.status) && r.memory <= WORKSPACE_LIMIT)
-                .map(|r| (r.algo, r.memory))
-                .ok_or_else(|| none(i, "forward", s, n))?;
-            let mut bwd = [std::mem::zeroed::<dnn::cudnnConvolutionBwdDataAlgoPerf_t>(); 8];
-            check(
-                i,
-                "timing backward-data algorithms",
-                dnn::cudnnFindConvolutionBackwardDataAlgorithm(
-                    self.dnn,
-                    plan.w,
-                    plan.y,
-                    plan.conv,
-                    plan.x,
-                    8,
-                    &mut count,
-                    bwd.as_mut_ptr(),
-                ),
-            )?;
-            plan.data = bwd[..count as usize]
-                .iter()
-                .find(|r| ok(r.status) && r.memory <= WORKSPACE_LIMIT)
-                .map(|r| (r.algo, r.memory))
-                .ok_or_else(|| none(i, "backward-data", s, n))?;
-            let mut flt = [std::mem::zeroed::<dnn::cudnnConvolutionBwdFilterAlgoPerf_t>(); 8];
-            check(
-                i,
-                "timing backward-filter algorithms",
-                dnn::cudnnFindConvolutionBackwardFilterAlgorithm(
-                    self.dnn,
-                    plan.x,
-                    plan.y,
-                    plan.conv,
-                    plan.w,
-                    8,
-                    &mut count,
-                    flt.as_mut_ptr(),
-                ),
-            )?;
-            plan.filter = flt[..count as usize]
-                .iter()
-                .find(|r| ok(r.status) && r.memory <= WORKSPACE_LIMIT)
-                .map(|r| (r.algo, r.memory))
-                .ok_or_else(|| none(i, "backward-filter", s, n))?;
         }
-        tracing::debug!(
-            "cuDNN plan for {n} images of {s:?}: forward {:?}, data {:?}, filter {:?}",
-            plan.forward,
-            plan.data,
-            plan.filter
-        );
         Ok(plan)
     }
 }
@@ -387,6 +375,17 @@ impl Device for Gpu {
         self.totals.device_ptr(&self.stream).0
     }
 
+    fn scratch(&mut self, len: usize) -> Result<u64> {
+        if self.scratch.as_ref().is_none_or(|b| b.len() < len) {
+            let b = self
+                .stream
+                .alloc_zeros::<f64>(len.max(1))
+                .map_err(failed(self.index, "allocating GPU memory"))?;
+            self.scratch = Some(b);
+        }
+        Ok(self.scratch.as_ref().expect("allocated above").device_ptr(&self.stream).0)
+    }
+
     fn take_totals(&mut self) -> Result<[f64; 2]> {
         let t =
             self.stream.clone_dtoh(&self.totals).map_err(failed(self.index, "reading the loss"))?;
@@ -408,7 +407,8 @@ impl Device for Gpu {
         let mut l = self.stream.launch_builder(f);
         for a in args {
             match a {
-                Arg::Ptr(v) | Arg::U64(v) => l.arg(v),
+                Arg::Ptr(v) => l.arg(v),
+                Arg::U32(v) => l.arg(v),
                 Arg::I32(v) => l.arg(v),
                 Arg::F32(v) => l.arg(v),
             };
@@ -462,7 +462,7 @@ impl Device for Gpu {
     }
 
     fn conv_forward(&mut self, n: usize, s: &ConvShape, x: u64, w: u64, y: u64) -> Result<()> {
-        let (algo, bytes) = self.plan(n, s)?.forward;
+        let (algo, bytes) = self.forward_algo(n, s)?;
         let ws = self.workspace(bytes)?;
         let p = &self.plans[&(n, *s)];
         let (one, zero) = (1.0f32, 0.0f32);
@@ -497,7 +497,7 @@ impl Device for Gpu {
         beta: f32,
         dx: u64,
     ) -> Result<()> {
-        let (algo, bytes) = self.plan(n, s)?.data;
+        let (algo, bytes) = self.data_algo(n, s)?;
         let ws = self.workspace(bytes)?;
         let p = &self.plans[&(n, *s)];
         let one = 1.0f32;
@@ -530,7 +530,7 @@ impl Device for Gpu {
         dy: u64,
         dw: u64,
     ) -> Result<()> {
-        let (algo, bytes) = self.plan(n, s)?.filter;
+        let (algo, bytes) = self.filter_algo(n, s)?;
         let ws = self.workspace(bytes)?;
         let p = &self.plans[&(n, *s)];
         let (one, zero) = (1.0f32, 0.0f32);

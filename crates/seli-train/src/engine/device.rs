@@ -20,8 +20,8 @@ pub const THREADS: u32 = 256;
 pub enum Arg {
     /// A device address (a pointer; 0 is null).
     Ptr(u64),
-    /// An `unsigned long long`.
-    U64(u64),
+    /// An `unsigned` (`u32`).
+    U32(u32),
     /// An `int`.
     I32(i32),
     /// A `float`.
@@ -43,9 +43,9 @@ impl Grid {
         Grid { blocks: len.div_ceil(THREADS as usize).clamp(1, 8192) as u32, threads: THREADS }
     }
 
-    /// One block per channel.
-    fn per_channel(c: usize) -> Grid {
-        Grid { blocks: c.max(1) as u32, threads: THREADS }
+    /// One thread per channel.
+    fn channels(c: usize) -> Grid {
+        Grid { blocks: c.div_ceil(THREADS as usize).max(1) as u32, threads: THREADS }
     }
 }
 
@@ -64,6 +64,9 @@ pub trait Device {
     fn labels(&mut self, labels: &[u32]) -> Result<(u64, u64)>;
     /// The address of the two f64 running totals.
     fn totals_addr(&self) -> u64;
+    /// The address of a scratch buffer of at least `len` f64 (its contents undefined), for
+    /// the partial sums of batch norm; valid until the next call.
+    fn scratch(&mut self, len: usize) -> Result<u64>;
     /// The totals, which are then reset to zero.
     fn take_totals(&mut self) -> Result<[f64; 2]>;
     /// Runs kernel `name` of [`SOURCE`] with `args` in its parameters' order.
@@ -113,6 +116,17 @@ pub struct OnDevice<D: Device> {
     labels: (u64, u64),
 }
 
+/// Blocks per channel for batch norm's channel sums over `m` values per channel: about 512
+/// blocks in all (several per multiprocessor of a large GPU), at least 1024 values each.
+fn parts(c: usize, m: usize) -> usize {
+    (512 / c.max(1)).min(m / 1024).max(1)
+}
+
+/// A size as a kernel's `unsigned` (the engine keeps every tensor below 2^32 entries).
+fn n32(v: usize) -> Arg {
+    Arg::U32(u32::try_from(v).expect("the engine's tensors have fewer than 2^32 entries"))
+}
+
 impl<D: Device> OnDevice<D> {
     /// The kernels on `device`.
     pub fn new(device: D) -> Self {
@@ -146,9 +160,9 @@ impl<D: Device> OnDevice<D> {
             self.p(y),
             self.p(gamma),
             self.p(stats),
-            Arg::U64(rows as u64),
-            Arg::U64(s.c as u64),
-            Arg::U64(s.s as u64),
+            n32(rows),
+            n32(s.c),
+            n32(s.s),
             Arg::I32(relu.into()),
             Arg::I32(is_var.into()),
             Arg::F32(eps),
@@ -235,23 +249,23 @@ impl<D: Device> Kernels for OnDevice<D> {
     }
 
     fn add_bias(&mut self, rows: usize, cols: usize, b: At, y: At) -> Result<()> {
-        let args = [self.p(y), self.p(b), Arg::U64(rows as u64), Arg::U64(cols as u64)];
+        let args = [self.p(y), self.p(b), n32(rows), n32(cols)];
         self.device.launch("add_bias", Grid::strided(rows * cols), &args)
     }
 
     fn bias_grad(&mut self, rows: usize, cols: usize, dy: At, db: At) -> Result<()> {
-        let args = [self.p(dy), self.p(db), Arg::U64(rows as u64), Arg::U64(cols as u64)];
+        let args = [self.p(dy), self.p(db), n32(rows), n32(cols)];
         let grid = Grid { blocks: cols.div_ceil(THREADS as usize).max(1) as u32, threads: THREADS };
         self.device.launch("bias_grad", grid, &args)
     }
 
     fn relu(&mut self, len: usize, x: At, y: At) -> Result<()> {
-        let args = [self.p(x), self.p(y), Arg::U64(len as u64)];
+        let args = [self.p(x), self.p(y), n32(len)];
         self.device.launch("relu", Grid::strided(len), &args)
     }
 
     fn relu_backward(&mut self, len: usize, y: At, dy: At, dx: At, acc: bool) -> Result<()> {
-        let args = [self.p(y), self.p(dy), self.p(dx), Arg::U64(len as u64), Arg::I32(acc.into())];
+        let args = [self.p(y), self.p(dy), self.p(dx), n32(len), Arg::I32(acc.into())];
         self.device.launch("relu_backward", Grid::strided(len), &args)
     }
 
@@ -267,17 +281,18 @@ impl<D: Device> Kernels for OnDevice<D> {
         momentum: f32,
         eps: f32,
     ) -> Result<()> {
-        let args = [
-            self.p(x),
-            Arg::U64(rows as u64),
-            Arg::U64(s.c as u64),
-            Arg::U64(s.s as u64),
-            self.p(p.saved),
-            self.p(p.running),
-            Arg::F32(momentum),
-            Arg::F32(eps),
-        ];
-        self.device.launch("norm_stats", Grid::per_channel(s.c), &args)?;
+        let parts = parts(s.c, rows * s.s);
+        let partial = Arg::Ptr(self.device.scratch(2 * s.c * parts)?);
+        let dims = [n32(rows), n32(s.c), n32(s.s), n32(parts)];
+        let mut args = vec![self.p(x)];
+        args.extend(dims);
+        args.push(partial);
+        let grid = Grid { blocks: (s.c * parts) as u32, threads: THREADS };
+        self.device.launch("norm_partial", grid, &args)?;
+        let mut args = vec![partial];
+        args.extend(dims);
+        args.extend([self.p(p.saved), self.p(p.running), Arg::F32(momentum), Arg::F32(eps)]);
+        self.device.launch("norm_finish", Grid::channels(s.c), &args)?;
         self.apply(rows, s, p.gamma, p.saved, x, skip, relu, y, false, eps)
     }
 
@@ -307,11 +322,16 @@ impl<D: Device> Kernels for OnDevice<D> {
         dx: (At, bool),
         dskip: Option<(At, bool)>,
     ) -> Result<()> {
-        let dims = [Arg::U64(rows as u64), Arg::U64(s.c as u64), Arg::U64(s.s as u64)];
+        let parts = parts(s.c, rows * s.s);
+        let partial = Arg::Ptr(self.device.scratch(2 * s.c * parts)?);
+        let dims = [n32(rows), n32(s.c), n32(s.s)];
         let mut args = vec![self.p(x), self.p(y), self.p(dy), self.p(p.saved)];
         args.extend(dims);
-        args.extend([Arg::I32(relu.into()), self.p(p.grad)]);
-        self.device.launch("norm_grad_stats", Grid::per_channel(s.c), &args)?;
+        args.extend([n32(parts), Arg::I32(relu.into()), partial]);
+        let grid = Grid { blocks: (s.c * parts) as u32, threads: THREADS };
+        self.device.launch("norm_grad_partial", grid, &args)?;
+        let args = [partial, n32(s.c), n32(parts), self.p(p.grad)];
+        self.device.launch("norm_grad_finish", Grid::channels(s.c), &args)?;
         let skip = dskip.map_or(0, |d| self.device.addr(d.0));
         let mut args = vec![
             self.p(x),
@@ -333,7 +353,7 @@ impl<D: Device> Kernels for OnDevice<D> {
     }
 
     fn pool(&mut self, rows: usize, c: usize, s: usize, x: At, y: At) -> Result<()> {
-        let args = [self.p(x), self.p(y), Arg::U64((rows * c) as u64), Arg::U64(s as u64)];
+        let args = [self.p(x), self.p(y), n32(rows * c), n32(s)];
         self.device.launch("pool", Grid::strided(rows * c), &args)
     }
 
@@ -346,13 +366,7 @@ impl<D: Device> Kernels for OnDevice<D> {
         dx: At,
         acc: bool,
     ) -> Result<()> {
-        let args = [
-            self.p(dy),
-            self.p(dx),
-            Arg::U64((rows * c) as u64),
-            Arg::U64(s as u64),
-            Arg::I32(acc.into()),
-        ];
+        let args = [self.p(dy), self.p(dx), n32(rows * c), n32(s), Arg::I32(acc.into())];
         self.device.launch("pool_backward", Grid::strided(rows * c * s), &args)
     }
 
@@ -373,8 +387,8 @@ impl<D: Device> Kernels for OnDevice<D> {
             self.p(delta),
             self.p(shift),
             Arg::I32(per_label.into()),
-            Arg::U64(rows as u64),
-            Arg::U64(k as u64),
+            n32(rows),
+            n32(k),
             self.p(dz),
             Arg::Ptr(rowwise),
             Arg::Ptr(self.device.totals_addr()),
@@ -401,7 +415,7 @@ impl<D: Device> Kernels for OnDevice<D> {
             self.p(w),
             self.p(g),
             self.p(v),
-            Arg::U64(len as u64),
+            n32(len),
             Arg::F32(lr),
             Arg::F32(momentum),
             Arg::F32(weight_decay),

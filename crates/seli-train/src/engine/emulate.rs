@@ -14,7 +14,7 @@ use std::sync::OnceLock;
 
 use super::cpu::{Reference, conv_backward_data, conv_backward_filter, conv_forward};
 use super::device::{Arg, Device, Grid, OnDevice, SOURCE, THREADS};
-use super::tests::{Case, batch, cases, close, fresh, values};
+use super::tests::{batch, cases, close, engine_on, fresh, values};
 use super::*;
 
 /// What the kernels need from CUDA, for a C++ compiler.
@@ -87,7 +87,7 @@ static std::mutex launching;
 fn slot(ty: &str, i: usize) -> String {
     match ty {
         t if t.ends_with('*') => format!("({t})(uintptr_t)s[{i}]"),
-        "u64" => format!("(u64)s[{i}]"),
+        "u32" | "unsigned" => format!("(u32)s[{i}]"),
         "int" => format!("(int)(long long)s[{i}]"),
         "float" => format!("f32_of(s[{i}])"),
         other => panic!("kernel parameter type {other} has no emulation"),
@@ -172,6 +172,7 @@ pub(super) struct Emulator {
     labels: Vec<u32>,
     rowwise: Vec<f64>,
     totals: Box<[f64; 2]>,
+    scratch: Vec<f64>,
 }
 
 /// `len` f32 at address `p` (host memory of the emulator).
@@ -216,11 +217,18 @@ impl Device for Emulator {
         Ok(std::mem::take(&mut *self.totals))
     }
 
+    fn scratch(&mut self, len: usize) -> Result<u64> {
+        // NaN: a kernel that reads an entry before writing it shows.
+        self.scratch = vec![f64::NAN; len.max(1)];
+        Ok(self.scratch.as_ptr() as u64)
+    }
+
     fn launch(&mut self, name: &'static str, grid: Grid, args: &[Arg]) -> Result<()> {
         let slots: Vec<u64> = args
             .iter()
             .map(|a| match *a {
-                Arg::Ptr(v) | Arg::U64(v) => v,
+                Arg::Ptr(v) => v,
+                Arg::U32(v) => u64::from(v),
                 Arg::I32(v) => i64::from(v) as u64,
                 Arg::F32(v) => u64::from(v.to_bits()),
             })
@@ -313,18 +321,13 @@ impl Device for Emulator {
     }
 }
 
-fn engine<K: Kernels>(case: &Case, kernels: K) -> Engine<K> {
-    let t = &case.transform;
-    Engine::new(kernels, &case.cfg, case.image, case.classes, 8, 0.9, 5e-3, t).unwrap()
-}
-
 #[test]
 fn the_gpu_kernels_train_as_the_reference_does() {
     for case in cases() {
         let name = format!("{:?}", case.cfg.kind);
         let net = fresh(&case);
-        let mut gpu = engine(&case, OnDevice::new(Emulator::default()));
-        let mut reference = engine(&case, Reference::new());
+        let mut gpu = engine_on(OnDevice::new(Emulator::default()), &case);
+        let mut reference = engine_on(Reference::new(), &case);
         gpu.load(&net, None).unwrap();
         reference.load(&net, None).unwrap();
         for (b, lr) in [0.1, 0.05, 0.05].into_iter().enumerate() {
@@ -407,7 +410,7 @@ fn row_major_products_go_through_the_column_major_call() {
 fn a_launch_with_the_wrong_arguments_is_refused() {
     let mut e = Emulator::default();
     let grid = Grid { blocks: 1, threads: THREADS };
-    let err = e.launch("relu", grid, &[Arg::U64(0)]).unwrap_err().to_string();
+    let err = e.launch("relu", grid, &[Arg::U32(0)]).unwrap_err().to_string();
     assert!(err.contains("kernel relu takes other arguments"), "{err}");
     let err = e.launch("nothing", grid, &[]).unwrap_err().to_string();
     assert!(err.contains("no kernel nothing"), "{err}");
@@ -443,6 +446,9 @@ fn the_device_check_finds_the_emulated_gpu_close_and_a_broken_one_far() {
         }
         fn take_totals(&mut self) -> Result<[f64; 2]> {
             self.0.take_totals()
+        }
+        fn scratch(&mut self, len: usize) -> Result<u64> {
+            self.0.scratch(len)
         }
         fn launch(&mut self, name: &'static str, grid: Grid, args: &[Arg]) -> Result<()> {
             self.0.launch(name, grid, args)
@@ -490,4 +496,50 @@ fn the_device_check_finds_the_emulated_gpu_close_and_a_broken_one_far() {
     // The ResNet's blocks add two gradients into their input: without it, far off.
     let resnet = &far[2];
     assert!(resnet.parameters > super::check::TOLERANCE, "{resnet:?}");
+}
+
+#[test]
+fn batch_norm_sums_split_over_blocks_match_the_reference() {
+    // 4 800 values per channel: the channel sums split over 4 blocks each (two-stage), with a
+    // skip, a ReLU, and the gradient accumulated onto both inputs.
+    let (rows, c, sp) = (8, 3, 600);
+    let s = NormShape { c, s: sp };
+    let len = rows * c * sp;
+    let run = |k: &mut dyn Kernels| -> Vec<Vec<f32>> {
+        let seq = crate::flex::testing::seq;
+        let buf = |v: &[f32], k: &mut dyn Kernels| {
+            let b = k.alloc(v.len()).unwrap();
+            k.write(At { buf: b, off: 0 }, v).unwrap();
+            At { buf: b, off: 0 }
+        };
+        let x = buf(&seq(len, 0.37).iter().map(|v| 3.0 * v + 1.5).collect::<Vec<_>>(), k);
+        let skip = buf(&seq(len, 1.1), k);
+        let dy = buf(&seq(len, 0.23), k);
+        let (y, dx, dskip) =
+            (buf(&vec![0.0; len], k), buf(&seq(len, 0.5), k), buf(&seq(len, 0.7), k));
+        let gamma = buf(&[0.5, 1.5, -1.0, 0.1, 0.2, 0.3], k);
+        let p = NormParams {
+            gamma,
+            grad: buf(&[0.0; 6], k),
+            running: buf(&[0.2, -0.1, 0.0, 1.0, 2.0, 0.5], k),
+            saved: buf(&[0.0; 6], k),
+        };
+        k.norm_train(rows, &s, &p, x, Some(skip), true, y, 0.1, 1e-5).unwrap();
+        k.norm_backward(rows, &s, &p, x, y, true, dy, (dx, true), Some((dskip, true))).unwrap();
+        let mut out = Vec::new();
+        for (at, n) in
+            [(y, len), (p.saved, 6), (p.running, 6), (p.grad, 6), (dx, len), (dskip, len)]
+        {
+            out.push(k.read(at, n).unwrap());
+        }
+        let eval = buf(&vec![0.0; len], k);
+        k.norm_eval(rows, &s, &p, x, None, false, eval, 1e-5).unwrap();
+        out.push(k.read(eval, len).unwrap());
+        out
+    };
+    let emulated = run(&mut OnDevice::new(Emulator::default()));
+    let reference = run(&mut Reference::new());
+    for (i, (a, b)) in emulated.iter().zip(&reference).enumerate() {
+        close(&format!("output {i}"), a, b, 1e-5);
+    }
 }

@@ -318,8 +318,13 @@ struct Program {
     logits: usize,
 }
 
+/// Every tensor starts a multiple of this many entries (256 bytes) into its buffer: cuDNN's
+/// and cuBLAS's fastest kernels read aligned vectors. The gaps hold zeros, which SGD keeps.
+const ALIGN: usize = 64;
+
 impl Program {
     fn tensor(&mut self, dims: &[usize]) -> usize {
+        self.params = self.params.next_multiple_of(ALIGN);
         let off = self.params;
         self.params += dims.iter().product::<usize>();
         self.slots.push(Slot { dims: dims.to_vec(), trainable: true, off });
@@ -333,15 +338,18 @@ impl Program {
 
     /// A batch norm's four tensors in burn's order (γ, β, running mean, running variance).
     fn norm_params(&mut self, c: usize) -> usize {
-        let gamma = self.tensor(&[c]);
-        self.tensor(&[c]);
+        // γ and β side by side (the kernels read β at γ + c).
+        let gamma = self.tensor(&[2 * c]);
+        self.slots.last_mut().expect("just pushed").dims = vec![c];
+        self.slots.push(Slot { dims: vec![c], trainable: true, off: gamma + c });
+        self.stats = self.stats.next_multiple_of(ALIGN);
         let running = self.stats;
         for _ in 0..2 {
             self.slots.push(Slot { dims: vec![c], trainable: false, off: self.stats });
             self.stats += c;
         }
-        let saved = self.saved;
-        self.saved += 2 * c;
+        let saved = self.saved.next_multiple_of(ALIGN);
+        self.saved = saved + 2 * c;
         self.norms.push([gamma, running, saved, c]);
         self.norms.len() - 1
     }
@@ -490,45 +498,49 @@ struct Buffers {
 }
 
 /// A network on a set of [`Kernels`]: its parameters, velocities and running statistics, and
-/// buffers for batches of up to `max_rows` rows.
+/// buffers for training batches of up to `batch` rows and evaluation batches of up to
+/// `eval_batch`.
 pub struct Engine<K: Kernels> {
     kernels: K,
     prog: Program,
     bufs: Buffers,
     act_bufs: Vec<(usize, usize)>,
-    max_rows: usize,
+    batch: usize,
+    eval_batch: usize,
     momentum: f32,
     weight_decay: f32,
     per_label: bool,
     classes: usize,
 }
 
+/// The most entries of one tensor (kernels index them with 32-bit integers).
+const MAX_ENTRIES: usize = u32::MAX as usize;
+
 impl<K: Kernels> Engine<K> {
-    /// The network of `cfg` for `image` and `classes` on `kernels`, for batches of up to
-    /// `max_rows`, trained by SGD with `momentum` and `weight_decay` on the loss of
-    /// `transform`. Its parameters are zero until [`Engine::load`].
+    /// The engine of `setup` on `kernels`. Its parameters are zero until [`Engine::load`].
     ///
     /// # Errors
-    /// An invalid configuration; the kernels' allocation.
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        mut kernels: K,
-        cfg: &ModelConfig,
-        image: [usize; 3],
-        classes: usize,
-        max_rows: usize,
-        momentum: f64,
-        weight_decay: f64,
-        transform: &Transform,
-    ) -> Result<Self> {
-        let prog = Program::new(cfg, image, classes)?;
+    /// An invalid configuration; a batch whose activations would pass 2^32 − 1 entries; the
+    /// kernels' allocation.
+    pub fn new(mut kernels: K, setup: &Setup<'_>) -> Result<Self> {
+        let (classes, transform) = (setup.classes, &setup.transform);
+        let prog = Program::new(setup.model, setup.image, classes)?;
         if transform.delta.len() != classes || transform.shift.len() != classes {
             return Err(Error::Config(format!(
                 "the loss transform has {} classes, the network {classes}",
                 transform.delta.len()
             )));
         }
-        let max_rows = max_rows.max(1);
+        let (batch, eval_batch) = (setup.batch.max(1), setup.eval_batch.max(1));
+        let rows = batch.max(eval_batch);
+        let widest = prog.acts.iter().map(|a| a.per).max().unwrap_or(1);
+        if rows.saturating_mul(widest) > MAX_ENTRIES || prog.params > MAX_ENTRIES {
+            return Err(Error::Config(format!(
+                "batches of {rows} rows make activations of {} values; the engine takes at \
+                 most {MAX_ENTRIES} per tensor (a smaller --batch-size or --eval-batch)",
+                rows.saturating_mul(widest)
+            )));
+        }
         let params = kernels.alloc(prog.params)?;
         let grads = kernels.alloc(prog.params)?;
         let velocity = kernels.alloc(prog.params)?;
@@ -539,9 +551,9 @@ impl<K: Kernels> Engine<K> {
         kernels.write(At { buf: tr, off: classes }, &transform.shift)?;
         let mut act_bufs = Vec::with_capacity(prog.acts.len());
         for (i, a) in prog.acts.iter().enumerate() {
-            let v = kernels.alloc(max_rows * a.per)?;
-            // The input needs no gradient.
-            let g = if i == 0 { v } else { kernels.alloc(max_rows * a.per)? };
+            let v = kernels.alloc(rows * a.per)?;
+            // Gradients for training batches only; the input needs none.
+            let g = if i == 0 { v } else { kernels.alloc(batch * a.per)? };
             act_bufs.push((v, g));
         }
         let bufs = Buffers { params, grads, velocity, stats, saved, transform: tr };
@@ -550,9 +562,10 @@ impl<K: Kernels> Engine<K> {
             prog,
             bufs,
             act_bufs,
-            max_rows,
-            momentum: momentum as f32,
-            weight_decay: weight_decay as f32,
+            batch,
+            eval_batch: rows,
+            momentum: setup.momentum as f32,
+            weight_decay: setup.weight_decay as f32,
             per_label: transform.per_label,
             classes,
         })
@@ -590,13 +603,13 @@ impl<K: Kernels> Engine<K> {
         }
     }
 
-    fn check_rows(&self, rows: usize, x: &[f32]) -> Result<()> {
+    /// Checks a batch of `rows` rows against the engine's `most` rows.
+    fn check_rows(&self, rows: usize, most: usize, x: &[f32]) -> Result<()> {
         let per = self.prog.acts[0].per;
-        if rows == 0 || rows > self.max_rows || x.len() != rows * per {
+        if rows == 0 || rows > most || x.len() != rows * per {
             return Err(Error::Config(format!(
-                "a batch of {rows} rows ({} values) for an engine of at most {} rows of {per}",
+                "a batch of {rows} rows ({} values) for an engine of at most {most} rows of {per}",
                 x.len(),
-                self.max_rows
             )));
         }
         Ok(())
@@ -753,7 +766,7 @@ impl<K: Kernels> Engine<K> {
     /// A batch of the wrong size; the kernels'.
     pub fn step(&mut self, x: &[f32], labels: &[u32], lr: f64) -> Result<()> {
         let rows = labels.len();
-        self.check_rows(rows, x)?;
+        self.check_rows(rows, self.batch, x)?;
         if let Some(&y) = labels.iter().find(|&&y| y as usize >= self.classes) {
             return Err(Error::Config(format!(
                 "label {y} of a network with {} classes",
@@ -794,7 +807,7 @@ impl<K: Kernels> Engine<K> {
     /// # Errors
     /// A batch of the wrong size; the kernels'.
     pub fn infer(&mut self, x: &[f32], rows: usize) -> Result<(Vec<f32>, Vec<f32>)> {
-        self.check_rows(rows, x)?;
+        self.check_rows(rows, self.eval_batch, x)?;
         self.kernels.write(self.value(0), x)?;
         self.forward(rows, false)?;
         let d = self.prog.acts[self.prog.features].per;
@@ -973,8 +986,10 @@ pub struct Setup<'a> {
     pub image: [usize; 3],
     /// Classes.
     pub classes: usize,
-    /// The most rows of a batch (training or evaluation).
-    pub max_rows: usize,
+    /// The most rows of a training batch.
+    pub batch: usize,
+    /// The most rows of an evaluation batch.
+    pub eval_batch: usize,
     /// SGD's momentum.
     pub momentum: f64,
     /// SGD's weight decay.
@@ -983,21 +998,10 @@ pub struct Setup<'a> {
     pub transform: Transform,
 }
 
-impl<K: Kernels> Engine<K> {
-    /// The engine of `setup` on `kernels` ([`Engine::new`]).
-    ///
-    /// # Errors
-    /// As [`Engine::new`].
-    pub fn with(kernels: K, s: &Setup<'_>) -> Result<Self> {
-        let (m, i, c, r) = (s.model, s.image, s.classes, s.max_rows);
-        Engine::new(kernels, m, i, c, r, s.momentum, s.weight_decay, &s.transform)
-    }
-}
-
 /// The engine of `setup` on `kernels`, boxed.
 #[cfg_attr(not(any(test, feature = "cuda")), allow(dead_code))]
 fn build<K: Kernels + 'static>(kernels: K, s: &Setup<'_>) -> Result<Box<dyn Trainer>> {
-    Ok(Box::new(Engine::with(kernels, s)?))
+    Ok(Box::new(Engine::new(kernels, s)?))
 }
 
 /// Tests of a run's GPU path on the CPU: while set, `cpu` gets the engine on the reference

@@ -90,17 +90,22 @@ fn burn_step(case: &Case, net: Net, optim: &mut ModuleOptimizer, b: usize, lr: f
 }
 
 fn engine(case: &Case) -> Engine<Reference> {
-    Engine::new(
-        Reference::new(),
-        &case.cfg,
-        case.image,
-        case.classes,
-        8,
-        MOMENTUM,
-        DECAY,
-        &case.transform,
-    )
-    .unwrap()
+    engine_on(Reference::new(), case)
+}
+
+/// The engine of `case` on `kernels`, for batches of up to 8 rows.
+pub(super) fn engine_on<K: Kernels>(kernels: K, case: &Case) -> Engine<K> {
+    let setup = Setup {
+        model: &case.cfg,
+        image: case.image,
+        classes: case.classes,
+        batch: 8,
+        eval_batch: 8,
+        momentum: MOMENTUM,
+        weight_decay: DECAY,
+        transform: case.transform.clone(),
+    };
+    Engine::new(kernels, &setup).unwrap()
 }
 
 pub(super) fn fresh(case: &Case) -> Net {
