@@ -10,11 +10,12 @@
 //! in between: the network is known in advance, so the forward pass, the backward pass and
 //! the optimizer are a list of calls over buffers allocated once.
 //!
-//! The program computes exactly what the CPU training step computes (`crate::model`,
+//! The program computes the function the CPU's training step computes (`crate::model`,
 //! `crate::norm`, `crate::loss`, `crate::optim`): batch norm with the biased batch variance
 //! (sums in f64) and running statistics moved by `r ← (1 − m) r + m s`; the mean cross-entropy of
 //! the loss family's transformed logits `u = m ⊙ z + ι`; SGD with momentum and weight decay on
-//! every trainable parameter. Parameters, running statistics and velocities come from a
+//! every trainable parameter; its sums are taken in other orders, so the numbers agree to
+//! rounding, not bit for bit. Parameters, running statistics and velocities come from a
 //! [`Net`] and burn's optimizer record and go back into them ([`Engine::load`],
 //! [`Engine::store`]), so checkpoints keep one format and a run moves between devices.
 //!
