@@ -875,11 +875,12 @@ fn save_checkpoint(path: &Path, s: &TrainState, epoch: usize) -> Result<()> {
 mod tests {
     use super::*;
 
-    /// The GPU path of a run (the engine, here on its reference kernels) against the CPU path
-    /// (burn): the same metrics rows, and checkpoints that resume on the other path.
+    /// The GPU path of a run (the engine, here on its reference kernels and on the emulated
+    /// GPU) against the CPU path (burn): the same metrics rows, and checkpoints that resume on
+    /// the other path.
     mod engine_path {
         use super::*;
-        use crate::engine::REFERENCE_ON_CPU;
+        use crate::engine::{ENGINE_ON_CPU, ON_CPU_EMULATED, ON_CPU_REFERENCE};
         use seli_io::dataset::{DatasetKind, ImageSet};
         use seli_io::record::ProfileRecord;
 
@@ -949,22 +950,23 @@ mod tests {
             }
         }
 
-        /// A run in `dir`, on the engine or not; with `stop`, interrupted after that epoch
-        /// and resumed on the other path.
-        fn run(dir: &Path, engine: bool, stop: Option<usize>) -> Vec<Vec<Option<f64>>> {
+        /// A run in `dir`, on the engine (`ON_CPU_*`) or not (0); with `stop`, interrupted
+        /// after that epoch and resumed on the other path (burn's, or the reference engine).
+        fn run(dir: &Path, engine: u8, stop: Option<usize>) -> Vec<Vec<Option<f64>>> {
             let cfg = config();
             let data = RunData::new(&cfg, &data()).unwrap();
             let never = AtomicBool::new(false);
-            REFERENCE_ON_CPU.store(engine, Ordering::SeqCst);
+            ENGINE_ON_CPU.store(engine, Ordering::SeqCst);
             if let Some(at) = stop {
                 let flag = AtomicBool::new(false);
                 let e = train(dir, &cfg, &data, false, &mut StopAt(at, &flag), &flag).unwrap_err();
                 assert!(matches!(e, Error::Interrupted { .. }), "{e}");
-                REFERENCE_ON_CPU.store(!engine, Ordering::SeqCst);
+                let other = if engine == 0 { ON_CPU_REFERENCE } else { 0 };
+                ENGINE_ON_CPU.store(other, Ordering::SeqCst);
             }
             let resume = stop.is_some();
             let done = train(dir, &cfg, &data, resume, &mut Quiet, &never);
-            REFERENCE_ON_CPU.store(false, Ordering::SeqCst);
+            ENGINE_ON_CPU.store(0, Ordering::SeqCst);
             done.unwrap();
             seli_io::csvlog::read_csv(&dir.join("metrics.csv")).unwrap().1
         }
@@ -989,13 +991,16 @@ mod tests {
         #[test]
         fn the_engine_trains_and_measures_as_the_cpu_path_and_resumes_on_it() {
             let tmp = tempfile::tempdir().unwrap();
-            let cpu = run(&tmp.path().join("cpu"), false, None);
-            let engine = run(&tmp.path().join("engine"), true, None);
+            let cpu = run(&tmp.path().join("cpu"), 0, None);
+            let engine = run(&tmp.path().join("engine"), ON_CPU_REFERENCE, None);
             assert_eq!(cpu.len(), 4, "epochs 0..=3");
             same("engine", &engine, &cpu);
+            // The GPU's code (kernels.cu, the launches, the column-major products) emulated.
+            same("emulated GPU", &run(&tmp.path().join("gpu"), ON_CPU_EMULATED, None), &cpu);
             // Interrupted on one path, resumed on the other.
-            same("engine, then cpu", &run(&tmp.path().join("e2c"), true, Some(1)), &cpu);
-            same("cpu, then engine", &run(&tmp.path().join("c2e"), false, Some(2)), &cpu);
+            let e2c = run(&tmp.path().join("e2c"), ON_CPU_EMULATED, Some(1));
+            same("emulated GPU, then cpu", &e2c, &cpu);
+            same("cpu, then engine", &run(&tmp.path().join("c2e"), 0, Some(2)), &cpu);
         }
     }
 

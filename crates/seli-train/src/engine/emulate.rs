@@ -167,7 +167,7 @@ fn library() -> Launch {
 
 /// Host memory as the device's, the kernels of [`library`].
 #[derive(Default)]
-pub(super) struct Emulator {
+pub(crate) struct Emulator {
     bufs: Vec<Vec<f32>>,
     labels: Vec<u32>,
     rowwise: Vec<f64>,

@@ -1005,11 +1005,17 @@ fn build<K: Kernels + 'static>(kernels: K, s: &Setup<'_>) -> Result<Box<dyn Trai
     Ok(Box::new(Engine::new(kernels, s)?))
 }
 
-/// Tests of a run's GPU path on the CPU: while set, `cpu` gets the engine on the reference
-/// kernels (process-wide: a run trains on a thread of rayon's pool; one unit test sets it).
+/// Tests of a run's GPU path on the CPU: while [`ON_CPU_REFERENCE`] or [`ON_CPU_EMULATED`],
+/// `cpu` gets the engine on the reference kernels or on the emulated GPU (process-wide: a run
+/// trains on a thread of rayon's pool; one unit test sets it).
 #[cfg(test)]
-pub(crate) static REFERENCE_ON_CPU: std::sync::atomic::AtomicBool =
-    std::sync::atomic::AtomicBool::new(false);
+pub(crate) static ENGINE_ON_CPU: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+/// See [`ENGINE_ON_CPU`].
+#[cfg(test)]
+pub(crate) const ON_CPU_REFERENCE: u8 = 1;
+/// See [`ENGINE_ON_CPU`].
+#[cfg(test)]
+pub(crate) const ON_CPU_EMULATED: u8 = 2;
 
 /// The engine for `device`: `None` on the CPU (where training is burn's with the fused
 /// operations), the GPU engine on `cuda:N` in CUDA builds.
@@ -1023,9 +1029,12 @@ pub fn on_device(
     match device {
         #[cfg(test)]
         crate::device::Device::Cpu
-            if REFERENCE_ON_CPU.load(std::sync::atomic::Ordering::SeqCst) =>
+            if ENGINE_ON_CPU.load(std::sync::atomic::Ordering::SeqCst) != 0 =>
         {
-            build(cpu::Reference::new(), setup).map(Some)
+            match ENGINE_ON_CPU.load(std::sync::atomic::Ordering::SeqCst) {
+                ON_CPU_REFERENCE => build(cpu::Reference::new(), setup).map(Some),
+                _ => build(device::OnDevice::new(emulate::Emulator::default()), setup).map(Some),
+            }
         }
         crate::device::Device::Cpu => Ok(None),
         #[cfg(feature = "cuda")]
