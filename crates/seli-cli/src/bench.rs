@@ -550,9 +550,9 @@ fn bench_train(a: &BenchTrainArgs) -> Result<()> {
         last_bias: false,
     };
     // A device this build or machine lacks fails before anything is printed.
-    match a.device {
-        seli_train::Device::Cuda(index) if !a.burn => seli_train::device::check_engine(index)?,
-        _ => drop(seli_train::device::burn_device(a.device)?),
+    match a.burn {
+        false => seli_train::device::check_training(a.device)?,
+        true => drop(seli_train::device::burn_device(a.device)?),
     }
     let (batch, width, resnet_width) = if a.quick { (8, 16, 2) } else { (128, 512, 64) };
     let (steps, rounds) = if a.quick { (1, 1) } else { (a.mlp_steps, 5) };

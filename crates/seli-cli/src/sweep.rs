@@ -280,7 +280,7 @@ fn job(command: Command, point: &Point, inner_threads: usize) -> Result<(Job, Ve
             let mut cfg = a.config()?;
             cfg.threads = 0;
             // A device this build or machine lacks fails the sweep before any point runs.
-            seli_train::device::burn_device(cfg.device)?;
+            seli_train::device::check_training(cfg.device)?;
             Job::Train(Box::new(cfg))
         }
     };

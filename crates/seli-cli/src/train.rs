@@ -368,7 +368,7 @@ pub fn run(args: &TrainArgs) -> Result<ExitCode> {
         Some(dir) => {
             let mut cfg = read_config(dir)?;
             cfg.device = args.device.unwrap_or(cfg.device);
-            let check = |d| seli_train::device::burn_device(d).map(drop);
+            let check = seli_train::device::check_training;
             resume_device(cfg.device, check, dir, "train")?;
             (cfg, dir.clone(), true)
         }
@@ -376,7 +376,7 @@ pub fn run(args: &TrainArgs) -> Result<ExitCode> {
             let cfg = args.config()?;
             // Before the run directory exists: a device this build or machine lacks leaves
             // nothing behind.
-            seli_train::device::burn_device(cfg.device)?;
+            seli_train::device::check_training(cfg.device)?;
             seli_run::prepare_run_dir(&args.out, args.force, seli_run::Command::Train, &STALE)?;
             (cfg, args.out.clone(), false)
         }

@@ -129,6 +129,18 @@ pub fn check_engine(index: usize) -> Result<()> {
     Err(crate::error::Error::Device(format!("device cuda:{index}: {HOW_TO_GET_CUDA}")))
 }
 
+/// Checks that a training run can use `device`: nothing for the CPU; for `cuda:N`,
+/// [`check_engine`] (the networks train on seli's engine there, which needs no CUDA headers).
+///
+/// # Errors
+/// [`Error::Device`](crate::error::Error::Device) naming what is missing and how to provide it.
+pub fn check_training(device: Device) -> Result<()> {
+    match device {
+        Device::Cpu => Ok(()),
+        Device::Cuda(index) => check_engine(index),
+    }
+}
+
 /// Checks what the network engine on the GPU ([`crate::engine::cuda`]) needs on `cuda:index`:
 /// what the CUDA UFM needs, and cuDNN.
 ///
