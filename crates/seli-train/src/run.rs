@@ -391,8 +391,8 @@ impl Epochs<'_, '_> {
         lr: f64,
     ) -> seli_core::Result<BatchStats> {
         let (cfg, data) = (self.cfg, self.data);
-        let device =
-            |e: Error| fail(self.failure, Error::Device(format!("device {}: {e}", cfg.device)));
+        // The engine's errors name the device already.
+        let device = |e: Error| fail(self.failure, e);
         let batches = order.len().div_ceil(cfg.batch_size);
         let mut stats = BatchStats::default();
         let mut pending = 0;
