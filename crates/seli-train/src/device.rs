@@ -96,9 +96,15 @@ fn hot<R>(f: impl FnOnce() -> R) -> R {
     f()
 }
 
+/// The refusal of `cuda:index` by a build without CUDA, saying how to get one.
+#[cfg(not(feature = "cuda"))]
+pub(crate) fn no_cuda(index: usize) -> crate::error::Error {
+    crate::error::Error::Device(format!("device cuda:{index}: {HOW_TO_GET_CUDA}"))
+}
+
 #[cfg(not(feature = "cuda"))]
 fn cuda_device(index: usize) -> Result<burn::tensor::Device> {
-    Err(crate::error::Error::Device(format!("device cuda:{index}: {HOW_TO_GET_CUDA}")))
+    Err(no_cuda(index))
 }
 
 #[cfg(feature = "cuda")]
@@ -126,7 +132,7 @@ pub fn check_engine(index: usize) -> Result<()> {
     #[cfg(feature = "cuda")]
     return check_cuda_engine(index);
     #[cfg(not(feature = "cuda"))]
-    Err(crate::error::Error::Device(format!("device cuda:{index}: {HOW_TO_GET_CUDA}")))
+    Err(no_cuda(index))
 }
 
 /// Checks that a training run can use `device`: nothing for the CPU; for `cuda:N`,

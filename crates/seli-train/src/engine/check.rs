@@ -137,9 +137,6 @@ pub fn on_device(device: crate::device::Device) -> Result<Vec<Difference>> {
         #[cfg(feature = "cuda")]
         crate::device::Device::Cuda(index) => against_reference(|| super::cuda::kernels(index)),
         #[cfg(not(feature = "cuda"))]
-        crate::device::Device::Cuda(index) => Err(crate::error::Error::Device(format!(
-            "device cuda:{index}: {}",
-            crate::device::HOW_TO_GET_CUDA
-        ))),
+        crate::device::Device::Cuda(index) => Err(crate::device::no_cuda(index)),
     }
 }

@@ -275,7 +275,7 @@ struct Act {
 }
 
 /// One operation; `x`, `y`, `skip` index the activations.
-#[derive(Clone, Debug)]
+#[derive(Clone, Copy, Debug)]
 enum Op {
     Conv { x: usize, y: usize, w: usize, s: ConvShape },
     Linear { x: usize, y: usize, w: usize, b: Option<usize>, din: usize, dout: usize },
@@ -618,7 +618,8 @@ impl<K: Kernels> Engine<K> {
 
     /// The forward pass over the `rows` rows already in the input, in training mode or not.
     fn forward(&mut self, rows: usize, train: bool) -> Result<()> {
-        for op in self.prog.ops.clone() {
+        for i in 0..self.prog.ops.len() {
+            let op = self.prog.ops[i];
             match op {
                 Op::Conv { x, y, w, s } => {
                     let (x, y, w) = (self.value(x), self.value(y), self.param(w));
@@ -676,7 +677,8 @@ impl<K: Kernels> Engine<K> {
         let mut written = vec![false; self.prog.acts.len()];
         written[self.prog.logits] = true;
         let grads = self.bufs.grads;
-        for op in self.prog.ops.clone().into_iter().rev() {
+        for i in (0..self.prog.ops.len()).rev() {
+            let op = self.prog.ops[i];
             match op {
                 Op::Conv { x, y, w, s } => {
                     let dy = self.grad(y);
@@ -931,7 +933,7 @@ impl<K: Kernels> Engine<K> {
     /// # Errors
     /// The kernels'.
     pub fn classifier(&mut self) -> Result<(Vec<f32>, Option<Vec<f32>>)> {
-        let Some(Op::Linear { w, b, din, dout, .. }) = self.prog.ops.last().cloned() else {
+        let Some(&Op::Linear { w, b, din, dout, .. }) = self.prog.ops.last() else {
             unreachable!("every program ends with its classifier");
         };
         let wv = self.kernels.read(self.param(w), din * dout)?;
@@ -1042,7 +1044,7 @@ pub fn on_device(
         #[cfg(not(feature = "cuda"))]
         crate::device::Device::Cuda(index) => {
             let _ = setup;
-            Err(Error::Device(format!("device cuda:{index}: {}", crate::device::HOW_TO_GET_CUDA)))
+            Err(crate::device::no_cuda(index))
         }
     }
 }
